@@ -1,0 +1,441 @@
+"""``ally``: a thin command line over :class:`ally_core.Host`.
+
+Every ``--json`` output is an object with ``"ally": JSON_VERSION`` so that non-Python hosts
+can rely on its shape (documented in docs/cli.md). Errors are one line on stderr and a non-zero
+exit code; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .__about__ import __version__
+from .errors import AllyError, ConfigError, PluginNotFound, ToolError
+
+__all__ = ["JSON_VERSION", "main"]
+
+#: Version of the JSON shapes printed with ``--json``; bumped on incompatible changes.
+JSON_VERSION = 1
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TOOL_FAILED, EXIT_BLOCKED = 0, 1, 2, 3, 4
+
+
+def _emit(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps({"ally": JSON_VERSION, **data}, indent=2, default=str) + "\n")
+
+
+def _host(args: argparse.Namespace) -> Any:
+    from .loader import Host
+
+    settings: dict[str, Any] = {}
+    if getattr(args, "offline", False):
+        settings["offline"] = True
+    if getattr(args, "installer", None):
+        settings["installer"] = args.installer
+    if getattr(args, "jobs", None):
+        settings["jobs"] = args.jobs
+    return Host(args.home, plugin_dirs=args.plugins_dir or (), settings=settings)
+
+
+def _reporter(args: argparse.Namespace) -> Any:
+    from .progress import make_reporter
+
+    return make_reporter(quiet=getattr(args, "quiet", False) or getattr(args, "json", False),
+                         verbose=getattr(args, "verbose", False))
+
+
+def _outcome_json(outcome: Any) -> dict[str, Any]:
+    return {
+        "name": outcome.name,
+        "dir": str(outcome.plugin_dir),
+        "status": outcome.status,
+        "reason": outcome.reason or None,
+        "runtime": outcome.manifest.runtime if outcome.manifest else None,
+        "version": outcome.manifest.version if outcome.manifest else None,
+        "env": str(outcome.env.path) if outcome.env else None,
+        "action": outcome.action,
+        "repair_reason": outcome.repair_reason or None,
+        "packages": dict(outcome.packages),
+        "tools": [{"name": t.name, "description": t.spec.description} for t in outcome.tools]
+        if outcome.tools else ([{"name": t.name, "description": t.description}
+                                for t in outcome.manifest.tools] if outcome.manifest else []),
+        "warnings": outcome.warnings,
+    }
+
+
+def _print_outcomes(outcomes: Sequence[Any]) -> None:
+    for o in outcomes:
+        if o.ready:
+            tools = ", ".join(t.name for t in o.tools) or "no tools"
+            extra = {"built": " (installed)", "shared": " (shared env)",
+                     "repaired": f" (repaired: {o.repair_reason})", "updated": " (updated)"}
+            print(f"\u2713 {o.name}: {tools}{extra.get(o.action, '')}")
+        elif o.status == "pending":
+            print(f"\u2026 {o.name}: {o.reason}")
+        else:
+            print(f"\u2717 {o.name}: {o.reason}")
+        for warning in o.warnings:
+            print(f"    warning: {warning}")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    outcomes = _host(args).status()
+    if args.json:
+        _emit({"plugins": [_outcome_json(o) for o in outcomes]})
+    elif not outcomes:
+        print("no plugins found")
+    else:
+        _print_outcomes(outcomes)
+    return EXIT_OK
+
+
+def _load(args: argparse.Namespace, loader: Callable[[Any, Any], list[Any]]) -> int:
+    host = _host(args)
+    reporter = _reporter(args)
+    try:
+        outcomes = loader(host, reporter)
+    finally:
+        if reporter is not None:
+            reporter.close()
+    if args.json:
+        _emit({"plugins": [_outcome_json(o) for o in outcomes]})
+    else:
+        _print_outcomes(outcomes)
+    return EXIT_OK if all(o.ready for o in outcomes) else EXIT_BLOCKED
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    archives = [n for n in args.names if n.endswith((".tar.gz", ".tgz", ".ally"))]
+    if archives:
+        from .bundle import install_bundle
+
+        host = _host(args)
+        for archive in archives:
+            name = install_bundle(host, Path(archive))
+            args.names[args.names.index(archive)] = name
+    return _load(args, lambda host, rep: host.load(args.names or None, progress=rep))
+
+
+def _each(method: str, **kw: Any) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return _load(args, lambda host, rep: [
+            getattr(host, method)(name, progress=rep, **kw) for name in args.names])
+
+    return run
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    host = _host(args)
+    for name in args.names:
+        removed = host.remove(name)
+        print(f"removed the env of {name}" if removed else f"{name} has no env")
+    return EXIT_OK
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    removed = _host(args).gc(dry_run=args.dry_run)
+    total = sum(size for _, size, _ in removed)
+    if args.json:
+        _emit({"removed": [{"path": str(p), "bytes": s, "why": w} for p, s, w in removed],
+               "freed_bytes": total, "dry_run": args.dry_run})
+        return EXIT_OK
+    for path, size, why in removed:
+        print(f"{'would remove' if args.dry_run else 'removed'} {path} ({_size(size)}): {why}")
+    print(f"{'would free' if args.dry_run else 'freed'} {_size(total)}")
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    host = _host(args)
+    reporter = _reporter(args) if args.fix else None
+    try:
+        reports = host.doctor(args.names or None, fix=args.fix, progress=reporter)
+    finally:
+        if reporter is not None:
+            reporter.close()
+    if args.json:
+        _emit({"plugins": [{**_outcome_json(o), "healthy": h.ok,
+                            "problems": [{"message": p.message, "repairable": p.repairable}
+                                         for p in h.problems]} for o, h in reports]})
+    else:
+        for outcome, health in reports:
+            mark = "\u2713" if health.ok else "\u2717"
+            fixed = " \u2192 repaired" if outcome.action == "repaired" else ""
+            print(f"{mark} {outcome.name}: {health.describe()}{fixed}")
+    bad = [o for o, h in reports if not h.ok and o.action != "repaired"]
+    return EXIT_BLOCKED if bad else EXIT_OK
+
+
+def _read_input(args: argparse.Namespace) -> Any:
+    text = args.input
+    if text is None and not sys.stdin.isatty():
+        text = sys.stdin.read()
+    if not text or not text.strip():
+        return {}
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ToolError(f"--input is not valid JSON: {exc}", error_type="invalid_input") from None
+
+
+def _config_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--config expects KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    host = _host(args)
+    arguments = _read_input(args)
+    reporter = _reporter(args)
+    try:
+        outcome = host.ensure(args.plugin, progress=reporter)
+    finally:
+        if reporter is not None:
+            reporter.close()
+    if not outcome.ready:
+        raise PluginNotFound(f"{outcome.name}: blocked: {outcome.reason}")
+    result = outcome.tool(args.tool).call(arguments, timeout=args.timeout,
+                                          config=_config_pairs(args.config))
+    print(json.dumps(result.to_json(), indent=2 if sys.stdout.isatty() else None))
+    return EXIT_OK if result.success else EXIT_TOOL_FAILED
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from .process import clean_environ
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise ConfigError("ally exec: give a command after '--'")
+    host = _host(args)
+    outcome = host.ensure(args.plugin, progress=_reporter(args))
+    if not outcome.ready:
+        raise PluginNotFound(f"{outcome.name}: blocked: {outcome.reason}")
+    env = outcome.env
+    environ = clean_environ(path_prefix=env.bin_dirs if env else (),
+                            extra=dict(env.env_vars) if env else None)
+    if env is not None and command[0] in env.commands:
+        command[0] = env.commands[command[0]]
+    try:
+        return subprocess.call(command, env=environ)
+    except OSError as exc:
+        raise ToolError(f"cannot run {command[0]}: {exc.strerror or exc}") from None
+
+
+def cmd_runtimes(args: argparse.Namespace) -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    host = _host(args)
+    rows: dict[str, list[str]] = {}
+    for value, plugin in host.runtimes().items():
+        rows.setdefault(plugin, []).append(value)
+    dists = {}
+    for plugin_name, dist in host.pm.list_plugin_distinfo():
+        name = host.pm.get_name(plugin_name)
+        dists[name] = f"{dist.project_name} {dist.version}"
+    for name in rows:
+        if name not in dists:
+            try:
+                dists[name] = f"ally-core {version('ally-core')} (built in)"
+            except PackageNotFoundError:  # pragma: no cover
+                dists[name] = "built in"
+    if args.json:
+        _emit({"runtimes": [{"name": n, "serves": v, "distribution": dists[n]}
+                            for n, v in rows.items()]})
+    else:
+        for name, values in rows.items():
+            print(f"{name}: {', '.join(values)}  [{dists[name]}]")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .schema import schema_text
+
+    sys.stdout.write(schema_text())
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from .config import SETTINGS
+
+    host = _host(args)
+    action = args.action
+    if action is None:
+        settings = host.settings
+        paths = {"home": host.paths.home, "plugin_dirs": list(host.paths.plugin_dirs),
+                 "envs_dir": host.paths.envs_dir, "cache_dir": host.paths.cache_dir,
+                 "config_file": host.paths.config_file}
+        if args.json:
+            _emit({"settings": {k: {"value": settings.values[k], "source": settings.sources[k]}
+                                for k in SETTINGS}, "paths": {k: str(v) if not isinstance(
+                                    v, list) else [str(x) for x in v] for k, v in paths.items()}})
+            return EXIT_OK
+        for key, (var, _p, _d, doc) in SETTINGS.items():
+            value = settings.values[key]
+            print(f"{key} = {value!r}  ({settings.sources[key]}; {var}: {doc})")
+        for key, value in paths.items():
+            print(f"{key}: {value}")
+        return EXIT_OK
+    from . import plugin_config as pc
+
+    source = host.source(args.plugin)
+    if source.manifest is None:
+        raise source.error or PluginNotFound(args.plugin)
+    manifest = source.manifest
+    if action == "set":
+        pc.set_stored(host, manifest, args.key, args.value)
+        shown = pc.MASK if args.key in pc.secret_keys(manifest) else args.value
+        print(f"{manifest.name}: {args.key} = {shown}")
+    elif action == "unset":
+        found = pc.unset_stored(host, manifest, args.key)
+        print(f"{manifest.name}: {args.key} {'removed' if found else 'was not set'}")
+    else:
+        values = pc.mask_values(manifest, pc.load_stored(host, manifest.name))
+        if args.json:
+            _emit({"plugin": manifest.name, "config": values})
+        else:
+            for key, value in sorted(values.items()):
+                print(f"{key} = {value}")
+    return EXIT_OK
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from .bundle import make_bundle
+
+    host = _host(args)
+    path = make_bundle(host, args.name, Path(args.output) if args.output else None,
+                       progress=_reporter(args))
+    print(str(path))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ally", description="Isolated, cached, self-healing environments for plugins.")
+    parser.add_argument("--version", action="version", version=f"ally {__version__}")
+    parser.add_argument("--home", help="ally home (default: $ALLY_HOME or the platform's dirs)")
+    parser.add_argument("--plugins-dir", action="append", metavar="DIR",
+                        help="another directory to discover plugins in (repeatable)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str,
+            json_flag: bool = True, build: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        if build:
+            p.add_argument("--offline", action="store_true", help="never use the network")
+            p.add_argument("--installer", choices=["auto", "uv", "pip"],
+                           help="Python installer backend")
+            p.add_argument("-j", "--jobs", type=int, help="parallel builds")
+            p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+            p.add_argument("-v", "--verbose", action="store_true",
+                           help="show installer output")
+        return p
+
+    add("list", cmd_list, "list plugins and the state of their envs")
+    p = add("install", cmd_install, "make plugins' envs ready (all by default)", build=True)
+    p.add_argument("names", nargs="*", metavar="NAME|ARCHIVE")
+    p = add("update", _each("ensure", upgrade=True),
+            "re-resolve to the newest allowed versions; keep the old env on failure", build=True)
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p = add("reinstall", _each("ensure", force=True), "rebuild plugins' envs from scratch",
+            build=True)
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p = add("remove", cmd_remove, "remove plugins' envs (never their source)", json_flag=False)
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p = add("gc", cmd_gc, "delete envs no plugin uses, leftovers of killed builds, backups")
+    p.add_argument("--dry-run", action="store_true", help="only show what would be removed")
+    p = add("doctor", cmd_doctor, "deep-check plugins' envs", build=True)
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--fix", action="store_true", help="rebuild broken envs")
+    p = add("run", cmd_run, "run a plugin's tool with JSON input; print its JSON result",
+            json_flag=False, build=True)
+    p.add_argument("plugin")
+    p.add_argument("tool")
+    p.add_argument("--input", help="the tool's JSON input (default: stdin, else {})")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="plugin config value for this call (repeatable)")
+    p.add_argument("--timeout", type=float, help="seconds before the tool is killed")
+    p = add("exec", cmd_exec, "run any command inside a plugin's env", json_flag=False,
+            build=True)
+    p.add_argument("plugin")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    add("runtimes", cmd_runtimes, "list installed runtimes and what they serve")
+    add("schema", cmd_schema, "print the JSON Schema of plugin.json", json_flag=False)
+    p = add("config", cmd_config, "show settings, or show/set a plugin's config values")
+    csub = p.add_subparsers(dest="action", metavar="ACTION")
+    c = csub.add_parser("show", help="show a plugin's stored config (secrets masked)")
+    c.add_argument("plugin")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c = csub.add_parser("set", help="store a plugin config value")
+    c.add_argument("plugin")
+    c.add_argument("key")
+    c.add_argument("value")
+    c = csub.add_parser("unset", help="remove a stored plugin config value")
+    c.add_argument("plugin")
+    c.add_argument("key")
+    p = add("bundle", cmd_bundle, "write an offline bundle: plugin + dependency artifacts + lock",
+            json_flag=False, build=True)
+    p.add_argument("name")
+    p.add_argument("-o", "--output", help="archive path (default: ./NAME-VERSION.ally.tar.gz)")
+    return parser
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("ally: interrupted", file=sys.stderr)
+        return 130
+    except AllyError as exc:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"ally: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - the one place unexpected errors become one line
+        if args.debug:
+            raise
+        print(f"ally: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug)",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Settings: defaults < config file < environment variables < explicit arguments.
+
+Every value remembers where it came from so ``ally config`` can say so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import attrs
+
+from .errors import ConfigError
+
+__all__ = ["IndexOptions", "Settings", "load_settings", "strip_credentials"]
+
+
+@attrs.frozen
+class IndexOptions:
+    """Package index settings handed to installers (only non-empty ones are passed on)."""
+
+    index_url: Optional[str] = attrs.field(default=None, repr=lambda v: repr(strip_credentials(v)))
+    extra_index_urls: tuple[str, ...] = attrs.field(
+        default=(), repr=lambda v: repr(strip_credentials(v)))
+    find_links: tuple[str, ...] = ()
+    no_index: bool = False
+    trusted_hosts: tuple[str, ...] = ()
+    cert: Optional[str] = None
+    constraints: tuple[str, ...] = ()
+
+    def identity(self) -> dict[str, Any]:
+        """What goes into an env's fingerprint (credentials in URLs are dropped)."""
+        return {k: strip_credentials(v) for k, v in attrs.asdict(self).items() if v}
+
+
+def strip_credentials(value: Any) -> Any:
+    """Drop ``user:password@`` from URLs (also inside ``--opt=URL``), so they are never shown."""
+    if isinstance(value, (list, tuple)):
+        return [strip_credentials(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return _CREDENTIALS_RE.sub(r"\1", value)
+    return value
+
+
+_CREDENTIALS_RE = re.compile(r"(\w[\w+.-]*://)[^/@\s]+@")
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected a boolean, got {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _installer(text: str) -> str:
+    if text not in {"auto", "uv", "pip"}:
+        raise ValueError(f"expected one of auto, uv, pip; got {text!r}")
+    return text
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(w for w in text.replace(",", " ").split() if w)
+
+
+#: key -> (env var, parser, default, description)
+SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any, str]] = {
+    "installer": ("ALLY_INSTALLER", _installer, "auto", "Python installer backend: auto, uv, pip"),
+    "offline": ("ALLY_OFFLINE", _bool, False, "never touch the network when installing"),
+    "jobs": ("ALLY_JOBS", _positive_int, min(4, os.cpu_count() or 1), "parallel env builds"),
+    "tool_timeout": ("ALLY_TOOL_TIMEOUT", _positive_float, 120.0, "seconds before a tool is killed"),
+    "install_timeout": (
+        "ALLY_INSTALL_TIMEOUT", _positive_float, 1800.0, "seconds before an install is killed"),
+    "output_limit": (
+        "ALLY_OUTPUT_LIMIT", _positive_int, 10 * 1024 * 1024, "max bytes read from a tool"),
+    "pass_env": ("ALLY_PASS_ENV", _words, (), "extra host variables passed to tools"),
+    "retry_after": (
+        "ALLY_RETRY_AFTER", _positive_float, 60.0,
+        "seconds a failed install is not retried within one process"),
+    "python": ("ALLY_PYTHON", str, None, "default base interpreter for Python plugins"),
+}
+
+
+@attrs.frozen
+class Settings:
+    """Effective settings and where each one came from."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+    index: IndexOptions = IndexOptions()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def installer(self) -> str:
+        return str(self.values["installer"])
+
+    @property
+    def offline(self) -> bool:
+        return bool(self.values["offline"])
+
+    @property
+    def jobs(self) -> int:
+        return int(self.values["jobs"])
+
+    @property
+    def tool_timeout(self) -> float:
+        return float(self.values["tool_timeout"])
+
+    @property
+    def install_timeout(self) -> float:
+        return float(self.values["install_timeout"])
+
+    @property
+    def output_limit(self) -> int:
+        return int(self.values["output_limit"])
+
+    @property
+    def pass_env(self) -> tuple[str, ...]:
+        return tuple(self.values["pass_env"])
+
+    @property
+    def retry_after(self) -> float:
+        return float(self.values["retry_after"])
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.9/3.10 only
+        import tomli as tomllib
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def load_settings(
+    config_file: Path,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read ``config_file`` (TOML, table ``[ally]`` or top level), then env vars, then overrides."""
+    environ = os.environ if environ is None else environ
+    data = _read_toml(config_file)
+    table: dict[str, Any] = dict(data.get("ally", data))
+    index_table = table.pop("index", {})
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, (var, parse, default, _doc) in SETTINGS.items():
+        values[key], sources[key] = default, "default"
+        if key in table:
+            raw = table[key]
+            try:
+                values[key] = parse(raw) if isinstance(raw, str) else _coerce(parse, raw)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{config_file}: {key}: {exc}") from exc
+            sources[key] = str(config_file)
+        if environ.get(var):
+            try:
+                values[key] = parse(environ[var])
+            except ValueError as exc:
+                raise ConfigError(f"${var}: {exc}") from exc
+            sources[key] = f"${var}"
+        if overrides and overrides.get(key) is not None:
+            values[key], sources[key] = overrides[key], "argument"
+    unknown = sorted(set(table) - set(SETTINGS))
+    if unknown:
+        raise ConfigError(f"{config_file}: unknown setting(s): {', '.join(unknown)}")
+    return Settings(values=values, sources=sources, index=_index_options(index_table, config_file))
+
+
+def _coerce(parse: Callable[[str], Any], raw: Any) -> Any:
+    if parse is _words:
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise TypeError("expected a list of strings")
+        return tuple(raw)
+    if parse is _bool:
+        if not isinstance(raw, bool):
+            raise TypeError("expected true or false")
+        return raw
+    return parse(str(raw))
+
+
+def _index_options(table: Mapping[str, Any], source: Path) -> IndexOptions:
+    try:
+        return IndexOptions(
+            index_url=table.get("index_url"),
+            extra_index_urls=tuple(table.get("extra_index_urls", ())),
+            find_links=tuple(table.get("find_links", ())),
+            no_index=bool(table.get("no_index", False)),
+            trusted_hosts=tuple(table.get("trusted_hosts", ())),
+            cert=table.get("cert"),
+            constraints=tuple(table.get("constraints", ())),
+        )
+    except TypeError as exc:
+        raise ConfigError(f"{source}: [index]: {exc}") from exc

@@ -1,0 +1,151 @@
+"""The runtime author's contract: the hooks ally calls to build and use environments.
+
+A *runtime* is a pluggy plugin (a module or object with functions marked
+:data:`ally_core.hookimpl`) registered through the ``ally`` entry-point group. The core knows
+nothing about any language: everything language-specific happens in these hooks. The built-in
+Python runtime (:mod:`ally_core.runtimes.python`) is registered exactly like a third-party one.
+
+Call order when a plugin's env is not ready:
+
+1. :func:`env_identity` (also on every warm load: it must be cheap and spawn nothing),
+2. :func:`resolve_interpreter`,
+3. :func:`create_env` into ``spec.env_dir`` (a fresh directory at its final location),
+4. :func:`install_deps`,
+5. :func:`health_check` with ``deep=True``; only a healthy env is published.
+
+On a warm load only :func:`env_identity` and :func:`health_check` with ``deep=False`` run.
+
+The building hooks are ``firstresult``: an implementation returns ``None`` when
+``spec.runtime`` is not one of its :func:`runtime_names`, and the next one is asked.
+Errors are reported by raising :class:`ally_core.AllyError` subclasses
+(:class:`~ally_core.InterpreterNotFound`, :class:`~ally_core.InstallFailed`); any other
+exception blocks the plugin with the exception's text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import pluggy
+
+from .envs import EnvInfo, EnvSpec, Health, InstallResult, Interpreter
+
+__all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
+
+#: The pluggy project name; also the entry-point group runtimes register under.
+PROJECT_NAME = "ally"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def runtime_names() -> Sequence[str]:  # type: ignore[empty-body]
+    """Return the ``runtime`` values (as written in ``plugin.json``) this runtime serves.
+
+    Called when ally needs to list installed runtimes (``ally runtimes``) and to word the
+    error for a manifest whose ``runtime`` nobody serves. All results are collected.
+
+    :return: e.g. ``["python3", "python"]``.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
+    """Return extra inputs that define the env, beyond what the core already hashes.
+
+    The core's fingerprint already covers the runtime name, the dependency file's bytes,
+    ``install_command``, the ``runtime_version`` constraint and the ``dependencies`` options.
+    Add what else changes the result of an install: lock files, installer backend and
+    version, index options, or ``spec.plugin_dir`` when the install reads other files of the
+    plugin (an env that reads plugin files must not be shared with another plugin).
+
+    Called on **every** load, cold and warm: it must not spawn processes and should cost
+    microseconds. Values must be JSON-serialisable.
+
+    :param spec: the env being loaded.
+    :return: a JSON-serialisable mapping, or ``None`` if ``spec.runtime`` is not served.
+        Stops at first non-None result.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def resolve_interpreter(spec: EnvSpec) -> Optional[Interpreter]:
+    """Find the base interpreter to build the env with (and to run tools through).
+
+    Called on a cold load, before :func:`create_env`. Must return an absolute path that is
+    not a shim (resolve pyenv/asdf shims to the real binary) and honour
+    ``spec.runtime_version`` if given. Raise :class:`~ally_core.InterpreterNotFound` with a
+    one-line reason naming what was looked for if nothing fits.
+
+    :param spec: the env being built.
+    :return: the interpreter, or ``None`` if ``spec.runtime`` is not served.
+        Stops at first non-None result.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def create_env(spec: EnvSpec, interpreter: Interpreter) -> Optional[EnvInfo]:
+    """Create an empty environment in ``spec.env_dir``.
+
+    ``spec.env_dir`` does not exist yet; its parent does. The directory is the env's final
+    location (ally publishes it by pointing the plugin at it, never by moving it), so
+    absolute paths written into scripts stay valid. If the process is killed, the core removes
+    the unfinished directory later: do not try to clean up here.
+
+    Report phases through ``spec.progress(...)``.
+
+    :param spec: the env being built.
+    :param interpreter: the result of :func:`resolve_interpreter`.
+    :return: how to run things in the env, or ``None`` if ``spec.runtime`` is not served.
+        Stops at first non-None result.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
+    """Install the plugin's dependencies into ``env``.
+
+    Install ``spec.dependency_file`` or, if ``spec.install_command`` is set, run that command
+    (no shell, ``cwd=spec.plugin_dir``, the env activated through its variables). Honour
+    ``spec.options`` (offline, index, cache, ``upgrade``). Stream progress through
+    ``spec.progress``. On failure raise :class:`~ally_core.InstallFailed` with the failing
+    command and the tail of its stderr.
+
+    :param spec: the env being built.
+    :param env: the result of :func:`create_env`.
+    :return: the installed packages, or ``None`` if ``spec.runtime`` is not served.
+        Stops at first non-None result.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
+    """Check that a built env still works.
+
+    With ``deep=False`` it is called on **every** load after the core has checked the marker,
+    the fingerprint and that the base interpreter is unchanged: it must not spawn processes
+    (check that files exist, symlinks resolve). With ``deep=True`` (after a build, and for
+    ``ally doctor``) it may run the env's tools (``pip check``, ``npm ls``, imports).
+
+    A problem marked ``repairable`` makes the core rebuild the env on the next load.
+
+    :param spec: the env being checked.
+    :param env: the env as recorded in its marker.
+    :param deep: whether an expensive check is wanted.
+    :return: the health, or ``None`` if ``spec.runtime`` is not served.
+        Stops at first non-None result.
+
+    .. versionadded:: 0.1
+    """

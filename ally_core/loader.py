@@ -1,0 +1,613 @@
+"""The host API: discover plugins, validate them, make their envs ready, hand out their tools.
+
+:class:`Host` is what a host application embeds and what the ``ally`` CLI drives. One broken
+plugin never stops the others: :meth:`Host.load` returns a :class:`PluginOutcome` per plugin,
+ready (with its tools) or blocked (with a one-line reason).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import attrs
+import pluggy
+
+from .config import Settings, load_settings
+from .envs import EnvInfo, EnvOptions, EnvSpec, Health, Problem, ProgressEvent
+from .errors import (
+    AllyError,
+    EnvStoreError,
+    InstallFailed,
+    ManifestError,
+    PluginNotFound,
+    RuntimeNotFound,
+    UnsafePath,
+)
+from .manifest import MANIFEST_NAME, Manifest, Tool, load_manifest, manifest_warnings
+from .paths import AllyPaths, contained_path
+from .plugin_manager import make_plugin_manager
+from .process import cancel_token
+from .store import EnvStore, Marker, now_iso, store_errors
+
+__all__ = ["BoundTool", "Host", "PluginOutcome", "PluginSource"]
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def _silent(event: ProgressEvent) -> None:
+    return None
+
+
+@attrs.frozen
+class PluginSource:
+    """A discovered plugin directory, with its manifest or the error reading it."""
+
+    plugin_dir: Path
+    manifest: Optional[Manifest]
+    error: Optional[AllyError] = None
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name if self.manifest else self.plugin_dir.name
+
+
+@attrs.define
+class PluginOutcome:
+    """The result of loading one plugin."""
+
+    name: str
+    plugin_dir: Path
+    #: ``"ready"`` or ``"blocked"``.
+    status: str
+    reason: str = ""
+    manifest: Optional[Manifest] = None
+    env: Optional[EnvInfo] = None
+    tools: list[BoundTool] = attrs.field(factory=list)
+    warnings: list[str] = attrs.field(factory=list)
+    #: What this load did: ``"none"`` (nothing to do / warm), ``"built"``, ``"shared"`` (reused
+    #: an identical env), ``"repaired"`` (rebuilt because a check failed), ``"updated"``.
+    action: str = "none"
+    #: Why an existing env was rebuilt.
+    repair_reason: str = ""
+    packages: Mapping[str, str] = attrs.field(factory=dict)
+    error: Optional[AllyError] = attrs.field(default=None, repr=False)
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+    def tool(self, name: str) -> BoundTool:
+        for tool in self.tools:
+            if tool.name == name:
+                return tool
+        known = ", ".join(t.name for t in self.tools) or "none"
+        raise PluginNotFound(f"{self.name}: no tool named {name!r} (tools: {known})")
+
+
+@attrs.frozen
+class BoundTool:
+    """A tool of a ready plugin, callable from the host."""
+
+    host: Host = attrs.field(repr=False)
+    plugin: PluginOutcome = attrs.field(repr=False)
+    spec: Tool
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def call(
+        self,
+        arguments: Any = None,
+        *,
+        timeout: float | None = None,
+        config: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Run the tool with ``arguments`` as JSON input; return a :class:`~ally_core.ToolResult`."""
+        from .tools import run_tool
+
+        return run_tool(self.host, self.plugin, self.spec, arguments, timeout=timeout,
+                        config=config)
+
+
+class Host:
+    """One ally home: its plugins, its env store, its settings and its runtimes.
+
+    Thread-safe: :meth:`load` may be called from several threads, and two hosts with
+    different homes can live in one process.
+    """
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        plugin_dirs: Sequence[str | os.PathLike[str]] = (),
+        settings: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        plugin_manager: pluggy.PluginManager | None = None,
+    ) -> None:
+        env = dict(os.environ if environ is None else environ)
+        self.paths = AllyPaths.from_env(home, plugin_dirs, env)
+        self.settings: Settings = load_settings(self.paths.config_file, env, settings)
+        self.pm = plugin_manager or make_plugin_manager(env)
+        self.hook = self.pm.hook
+        self.store = EnvStore(self.paths)
+        self._failures: dict[str, tuple[str, float, str]] = {}
+        self._lock = threading.Lock()
+        self._runtime_names: Optional[dict[str, str]] = None
+
+    # -- runtimes ------------------------------------------------------------------------------
+
+    def runtimes(self) -> dict[str, str]:
+        """``runtime`` value -> registration name of the runtime serving it."""
+        if self._runtime_names is None:
+            names: dict[str, str] = {}
+            for impl in reversed(self.hook.runtime_names.get_hookimpls()):
+                for value in impl.function():
+                    names.setdefault(value, impl.plugin_name)
+            self._runtime_names = names
+        return self._runtime_names
+
+    # -- discovery -----------------------------------------------------------------------------
+
+    def discover(self) -> list[PluginSource]:
+        """Every plugin directory in the plugin dirs, with its manifest or its error."""
+        sources: list[PluginSource] = []
+        seen: dict[str, Path] = {}
+        for root in self.paths.plugin_dirs:
+            try:
+                entries = sorted(root.iterdir())
+            except OSError:
+                continue
+            for plugin_dir in entries:
+                if plugin_dir.name.startswith(".") or not (plugin_dir / MANIFEST_NAME).is_file():
+                    continue
+                try:
+                    manifest: Optional[Manifest] = load_manifest(plugin_dir)
+                    error: Optional[AllyError] = None
+                except ManifestError as exc:
+                    manifest, error = None, exc
+                if manifest is not None and manifest.name in seen:
+                    error = ManifestError(manifest.name, MANIFEST_NAME, [
+                        f"$.name: duplicate plugin name, also used by {seen[manifest.name]}"])
+                    manifest = None
+                elif manifest is not None:
+                    seen[manifest.name] = plugin_dir
+                sources.append(PluginSource(plugin_dir, manifest, error))
+        return sources
+
+    def source(self, name: str) -> PluginSource:
+        for source in self.discover():
+            if source.name == name or source.plugin_dir.name == name:
+                return source
+        raise PluginNotFound(
+            f"no plugin named {name!r} in {', '.join(str(p) for p in self.paths.plugin_dirs)}")
+
+    # -- specs ---------------------------------------------------------------------------------
+
+    def env_options(self, *, upgrade: bool = False) -> EnvOptions:
+        return EnvOptions(
+            offline=self.settings.offline,
+            index=self.settings.index,
+            cache_dir=self.paths.cache_dir,
+            installer=self.settings.installer,
+            install_timeout=self.settings.install_timeout,
+            upgrade=upgrade,
+            default_interpreter=self.settings.values.get("python"),
+        )
+
+    def spec_for(
+        self,
+        manifest: Manifest,
+        plugin_dir: Path,
+        *,
+        env_dir: Path | None = None,
+        progress: ProgressCallback = _silent,
+        upgrade: bool = False,
+    ) -> EnvSpec:
+        """Validate the parts of ``manifest`` that need the file system and the runtimes."""
+        assert manifest.runtime is not None and manifest.dependencies is not None
+        problems: list[str] = []
+        if manifest.runtime not in self.runtimes():
+            installed = ", ".join(sorted(self.runtimes())) or "none"
+            raise RuntimeNotFound(
+                f"{manifest.name}: {MANIFEST_NAME}: $.runtime: unknown runtime "
+                f"{manifest.runtime!r} (installed runtimes: {installed}; a runtime is added by "
+                f"installing its package, e.g. ally-runtime-{manifest.runtime.rstrip('0123456789')})")
+        deps = manifest.dependencies
+        dep_file: Optional[Path] = None
+        if deps.file:
+            dep_file = contained_path(plugin_dir, deps.file)
+            if dep_file is None:
+                raise UnsafePath(manifest.name, MANIFEST_NAME, [
+                    f"$.dependencies.file: {deps.file!r} is outside the plugin directory"])
+            if not dep_file.is_file():
+                problems.append(f"$.dependencies.file: {deps.file!r} does not exist in "
+                                f"{plugin_dir}")
+        command: Optional[tuple[str, ...]] = None
+        if deps.install_command:
+            try:
+                command = tuple(shlex.split(deps.install_command))
+            except ValueError as exc:
+                problems.append(f"$.dependencies.install_command: {exc}")
+            if command == ():
+                problems.append("$.dependencies.install_command: is empty")
+        if problems:
+            raise ManifestError(manifest.name, MANIFEST_NAME, problems)
+        return EnvSpec(
+            runtime=manifest.runtime,
+            plugin_name=manifest.name,
+            plugin_dir=plugin_dir.resolve(),
+            env_dir=env_dir or self.store.pointer(manifest.name),
+            dependency_file=dep_file,
+            install_command=command,
+            runtime_version=manifest.runtime_version,
+            dependency_options=dict(deps.extra),
+            options=self.env_options(upgrade=upgrade),
+            reporter=progress,
+        )
+
+    def request_key(self, spec: EnvSpec) -> str:
+        """Hash of everything the plugin declares about its env (cheap: no processes)."""
+        digest = hashlib.sha256()
+        dep_bytes = spec.dependency_file.read_bytes() if spec.dependency_file else b""
+        identity = self.hook.env_identity(spec=spec)
+        request = {
+            "runtime": spec.runtime,
+            "dependency_file": spec.dependency_file.name if spec.dependency_file else None,
+            "dependency_sha256": hashlib.sha256(dep_bytes).hexdigest(),
+            "install_command": spec.install_command,
+            "runtime_version": spec.runtime_version,
+            "dependency_options": spec.dependency_options,
+            "identity": identity,
+        }
+        digest.update(json.dumps(request, sort_keys=True, default=str).encode())
+        return digest.hexdigest()
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def load(
+        self,
+        names: Iterable[str] | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        jobs: int | None = None,
+    ) -> list[PluginOutcome]:
+        """Discover plugins and make each one ready; return one outcome per plugin.
+
+        Plugins whose env is ready cost a few file reads and no process. The others are
+        built in parallel (``jobs`` workers, default from the settings).
+        """
+        progress = progress or _silent
+        wanted = set(names) if names is not None else None
+        sources = self.discover()
+        if wanted is not None:
+            missing = wanted - {s.name for s in sources} - {s.plugin_dir.name for s in sources}
+            if missing:
+                raise PluginNotFound(f"no plugin named {', '.join(sorted(map(repr, missing)))}")
+            sources = [s for s in sources if s.name in wanted or s.plugin_dir.name in wanted]
+        outcomes: list[Optional[PluginOutcome]] = []
+        cold: list[int] = []
+        for i, source in enumerate(sources):
+            outcome = self._warm(source)
+            outcomes.append(outcome)
+            if outcome is None:
+                cold.append(i)
+        if cold:
+            workers = max(1, min(jobs or self.settings.jobs, len(cold)))
+            cancel = threading.Event()
+
+            def build(source: PluginSource) -> PluginOutcome:
+                with cancel_token(cancel):
+                    return self._cold(source, progress)
+
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ally-build")
+            try:
+                futures = {i: pool.submit(build, sources[i]) for i in cold}
+                for i, future in futures.items():
+                    outcomes[i] = future.result()
+            except BaseException:
+                # Ctrl-C / SIGTERM: stop the installers; each build removes its unfinished env.
+                cancel.set()
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+        return [o for o in outcomes if o is not None]
+
+    def ensure(
+        self,
+        name: str,
+        *,
+        force: bool = False,
+        upgrade: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> PluginOutcome:
+        """Make one plugin ready. ``force`` rebuilds; ``upgrade`` re-resolves to newest versions.
+
+        With ``force``/``upgrade`` the new env is built beside the old one and published only
+        when healthy: on failure the old env stays in use and the outcome says why.
+        """
+        source = self.source(name)
+        if not force and not upgrade:
+            warm = self._warm(source)
+            if warm is not None:
+                return warm
+        return self._cold(source, progress or _silent, force=force or upgrade, upgrade=upgrade)
+
+    def _blocked(self, source: PluginSource, error: AllyError, **kw: Any) -> PluginOutcome:
+        reason = " | ".join(str(error).splitlines()) or error.__class__.__name__
+        return PluginOutcome(source.name, source.plugin_dir, "blocked", reason=reason,
+                             manifest=source.manifest, error=error, **kw)
+
+    def _ready(self, source: PluginSource, env: Optional[EnvInfo], **kw: Any) -> PluginOutcome:
+        manifest = source.manifest
+        assert manifest is not None
+        outcome = PluginOutcome(manifest.name, source.plugin_dir, "ready", manifest=manifest,
+                                env=env, warnings=manifest_warnings(manifest), **kw)
+        outcome.tools = [BoundTool(self, outcome, tool) for tool in manifest.tools]
+        return outcome
+
+    def _warm(self, source: PluginSource) -> Optional[PluginOutcome]:
+        """The outcome if nothing needs building, else ``None``. Spawns no process."""
+        if source.manifest is None:
+            assert source.error is not None
+            return self._blocked(source, source.error)
+        manifest = source.manifest
+        if manifest.dependencies is None:
+            return self._ready(source, None)
+        try:
+            spec = self.spec_for(manifest, source.plugin_dir)
+            key = self.request_key(spec)
+        except AllyError as exc:
+            return self._blocked(source, exc)
+        except OSError as exc:
+            return self._blocked(source, ManifestError(manifest.name, MANIFEST_NAME, [
+                f"$.dependencies.file: cannot read: {exc.strerror or exc}"]))
+        current = self.store.current(manifest.name)
+        if current is None or current[1].request_key != key:
+            return None
+        env_dir, marker = current
+        if self.cheap_problem(attrs.evolve(spec, env_dir=env_dir), marker) is not None:
+            return None
+        return self._ready(source, marker.env, packages=marker.packages)
+
+    def cheap_problem(self, spec: EnvSpec, marker: Marker) -> Optional[str]:
+        """Why a published env cannot be used as is, or ``None`` (no process is started)."""
+        interp = marker.env.interpreter
+        if interp.realpath and interp.signature:
+            try:
+                st = os.stat(interp.realpath)
+            except OSError:
+                return f"interpreter {interp.path} ({interp.kind} {interp.version}) is gone"
+            if (st.st_size, st.st_mtime_ns, st.st_ino) != tuple(interp.signature):
+                return f"interpreter {interp.path} changed since the env was built " \
+                       f"(was {interp.kind} {interp.version})"
+        health = self.hook.health_check(spec=spec, env=marker.env, deep=False)
+        if health is not None and any(p.repairable for p in health.problems):
+            return health.describe()
+        return None
+
+    def _recent_failure(self, name: str, key: str) -> Optional[str]:
+        with self._lock:
+            failure = self._failures.get(name)
+        if failure and failure[0] == key and time.monotonic() - failure[1] < self.settings.retry_after:
+            return failure[2]
+        return None
+
+    def _cold(
+        self,
+        source: PluginSource,
+        progress: ProgressCallback,
+        *,
+        force: bool = False,
+        upgrade: bool = False,
+    ) -> PluginOutcome:
+        manifest = source.manifest
+        assert manifest is not None
+        try:
+            spec = self.spec_for(manifest, source.plugin_dir, progress=progress, upgrade=upgrade)
+            key = self.request_key(spec)
+        except AllyError as exc:
+            return self._blocked(source, exc)
+        remembered = None if force else self._recent_failure(manifest.name, key)
+        if remembered is not None:
+            return self._blocked(source, InstallFailed(remembered))
+        current = self.store.current(manifest.name)
+        repair = ""
+        if current is not None and not force:
+            env_dir, marker = current
+            if marker.request_key != key:
+                repair = "dependencies changed"
+            else:
+                repair = self.cheap_problem(attrs.evolve(spec, env_dir=env_dir), marker) or ""
+        try:
+            env, marker, action = self._build(spec, key, reuse=not force, progress=progress)
+        except AllyError as exc:
+            reason = " | ".join(str(exc).splitlines())
+            with self._lock:
+                self._failures[manifest.name] = (key, time.monotonic(), reason)
+            self.store.record_failure(manifest.name, key, reason)
+            progress(ProgressEvent(manifest.name, "failed", reason))
+            kept = " (the previous env is kept)" if current is not None and force else ""
+            return self._blocked(source, exc, action="failed") if not kept else \
+                self._blocked(source, type(exc)(str(exc) + kept) if isinstance(exc, EnvStoreError)
+                              else InstallFailed(str(exc) + kept), action="failed")
+        with self._lock:
+            self._failures.pop(manifest.name, None)
+        self.store.clear_failure(manifest.name)
+        if upgrade:
+            action = "updated"
+        elif repair and action == "built":
+            action = "repaired"
+        return self._ready(source, env, action=action, repair_reason=repair,
+                           packages=marker.packages)
+
+    def _build(
+        self, spec: EnvSpec, key: str, *, reuse: bool, progress: ProgressCallback
+    ) -> tuple[EnvInfo, Marker, str]:
+        name = spec.plugin_name
+        interpreter = self.hook.resolve_interpreter(spec=spec)
+        if interpreter is None:
+            raise RuntimeNotFound(f"{name}: no runtime resolved an interpreter for "
+                                  f"{spec.runtime!r}")
+        fingerprint = hashlib.sha256(
+            f"{key}\0{interpreter.realpath or interpreter.path}\0{interpreter.version}".encode()
+        ).hexdigest()
+        lock = self.store.lock(fingerprint[:16])
+        from filelock import Timeout
+
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            progress(ProgressEvent(name, "waiting",
+                                   f"Waiting for another process installing '{name}'..."))
+            lock.acquire()
+        try:
+            if reuse:
+                found = self.store.find(fingerprint)
+                if found is not None and self.cheap_problem(
+                        attrs.evolve(spec, env_dir=found[0]), found[1]) is None:
+                    self.store.publish(name, found[0])
+                    action = "shared" if found[1].plugin != name else "none"
+                    return found[1].env, found[1], action
+            for leftover in self.store.unfinished(busy=frozenset({fingerprint[:16]})):
+                self.store.remove_path(leftover)
+            env_dir = self.store.new_env_dir(fingerprint)
+            built = attrs.evolve(spec, env_dir=env_dir)
+            progress(ProgressEvent(name, "start", f"Installing dependencies for '{name}'..."))
+            try:
+                env, marker = self._build_into(built, key, fingerprint, interpreter)
+                self.store.publish(name, env_dir)
+            except BaseException:
+                self.store.discard(env_dir)
+                raise
+            progress(ProgressEvent(name, "done", f"Dependencies installed for '{name}'", 1.0))
+            return env, marker, "built"
+        finally:
+            lock.release()
+
+    def _build_into(
+        self, spec: EnvSpec, key: str, fingerprint: str, interpreter: Any
+    ) -> tuple[EnvInfo, Marker]:
+        env = self.hook.create_env(spec=spec, interpreter=interpreter)
+        if env is None:
+            raise RuntimeNotFound(f"{spec.plugin_name}: no runtime created an env for "
+                                  f"{spec.runtime!r}")
+        result = self.hook.install_deps(spec=spec, env=env)
+        spec.progress("check", "Checking the environment")
+        health = self.hook.health_check(spec=spec, env=env, deep=True) or Health()
+        if not health.ok:
+            raise InstallFailed(f"{spec.plugin_name}: the new env failed its health check: "
+                                f"{health.describe()}")
+        marker = Marker(
+            fingerprint=fingerprint,
+            request_key=key,
+            runtime=spec.runtime,
+            env=env,
+            packages=dict(result.packages) if result else {},
+            created_at=now_iso(),
+            plugin=spec.plugin_name,
+        )
+        self.store.write_marker(spec.env_dir, marker)
+        return env, marker
+
+    # -- inspection and maintenance ------------------------------------------------------------
+
+    def status(self) -> list[PluginOutcome]:
+        """Every plugin's state without building anything (for ``ally list``)."""
+        outcomes = []
+        for source in self.discover():
+            warm = self._warm(source)
+            if warm is None:
+                failure = self.store.last_failure(source.name)
+                reason = (f"install failed: {failure['reason']}" if failure
+                          else "not installed" if self.store.current(source.name) is None
+                          else "needs rebuild")
+                warm = PluginOutcome(source.name, source.plugin_dir, "pending", reason=reason,
+                                     manifest=source.manifest)
+            outcomes.append(warm)
+        return outcomes
+
+    def doctor(self, names: Iterable[str] | None = None, *, fix: bool = False,
+               progress: ProgressCallback | None = None) -> list[tuple[PluginOutcome, Health]]:
+        """Deep-check envs; with ``fix`` rebuild the broken ones."""
+        wanted = set(names) if names else None
+        reports = []
+        for source in self.discover():
+            if wanted is not None and source.name not in wanted:
+                continue
+            outcome = self._warm(source)
+            if outcome is None:
+                reason = "env not installed or out of date"
+                health = Health((Problem(reason),))
+                outcome = PluginOutcome(source.name, source.plugin_dir, "pending", reason=reason,
+                                        manifest=source.manifest)
+            elif outcome.env is None:
+                health = Health() if outcome.ready else Health((Problem(outcome.reason, False),))
+            else:
+                assert outcome.manifest is not None
+                spec = self.spec_for(outcome.manifest, source.plugin_dir)
+                spec = attrs.evolve(spec, env_dir=outcome.env.path)
+                health = self.hook.health_check(spec=spec, env=outcome.env, deep=True) or Health()
+            if fix and not health.ok and source.manifest is not None and any(
+                    p.repairable for p in health.problems):
+                outcome = self.ensure(source.name, force=True, progress=progress)
+                if outcome.ready and outcome.action != "failed":
+                    outcome.action = "repaired"
+                    outcome.repair_reason = health.describe()
+            reports.append((outcome, health))
+        return reports
+
+    def remove(self, name: str) -> bool:
+        """Remove a plugin's env pointer (never its source). Returns whether one existed."""
+        from .paths import check_plugin_name
+
+        check_plugin_name(name, source="argument")
+        self.store.clear_failure(name)
+        return self.store.unpublish(name)
+
+    def gc(self, *, dry_run: bool = False) -> list[tuple[Path, int, str]]:
+        """Remove envs nobody points to, pointers of plugins that are gone, leftovers, backups.
+
+        Returns ``(path, bytes, why)`` for everything removed (or that would be).
+        """
+        from .store import disk_usage
+
+        plugins = {s.name for s in self.discover()}
+        removed: list[tuple[Path, int, str]] = []
+        with store_errors("gc"):
+            for name in sorted(self.store.pointers()):
+                if name not in plugins:
+                    removed.append((self.store.pointer(name), 0, f"plugin {name!r} is gone"))
+                    if not dry_run:
+                        self.store.unpublish(name)
+            for backup in sorted(self.paths.state_dir.glob("*.previous")) \
+                    if self.paths.state_dir.is_dir() else []:
+                removed.append((backup, 0, "backup from an update"))
+                if not dry_run:
+                    backup.unlink()
+            for leftover in self.store.unfinished(min_age=0 if not dry_run else 0):
+                removed.append((leftover, disk_usage(leftover), "unfinished build"))
+                if not dry_run:
+                    self.store.remove_path(leftover)
+            referenced = {p for p in self.store.pointers().values()} if not dry_run else {
+                p for n, p in self.store.pointers().items() if n in plugins}
+            if self.store.store_dir.is_dir():
+                for env_dir in sorted(self.store.store_dir.iterdir()):
+                    if env_dir.name.startswith(".") or env_dir.resolve() in referenced:
+                        continue
+                    if any(env_dir == r[0] for r in removed):
+                        continue
+                    removed.append((env_dir, disk_usage(env_dir), "no plugin uses it"))
+                    if not dry_run:
+                        self.store.discard(env_dir)
+        return removed

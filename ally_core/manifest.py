@@ -1,0 +1,250 @@
+"""``plugin.json``: attrs models and the one cattrs converter that reads them.
+
+Every problem of one manifest is reported together, each with its JSON path
+(``$.tools[0].args: expected a list of strings``). Keys this model does not know are kept in
+``extra`` (Code Ally's ``config``, ``activationMode``, ``requiresConfirmation``, … are known and
+kept silently; anything else is kept with a warning) so a host never loses data and never
+crashes on a manifest written for a newer version.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, override
+
+from .errors import ManifestError
+from .paths import PLUGIN_NAME_RE
+
+__all__ = [
+    "MANIFEST_NAME", "Dependencies", "Manifest", "Tool", "load_manifest", "manifest_warnings",
+    "parse_manifest",
+]
+
+MANIFEST_NAME = "plugin.json"
+
+#: Keys Code Ally plugins carry that ally keeps without interpreting (no warning).
+KNOWN_EXTRA_KEYS = frozenset(
+    {"$schema", "config", "activationMode", "agents", "visible_to", "homepage", "license",
+     "repository", "keywords", "tags", "icon", "main", "type", "engines", "category"}
+)
+KNOWN_TOOL_EXTRA_KEYS = frozenset(
+    {"requiresConfirmation", "requires_confirmation", "subtext", "visible_to", "usage_guidance",
+     "type", "category", "examples"}
+)
+
+
+@attrs.frozen
+class Dependencies:
+    """``$.dependencies``: what the runtime installs into the plugin's env."""
+
+    file: Optional[str] = None
+    install_command: Optional[str] = None
+    #: Runtime-specific keys (e.g. ``"dev": false`` for node) passed on to the runtime.
+    extra: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Tool:
+    """``$.tools[i]``: one command the host can run."""
+
+    name: str
+    command: str
+    args: list[str] = attrs.field(factory=list)
+    description: Optional[str] = None
+    schema: Optional[dict[str, Any]] = None
+    timeout: Optional[float] = None
+    extra: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Manifest:
+    """A whole ``plugin.json``."""
+
+    name: str
+    version: Optional[str] = None
+    description: Optional[str] = None
+    author: Any = None
+    runtime: Optional[str] = None
+    #: Version constraint for the runtime's interpreter (PEP 440 for python, semver for node).
+    runtime_version: Optional[str] = None
+    dependencies: Optional[Dependencies] = None
+    tools: list[Tool] = attrs.field(factory=list)
+    config: Optional[dict[str, Any]] = None
+    extra: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def tool(self, name: str) -> Tool | None:
+        return next((t for t in self.tools if t.name == name), None)
+
+
+def _strict(kind: type, label: str) -> Callable[[Any, Any], Any]:
+    def hook(value: Any, _type: Any) -> Any:
+        # bool is an int subclass; a JSON true is never a number here.
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise TypeError(f"expected {label}, got {_json_type(value)}")
+        return value
+
+    return hook
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
+    conv.register_structure_hook(str, _strict(str, "a string"))
+    conv.register_structure_hook(bool, _strict(bool, "a boolean"))
+    conv.register_structure_hook(float, lambda v, t: float(_strict((int, float), "a number")(v, t)))  # type: ignore[arg-type]
+    conv.register_structure_hook_func(lambda t: t == dict[str, Any], _strict(dict, "an object"))
+
+    # cattrs would happily iterate a string into a list of characters: check the JSON type
+    # first, then let cattrs' own list hook structure (and path-annotate) the items. Order
+    # matters: generated hooks capture the hooks of their field types when they are made.
+    _register_strict_list(conv, list[str], "a list of strings")
+    for cls in (Dependencies, Tool, Manifest):
+        conv.register_structure_hook(cls, _with_extra(conv, cls))
+        if cls is Tool:
+            _register_strict_list(conv, list[Tool], "a list of tools")
+    return conv
+
+
+def _register_strict_list(conv: cattrs.Converter, list_type: Any, label: str) -> None:
+    hook = _strict_list(conv.get_structure_hook(list_type), label)
+    conv.register_structure_hook_func(lambda t: t == list_type, hook)
+
+
+def _strict_list(items_hook: Callable[[Any, Any], Any], label: str) -> Callable[[Any, Any], Any]:
+    def hook(value: Any, type_: Any) -> Any:
+        if not isinstance(value, list):
+            raise TypeError(f"expected {label}, got {_json_type(value)}")
+        return items_hook(value, type_)
+
+    return hook
+
+
+def _with_extra(conv: cattrs.Converter, cls: type) -> Callable[[Any, Any], Any]:
+    base = make_dict_structure_fn(cls, conv, extra=override(omit=True))
+    names = {a.name for a in attrs.fields(cls)} - {"extra"}
+
+    def hook(value: Any, _type: Any) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected an object, got {_json_type(value)}")
+        obj = base({k: v for k, v in value.items() if k in names}, cls)
+        extra = {k: v for k, v in value.items() if k not in names}
+        return attrs.evolve(obj, extra=extra) if extra else obj
+
+    return hook
+
+
+CONVERTER: cattrs.Converter = _make_converter()
+
+
+def _format_exception(exc: BaseException, _type: Any) -> str:
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if isinstance(exc, (TypeError, ValueError)) and str(exc):
+        return str(exc)
+    return f"invalid value ({exc.__class__.__name__})"
+
+
+def _paths(exc: BaseException) -> list[str]:
+    out = []
+    for msg in cattrs.transform_error(exc, path="$", format_exception=_format_exception):
+        text, _, where = msg.rpartition(" @ ")
+        out.append(f"{where}: {text}" if text else msg)
+    return out
+
+
+def parse_manifest(data: Any, *, source: str = MANIFEST_NAME, plugin: str = "") -> Manifest:
+    """Structure and validate decoded JSON; raise :class:`ManifestError` listing all problems."""
+    label = plugin or (data.get("name") if isinstance(data, dict) else None) or "<unnamed>"
+    label = label if isinstance(label, str) else "<unnamed>"
+    if not isinstance(data, dict):
+        raise ManifestError(label, source, [f"$: expected an object, got {_json_type(data)}"])
+    problems: list[str] = []
+    manifest: Manifest | None = None
+    try:
+        manifest = CONVERTER.structure(data, Manifest)
+    except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
+        problems.extend(_paths(exc))
+    problems.extend(_semantic_problems(data))
+    if problems or manifest is None:
+        raise ManifestError(label, source, _dedupe(problems) or ["$: invalid manifest"])
+    return manifest
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _semantic_problems(data: Mapping[str, Any]) -> list[str]:
+    """Rules a type cannot express. Reads the raw dict so they add to, not hide, type errors."""
+    problems = []
+    name = data.get("name")
+    if isinstance(name, str) and not PLUGIN_NAME_RE.match(name):
+        problems.append(f"$.name: {name!r} is not a valid plugin name "
+                        "(start with a letter or digit; then letters, digits, '.', '_', '-')")
+    deps = data.get("dependencies")
+    if isinstance(deps, dict):
+        if not deps.get("file") and not deps.get("install_command"):
+            problems.append("$.dependencies: needs 'file' or 'install_command'")
+        if not data.get("runtime"):
+            problems.append("$.runtime: required when 'dependencies' is given")
+    tools = data.get("tools")
+    if isinstance(tools, list):
+        seen: set[str] = set()
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict):
+                continue
+            tname, command = tool.get("name"), tool.get("command")
+            if isinstance(tname, str):
+                if not tname:
+                    problems.append(f"$.tools[{i}].name: must not be empty")
+                elif tname in seen:
+                    problems.append(f"$.tools[{i}].name: duplicate tool name {tname!r}")
+                seen.add(tname)
+            if isinstance(command, str) and not command.strip():
+                problems.append(f"$.tools[{i}].command: must not be empty")
+            timeout = tool.get("timeout")
+            if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout <= 0:
+                problems.append(f"$.tools[{i}].timeout: must be positive")
+    return problems
+
+
+def manifest_warnings(manifest: Manifest) -> list[str]:
+    """Unknown keys, which are kept but probably typos."""
+    warnings = [f"$.{k}: unknown key (kept)" for k in manifest.extra if k not in KNOWN_EXTRA_KEYS]
+    for i, tool in enumerate(manifest.tools):
+        warnings.extend(f"$.tools[{i}].{k}: unknown key (kept)"
+                        for k in tool.extra if k not in KNOWN_TOOL_EXTRA_KEYS)
+    return warnings
+
+
+def load_manifest(plugin_dir: Path) -> Manifest:
+    """Read ``plugin_dir/plugin.json``; any problem raises :class:`ManifestError`."""
+    path = plugin_dir / MANIFEST_NAME
+    label = plugin_dir.name
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(label, MANIFEST_NAME, [f"cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ManifestError(label, MANIFEST_NAME, [f"not UTF-8 ({exc.reason})"]) from exc
+    except json.JSONDecodeError as exc:
+        raise ManifestError(
+            label, MANIFEST_NAME, [f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]
+        ) from exc
+    except RecursionError as exc:
+        raise ManifestError(label, MANIFEST_NAME, ["invalid JSON: nested too deeply"]) from exc
+    return parse_manifest(data, plugin=data.get("name") if isinstance(data, dict) and isinstance(
+        data.get("name"), str) else label)

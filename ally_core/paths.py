@@ -1,0 +1,110 @@
+"""Where ally keeps things.
+
+Without ``ALLY_HOME`` the directories come from platformdirs (data, cache and config dirs of
+the ``ally`` app). With ``ALLY_HOME=DIR`` everything lives under ``DIR`` in the layout of the
+original design: ``DIR/plugins/<name>/plugin.json`` and ``DIR/plugin-envs/<name>/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import attrs
+
+from .errors import UnsafePath
+
+__all__ = ["AllyPaths", "check_plugin_name", "contained_path"]
+
+#: A plugin name becomes a directory name in the env store, so it is restricted to a safe set.
+PLUGIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@attrs.frozen
+class AllyPaths:
+    """The directories one ally home uses."""
+
+    home: Path
+    plugin_dirs: tuple[Path, ...]
+    envs_dir: Path
+    cache_dir: Path
+    config_dir: Path
+
+    @classmethod
+    def from_env(
+        cls,
+        home: str | os.PathLike[str] | None = None,
+        extra_plugin_dirs: Sequence[str | os.PathLike[str]] = (),
+        environ: Mapping[str, str] | None = None,
+    ) -> AllyPaths:
+        """Build the paths for ``home`` (or ``$ALLY_HOME``, or the platformdirs defaults)."""
+        environ = os.environ if environ is None else environ
+        home = home or environ.get("ALLY_HOME") or None
+        extra = tuple(Path(p).expanduser().absolute() for p in extra_plugin_dirs)
+        if home is not None:
+            root = Path(home).expanduser().absolute()
+            return cls(
+                home=root,
+                plugin_dirs=(root / "plugins", *extra),
+                envs_dir=root / "plugin-envs",
+                cache_dir=root / "cache",
+                config_dir=root,
+            )
+        import platformdirs
+
+        data = platformdirs.user_data_path("ally", appauthor=False)
+        return cls(
+            home=data,
+            plugin_dirs=(data / "plugins", *extra),
+            envs_dir=data / "plugin-envs",
+            cache_dir=platformdirs.user_cache_path("ally", appauthor=False),
+            config_dir=platformdirs.user_config_path("ally", appauthor=False),
+        )
+
+    @property
+    def store_dir(self) -> Path:
+        """Content-addressed environments; ``envs_dir/<name>`` points into it."""
+        return self.envs_dir / ".store"
+
+    @property
+    def locks_dir(self) -> Path:
+        """Lock files live beside the envs, never inside them."""
+        return self.envs_dir / ".locks"
+
+    @property
+    def state_dir(self) -> Path:
+        """Per-plugin state that is not an env: failure records."""
+        return self.envs_dir / ".state"
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "config.toml"
+
+
+def check_plugin_name(name: str, *, source: str = "plugin.json") -> str:
+    """Return ``name`` if it is a safe plugin name, else raise :class:`UnsafePath`."""
+    if not PLUGIN_NAME_RE.match(name) or name in {".", ".."}:
+        raise UnsafePath(
+            name or "<unnamed>",
+            source,
+            [f"$.name: {name!r} is not a valid plugin name (letters, digits, '.', '_', '-')"],
+        )
+    return name
+
+
+def contained_path(base: Path, relative: str) -> Path | None:
+    """Resolve ``relative`` inside ``base``; ``None`` if it would leave ``base``.
+
+    Absolute paths, ``..`` components and symlinks pointing outside all count as leaving.
+    """
+    if not relative or os.path.isabs(relative) or relative.startswith(("~", "\\")):
+        return None
+    base_real = base.resolve()
+    target = (base_real / relative).resolve()
+    try:
+        target.relative_to(base_real)
+    except ValueError:
+        return None
+    return target

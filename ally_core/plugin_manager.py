@@ -1,0 +1,69 @@
+"""The pluggy plugin manager: built-in runtimes first, then the ``ally`` entry-point group.
+
+Built-ins are registered with the same :data:`~ally_core.hookimpl` marker a third party uses.
+``ALLY_DISABLED_PLUGINS=a,b`` blocks runtimes by registration name (built-ins included; the
+built-in Python runtime is named ``python``). ``ALLY_TRACE_PLUGINS=1`` writes every hook call
+and its result to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Mapping
+
+import pluggy
+
+from . import hookspecs
+from .hookspecs import PROJECT_NAME
+
+__all__ = ["BUILTIN_RUNTIMES", "make_plugin_manager"]
+
+log = logging.getLogger("ally")
+
+#: registration name -> module of the runtimes that ship inside ally-core.
+BUILTIN_RUNTIMES: Mapping[str, str] = {"python": "ally_core.runtimes.python"}
+
+
+def _entry_points() -> list[object]:
+    from importlib.metadata import entry_points
+
+    if sys.version_info >= (3, 10):
+        return list(entry_points(group=PROJECT_NAME))
+    return list(entry_points().get(PROJECT_NAME, ()))  # pragma: no cover - 3.9 only
+
+
+def make_plugin_manager(
+    environ: Mapping[str, str] | None = None, *, load_entrypoints: bool = True
+) -> pluggy.PluginManager:
+    """Create a plugin manager with every enabled runtime registered.
+
+    A runtime whose entry point fails to import is skipped with a warning: one broken
+    third-party package must not stop ally (nor the plugins of other runtimes).
+    """
+    environ = os.environ if environ is None else environ
+    pm = pluggy.PluginManager(PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    disabled = {n.strip() for n in environ.get("ALLY_DISABLED_PLUGINS", "").split(",") if n.strip()}
+    for name in disabled:
+        pm.set_blocked(name)
+    for name, module in BUILTIN_RUNTIMES.items():
+        if name not in disabled:
+            pm.register(importlib.import_module(module), name=name)
+    if load_entrypoints:
+        for ep in _entry_points():
+            name = getattr(ep, "name", "")
+            if pm.is_blocked(name) or pm.get_plugin(name) is not None:
+                continue
+            try:
+                plugin = ep.load()  # type: ignore[attr-defined]
+                pm.register(plugin, name=name)
+            except Exception as exc:  # noqa: BLE001 - a broken runtime must not break ally
+                log.warning("runtime %r (entry point %s) failed to load: %s",
+                            name, getattr(ep, "value", "?"), exc)
+    if environ.get("ALLY_TRACE_PLUGINS", "") not in {"", "0"}:
+        pm.trace.root.setwriter(sys.stderr.write)
+        pm.enable_tracing()
+    return pm

@@ -1,0 +1,523 @@
+"""The built-in Python runtime: the first implementation of :mod:`ally_core.hookspecs`.
+
+It is registered under the name ``python`` with the same :data:`~ally_core.hookimpl` marker a
+third-party runtime uses. Two installer backends:
+
+* ``uv`` (default when the ``uv`` binary is available): ``uv venv`` + ``uv pip install``, with
+  one shared cache (hardlinks) under ally's cache dir.
+* ``pip``: ``virtualenv`` (Python API, app-data seeding) + ``pip install``, sharing pip's cache
+  under ally's cache dir. Always used when the manifest gives an ``install_command``, because
+  such commands expect ``pip`` inside the env.
+
+Heavy imports (virtualenv, packaging) happen inside the functions that need them, so that
+``import ally_core`` and warm loads stay cheap.
+"""
+
+from __future__ import annotations
+
+import configparser
+import functools
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from ..config import IndexOptions
+from ..envs import EnvInfo, EnvSpec, Health, InstallResult, Interpreter, Problem
+from ..errors import InstallFailed, InterpreterNotFound
+from ..hookspecs import hookimpl
+from ..process import clean_environ, run_installer
+
+__all__ = [
+    "create_env", "env_identity", "health_check", "install_deps", "resolve_interpreter",
+    "runtime_names",
+]
+
+NAMES = ("python3", "python")
+BIN = "Scripts" if os.name == "nt" else "bin"
+EXE = "python.exe" if os.name == "nt" else "python"
+
+#: Lines of a requirements file that read other files of the plugin: such envs are not shared.
+_LOCAL_REF = re.compile(r"^\s*(-r|-c|--requirement|--constraint|-e|--editable)?\s*(\.|/|file:)",
+                        re.MULTILINE)
+
+
+def _serves(spec: EnvSpec) -> bool:
+    return spec.runtime in NAMES
+
+
+@hookimpl
+def runtime_names() -> Sequence[str]:
+    return list(NAMES)
+
+
+# ---------------------------------------------------------------------------------------------
+# backend selection and identity
+
+
+def _uv_bin() -> Optional[str]:
+    try:
+        from uv import find_uv_bin
+
+        return str(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
+_uv_bin_cached = functools.lru_cache(maxsize=1)(_uv_bin)
+
+
+def backend_for(spec: EnvSpec) -> str:
+    """``uv`` or ``pip`` for this spec (raises if ``uv`` is asked for but missing)."""
+    if spec.install_command:
+        return "pip"
+    choice = spec.options.installer
+    if choice == "pip":
+        return "pip"
+    if _uv_bin_cached() is None:
+        if choice == "uv":
+            raise InstallFailed("installer 'uv' was requested (ALLY_INSTALLER=uv) but uv is "
+                                "not installed; pip install uv, or use ALLY_INSTALLER=pip")
+        return "pip"
+    return "uv"
+
+
+@functools.lru_cache(maxsize=4)
+def _dist_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@hookimpl
+def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
+    if not _serves(spec):
+        return None
+    backend = backend_for(spec)
+    identity: dict[str, Any] = {
+        "backend": backend,
+        "backend_version": _dist_version("uv" if backend == "uv" else "virtualenv"),
+        "index": effective_index(spec.options.index).identity(),
+        "offline": spec.options.offline,
+        "python": spec.options.default_interpreter,
+    }
+    if spec.install_command or _reads_plugin_files(spec.dependency_file):
+        # The install reads the plugin's own files: this env belongs to this plugin only.
+        identity["plugin_dir"] = str(spec.plugin_dir)
+    return identity
+
+
+def _reads_plugin_files(dep_file: Optional[Path]) -> bool:
+    if dep_file is None:
+        return False
+    if dep_file.name == "pyproject.toml":
+        return False
+    try:
+        return bool(_LOCAL_REF.search(dep_file.read_text("utf-8", "replace")))
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# pip configuration, so that the uv backend honours what pip would
+
+
+def _pip_config_files(environ: Mapping[str, str]) -> list[Path]:
+    override = environ.get("PIP_CONFIG_FILE")
+    if override == os.devnull:
+        return []
+    xdg_dirs = environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(os.pathsep)
+    home = Path(environ.get("HOME", str(Path.home())))
+    xdg_home = Path(environ.get("XDG_CONFIG_HOME", str(home / ".config")))
+    files = [Path(d) / "pip" / "pip.conf" for d in reversed(xdg_dirs) if d]
+    files += [Path("/etc/pip.conf"), home / ".pip" / "pip.conf", xdg_home / "pip" / "pip.conf"]
+    if override:
+        files.append(Path(override))
+    return files
+
+
+def read_pip_config(environ: Mapping[str, str] | None = None) -> IndexOptions:
+    """The index options pip would use: its config files, then ``PIP_*`` variables."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, str] = {}
+    for path in _pip_config_files(environ):
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(path, encoding="utf-8")
+        except (configparser.Error, OSError, UnicodeDecodeError):
+            continue
+        for section in ("global", "install"):
+            if parser.has_section(section):
+                merged.update({k.replace("_", "-"): v for k, v in parser.items(section)})
+    for key in ("index-url", "extra-index-url", "find-links", "no-index", "trusted-host",
+                "cert", "constraint"):
+        var = "PIP_" + key.upper().replace("-", "_")
+        if environ.get(var):
+            merged[key] = environ[var]
+
+    def words(key: str) -> tuple[str, ...]:
+        return tuple(merged.get(key, "").split())
+
+    return IndexOptions(
+        index_url=merged.get("index-url") or None,
+        extra_index_urls=words("extra-index-url"),
+        find_links=words("find-links"),
+        no_index=merged.get("no-index", "").lower() in {"1", "true", "yes", "on"},
+        trusted_hosts=words("trusted-host"),
+        cert=merged.get("cert") or None,
+        constraints=words("constraint"),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _pip_config_cached(key: tuple[tuple[str, str], ...]) -> IndexOptions:
+    return read_pip_config(dict(key))
+
+
+def effective_index(ally_index: IndexOptions) -> IndexOptions:
+    """pip's configuration overlaid with ally's own ``[index]`` settings."""
+    relevant = tuple(sorted((k, v) for k, v in os.environ.items()
+                            if k.startswith(("PIP_", "XDG_")) or k == "HOME"))
+    pip = _pip_config_cached(relevant)
+    return IndexOptions(
+        index_url=ally_index.index_url or pip.index_url,
+        extra_index_urls=pip.extra_index_urls + ally_index.extra_index_urls,
+        find_links=pip.find_links + ally_index.find_links,
+        no_index=ally_index.no_index or pip.no_index,
+        trusted_hosts=pip.trusted_hosts + ally_index.trusted_hosts,
+        cert=ally_index.cert or pip.cert,
+        constraints=pip.constraints + ally_index.constraints,
+    )
+
+
+def _index_args(index: IndexOptions, *, backend: str, offline: bool) -> list[str]:
+    args: list[str] = []
+    if index.index_url:
+        args += ["--index-url", index.index_url]
+    for url in index.extra_index_urls:
+        args += ["--extra-index-url", url]
+    for link in index.find_links:
+        args += ["--find-links", link]
+    if index.no_index:
+        args.append("--no-index")
+    for host in index.trusted_hosts:
+        args += ["--trusted-host" if backend == "pip" else "--allow-insecure-host", host]
+    for constraint in index.constraints:
+        args += ["--constraint", constraint]
+    if index.cert and backend == "pip":
+        args += ["--cert", index.cert]
+    if offline:
+        args.append("--offline" if backend == "uv" else "--no-index")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# interpreters
+
+_QUERY = (
+    "import sys, json, platform; print(json.dumps({'executable': sys.executable, "
+    "'base': getattr(sys, '_base_executable', sys.executable), "
+    "'in_venv': sys.prefix != getattr(sys, 'base_prefix', sys.prefix), "
+    "'version': platform.python_version(), 'impl': sys.implementation.name}))"
+)
+
+
+def _signature(path: str) -> tuple[int, ...]:
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _make_interpreter(path: str, version: str) -> Interpreter:
+    real = os.path.realpath(path)
+    return Interpreter(path=os.path.abspath(path), version=version, kind="python",
+                       realpath=real, signature=_signature(real))
+
+
+@functools.lru_cache(maxsize=64)
+def _query(path: str, signature: tuple[int, ...]) -> Optional[Interpreter]:
+    try:
+        out = subprocess.run(
+            [path, "-I", "-S", "-c", _QUERY], capture_output=True, timeout=30, check=True,
+            env=clean_environ(),
+        ).stdout
+        info = json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    if info.get("impl") != "cpython" and info.get("impl") != "pypy":
+        return None
+    exe = info["base"] if info.get("in_venv") and info.get("base") else info["executable"]
+    if not exe or not os.path.isabs(exe):
+        return None
+    return _make_interpreter(exe, info["version"])
+
+
+def query_interpreter(path: str) -> Optional[Interpreter]:
+    """Ask the Python at ``path`` (may be a shim or a venv python) who it really is."""
+    try:
+        sig = _signature(os.path.realpath(path))
+    except OSError:
+        return None
+    return _query(path, sig)
+
+
+def _running_interpreter() -> Interpreter:
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    if not os.path.exists(base):  # pragma: no cover - unusual embedding
+        base = sys.executable
+    return _make_interpreter(base, platform.python_version())
+
+
+def candidate_paths(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Pythons on this machine: PATH entries, then pyenv's versions."""
+    environ = os.environ if environ is None else environ
+    found: list[str] = []
+    names = ["python3", *(f"python3.{m}" for m in range(20, 7, -1))]
+    for directory in environ.get("PATH", "").split(os.pathsep):
+        for name in names:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                found.append(path)
+    pyenv_root = environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    found += sorted(glob.glob(os.path.join(pyenv_root, "versions", "*", "bin", "python3")))
+    return list(dict.fromkeys(found))
+
+
+@hookimpl
+def resolve_interpreter(spec: EnvSpec) -> Optional[Interpreter]:
+    if not _serves(spec):
+        return None
+    constraint = spec.runtime_version
+    specifier = None
+    if constraint:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+        try:
+            specifier = SpecifierSet(constraint)
+        except InvalidSpecifier:
+            raise InterpreterNotFound(
+                f"{spec.plugin_name}: plugin.json: $.runtime_version: {constraint!r} is not a "
+                "valid version specifier (e.g. '>=3.10')") from None
+
+    def fits(interp: Interpreter) -> bool:
+        return specifier is None or specifier.contains(interp.version, prereleases=True)
+
+    if spec.options.default_interpreter:
+        interp = query_interpreter(spec.options.default_interpreter)
+        if interp is None:
+            raise InterpreterNotFound(
+                f"{spec.plugin_name}: Python {spec.options.default_interpreter!r} (ALLY_PYTHON) "
+                "not found or not runnable")
+        if not fits(interp):
+            raise InterpreterNotFound(
+                f"{spec.plugin_name}: Python {interp.version} at {interp.path} (ALLY_PYTHON) "
+                f"does not satisfy runtime_version {constraint!r}")
+        return interp
+    running = _running_interpreter()
+    if fits(running):
+        return running
+    seen: list[Interpreter] = []
+    for path in candidate_paths():
+        interp = query_interpreter(path)
+        if interp is not None and interp.realpath not in {i.realpath for i in seen}:
+            seen.append(interp)
+    from packaging.version import Version
+
+    fitting = sorted((i for i in seen if fits(i)), key=lambda i: Version(i.version), reverse=True)
+    if not fitting:
+        have = ", ".join(sorted({i.version for i in [running, *seen]})) or "none"
+        raise InterpreterNotFound(
+            f"{spec.plugin_name}: no Python satisfying runtime_version {constraint!r} found "
+            f"(found: {have}); install one or point ALLY_PYTHON at it")
+    return fitting[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+
+
+def _env_python(env_dir: Path) -> Path:
+    return env_dir / BIN / EXE
+
+
+def _cache(spec: EnvSpec, name: str) -> Optional[Path]:
+    return spec.options.cache_dir / name if spec.options.cache_dir else None
+
+
+@hookimpl
+def create_env(spec: EnvSpec, interpreter: Interpreter) -> Optional[EnvInfo]:
+    if not _serves(spec):
+        return None
+    backend = backend_for(spec)
+    spec.progress("create", "Creating virtual environment")
+    if backend == "uv":
+        argv = [_uv_bin_cached() or "uv", "venv", "--python", interpreter.path,
+                "--no-project", "--no-config", "--quiet", str(spec.env_dir)]
+        if spec.options.offline:
+            argv.insert(2, "--offline")
+        run_installer(argv, cwd=spec.plugin_dir, env=_uv_environ(spec),
+                      timeout=spec.options.install_timeout, what="creating the venv")
+    else:
+        _virtualenv(spec, interpreter)
+    py = _env_python(spec.env_dir)
+    name = f"python{'.'.join(interpreter.version.split('.')[:2])}"
+    return EnvInfo(
+        path=spec.env_dir,
+        interpreter=interpreter,
+        bin_dirs=(str(spec.env_dir / BIN),),
+        commands={"python": str(py), "python3": str(py), name: str(py)},
+        env_vars={"VIRTUAL_ENV": str(spec.env_dir)},
+        data={"backend": backend},
+    )
+
+
+def _virtualenv(spec: EnvSpec, interpreter: Interpreter) -> None:
+    from virtualenv import cli_run
+
+    argv = [str(spec.env_dir), "--python", interpreter.path, "--no-periodic-update", "--quiet",
+            "--no-download", "--no-setuptools", "--no-wheel"]
+    app_data = _cache(spec, "virtualenv")
+    if app_data is not None:
+        argv += ["--app-data", str(app_data)]
+    try:
+        cli_run(argv, setup_logging=False, env=clean_environ())
+    except (SystemExit, Exception) as exc:  # virtualenv reports CLI errors via SystemExit
+        raise InstallFailed(f"creating the virtualenv failed: {exc}",
+                            command=["virtualenv", *argv]) from exc
+
+
+def _uv_environ(spec: EnvSpec) -> dict[str, str]:
+    extra = {"UV_CACHE_DIR": str(_cache(spec, "uv"))} if spec.options.cache_dir else {}
+    index = effective_index(spec.options.index)
+    if index.cert and "SSL_CERT_FILE" not in os.environ:
+        extra["SSL_CERT_FILE"] = index.cert
+    extra["UV_NO_PROGRESS"] = "1"
+    return clean_environ(extra=extra)
+
+
+def _requirements_file(spec: EnvSpec) -> Path:
+    """The dependency file as a requirements file (``pyproject.toml`` is translated)."""
+    dep = spec.dependency_file
+    assert dep is not None
+    if dep.name != "pyproject.toml":
+        return dep
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(dep.read_text("utf-8"))
+        deps = data.get("project", {}).get("dependencies", [])
+        if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+            raise ValueError("[project].dependencies must be a list of strings")
+    except (OSError, ValueError) as exc:
+        raise InstallFailed(f"{spec.plugin_name}: {dep.name}: {exc}") from exc
+    out = spec.env_dir / "ally-requirements.txt"
+    out.write_text("\n".join(deps) + "\n", "utf-8")
+    return out
+
+
+@hookimpl
+def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
+    if not _serves(spec):
+        return None
+    py = env.commands["python"]
+    environ = clean_environ(path_prefix=env.bin_dirs, extra=dict(env.env_vars))
+    if spec.install_command:
+        argv = list(spec.install_command)
+        argv[0] = env.commands.get(argv[0]) or _in_env(env, argv[0]) or argv[0]
+        spec.progress("install", f"Running {' '.join(spec.install_command)}")
+        run_installer(argv, cwd=spec.plugin_dir, env=environ, timeout=spec.options.install_timeout,
+                      on_line=lambda line: spec.progress("output", line), what="install_command")
+        return InstallResult(packages=installed_packages(spec.env_dir), command=tuple(argv))
+    if spec.dependency_file is None:
+        return InstallResult()
+    requirements = _requirements_file(spec)
+    spec.progress("install", f"Installing packages from {spec.dependency_file.name}")
+    backend = env.data.get("backend", "pip")
+    index = effective_index(spec.options.index)
+    upgrade = ["--upgrade"] if spec.options.upgrade else []
+    if backend == "uv":
+        argv = [_uv_bin_cached() or "uv", "pip", "install", "--python", py, "--no-config",
+                "-r", str(requirements), *upgrade,
+                *_index_args(index, backend="uv", offline=spec.options.offline)]
+        environ = {**environ, **{k: v for k, v in _uv_environ(spec).items()
+                                 if k.startswith(("UV_", "SSL_"))}}
+    else:
+        argv = [py, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+                "-r", str(requirements), *upgrade,
+                # pip reads its own config; only ally's [index] settings are added here.
+                *_index_args(spec.options.index, backend="pip", offline=spec.options.offline)]
+        pip_cache = _cache(spec, "pip")
+        if pip_cache is not None:
+            argv += ["--cache-dir", str(pip_cache)]
+    run_installer(argv, cwd=spec.plugin_dir, env=environ, timeout=spec.options.install_timeout,
+                  on_line=lambda line: spec.progress("output", line),
+                  what=f"installing {spec.dependency_file.name}")
+    return InstallResult(packages=installed_packages(spec.env_dir), command=tuple(argv))
+
+
+def _in_env(env: EnvInfo, name: str) -> Optional[str]:
+    if os.sep in name:
+        return None
+    for directory in env.bin_dirs:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def installed_packages(env_dir: Path) -> dict[str, str]:
+    """Name -> version of the distributions in the env, read from ``*.dist-info`` (no process)."""
+    pattern = os.path.join(str(env_dir), "lib*", "python*", "site-packages", "*.dist-info")
+    if os.name == "nt":  # pragma: no cover
+        pattern = os.path.join(str(env_dir), "Lib", "site-packages", "*.dist-info")
+    packages = {}
+    for path in glob.glob(pattern):
+        stem = os.path.basename(path)[: -len(".dist-info")]
+        name, _, version = stem.partition("-")
+        packages[name.lower().replace("_", "-")] = version
+    return dict(sorted(packages.items()))
+
+
+@hookimpl
+def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
+    if not _serves(spec):
+        return None
+    py = env.commands.get("python", "")
+    # exists() follows the venv's symlink to the base interpreter, so this also notices a
+    # deleted base Python without starting a process.
+    if not py or not os.path.exists(py):
+        return Health((Problem(f"env python {py or '?'} is missing or its base was removed"),))
+    if not os.path.isfile(spec.env_dir / "pyvenv.cfg"):
+        return Health((Problem("pyvenv.cfg is missing"),))
+    if not deep:
+        return Health()
+    problems: list[Problem] = []
+    environ = clean_environ(path_prefix=env.bin_dirs, extra=dict(env.env_vars))
+    checks = [[py, "-c", "import sys, encodings"]]
+    if env.data.get("backend") == "uv":
+        checks.append([_uv_bin_cached() or "uv", "pip", "check", "--python", py, "--no-config"])
+    else:
+        checks.append([py, "-m", "pip", "check", "--disable-pip-version-check"])
+    for argv in checks:
+        try:
+            proc = subprocess.run(argv, capture_output=True, timeout=120, env=environ,
+                                  cwd=spec.env_dir)
+        except (OSError, subprocess.SubprocessError) as exc:
+            problems.append(Problem(f"{os.path.basename(argv[0])} could not run: {exc}"))
+            continue
+        if proc.returncode != 0:
+            text = (proc.stdout + proc.stderr).decode("utf-8", "replace").strip().splitlines()
+            problems.append(Problem(f"{' '.join(os.path.basename(a) for a in argv[:3])}: "
+                                    + " | ".join(text[-3:])))
+    return Health(tuple(problems))

@@ -1,0 +1,323 @@
+"""The env store: content-addressed environments, per-plugin pointers, locks and markers.
+
+Layout under ``envs_dir`` (``<home>/plugin-envs``)::
+
+    .store/<fp16>-<token>/      one built environment; never moved after it is built
+        .installed              the marker (JSON), written last with os.replace
+    .locks/<fp16>.lock          build lock of one fingerprint (beside the envs, not inside)
+    .state/<name>.failed.json   the last failed install of a plugin
+    .state/<name>.previous      the env a plugin used before its last update (a backup)
+    <name> -> .store/<...>      per-plugin pointer (a symlink, swapped atomically)
+
+An env is *published* by writing its marker and then pointing ``<name>`` at it with one
+``os.replace`` of a symlink, so a reader sees the old env or the new one, never a half one.
+Because envs are built where they stay, nothing inside them (shebangs, ``pyvenv.cfg``,
+activate scripts) is ever relocated. ``<home>/plugin-envs/<name>/bin/python3`` keeps working
+as the original design promised. Plugins whose fingerprints are equal point at the same env.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+import attrs
+import cattrs
+
+from .envs import EnvInfo, Interpreter
+from .errors import EnvStoreError
+from .paths import AllyPaths
+
+__all__ = ["MARKER", "EnvStore", "Marker"]
+
+MARKER = ".installed"
+MARKER_FORMAT = 1
+
+
+@attrs.frozen
+class Marker:
+    """The content of ``.installed``: what was built, from what, and when."""
+
+    fingerprint: str
+    request_key: str
+    runtime: str
+    env: EnvInfo
+    packages: Mapping[str, str] = attrs.field(factory=dict)
+    created_at: str = ""
+    plugin: str = ""
+    format: int = MARKER_FORMAT
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter()
+    conv.register_unstructure_hook(Path, str)
+    conv.register_structure_hook(Path, lambda v, _t: Path(v))
+    return conv
+
+
+_CONVERTER = _make_converter()
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new content, never part."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def store_errors(what: str) -> Iterator[None]:
+    """Turn OS errors of the store (permissions, disk full) into one clear line."""
+    try:
+        yield
+    except OSError as exc:
+        reason = {errno.ENOSPC: "no space left on device", errno.EACCES: "permission denied",
+                  errno.EROFS: "read-only file system", errno.EDQUOT: "disk quota exceeded",
+                  errno.EPERM: "operation not permitted"}.get(exc.errno or 0, exc.strerror)
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise EnvStoreError(f"{what}: {reason or exc}{where}") from exc
+
+
+class EnvStore:
+    """Operations on one ``envs_dir``. Cheap to create; holds no open resources."""
+
+    def __init__(self, paths: AllyPaths) -> None:
+        self.paths = paths
+        self.root = paths.envs_dir
+        self.store_dir = paths.store_dir
+
+    # -- reading (the warm path: no locks, no processes) --------------------------------------
+
+    def pointer(self, name: str) -> Path:
+        return self.root / name
+
+    def current(self, name: str) -> Optional[tuple[Path, Marker]]:
+        """The env ``name`` points at and its marker, if both exist and are valid."""
+        try:
+            target = os.readlink(self.pointer(name))
+        except OSError:
+            return None
+        env_dir = (self.root / target) if not os.path.isabs(target) else Path(target)
+        if env_dir.parent != self.store_dir:
+            return None  # a pointer that leaves the store is never followed
+        marker = self.read_marker(env_dir)
+        return (env_dir, marker) if marker is not None else None
+
+    def read_marker(self, env_dir: Path) -> Optional[Marker]:
+        try:
+            data = json.loads((env_dir / MARKER).read_bytes())
+            if data.get("format") != MARKER_FORMAT:
+                return None
+            return _CONVERTER.structure(data, Marker)
+        except (OSError, ValueError, TypeError, KeyError, cattrs.BaseValidationError):
+            return None
+
+    # -- building ------------------------------------------------------------------------------
+
+    def lock(self, key: str, *, timeout: float = -1) -> Any:
+        """A cross-process lock (filelock) for ``key``, kept in ``.locks`` beside the envs."""
+        from filelock import FileLock
+
+        with store_errors("cannot create the lock directory"):
+            self.paths.locks_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.paths.locks_dir / f"{key}.lock"), timeout=timeout)
+
+    def new_env_dir(self, fingerprint: str) -> Path:
+        """A fresh, not yet existing directory for an env of ``fingerprint``."""
+        with store_errors("cannot create the env store"):
+            self.store_dir.mkdir(parents=True, exist_ok=True)
+        return self.store_dir / f"{fingerprint[:16]}-{secrets.token_hex(4)}"
+
+    def find(self, fingerprint: str) -> Optional[tuple[Path, Marker]]:
+        """The newest published env with exactly this fingerprint."""
+        best: Optional[tuple[Path, Marker]] = None
+        for env_dir in self.store_dir.glob(f"{fingerprint[:16]}-*"):
+            marker = self.read_marker(env_dir)
+            if marker is not None and marker.fingerprint == fingerprint and (
+                best is None or marker.created_at > best[1].created_at
+            ):
+                best = (env_dir, marker)
+        return best
+
+    def write_marker(self, env_dir: Path, marker: Marker) -> None:
+        data = json.dumps(_CONVERTER.unstructure(marker), indent=2, sort_keys=True).encode()
+        with store_errors(f"cannot write {env_dir / MARKER}"):
+            write_atomic(env_dir / MARKER, data)
+
+    def publish(self, name: str, env_dir: Path) -> None:
+        """Point ``name`` at ``env_dir`` atomically; remember the previous env as backup."""
+        pointer = self.pointer(name)
+        with store_errors(f"cannot publish the env of {name!r}"):
+            previous = self.current(name)
+            if pointer.is_dir() and not pointer.is_symlink():
+                # An env from before ally managed this home (a plain venv dir): keep it aside.
+                pointer.rename(self.store_dir / f"legacy-{name}-{secrets.token_hex(4)}")
+            link = self.root / f".{name}.{secrets.token_hex(4)}.link"
+            os.symlink(os.path.relpath(env_dir, self.root), link)
+            try:
+                os.replace(link, pointer)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    link.unlink()
+                raise
+            if previous is not None and previous[0] != env_dir:
+                self._set_backup(name, previous[0])
+
+    def _set_backup(self, name: str, env_dir: Path) -> None:
+        self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        link = self.paths.state_dir / f".{name}.{secrets.token_hex(4)}.link"
+        os.symlink(os.path.relpath(env_dir, self.paths.state_dir), link)
+        os.replace(link, self.paths.state_dir / f"{name}.previous")
+
+    def backup(self, name: str) -> Optional[Path]:
+        try:
+            target = os.readlink(self.paths.state_dir / f"{name}.previous")
+        except OSError:
+            return None
+        env_dir = (self.paths.state_dir / target).resolve()
+        return env_dir if self.read_marker(env_dir) is not None else None
+
+    def unpublish(self, name: str) -> bool:
+        """Remove ``name``'s pointer (never an env another plugin may share)."""
+        pointer = self.pointer(name)
+        removed = False
+        with store_errors(f"cannot remove the env of {name!r}"):
+            if pointer.is_symlink():
+                pointer.unlink()
+                removed = True
+            with contextlib.suppress(FileNotFoundError):
+                (self.paths.state_dir / f"{name}.previous").unlink()
+        return removed
+
+    def discard(self, env_dir: Path) -> None:
+        """Delete an env directory of the store (only ever one inside ``.store``)."""
+        if env_dir.parent != self.store_dir or env_dir.is_symlink():
+            raise EnvStoreError(f"refusing to delete {env_dir}: not an env of the store")
+        # Hide it first (one rename) so no reader can see a half-deleted env.
+        trash = self.store_dir / f".trash-{secrets.token_hex(6)}"
+        try:
+            env_dir.rename(trash)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # -- failure memory -----------------------------------------------------------------------
+
+    def record_failure(self, name: str, request_key: str, reason: str) -> None:
+        with contextlib.suppress(OSError):
+            self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+            data = {"request_key": request_key, "reason": reason, "at": now_iso()}
+            write_atomic(self.paths.state_dir / f"{name}.failed.json", json.dumps(data).encode())
+
+    def clear_failure(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.paths.state_dir / f"{name}.failed.json").unlink()
+
+    def last_failure(self, name: str) -> Optional[dict[str, Any]]:
+        try:
+            data = json.loads((self.paths.state_dir / f"{name}.failed.json").read_bytes())
+            return data if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    # -- cleaning -----------------------------------------------------------------------------
+
+    def pointers(self) -> dict[str, Path]:
+        """Plugin name -> env dir of every pointer (dangling ones included)."""
+        out = {}
+        if not self.root.is_dir():
+            return out
+        for entry in self.root.iterdir():
+            if entry.name.startswith(".") or not entry.is_symlink():
+                continue
+            out[entry.name] = (self.root / os.readlink(entry)).resolve()
+        return out
+
+    def referenced(self) -> set[Path]:
+        refs = set(self.pointers().values())
+        if self.paths.state_dir.is_dir():
+            refs |= {p.resolve() for p in self.paths.state_dir.glob("*.previous")}
+        return refs
+
+    def unfinished(self, min_age: float = 0.0, busy: frozenset[str] = frozenset()) -> list[Path]:
+        """Env dirs with no marker whose build lock is free: leftovers of killed builds.
+
+        ``busy`` names fingerprint prefixes whose lock this process holds (skipped).
+        """
+        out = []
+        if not self.store_dir.is_dir():
+            return out
+        now = time.time()
+        for env_dir in self.store_dir.iterdir():
+            if env_dir.name.startswith(".trash-"):
+                out.append(env_dir)
+                continue
+            if (env_dir / MARKER).exists() or not env_dir.is_dir() or env_dir.name.startswith(
+                ("legacy-", ".")
+            ):
+                continue
+            with contextlib.suppress(OSError):
+                if now - env_dir.stat().st_mtime < min_age:
+                    continue
+            if env_dir.name.split("-", 1)[0] in busy:
+                continue
+            lock = self.lock(env_dir.name.split("-", 1)[0], timeout=0)
+            try:
+                with lock:
+                    out.append(env_dir)
+            except Exception:  # noqa: BLE001 - filelock.Timeout: a build is running
+                continue
+        for stray in self.root.glob(".*.link") if self.root.is_dir() else ():
+            out.append(stray)
+        return out
+
+    def remove_path(self, path: Path) -> int:
+        """Delete a leftover, returning the bytes freed."""
+        size = disk_usage(path)
+        if path.is_symlink() or path.is_file():
+            path.unlink(missing_ok=True)
+        elif path.parent == self.store_dir:
+            self.discard(path) if not path.name.startswith(".trash-") else shutil.rmtree(
+                path, ignore_errors=True)
+        return size
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes used by ``path``, counting each hardlinked inode once."""
+    if path.is_symlink() or path.is_file():
+        return path.lstat().st_size
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
