@@ -1,0 +1,212 @@
+"""pytest plugin for plugin authors, runtime authors and ally itself (entry point ``pytest11``).
+
+Fixtures:
+
+* ``ally_home`` — an isolated ally home (``ALLY_HOME``) whose Python installs use only the
+  session's local wheelhouse: no index, no pip/uv configuration of the machine.
+* ``wheelhouse`` — a directory of small wheels built in the test session (see
+  :func:`build_wheel`), session-scoped.
+* ``make_plugin`` — ``make_plugin("name", manifest_dict, files={"main.py": "..."})`` writes a
+  plugin into the home's plugins dir and returns its directory.
+* ``host`` — a :class:`~ally_core.Host` on ``ally_home``.
+* ``no_spawn`` — a context manager factory: inside it, starting any subprocess fails the test.
+* ``ally_cli`` — runs ``python -m ally_core.cli ...`` as a real subprocess in the home.
+
+Everything here is hermetic: nothing reaches the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+
+__all__ = ["DEFAULT_WHEELS", "build_wheel", "hermetic_environ", "write_plugin"]
+
+#: Wheels the ``wheelhouse`` fixture builds: (name, version, requires, console scripts).
+DEFAULT_WHEELS: Sequence[tuple[str, str, Sequence[str], Mapping[str, str]]] = (
+    ("allydemo-greet", "1.0.0", (), {"allydemo-greet": "allydemo_greet:cli"}),
+    ("allydemo-greet", "2.0.0", (), {"allydemo-greet": "allydemo_greet:cli"}),
+    ("allydemo-shout", "1.0.0", ("allydemo-greet>=1.0",), {}),
+)
+
+
+def _module_source(name: str, version: str) -> str:
+    module = name.replace("-", "_")
+    return (
+        f'"""Test package {name} {version}, built by ally_core.testing."""\n'
+        f"__version__ = {version!r}\n\n"
+        "def greet(who='world'):\n"
+        f"    return 'hello ' + who + ' from {module} ' + __version__\n\n"
+        "def cli():\n"
+        "    import sys\n"
+        "    print(greet(*sys.argv[1:2]))\n"
+    )
+
+
+def build_wheel(
+    dest: Path,
+    name: str,
+    version: str,
+    *,
+    requires: Sequence[str] = (),
+    console_scripts: Mapping[str, str] | None = None,
+    files: Mapping[str, str] | None = None,
+) -> Path:
+    """Write a pure-Python wheel ``name==version`` into ``dest`` and return its path.
+
+    Without ``files`` the wheel holds one module (``name`` with ``-`` → ``_``) with
+    ``__version__``, ``greet()`` and ``cli()``. No build backend or network is needed.
+    """
+    dist = name.replace("-", "_")
+    files = dict(files) if files is not None else {f"{dist}.py": _module_source(name, version)}
+    info = f"{dist}-{version}.dist-info"
+    meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    meta += [f"Requires-Dist: {r}" for r in requires]
+    contents = {path: text.encode() for path, text in files.items()}
+    contents[f"{info}/METADATA"] = ("\n".join(meta) + "\n").encode()
+    contents[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: ally_core.testing\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n")
+    if console_scripts:
+        lines = ["[console_scripts]", *(f"{k} = {v}" for k, v in console_scripts.items())]
+        contents[f"{info}/entry_points.txt"] = ("\n".join(lines) + "\n").encode()
+    record = []
+    for path, data in contents.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{info}/RECORD,,")
+    contents[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    dest.mkdir(parents=True, exist_ok=True)
+    wheel = dest / f"{dist}-{version}-py3-none-any.whl"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path, data in contents.items():
+            zf.writestr(zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0)), data)
+    wheel.write_bytes(buf.getvalue())
+    return wheel
+
+
+def hermetic_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default ``os.environ``) without the machine's pip/uv configuration."""
+    env = {k: v for k, v in (os.environ if base is None else base).items()
+           if not k.startswith(("PIP_", "UV_", "ALLY_", "PYTHONPATH", "VIRTUAL_ENV"))}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["UV_NO_CONFIG"] = "1"
+    return env
+
+
+def write_plugin(
+    plugins_dir: Path,
+    name: str,
+    manifest: Mapping[str, Any] | None = None,
+    files: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``plugins_dir/name/plugin.json`` (``manifest`` defaults to ``{"name": name}``)."""
+    plugin_dir = plugins_dir / name
+    plugin_dir.mkdir(parents=True, exist_ok=True)
+    data = {"name": name, **(manifest or {})}
+    (plugin_dir / "plugin.json").write_text(json.dumps(data, indent=2), "utf-8")
+    for rel, text in (files or {}).items():
+        path = plugin_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, "utf-8")
+    return plugin_dir
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local directory of wheels (:data:`DEFAULT_WHEELS`) built in this test session."""
+    dest = tmp_path_factory.mktemp("wheelhouse")
+    for name, version, requires, scripts in DEFAULT_WHEELS:
+        build_wheel(dest, name, version, requires=requires, console_scripts=scripts)
+    return dest
+
+
+@pytest.fixture
+def ally_home(tmp_path: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated ``ALLY_HOME`` installing only from ``wheelhouse``, never from the network.
+
+    Its ``config.toml`` sets ``[ally.index] no_index = true`` and ``find_links`` to the
+    wheelhouse; the machine's pip and uv configuration is switched off.
+    """
+    home = tmp_path / "ally-home"
+    (home / "plugins").mkdir(parents=True)
+    for key in list(os.environ):
+        if key.startswith(("PIP_", "UV_", "ALLY_")) or key in {"PYTHONPATH", "VIRTUAL_ENV"}:
+            monkeypatch.delenv(key, raising=False)
+    for key, value in hermetic_environ({}).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("ALLY_HOME", str(home))
+    (home / "config.toml").write_text(
+        "[ally.index]\nno_index = true\n"
+        f"find_links = [{json.dumps(str(wheelhouse))}]\n", "utf-8")
+    return home
+
+
+@pytest.fixture
+def make_plugin(ally_home: Path) -> Callable[..., Path]:
+    """``make_plugin(name, manifest=None, files=None)`` → the new plugin's directory."""
+
+    def make(name: str, manifest: Mapping[str, Any] | None = None,
+             files: Mapping[str, str] | None = None) -> Path:
+        return write_plugin(ally_home / "plugins", name, manifest, files)
+
+    return make
+
+
+@pytest.fixture
+def host(ally_home: Path) -> Any:
+    """A :class:`~ally_core.Host` for ``ally_home``."""
+    from ally_core import Host
+
+    return Host(ally_home)
+
+
+@pytest.fixture
+def no_spawn(monkeypatch: pytest.MonkeyPatch) -> Callable[[], Any]:
+    """``with no_spawn(): ...`` fails the test if anything inside starts a process."""
+
+    @contextlib.contextmanager
+    def guard() -> Iterator[list[Any]]:
+        spawned: list[Any] = []
+
+        def refuse(self: Any, args: Any, *a: Any, **kw: Any) -> None:
+            spawned.append(args)
+            raise AssertionError(f"a process was spawned: {args!r}")
+
+        with monkeypatch.context() as m:
+            m.setattr(subprocess.Popen, "_execute_child", refuse)
+            if hasattr(os, "posix_spawn"):
+                m.setattr(os, "posix_spawn", lambda *a, **k: refuse(None, a))
+            m.setattr(os, "fork", lambda: refuse(None, "fork"))
+            yield spawned
+        assert not spawned, f"processes were spawned: {spawned}"
+
+    return guard
+
+
+@pytest.fixture
+def ally_cli(ally_home: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the ally CLI in a real subprocess: ``ally_cli("install", "x", input=None)``."""
+
+    def run(*args: str, input: Optional[str] = None, timeout: float = 300,
+            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ally_core.cli", *args], input=input, text=True,
+            capture_output=True, timeout=timeout, env={**os.environ, **(env or {})},
+        )
+
+    return run
