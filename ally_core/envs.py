@@ -58,6 +58,9 @@ class EnvOptions:
     upgrade: bool = False
     #: Default base interpreter (``ALLY_PYTHON`` for the Python runtime).
     default_interpreter: Optional[str] = None
+    #: Set when installing from an offline bundle: the directory :func:`bundle_artifacts`
+    #: filled. ``install_deps`` must then install only from it, with no network at all.
+    artifacts_dir: Optional[Path] = None
 
 
 @attrs.frozen

@@ -14,6 +14,7 @@ Call order when a plugin's env is not ready:
 5. :func:`health_check` with ``deep=True``; only a healthy env is published.
 
 On a warm load only :func:`env_identity` and :func:`health_check` with ``deep=False`` run.
+``ally bundle`` calls :func:`bundle_artifacts` on a ready env.
 
 The building hooks are ``firstresult``: an implementation returns ``None`` when
 ``spec.runtime`` is not one of its :func:`runtime_names`, and the next one is asked.
@@ -25,6 +26,7 @@ exception blocks the plugin with the exception's text.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Optional
 
 import pluggy
@@ -145,6 +147,28 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
     :param env: the env as recorded in its marker.
     :param deep: whether an expensive check is wanted.
     :return: the health, or ``None`` if ``spec.runtime`` is not served.
+        Stops at first non-None result.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def bundle_artifacts(spec: EnvSpec, env: EnvInfo, dest: Path) -> Optional[Mapping[str, Any]]:
+    """Save into ``dest`` every artifact needed to rebuild ``env`` with no network.
+
+    Called by ``ally bundle`` on a ready env. Write the artifacts (wheels for this platform and
+    interpreter, npm tarballs, gems, …) into ``dest`` (an existing empty directory) and
+    return the lock: exact versions with hashes, e.g.
+    ``{"packages": [{"name": "x", "version": "1.0", "file": "x-1.0.whl", "sha256": "…"}]}``.
+
+    When the bundle is installed, ``spec.options.artifacts_dir`` points at a copy of ``dest``
+    and :func:`install_deps` must install from it alone.
+
+    :param spec: the env's spec.
+    :param env: the ready env (as recorded in its marker).
+    :param dest: the directory to fill.
+    :return: the lock data (JSON-serialisable), or ``None`` if ``spec.runtime`` is not served.
         Stops at first non-None result.
 
     .. versionadded:: 0.1
