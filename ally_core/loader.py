@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shlex
+import stat
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -144,6 +145,7 @@ class Host:
         self._failures: dict[str, tuple[str, float, str]] = {}
         self._lock = threading.Lock()
         self._runtime_names: Optional[dict[str, str]] = None
+        self._sources: dict[str, tuple[tuple[int, ...], PluginSource]] = {}
 
     # -- runtimes ------------------------------------------------------------------------------
 
@@ -165,25 +167,46 @@ class Host:
         seen: dict[str, Path] = {}
         for root in self.paths.plugin_dirs:
             try:
-                entries = sorted(root.iterdir())
+                entries = sorted(os.scandir(root), key=lambda e: e.name)
             except OSError:
                 continue
-            for plugin_dir in entries:
-                if plugin_dir.name.startswith(".") or not (plugin_dir / MANIFEST_NAME).is_file():
+            for entry in entries:
+                if entry.name.startswith("."):
                     continue
-                try:
-                    manifest: Optional[Manifest] = load_manifest(plugin_dir)
-                    error: Optional[AllyError] = None
-                except ManifestError as exc:
-                    manifest, error = None, exc
+                plugin_dir = Path(entry.path)
+                source = self._read_source(plugin_dir)
+                if source is None:
+                    continue
+                manifest = source.manifest
                 if manifest is not None and manifest.name in seen:
-                    error = ManifestError(manifest.name, MANIFEST_NAME, [
-                        f"$.name: duplicate plugin name, also used by {seen[manifest.name]}"])
-                    manifest = None
+                    source = PluginSource(plugin_dir, None, ManifestError(
+                        manifest.name, MANIFEST_NAME,
+                        [f"$.name: duplicate plugin name, also used by {seen[manifest.name]}"]))
                 elif manifest is not None:
                     seen[manifest.name] = plugin_dir
-                sources.append(PluginSource(plugin_dir, manifest, error))
+                sources.append(source)
         return sources
+
+    def _read_source(self, plugin_dir: Path) -> Optional[PluginSource]:
+        """The manifest of ``plugin_dir`` (cached while ``plugin.json`` is unchanged)."""
+        path = os.path.join(plugin_dir, MANIFEST_NAME)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        signature = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        cached = self._sources.get(path)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        try:
+            source = PluginSource(plugin_dir, load_manifest(plugin_dir))
+        except ManifestError as exc:
+            source = PluginSource(plugin_dir, None, exc)
+        with self._lock:
+            self._sources[path] = (signature, source)
+        return source
 
     def source(self, name: str) -> PluginSource:
         for source in self.discover():
@@ -246,7 +269,7 @@ class Host:
         return EnvSpec(
             runtime=manifest.runtime,
             plugin_name=manifest.name,
-            plugin_dir=plugin_dir.resolve(),
+            plugin_dir=plugin_dir,
             env_dir=env_dir or self.store.pointer(manifest.name),
             dependency_file=dep_file,
             install_command=command,
@@ -364,19 +387,20 @@ class Host:
         manifest = source.manifest
         if manifest.dependencies is None:
             return self._ready(source, None)
+        current = self.store.current(manifest.name)
         try:
-            spec = self.spec_for(manifest, source.plugin_dir)
+            spec = self.spec_for(manifest, source.plugin_dir,
+                                 env_dir=current[0] if current else None)
             key = self.request_key(spec)
         except AllyError as exc:
             return self._blocked(source, exc)
         except OSError as exc:
             return self._blocked(source, ManifestError(manifest.name, MANIFEST_NAME, [
                 f"$.dependencies.file: cannot read: {exc.strerror or exc}"]))
-        current = self.store.current(manifest.name)
         if current is None or current[1].request_key != key:
             return None
-        env_dir, marker = current
-        if self.cheap_problem(attrs.evolve(spec, env_dir=env_dir), marker) is not None:
+        marker = current[1]
+        if self.cheap_problem(spec, marker) is not None:
             return None
         return self._ready(source, marker.env, packages=marker.packages)
 

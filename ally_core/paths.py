@@ -98,13 +98,28 @@ def contained_path(base: Path, relative: str) -> Path | None:
     """Resolve ``relative`` inside ``base``; ``None`` if it would leave ``base``.
 
     Absolute paths, ``..`` components and symlinks pointing outside all count as leaving.
+    ``base`` itself may be (or lie under) a symlink: containment is judged against its
+    real path.
     """
     if not relative or os.path.isabs(relative) or relative.startswith(("~", "\\")):
         return None
-    base_real = base.resolve()
-    target = (base_real / relative).resolve()
-    try:
-        target.relative_to(base_real)
-    except ValueError:
+    parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
         return None
-    return target
+    # Fast path (every load goes through here): no component below base is a symlink, so
+    # the joined path cannot leave base. Only when one is, pay for a full realpath.
+    current = str(base)
+    for part in parts:
+        current = os.path.join(current, part)
+        try:
+            if os.path.islink(current):
+                break
+        except OSError:
+            break
+    else:
+        return Path(current)
+    base_real = os.path.realpath(base)
+    target = os.path.realpath(os.path.join(base, *parts))
+    if os.path.commonpath([base_real, target]) != base_real:
+        return None
+    return Path(target)

@@ -107,6 +107,9 @@ class EnvStore:
         self.paths = paths
         self.root = paths.envs_dir
         self.store_dir = paths.store_dir
+        # Markers never change once written (a rebuild makes a new env dir), so a parsed
+        # marker is reused while the file's identity is the same.
+        self._markers: dict[str, tuple[tuple[int, ...], Marker]] = {}
 
     # -- reading (the warm path: no locks, no processes) --------------------------------------
 
@@ -116,23 +119,37 @@ class EnvStore:
     def current(self, name: str) -> Optional[tuple[Path, Marker]]:
         """The env ``name`` points at and its marker, if both exist and are valid."""
         try:
-            target = os.readlink(self.pointer(name))
+            target = os.readlink(os.path.join(self.root, name))
         except OSError:
             return None
-        env_dir = (self.root / target) if not os.path.isabs(target) else Path(target)
-        if env_dir.parent != self.store_dir:
-            return None  # a pointer that leaves the store is never followed
+        # A pointer is always ".store/<dir>"; anything else (absolute, "..", nested) is
+        # never followed.
+        head, sep, tail = target.partition(os.sep)
+        if head != self.store_dir.name or not sep or not tail or os.sep in tail or tail in {
+                ".", ".."}:
+            return None
+        env_dir = self.store_dir / tail
         marker = self.read_marker(env_dir)
         return (env_dir, marker) if marker is not None else None
 
     def read_marker(self, env_dir: Path) -> Optional[Marker]:
+        path = os.path.join(env_dir, MARKER)
         try:
-            data = json.loads((env_dir / MARKER).read_bytes())
+            st = os.stat(path)
+            signature = (st.st_size, st.st_mtime_ns, st.st_ino)
+            cached = self._markers.get(path)
+            if cached is not None and cached[0] == signature:
+                return cached[1]
+            with open(path, "rb") as fh:
+                data = json.loads(fh.read())
             if data.get("format") != MARKER_FORMAT:
                 return None
-            return _CONVERTER.structure(data, Marker)
-        except (OSError, ValueError, TypeError, KeyError, cattrs.BaseValidationError):
+            marker = _CONVERTER.structure(data, Marker)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError,
+                cattrs.BaseValidationError):
             return None
+        self._markers[path] = (signature, marker)
+        return marker
 
     # -- building ------------------------------------------------------------------------------
 

@@ -107,7 +107,7 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
     identity: dict[str, Any] = {
         "backend": backend,
         "backend_version": _dist_version("uv" if backend == "uv" else "virtualenv"),
-        "index": effective_index(spec.options.index).identity(),
+        "index": _index_identity(effective_index(spec.options.index)),
         "offline": spec.options.offline,
         "python": spec.options.default_interpreter,
     }
@@ -117,13 +117,26 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
     return identity
 
 
+@functools.lru_cache(maxsize=16)
+def _index_identity(index: IndexOptions) -> Mapping[str, Any]:
+    return index.identity()
+
+
 def _reads_plugin_files(dep_file: Optional[Path]) -> bool:
-    if dep_file is None:
-        return False
-    if dep_file.name == "pyproject.toml":
+    if dep_file is None or dep_file.name == "pyproject.toml":
         return False
     try:
-        return bool(_LOCAL_REF.search(dep_file.read_text("utf-8", "replace")))
+        st = os.stat(dep_file)
+    except OSError:
+        return False
+    return _scan_local_refs(str(dep_file), (st.st_size, st.st_mtime_ns, st.st_ino))
+
+
+@functools.lru_cache(maxsize=1024)
+def _scan_local_refs(path: str, signature: tuple[int, ...]) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return bool(_LOCAL_REF.search(fh.read()))
     except OSError:
         return False
 
@@ -184,10 +197,23 @@ def _pip_config_cached(key: tuple[tuple[str, str], ...]) -> IndexOptions:
     return read_pip_config(dict(key))
 
 
+#: Variables that change what pip's configuration says.
+_PIP_CONFIG_VARS = (
+    "PIP_CONFIG_FILE", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX",
+    "PIP_TRUSTED_HOST", "PIP_CERT", "PIP_CONSTRAINT", "XDG_CONFIG_DIRS", "XDG_CONFIG_HOME",
+    "HOME",
+)
+
+
 def effective_index(ally_index: IndexOptions) -> IndexOptions:
     """pip's configuration overlaid with ally's own ``[index]`` settings."""
-    relevant = tuple(sorted((k, v) for k, v in os.environ.items()
-                            if k.startswith(("PIP_", "XDG_")) or k == "HOME"))
+    return _effective_index(ally_index, tuple(map(os.environ.get, _PIP_CONFIG_VARS)))
+
+
+@functools.lru_cache(maxsize=16)
+def _effective_index(ally_index: IndexOptions, values: tuple[Optional[str], ...]
+                     ) -> IndexOptions:
+    relevant = tuple((k, v) for k, v in zip(_PIP_CONFIG_VARS, values) if v is not None)
     pip = _pip_config_cached(relevant)
     return IndexOptions(
         index_url=ally_index.index_url or pip.index_url,
@@ -498,7 +524,7 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
     # deleted base Python without starting a process.
     if not py or not os.path.exists(py):
         return Health((Problem(f"env python {py or '?'} is missing or its base was removed"),))
-    if not os.path.isfile(spec.env_dir / "pyvenv.cfg"):
+    if not os.path.isfile(os.path.join(spec.env_dir, "pyvenv.cfg")):
         return Health((Problem("pyvenv.cfg is missing"),))
     if not deep:
         return Health()
