@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 import attrs
 import pluggy
 
+from .bundle import artifacts_dir_of
 from .config import Settings, load_settings
 from .envs import EnvInfo, EnvOptions, EnvSpec, Health, Problem, ProgressEvent
 from .errors import (
@@ -217,8 +218,10 @@ class Host:
 
     # -- specs ---------------------------------------------------------------------------------
 
-    def env_options(self, *, upgrade: bool = False) -> EnvOptions:
+    def env_options(self, *, upgrade: bool = False, artifacts_dir: Path | None = None
+                    ) -> EnvOptions:
         return EnvOptions(
+            artifacts_dir=artifacts_dir,
             offline=self.settings.offline,
             index=self.settings.index,
             cache_dir=self.paths.cache_dir,
@@ -275,7 +278,7 @@ class Host:
             install_command=command,
             runtime_version=manifest.runtime_version,
             dependency_options=dict(deps.extra),
-            options=self.env_options(upgrade=upgrade),
+            options=self.env_options(upgrade=upgrade, artifacts_dir=artifacts_dir_of(plugin_dir)),
             reporter=progress,
         )
 
@@ -291,6 +294,8 @@ class Host:
             "install_command": spec.install_command,
             "runtime_version": spec.runtime_version,
             "dependency_options": spec.dependency_options,
+            "artifacts_dir": str(spec.options.artifacts_dir) if spec.options.artifacts_dir
+            else None,
             "identity": identity,
         }
         digest.update(json.dumps(request, sort_keys=True, default=str).encode())

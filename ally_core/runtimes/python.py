@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 NAMES = ("python3", "python")
+#: The lock an offline bundle carries: ``name==version --hash=sha256:…`` per wheel.
+LOCK_NAME = "requirements.lock"
 BIN = "Scripts" if os.name == "nt" else "bin"
 EXE = "python.exe" if os.name == "nt" else "python"
 
@@ -107,7 +109,9 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
     identity: dict[str, Any] = {
         "backend": backend,
         "backend_version": _dist_version("uv" if backend == "uv" else "virtualenv"),
-        "index": _index_identity(effective_index(spec.options.index)),
+        # A bundle installs from its own artifacts only: index settings do not matter then.
+        "index": "bundle" if spec.options.artifacts_dir else _index_identity(
+            effective_index(spec.options.index)),
         "offline": spec.options.offline,
         "python": spec.options.default_interpreter,
     }
@@ -467,28 +471,38 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
         return InstallResult(packages=installed_packages(spec.env_dir), command=tuple(argv))
     if spec.dependency_file is None:
         return InstallResult()
-    requirements = _requirements_file(spec)
-    spec.progress("install", f"Installing packages from {spec.dependency_file.name}")
     backend = env.data.get("backend", "pip")
     index = effective_index(spec.options.index)
+    offline = spec.options.offline
+    artifacts = spec.options.artifacts_dir
+    if artifacts is not None and (artifacts / LOCK_NAME).is_file():
+        # From an offline bundle: exactly the locked wheels, hashes checked, no index at all.
+        requirements = artifacts / LOCK_NAME
+        index = IndexOptions(find_links=(str(artifacts),), no_index=True)
+        offline = True
+        spec.progress("install", f"Installing packages from the bundle ({LOCK_NAME})")
+    else:
+        requirements = _requirements_file(spec)
+        spec.progress("install", f"Installing packages from {spec.dependency_file.name}")
     upgrade = ["--upgrade"] if spec.options.upgrade else []
     if backend == "uv":
         argv = [_uv_bin_cached() or "uv", "pip", "install", "--python", py, "--no-config",
                 "-r", str(requirements), *upgrade,
-                *_index_args(index, backend="uv", offline=spec.options.offline)]
+                *_index_args(index, backend="uv", offline=offline)]
         environ = {**environ, **{k: v for k, v in _uv_environ(spec).items()
                                  if k.startswith(("UV_", "SSL_"))}}
     else:
         argv = [py, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
                 "-r", str(requirements), *upgrade,
                 # pip reads its own config; only ally's [index] settings are added here.
-                *_index_args(spec.options.index, backend="pip", offline=spec.options.offline)]
+                *_index_args(index if artifacts else spec.options.index, backend="pip",
+                             offline=offline)]
         pip_cache = _cache(spec, "pip")
         if pip_cache is not None:
             argv += ["--cache-dir", str(pip_cache)]
     run_installer(argv, cwd=spec.plugin_dir, env=environ, timeout=spec.options.install_timeout,
                   on_line=lambda line: spec.progress("output", line),
-                  what=f"installing {spec.dependency_file.name}")
+                  what=f"installing {requirements.name}")
     return InstallResult(packages=installed_packages(spec.env_dir), command=tuple(argv))
 
 
@@ -547,3 +561,53 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
             problems.append(Problem(f"{' '.join(os.path.basename(a) for a in argv[:3])}: "
                                     + " | ".join(text[-3:])))
     return Health(tuple(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# offline bundles
+
+
+def _pip_runner() -> list[str]:
+    """How to run pip with any interpreter: virtualenv's embedded pip wheel (works offline)."""
+    from virtualenv.seed.wheels.embed import get_embed_wheel
+
+    wheel = get_embed_wheel("pip", f"{sys.version_info[0]}.{sys.version_info[1]}")
+    if wheel is None:  # pragma: no cover - virtualenv always embeds pip
+        raise InstallFailed("virtualenv ships no pip wheel to download artifacts with")
+    return [str(wheel.path) + "/pip"]
+
+
+@hookimpl
+def bundle_artifacts(spec: EnvSpec, env: EnvInfo, dest: Path) -> Optional[Mapping[str, Any]]:
+    if not _serves(spec):
+        return None
+    import hashlib
+
+    packages = installed_packages(env.path)
+    if env.data.get("backend") == "pip":
+        packages.pop("pip", None)  # seeded by virtualenv from its own wheel, not a dependency
+    lines = [f"{name}=={version}" for name, version in packages.items()]
+    if lines:
+        pins = dest / "pins.txt"
+        pins.write_text("\n".join(lines) + "\n", "utf-8")
+        spec.progress("bundle", f"Collecting {len(lines)} wheel(s)")
+        argv = [env.commands["python"], *_pip_runner(), "wheel", "--no-deps",
+                "--disable-pip-version-check", "--no-input", "-w", str(dest), "-r", str(pins),
+                *_index_args(spec.options.index, backend="pip", offline=spec.options.offline)]
+        pip_cache = _cache(spec, "pip")
+        if pip_cache is not None:
+            argv += ["--cache-dir", str(pip_cache)]
+        run_installer(argv, cwd=spec.plugin_dir, env=clean_environ(),
+                      timeout=spec.options.install_timeout,
+                      on_line=lambda line: spec.progress("output", line), what="collecting wheels")
+        pins.unlink()
+    locked = []
+    for wheel in sorted(dest.glob("*.whl")):
+        name, version = wheel.name.split("-")[:2]
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        locked.append({"name": name.lower().replace("_", "-"), "version": version,
+                       "file": wheel.name, "sha256": digest})
+    (dest / LOCK_NAME).write_text(
+        "".join(f"{p['name']}=={p['version']} --hash=sha256:{p['sha256']}\n" for p in locked),
+        "utf-8")
+    return {"format": "python-wheels", "python": env.interpreter.version, "packages": locked}
