@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from .errors import AllyError, PluginNotFound
-from .manifest import MANIFEST_NAME, load_manifest
+from .manifest import load_manifest
 from .paths import check_plugin_name
 from .store import now_iso
 
@@ -72,7 +72,9 @@ def _copy_plugin(src: Path, dest: Path) -> None:
 
 
 def make_bundle(
-    host: Host, name: str, output: Optional[Path] = None,
+    host: Host,
+    name: str,
+    output: Optional[Path] = None,
     progress: Optional[ProgressCallback] = None,
 ) -> Path:
     """Write the offline bundle of plugin ``name``; return the archive's path."""
@@ -97,18 +99,26 @@ def make_bundle(
                 progress_spec.progress("bundle", "Collecting dependency artifacts")
             lock = host.hook.bundle_artifacts(spec=spec, env=outcome.env, dest=artifacts)
             if lock is None:
-                raise BundleError(f"{name}: runtime {manifest.runtime!r} cannot make bundles "
-                                  "(it does not implement bundle_artifacts)")
-        files = {str(p.relative_to(stage)): _sha256(p)
-                 for p in sorted(stage.rglob("*")) if p.is_file() and not p.is_symlink()}
+                raise BundleError(
+                    f"{name}: runtime {manifest.runtime!r} cannot make bundles "
+                    "(it does not implement bundle_artifacts)"
+                )
+        files = {
+            str(p.relative_to(stage)): _sha256(p)
+            for p in sorted(stage.rglob("*"))
+            if p.is_file() and not p.is_symlink()
+        }
         info = {
             "format": BUNDLE_FORMAT,
             "plugin": manifest.name,
             "version": manifest.version,
             "runtime": manifest.runtime,
-            "interpreter": {"kind": outcome.env.interpreter.kind,
-                            "version": outcome.env.interpreter.version}
-            if outcome.env else None,
+            "interpreter": {
+                "kind": outcome.env.interpreter.kind,
+                "version": outcome.env.interpreter.version,
+            }
+            if outcome.env
+            else None,
             "platform": {"system": sys.platform, "machine": platform.machine()},
             "created_at": now_iso(),
             "lock": lock,
@@ -133,8 +143,11 @@ def _safe_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
     for member in tar.getmembers():
         name = member.name
         parts = Path(name).parts
-        if name.startswith(("/", "\\")) or ".." in parts or (parts and parts[0] not in {
-                "bundle.json", "plugin"}):
+        if (
+            name.startswith(("/", "\\"))
+            or ".." in parts
+            or (parts and parts[0] not in {"bundle.json", "plugin"})
+        ):
             raise BundleError(f"{archive}: unsafe path in bundle: {name!r}")
         if member.issym():
             target = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname))
@@ -174,8 +187,11 @@ def install_bundle(host: Host, archive: Path) -> str:
         except (OSError, ValueError) as exc:
             raise BundleError(f"{archive}: bundle.json missing or invalid: {exc}") from exc
         if not isinstance(info, dict) or info.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{archive}: unsupported bundle format {info.get('format')!r}"
-                              if isinstance(info, dict) else f"{archive}: invalid bundle.json")
+            raise BundleError(
+                f"{archive}: unsupported bundle format {info.get('format')!r}"
+                if isinstance(info, dict)
+                else f"{archive}: invalid bundle.json"
+            )
         for rel, digest in (info.get("files") or {}).items():
             path = staging / rel
             if not path.is_file() or _sha256(path) != digest:

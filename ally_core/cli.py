@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -47,8 +46,10 @@ def _host(args: argparse.Namespace) -> Any:
 def _reporter(args: argparse.Namespace) -> Any:
     from .progress import make_reporter
 
-    return make_reporter(quiet=getattr(args, "quiet", False) or getattr(args, "json", False),
-                         verbose=getattr(args, "verbose", False))
+    return make_reporter(
+        quiet=getattr(args, "quiet", False) or getattr(args, "json", False),
+        verbose=getattr(args, "verbose", False),
+    )
 
 
 def _outcome_json(outcome: Any) -> dict[str, Any]:
@@ -64,8 +65,12 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
         "repair_reason": outcome.repair_reason or None,
         "packages": dict(outcome.packages),
         "tools": [{"name": t.name, "description": t.spec.description} for t in outcome.tools]
-        if outcome.tools else ([{"name": t.name, "description": t.description}
-                                for t in outcome.manifest.tools] if outcome.manifest else []),
+        if outcome.tools
+        else (
+            [{"name": t.name, "description": t.description} for t in outcome.manifest.tools]
+            if outcome.manifest
+            else []
+        ),
         "warnings": outcome.warnings,
     }
 
@@ -74,8 +79,12 @@ def _print_outcomes(outcomes: Sequence[Any]) -> None:
     for o in outcomes:
         if o.ready:
             tools = ", ".join(t.name for t in o.tools) or "no tools"
-            extra = {"built": " (installed)", "shared": " (shared env)",
-                     "repaired": f" (repaired: {o.repair_reason})", "updated": " (updated)"}
+            extra = {
+                "built": " (installed)",
+                "shared": " (shared env)",
+                "repaired": f" (repaired: {o.repair_reason})",
+                "updated": " (updated)",
+            }
             print(f"\u2713 {o.name}: {tools}{extra.get(o.action, '')}")
         elif o.status == "pending":
             print(f"\u2026 {o.name}: {o.reason}")
@@ -125,8 +134,12 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def _each(method: str, **kw: Any) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        return _load(args, lambda host, rep: [
-            getattr(host, method)(name, progress=rep, **kw) for name in args.names])
+        return _load(
+            args,
+            lambda host, rep: [
+                getattr(host, method)(name, progress=rep, **kw) for name in args.names
+            ],
+        )
 
     return run
 
@@ -152,8 +165,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
     removed = _host(args).gc(dry_run=args.dry_run)
     total = sum(size for _, size, _ in removed)
     if args.json:
-        _emit({"removed": [{"path": str(p), "bytes": s, "why": w} for p, s, w in removed],
-               "freed_bytes": total, "dry_run": args.dry_run})
+        _emit(
+            {
+                "removed": [{"path": str(p), "bytes": s, "why": w} for p, s, w in removed],
+                "freed_bytes": total,
+                "dry_run": args.dry_run,
+            }
+        )
         return EXIT_OK
     for path, size, why in removed:
         print(f"{'would remove' if args.dry_run else 'removed'} {path} ({_size(size)}): {why}")
@@ -170,9 +188,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         if reporter is not None:
             reporter.close()
     if args.json:
-        _emit({"plugins": [{**_outcome_json(o), "healthy": h.ok,
-                            "problems": [{"message": p.message, "repairable": p.repairable}
-                                         for p in h.problems]} for o, h in reports]})
+        _emit(
+            {
+                "plugins": [
+                    {
+                        **_outcome_json(o),
+                        "healthy": h.ok,
+                        "problems": [
+                            {"message": p.message, "repairable": p.repairable} for p in h.problems
+                        ],
+                    }
+                    for o, h in reports
+                ]
+            }
+        )
     else:
         for outcome, health in reports:
             mark = "\u2713" if health.ok else "\u2717"
@@ -215,8 +244,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             reporter.close()
     if not outcome.ready:
         raise PluginNotFound(f"{outcome.name}: blocked: {outcome.reason}")
-    result = outcome.tool(args.tool).call(arguments, timeout=args.timeout,
-                                          config=_config_pairs(args.config))
+    result = outcome.tool(args.tool).call(
+        arguments, timeout=args.timeout, config=_config_pairs(args.config)
+    )
     print(json.dumps(result.to_json(), indent=2 if sys.stdout.isatty() else None))
     return EXIT_OK if result.success else EXIT_TOOL_FAILED
 
@@ -236,8 +266,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not outcome.ready:
         raise PluginNotFound(f"{outcome.name}: blocked: {outcome.reason}")
     env = outcome.env
-    environ = clean_environ(path_prefix=env.bin_dirs if env else (),
-                            extra=dict(env.env_vars) if env else None)
+    environ = clean_environ(
+        path_prefix=env.bin_dirs if env else (), extra=dict(env.env_vars) if env else None
+    )
     if env is not None and command[0] in env.commands:
         command[0] = env.commands[command[0]]
     try:
@@ -264,8 +295,13 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
             except PackageNotFoundError:  # pragma: no cover
                 dists[name] = "built in"
     if args.json:
-        _emit({"runtimes": [{"name": n, "serves": v, "distribution": dists[n]}
-                            for n, v in rows.items()]})
+        _emit(
+            {
+                "runtimes": [
+                    {"name": n, "serves": v, "distribution": dists[n]} for n, v in rows.items()
+                ]
+            }
+        )
     else:
         for name, values in rows.items():
             print(f"{name}: {', '.join(values)}  [{dists[name]}]")
@@ -286,13 +322,26 @@ def cmd_config(args: argparse.Namespace) -> int:
     action = args.action
     if action is None:
         settings = host.settings
-        paths = {"home": host.paths.home, "plugin_dirs": list(host.paths.plugin_dirs),
-                 "envs_dir": host.paths.envs_dir, "cache_dir": host.paths.cache_dir,
-                 "config_file": host.paths.config_file}
+        paths = {
+            "home": host.paths.home,
+            "plugin_dirs": list(host.paths.plugin_dirs),
+            "envs_dir": host.paths.envs_dir,
+            "cache_dir": host.paths.cache_dir,
+            "config_file": host.paths.config_file,
+        }
         if args.json:
-            _emit({"settings": {k: {"value": settings.values[k], "source": settings.sources[k]}
-                                for k in SETTINGS}, "paths": {k: str(v) if not isinstance(
-                                    v, list) else [str(x) for x in v] for k, v in paths.items()}})
+            _emit(
+                {
+                    "settings": {
+                        k: {"value": settings.values[k], "source": settings.sources[k]}
+                        for k in SETTINGS
+                    },
+                    "paths": {
+                        k: str(v) if not isinstance(v, list) else [str(x) for x in v]
+                        for k, v in paths.items()
+                    },
+                }
+            )
             return EXIT_OK
         for key, (var, _p, _d, doc) in SETTINGS.items():
             value = settings.values[key]
@@ -327,46 +376,62 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     from .bundle import make_bundle
 
     host = _host(args)
-    path = make_bundle(host, args.name, Path(args.output) if args.output else None,
-                       progress=_reporter(args))
+    path = make_bundle(
+        host, args.name, Path(args.output) if args.output else None, progress=_reporter(args)
+    )
     print(str(path))
     return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ally", description="Isolated, cached, self-healing environments for plugins.")
+        prog="ally", description="Isolated, cached, self-healing environments for plugins."
+    )
     parser.add_argument("--version", action="version", version=f"ally {__version__}")
     parser.add_argument("--home", help="ally home (default: $ALLY_HOME or the platform's dirs)")
-    parser.add_argument("--plugins-dir", action="append", metavar="DIR",
-                        help="another directory to discover plugins in (repeatable)")
+    parser.add_argument(
+        "--plugins-dir",
+        action="append",
+        metavar="DIR",
+        help="another directory to discover plugins in (repeatable)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help: str,
-            json_flag: bool = True, build: bool = False) -> argparse.ArgumentParser:
+    def add(
+        name: str,
+        func: Callable[[argparse.Namespace], int],
+        help: str,
+        json_flag: bool = True,
+        build: bool = False,
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
         if json_flag:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         if build:
             p.add_argument("--offline", action="store_true", help="never use the network")
-            p.add_argument("--installer", choices=["auto", "uv", "pip"],
-                           help="Python installer backend")
+            p.add_argument(
+                "--installer", choices=["auto", "uv", "pip"], help="Python installer backend"
+            )
             p.add_argument("-j", "--jobs", type=int, help="parallel builds")
             p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-            p.add_argument("-v", "--verbose", action="store_true",
-                           help="show installer output")
+            p.add_argument("-v", "--verbose", action="store_true", help="show installer output")
         return p
 
     add("list", cmd_list, "list plugins and the state of their envs")
     p = add("install", cmd_install, "make plugins' envs ready (all by default)", build=True)
     p.add_argument("names", nargs="*", metavar="NAME|ARCHIVE")
-    p = add("update", _each("ensure", upgrade=True),
-            "re-resolve to the newest allowed versions; keep the old env on failure", build=True)
+    p = add(
+        "update",
+        _each("ensure", upgrade=True),
+        "re-resolve to the newest allowed versions; keep the old env on failure",
+        build=True,
+    )
     p.add_argument("names", nargs="+", metavar="NAME")
-    p = add("reinstall", _each("ensure", force=True), "rebuild plugins' envs from scratch",
-            build=True)
+    p = add(
+        "reinstall", _each("ensure", force=True), "rebuild plugins' envs from scratch", build=True
+    )
     p.add_argument("names", nargs="+", metavar="NAME")
     p = add("remove", cmd_remove, "remove plugins' envs (never their source)", json_flag=False)
     p.add_argument("names", nargs="+", metavar="NAME")
@@ -375,16 +440,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("doctor", cmd_doctor, "deep-check plugins' envs", build=True)
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--fix", action="store_true", help="rebuild broken envs")
-    p = add("run", cmd_run, "run a plugin's tool with JSON input; print its JSON result",
-            json_flag=False, build=True)
+    p = add(
+        "run",
+        cmd_run,
+        "run a plugin's tool with JSON input; print its JSON result",
+        json_flag=False,
+        build=True,
+    )
     p.add_argument("plugin")
     p.add_argument("tool")
     p.add_argument("--input", help="the tool's JSON input (default: stdin, else {})")
-    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
-                   help="plugin config value for this call (repeatable)")
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="plugin config value for this call (repeatable)",
+    )
     p.add_argument("--timeout", type=float, help="seconds before the tool is killed")
-    p = add("exec", cmd_exec, "run any command inside a plugin's env", json_flag=False,
-            build=True)
+    p = add("exec", cmd_exec, "run any command inside a plugin's env", json_flag=False, build=True)
     p.add_argument("plugin")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     add("runtimes", cmd_runtimes, "list installed runtimes and what they serve")
@@ -401,8 +475,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = csub.add_parser("unset", help="remove a stored plugin config value")
     c.add_argument("plugin")
     c.add_argument("key")
-    p = add("bundle", cmd_bundle, "write an offline bundle: plugin + dependency artifacts + lock",
-            json_flag=False, build=True)
+    p = add(
+        "bundle",
+        cmd_bundle,
+        "write an offline bundle: plugin + dependency artifacts + lock",
+        json_flag=False,
+        build=True,
+    )
     p.add_argument("name")
     p.add_argument("-o", "--output", help="archive path (default: ./NAME-VERSION.ally.tar.gz)")
     return parser
@@ -429,11 +508,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
         print(f"ally: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - the one place unexpected errors become one line
+    except Exception as exc:
         if args.debug:
             raise
-        print(f"ally: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug)",
-              file=sys.stderr)
+        print(
+            f"ally: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
 
 

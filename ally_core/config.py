@@ -25,7 +25,8 @@ class IndexOptions:
 
     index_url: Optional[str] = attrs.field(default=None, repr=lambda v: repr(strip_credentials(v)))
     extra_index_urls: tuple[str, ...] = attrs.field(
-        default=(), repr=lambda v: repr(strip_credentials(v)))
+        default=(), repr=lambda v: repr(strip_credentials(v))
+    )
     find_links: tuple[str, ...] = ()
     no_index: bool = False
     trusted_hosts: tuple[str, ...] = ()
@@ -87,15 +88,31 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any, str]] = {
     "installer": ("ALLY_INSTALLER", _installer, "auto", "Python installer backend: auto, uv, pip"),
     "offline": ("ALLY_OFFLINE", _bool, False, "never touch the network when installing"),
     "jobs": ("ALLY_JOBS", _positive_int, min(4, os.cpu_count() or 1), "parallel env builds"),
-    "tool_timeout": ("ALLY_TOOL_TIMEOUT", _positive_float, 120.0, "seconds before a tool is killed"),
+    "tool_timeout": (
+        "ALLY_TOOL_TIMEOUT",
+        _positive_float,
+        120.0,
+        "seconds before a tool is killed",
+    ),
     "install_timeout": (
-        "ALLY_INSTALL_TIMEOUT", _positive_float, 1800.0, "seconds before an install is killed"),
+        "ALLY_INSTALL_TIMEOUT",
+        _positive_float,
+        1800.0,
+        "seconds before an install is killed",
+    ),
     "output_limit": (
-        "ALLY_OUTPUT_LIMIT", _positive_int, 10 * 1024 * 1024, "max bytes read from a tool"),
+        "ALLY_OUTPUT_LIMIT",
+        _positive_int,
+        10 * 1024 * 1024,
+        "max bytes read from a tool",
+    ),
     "pass_env": ("ALLY_PASS_ENV", _words, (), "extra host variables passed to tools"),
     "retry_after": (
-        "ALLY_RETRY_AFTER", _positive_float, 60.0,
-        "seconds a failed install is not retried within one process"),
+        "ALLY_RETRY_AFTER",
+        _positive_float,
+        60.0,
+        "seconds a failed install is not retried within one process",
+    ),
     "python": ("ALLY_PYTHON", str, None, "default base interpreter for Python plugins"),
 }
 
@@ -154,7 +171,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         import tomli as tomllib
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            data: dict[str, Any] = tomllib.load(fh)
+            return data
     except FileNotFoundError:
         return {}
     except (OSError, tomllib.TOMLDecodeError) as exc:

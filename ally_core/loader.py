@@ -114,11 +114,12 @@ class BoundTool:
         timeout: float | None = None,
         config: Mapping[str, str] | None = None,
     ) -> Any:
-        """Run the tool with ``arguments`` as JSON input; return a :class:`~ally_core.ToolResult`."""
+        """Run the tool with ``arguments`` as its JSON input; return a ``ToolResult``."""
         from .tools import run_tool
 
-        return run_tool(self.host, self.plugin, self.spec, arguments, timeout=timeout,
-                        config=config)
+        return run_tool(
+            self.host, self.plugin, self.spec, arguments, timeout=timeout, config=config
+        )
 
 
 class Host:
@@ -155,7 +156,8 @@ class Host:
         if self._runtime_names is None:
             names: dict[str, str] = {}
             for impl in reversed(self.hook.runtime_names.get_hookimpls()):
-                for value in impl.function():
+                values: Sequence[str] = impl.function()  # type: ignore[assignment]
+                for value in values:
                     names.setdefault(value, impl.plugin_name)
             self._runtime_names = names
         return self._runtime_names
@@ -180,9 +182,15 @@ class Host:
                     continue
                 manifest = source.manifest
                 if manifest is not None and manifest.name in seen:
-                    source = PluginSource(plugin_dir, None, ManifestError(
-                        manifest.name, MANIFEST_NAME,
-                        [f"$.name: duplicate plugin name, also used by {seen[manifest.name]}"]))
+                    source = PluginSource(
+                        plugin_dir,
+                        None,
+                        ManifestError(
+                            manifest.name,
+                            MANIFEST_NAME,
+                            [f"$.name: duplicate plugin name, also used by {seen[manifest.name]}"],
+                        ),
+                    )
                 elif manifest is not None:
                     seen[manifest.name] = plugin_dir
                 sources.append(source)
@@ -214,12 +222,14 @@ class Host:
             if source.name == name or source.plugin_dir.name == name:
                 return source
         raise PluginNotFound(
-            f"no plugin named {name!r} in {', '.join(str(p) for p in self.paths.plugin_dirs)}")
+            f"no plugin named {name!r} in {', '.join(str(p) for p in self.paths.plugin_dirs)}"
+        )
 
     # -- specs ---------------------------------------------------------------------------------
 
-    def env_options(self, *, upgrade: bool = False, artifacts_dir: Path | None = None
-                    ) -> EnvOptions:
+    def env_options(
+        self, *, upgrade: bool = False, artifacts_dir: Path | None = None
+    ) -> EnvOptions:
         return EnvOptions(
             artifacts_dir=artifacts_dir,
             offline=self.settings.offline,
@@ -245,20 +255,26 @@ class Host:
         problems: list[str] = []
         if manifest.runtime not in self.runtimes():
             installed = ", ".join(sorted(self.runtimes())) or "none"
+            package = f"ally-runtime-{manifest.runtime.rstrip('0123456789')}"
             raise RuntimeNotFound(
                 f"{manifest.name}: {MANIFEST_NAME}: $.runtime: unknown runtime "
                 f"{manifest.runtime!r} (installed runtimes: {installed}; a runtime is added by "
-                f"installing its package, e.g. ally-runtime-{manifest.runtime.rstrip('0123456789')})")
+                f"installing its package, e.g. {package})"
+            )
         deps = manifest.dependencies
         dep_file: Optional[Path] = None
         if deps.file:
             dep_file = contained_path(plugin_dir, deps.file)
             if dep_file is None:
-                raise UnsafePath(manifest.name, MANIFEST_NAME, [
-                    f"$.dependencies.file: {deps.file!r} is outside the plugin directory"])
+                raise UnsafePath(
+                    manifest.name,
+                    MANIFEST_NAME,
+                    [f"$.dependencies.file: {deps.file!r} is outside the plugin directory"],
+                )
             if not dep_file.is_file():
-                problems.append(f"$.dependencies.file: {deps.file!r} does not exist in "
-                                f"{plugin_dir}")
+                problems.append(
+                    f"$.dependencies.file: {deps.file!r} does not exist in {plugin_dir}"
+                )
         command: Optional[tuple[str, ...]] = None
         if deps.install_command:
             try:
@@ -294,7 +310,8 @@ class Host:
             "install_command": spec.install_command,
             "runtime_version": spec.runtime_version,
             "dependency_options": spec.dependency_options,
-            "artifacts_dir": str(spec.options.artifacts_dir) if spec.options.artifacts_dir
+            "artifacts_dir": str(spec.options.artifacts_dir)
+            if spec.options.artifacts_dir
             else None,
             "identity": identity,
         }
@@ -373,14 +390,28 @@ class Host:
 
     def _blocked(self, source: PluginSource, error: AllyError, **kw: Any) -> PluginOutcome:
         reason = " | ".join(str(error).splitlines()) or error.__class__.__name__
-        return PluginOutcome(source.name, source.plugin_dir, "blocked", reason=reason,
-                             manifest=source.manifest, error=error, **kw)
+        return PluginOutcome(
+            source.name,
+            source.plugin_dir,
+            "blocked",
+            reason=reason,
+            manifest=source.manifest,
+            error=error,
+            **kw,
+        )
 
     def _ready(self, source: PluginSource, env: Optional[EnvInfo], **kw: Any) -> PluginOutcome:
         manifest = source.manifest
         assert manifest is not None
-        outcome = PluginOutcome(manifest.name, source.plugin_dir, "ready", manifest=manifest,
-                                env=env, warnings=manifest_warnings(manifest), **kw)
+        outcome = PluginOutcome(
+            manifest.name,
+            source.plugin_dir,
+            "ready",
+            manifest=manifest,
+            env=env,
+            warnings=manifest_warnings(manifest),
+            **kw,
+        )
         outcome.tools = [BoundTool(self, outcome, tool) for tool in manifest.tools]
         return outcome
 
@@ -394,14 +425,21 @@ class Host:
             return self._ready(source, None)
         current = self.store.current(manifest.name)
         try:
-            spec = self.spec_for(manifest, source.plugin_dir,
-                                 env_dir=current[0] if current else None)
+            spec = self.spec_for(
+                manifest, source.plugin_dir, env_dir=current[0] if current else None
+            )
             key = self.request_key(spec)
         except AllyError as exc:
             return self._blocked(source, exc)
         except OSError as exc:
-            return self._blocked(source, ManifestError(manifest.name, MANIFEST_NAME, [
-                f"$.dependencies.file: cannot read: {exc.strerror or exc}"]))
+            return self._blocked(
+                source,
+                ManifestError(
+                    manifest.name,
+                    MANIFEST_NAME,
+                    [f"$.dependencies.file: cannot read: {exc.strerror or exc}"],
+                ),
+            )
         if current is None or current[1].request_key != key:
             return None
         marker = current[1]
@@ -418,9 +456,11 @@ class Host:
             except OSError:
                 return f"interpreter {interp.path} ({interp.kind} {interp.version}) is gone"
             if (st.st_size, st.st_mtime_ns, st.st_ino) != tuple(interp.signature):
-                return f"interpreter {interp.path} changed since the env was built " \
-                       f"(was {interp.kind} {interp.version})"
-        health = self.hook.health_check(spec=spec, env=marker.env, deep=False)
+                return (
+                    f"interpreter {interp.path} changed since the env was built "
+                    f"(was {interp.kind} {interp.version})"
+                )
+        health: Optional[Health] = self.hook.health_check(spec=spec, env=marker.env, deep=False)
         if health is not None and any(p.repairable for p in health.problems):
             return health.describe()
         return None
@@ -428,7 +468,11 @@ class Host:
     def _recent_failure(self, name: str, key: str) -> Optional[str]:
         with self._lock:
             failure = self._failures.get(name)
-        if failure and failure[0] == key and time.monotonic() - failure[1] < self.settings.retry_after:
+        if (
+            failure
+            and failure[0] == key
+            and time.monotonic() - failure[1] < self.settings.retry_after
+        ):
             return failure[2]
         return None
 
@@ -467,9 +511,17 @@ class Host:
             self.store.record_failure(manifest.name, key, reason)
             progress(ProgressEvent(manifest.name, "failed", reason))
             kept = " (the previous env is kept)" if current is not None and force else ""
-            return self._blocked(source, exc, action="failed") if not kept else \
-                self._blocked(source, type(exc)(str(exc) + kept) if isinstance(exc, EnvStoreError)
-                              else InstallFailed(str(exc) + kept), action="failed")
+            return (
+                self._blocked(source, exc, action="failed")
+                if not kept
+                else self._blocked(
+                    source,
+                    type(exc)(str(exc) + kept)
+                    if isinstance(exc, EnvStoreError)
+                    else InstallFailed(str(exc) + kept),
+                    action="failed",
+                )
+            )
         with self._lock:
             self._failures.pop(manifest.name, None)
         self.store.clear_failure(manifest.name)
@@ -477,8 +529,9 @@ class Host:
             action = "updated"
         elif repair and action == "built":
             action = "repaired"
-        return self._ready(source, env, action=action, repair_reason=repair,
-                           packages=marker.packages)
+        return self._ready(
+            source, env, action=action, repair_reason=repair, packages=marker.packages
+        )
 
     def _build(
         self, spec: EnvSpec, key: str, *, reuse: bool, progress: ProgressCallback
@@ -486,8 +539,9 @@ class Host:
         name = spec.plugin_name
         interpreter = self.hook.resolve_interpreter(spec=spec)
         if interpreter is None:
-            raise RuntimeNotFound(f"{name}: no runtime resolved an interpreter for "
-                                  f"{spec.runtime!r}")
+            raise RuntimeNotFound(
+                f"{name}: no runtime resolved an interpreter for {spec.runtime!r}"
+            )
         fingerprint = hashlib.sha256(
             f"{key}\0{interpreter.realpath or interpreter.path}\0{interpreter.version}".encode()
         ).hexdigest()
@@ -497,14 +551,19 @@ class Host:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            progress(ProgressEvent(name, "waiting",
-                                   f"Waiting for another process installing '{name}'..."))
+            progress(
+                ProgressEvent(
+                    name, "waiting", f"Waiting for another process installing '{name}'..."
+                )
+            )
             lock.acquire()
         try:
             if reuse:
                 found = self.store.find(fingerprint)
-                if found is not None and self.cheap_problem(
-                        attrs.evolve(spec, env_dir=found[0]), found[1]) is None:
+                if (
+                    found is not None
+                    and self.cheap_problem(attrs.evolve(spec, env_dir=found[0]), found[1]) is None
+                ):
                     self.store.publish(name, found[0])
                     action = "shared" if found[1].plugin != name else "none"
                     return found[1].env, found[1], action
@@ -529,14 +588,16 @@ class Host:
     ) -> tuple[EnvInfo, Marker]:
         env = self.hook.create_env(spec=spec, interpreter=interpreter)
         if env is None:
-            raise RuntimeNotFound(f"{spec.plugin_name}: no runtime created an env for "
-                                  f"{spec.runtime!r}")
+            raise RuntimeNotFound(
+                f"{spec.plugin_name}: no runtime created an env for {spec.runtime!r}"
+            )
         result = self.hook.install_deps(spec=spec, env=env)
         spec.progress("check", "Checking the environment")
         health = self.hook.health_check(spec=spec, env=env, deep=True) or Health()
         if not health.ok:
-            raise InstallFailed(f"{spec.plugin_name}: the new env failed its health check: "
-                                f"{health.describe()}")
+            raise InstallFailed(
+                f"{spec.plugin_name}: the new env failed its health check: {health.describe()}"
+            )
         marker = Marker(
             fingerprint=fingerprint,
             request_key=key,
@@ -558,16 +619,30 @@ class Host:
             warm = self._warm(source)
             if warm is None:
                 failure = self.store.last_failure(source.name)
-                reason = (f"install failed: {failure['reason']}" if failure
-                          else "not installed" if self.store.current(source.name) is None
-                          else "needs rebuild")
-                warm = PluginOutcome(source.name, source.plugin_dir, "pending", reason=reason,
-                                     manifest=source.manifest)
+                reason = (
+                    f"install failed: {failure['reason']}"
+                    if failure
+                    else "not installed"
+                    if self.store.current(source.name) is None
+                    else "needs rebuild"
+                )
+                warm = PluginOutcome(
+                    source.name,
+                    source.plugin_dir,
+                    "pending",
+                    reason=reason,
+                    manifest=source.manifest,
+                )
             outcomes.append(warm)
         return outcomes
 
-    def doctor(self, names: Iterable[str] | None = None, *, fix: bool = False,
-               progress: ProgressCallback | None = None) -> list[tuple[PluginOutcome, Health]]:
+    def doctor(
+        self,
+        names: Iterable[str] | None = None,
+        *,
+        fix: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> list[tuple[PluginOutcome, Health]]:
         """Deep-check envs; with ``fix`` rebuild the broken ones."""
         wanted = set(names) if names else None
         reports = []
@@ -578,8 +653,13 @@ class Host:
             if outcome is None:
                 reason = "env not installed or out of date"
                 health = Health((Problem(reason),))
-                outcome = PluginOutcome(source.name, source.plugin_dir, "pending", reason=reason,
-                                        manifest=source.manifest)
+                outcome = PluginOutcome(
+                    source.name,
+                    source.plugin_dir,
+                    "pending",
+                    reason=reason,
+                    manifest=source.manifest,
+                )
             elif outcome.env is None:
                 health = Health() if outcome.ready else Health((Problem(outcome.reason, False),))
             else:
@@ -587,8 +667,12 @@ class Host:
                 spec = self.spec_for(outcome.manifest, source.plugin_dir)
                 spec = attrs.evolve(spec, env_dir=outcome.env.path)
                 health = self.hook.health_check(spec=spec, env=outcome.env, deep=True) or Health()
-            if fix and not health.ok and source.manifest is not None and any(
-                    p.repairable for p in health.problems):
+            if (
+                fix
+                and not health.ok
+                and source.manifest is not None
+                and any(p.repairable for p in health.problems)
+            ):
                 outcome = self.ensure(source.name, force=True, progress=progress)
                 if outcome.ready and outcome.action != "failed":
                     outcome.action = "repaired"
@@ -619,17 +703,23 @@ class Host:
                     removed.append((self.store.pointer(name), 0, f"plugin {name!r} is gone"))
                     if not dry_run:
                         self.store.unpublish(name)
-            for backup in sorted(self.paths.state_dir.glob("*.previous")) \
-                    if self.paths.state_dir.is_dir() else []:
+            for backup in (
+                sorted(self.paths.state_dir.glob("*.previous"))
+                if self.paths.state_dir.is_dir()
+                else []
+            ):
                 removed.append((backup, 0, "backup from an update"))
                 if not dry_run:
                     backup.unlink()
-            for leftover in self.store.unfinished(min_age=0 if not dry_run else 0):
+            for leftover in self.store.unfinished(min_age=0):
                 removed.append((leftover, disk_usage(leftover), "unfinished build"))
                 if not dry_run:
                     self.store.remove_path(leftover)
-            referenced = {p for p in self.store.pointers().values()} if not dry_run else {
-                p for n, p in self.store.pointers().items() if n in plugins}
+            referenced = (
+                {p for p in self.store.pointers().values()}
+                if not dry_run
+                else {p for n, p in self.store.pointers().items() if n in plugins}
+            )
             if self.store.store_dir.is_dir():
                 for env_dir in sorted(self.store.store_dir.iterdir()):
                     if env_dir.name.startswith(".") or env_dir.resolve() in referenced:

@@ -22,7 +22,12 @@ from .errors import ManifestError
 from .paths import PLUGIN_NAME_RE
 
 __all__ = [
-    "MANIFEST_NAME", "Dependencies", "Manifest", "Tool", "load_manifest", "manifest_warnings",
+    "MANIFEST_NAME",
+    "Dependencies",
+    "Manifest",
+    "Tool",
+    "load_manifest",
+    "manifest_warnings",
     "parse_manifest",
 ]
 
@@ -30,12 +35,35 @@ MANIFEST_NAME = "plugin.json"
 
 #: Keys Code Ally plugins carry that ally keeps without interpreting (no warning).
 KNOWN_EXTRA_KEYS = frozenset(
-    {"$schema", "config", "activationMode", "agents", "visible_to", "homepage", "license",
-     "repository", "keywords", "tags", "icon", "main", "type", "engines", "category"}
+    {
+        "$schema",
+        "config",
+        "activationMode",
+        "agents",
+        "visible_to",
+        "homepage",
+        "license",
+        "repository",
+        "keywords",
+        "tags",
+        "icon",
+        "main",
+        "type",
+        "engines",
+        "category",
+    }
 )
 KNOWN_TOOL_EXTRA_KEYS = frozenset(
-    {"requiresConfirmation", "requires_confirmation", "subtext", "visible_to", "usage_guidance",
-     "type", "category", "examples"}
+    {
+        "requiresConfirmation",
+        "requires_confirmation",
+        "subtext",
+        "visible_to",
+        "usage_guidance",
+        "type",
+        "category",
+        "examples",
+    }
 )
 
 
@@ -93,8 +121,15 @@ def _strict(kind: type, label: str) -> Callable[[Any, Any], Any]:
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -131,7 +166,9 @@ def _strict_list(items_hook: Callable[[Any, Any], Any], label: str) -> Callable[
 
 
 def _with_extra(conv: cattrs.Converter, cls: type) -> Callable[[Any, Any], Any]:
-    base = make_dict_structure_fn(cls, conv, extra=override(omit=True))
+    base: Callable[[Any, Any], Any] = make_dict_structure_fn(
+        cls, conv, extra=override(omit=True)
+    )
     names = {a.name for a in attrs.fields(cls)} - {"extra"}
 
     def hook(value: Any, _type: Any) -> Any:
@@ -190,8 +227,10 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[str]:
     problems = []
     name = data.get("name")
     if isinstance(name, str) and not PLUGIN_NAME_RE.match(name):
-        problems.append(f"$.name: {name!r} is not a valid plugin name "
-                        "(start with a letter or digit; then letters, digits, '.', '_', '-')")
+        problems.append(
+            f"$.name: {name!r} is not a valid plugin name "
+            "(start with a letter or digit; then letters, digits, '.', '_', '-')"
+        )
     deps = data.get("dependencies")
     if isinstance(deps, dict):
         if not deps.get("file") and not deps.get("install_command"):
@@ -223,8 +262,11 @@ def manifest_warnings(manifest: Manifest) -> list[str]:
     """Unknown keys, which are kept but probably typos."""
     warnings = [f"$.{k}: unknown key (kept)" for k in manifest.extra if k not in KNOWN_EXTRA_KEYS]
     for i, tool in enumerate(manifest.tools):
-        warnings.extend(f"$.tools[{i}].{k}: unknown key (kept)"
-                        for k in tool.extra if k not in KNOWN_TOOL_EXTRA_KEYS)
+        warnings.extend(
+            f"$.tools[{i}].{k}: unknown key (kept)"
+            for k in tool.extra
+            if k not in KNOWN_TOOL_EXTRA_KEYS
+        )
     return warnings
 
 
@@ -242,9 +284,11 @@ def load_manifest(plugin_dir: Path) -> Manifest:
         raise ManifestError(label, MANIFEST_NAME, [f"not UTF-8 ({exc.reason})"]) from exc
     except json.JSONDecodeError as exc:
         raise ManifestError(
-            label, MANIFEST_NAME, [f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]
+            label,
+            MANIFEST_NAME,
+            [f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"],
         ) from exc
     except RecursionError as exc:
         raise ManifestError(label, MANIFEST_NAME, ["invalid JSON: nested too deeply"]) from exc
-    return parse_manifest(data, plugin=data.get("name") if isinstance(data, dict) and isinstance(
-        data.get("name"), str) else label)
+    name = data.get("name") if isinstance(data, dict) else None
+    return parse_manifest(data, plugin=name if isinstance(name, str) else label)

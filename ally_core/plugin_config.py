@@ -26,8 +26,15 @@ if TYPE_CHECKING:
     from .loader import Host, PluginOutcome
 
 __all__ = [
-    "MASK", "config_schema", "load_stored", "mask_values", "resolve_config", "secret_keys",
-    "set_stored", "unset_stored", "validate_input",
+    "MASK",
+    "config_schema",
+    "load_stored",
+    "mask_values",
+    "resolve_config",
+    "secret_keys",
+    "set_stored",
+    "unset_stored",
+    "validate_input",
 ]
 
 MASK = "********"
@@ -103,8 +110,9 @@ def _coerce(manifest: Manifest, key: str, raw: Any) -> Any:
     schema = config_schema(manifest) or {}
     props = schema.get("properties") or {}
     if props and key not in props and schema.get("additionalProperties") is False:
-        raise ConfigError(f"{manifest.name}: config: unknown key {key!r} "
-                          f"(known: {', '.join(sorted(props))})")
+        raise ConfigError(
+            f"{manifest.name}: config: unknown key {key!r} (known: {', '.join(sorted(props))})"
+        )
     if not isinstance(raw, str):
         return raw
     kind = (props.get(key) or {}).get("type") if isinstance(props.get(key), dict) else None
@@ -140,8 +148,11 @@ def _validate(manifest: Manifest, values: Mapping[str, Any], *, partial: bool = 
         for error in errors:
             where = ".".join(str(p) for p in error.absolute_path)
             # Never echo a secret value back in an error message.
-            message = error.message if not (error.absolute_path and
-                                            error.absolute_path[0] in secrets) else "invalid value"
+            message = (
+                error.message
+                if not (error.absolute_path and error.absolute_path[0] in secrets)
+                else "invalid value"
+            )
             parts.append(f"{where}: {message}" if where else message)
         raise ConfigError(f"{manifest.name}: config: " + "; ".join(parts))
 
@@ -178,13 +189,17 @@ def validate_input(plugin: str, tool: Tool, arguments: Any) -> None:
 
     data = {} if arguments is None else arguments
     try:
-        cls = jsonschema.validators.validator_for(tool.schema, default=jsonschema.Draft202012Validator)
+        cls = jsonschema.validators.validator_for(
+            tool.schema, default=jsonschema.Draft202012Validator
+        )
         cls.check_schema(tool.schema)
     except jsonschema.SchemaError as exc:
-        raise ToolInputError(f"{plugin}: tool {tool.name!r}: its schema is invalid: "
-                             f"{exc.message}") from None
+        raise ToolInputError(
+            f"{plugin}: tool {tool.name!r}: its schema is invalid: {exc.message}"
+        ) from None
     error = jsonschema.exceptions.best_match(cls(tool.schema).iter_errors(data))
     if error is not None:
-        where = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
-                              for p in error.absolute_path)
+        where = "$" + "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
+        )
         raise ToolInputError(f"{plugin}: tool {tool.name!r}: input {where}: {error.message}")

@@ -60,9 +60,13 @@ def make_plugin_manager(
             try:
                 plugin = ep.load()  # type: ignore[attr-defined]
                 pm.register(plugin, name=name)
-            except Exception as exc:  # noqa: BLE001 - a broken runtime must not break ally
-                log.warning("runtime %r (entry point %s) failed to load: %s",
-                            name, getattr(ep, "value", "?"), exc)
+            except Exception as exc:
+                log.warning(
+                    "runtime %r (entry point %s) failed to load: %s",
+                    name,
+                    getattr(ep, "value", "?"),
+                    exc,
+                )
     if environ.get("ALLY_TRACE_PLUGINS", "") not in {"", "0"}:
         pm.trace.root.setwriter(sys.stderr.write)
         pm.enable_tracing()

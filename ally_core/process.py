@@ -43,9 +43,18 @@ def _cancelled() -> bool:
     event = getattr(_local, "cancel", None)
     return bool(event is not None and event.is_set())
 
+
 #: Variables of the host's Python that must not leak into another interpreter.
-HOST_PYTHON_VARS = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONEXECUTABLE",
-                    "PYTHONUSERBASE", "__PYVENV_LAUNCHER__", "VIRTUAL_ENV", "CONDA_PREFIX")
+HOST_PYTHON_VARS = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONEXECUTABLE",
+    "PYTHONUSERBASE",
+    "__PYVENV_LAUNCHER__",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+)
 
 
 def clean_environ(
@@ -55,8 +64,9 @@ def clean_environ(
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The host environment without host Python variables, with ``path_prefix`` on PATH."""
-    env = {k: v for k, v in (os.environ if base is None else base).items()
-           if k not in HOST_PYTHON_VARS}
+    env = {
+        k: v for k, v in (os.environ if base is None else base).items() if k not in HOST_PYTHON_VARS
+    }
     if path_prefix:
         env["PATH"] = os.pathsep.join([*path_prefix, env.get("PATH", os.defpath)])
     if extra:
@@ -95,8 +105,9 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _pump(stream: IO[bytes], sink: collections.deque[str],
-          on_line: Optional[Callable[[str], None]]) -> None:
+def _pump(
+    stream: IO[bytes], sink: collections.deque[str], on_line: Optional[Callable[[str], None]]
+) -> None:
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip()
         sink.append(line)
@@ -125,21 +136,29 @@ def run_installer(
         raise KeyboardInterrupt
     try:
         proc = subprocess.Popen(
-            argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
     except OSError as exc:
-        raise InstallFailed(f"{what} failed: cannot run {argv[0]}: {exc.strerror or exc}",
-                            command=argv) from exc
+        raise InstallFailed(
+            f"{what} failed: cannot run {argv[0]}: {exc.strerror or exc}", command=argv
+        ) from exc
     out: collections.deque[str] = collections.deque(maxlen=2000)
     err: collections.deque[str] = collections.deque(maxlen=200)
     assert proc.stdout is not None and proc.stderr is not None
-    pumps = [threading.Thread(target=_pump, args=(proc.stdout, out, on_line), daemon=True),
-             threading.Thread(target=_pump, args=(proc.stderr, err, on_line), daemon=True)]
+    pumps = [
+        threading.Thread(target=_pump, args=(proc.stdout, out, on_line), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stderr, err, on_line), daemon=True),
+    ]
     for t in pumps:
         t.start()
     exited = threading.Event()
-    threading.Thread(target=lambda: (proc.wait(), exited.set()), daemon=True).start()
+    threading.Thread(target=_wait_then_set, args=(proc, exited), daemon=True).start()
     deadline = time.monotonic() + timeout
     try:
         while not exited.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
@@ -149,8 +168,11 @@ def run_installer(
                 raise subprocess.TimeoutExpired(argv, timeout)
     except subprocess.TimeoutExpired:
         kill_process_group(proc)
-        raise InstallFailed(f"{what} timed out after {timeout:g}s: {_cmdline(argv)}",
-                            command=argv, stderr_tail="\n".join(err)) from None
+        raise InstallFailed(
+            f"{what} timed out after {timeout:g}s: {_cmdline(argv)}",
+            command=argv,
+            stderr_tail="\n".join(err),
+        ) from None
     except BaseException:
         kill_process_group(proc)
         raise
@@ -161,9 +183,15 @@ def run_installer(
         tail = "\n".join(err) or "\n".join(list(out)[-20:])
         raise InstallFailed(
             f"{what} failed ({_cmdline(argv)} exited with {proc.returncode})",
-            command=argv, stderr_tail=tail,
+            command=argv,
+            stderr_tail=tail,
         )
     return "\n".join(out)
+
+
+def _wait_then_set(proc: subprocess.Popen[bytes], event: threading.Event) -> None:
+    proc.wait()
+    event.set()
 
 
 def _cmdline(argv: Sequence[str]) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Optional, TextIO
 
 from .envs import ProgressEvent
 
-__all__ = ["LogReporter", "LiveReporter", "make_reporter"]
+__all__ = ["LiveReporter", "LogReporter", "make_reporter"]
 
 TAG = "[PluginEnvironmentManager]"
 
@@ -57,8 +57,9 @@ class LiveReporter:
         self.console = Console(file=stream or sys.stderr)
         self._rows: dict[str, tuple[str, str, Optional[float]]] = {}
         self._lock = threading.Lock()
-        self._live = Live(self._render(), console=self.console, refresh_per_second=8,
-                          transient=False)
+        self._live = Live(
+            self._render(), console=self.console, refresh_per_second=8, transient=False
+        )
         self._live.start()
 
     def _render(self) -> Any:
@@ -68,9 +69,12 @@ class LiveReporter:
         table = Table.grid(padding=(0, 1))
         for name, (phase, message, fraction) in self._rows.items():
             done = phase in {"done", "failed"}
-            bar = ProgressBar(total=1.0, completed=fraction if fraction is not None else
-                              (1.0 if done else 0.0), pulse=fraction is None and not done,
-                              width=20)
+            bar = ProgressBar(
+                total=1.0,
+                completed=fraction if fraction is not None else (1.0 if done else 0.0),
+                pulse=fraction is None and not done,
+                width=20,
+            )
             style = "green" if phase == "done" else "red" if phase == "failed" else "cyan"
             table.add_row(f"[bold]{name}[/]", bar, f"[{style}]{phase}[/]", message[-70:])
         return table
@@ -88,8 +92,9 @@ class LiveReporter:
         self._live.stop()
 
 
-def make_reporter(*, quiet: bool = False, verbose: bool = False,
-                  stream: Optional[TextIO] = None) -> Any:
+def make_reporter(
+    *, quiet: bool = False, verbose: bool = False, stream: Optional[TextIO] = None
+) -> Any:
     """A live display on a TTY, plain lines otherwise, nothing with ``quiet``."""
     stream = stream or sys.stderr
     if quiet:

@@ -33,7 +33,7 @@ from typing import Any, Optional
 import attrs
 import cattrs
 
-from .envs import EnvInfo, Interpreter
+from .envs import EnvInfo
 from .errors import EnvStoreError
 from .paths import AllyPaths
 
@@ -93,9 +93,13 @@ def store_errors(what: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        reason = {errno.ENOSPC: "no space left on device", errno.EACCES: "permission denied",
-                  errno.EROFS: "read-only file system", errno.EDQUOT: "disk quota exceeded",
-                  errno.EPERM: "operation not permitted"}.get(exc.errno or 0, exc.strerror)
+        reason = {
+            errno.ENOSPC: "no space left on device",
+            errno.EACCES: "permission denied",
+            errno.EROFS: "read-only file system",
+            errno.EDQUOT: "disk quota exceeded",
+            errno.EPERM: "operation not permitted",
+        }.get(exc.errno or 0, exc.strerror)
         where = f" ({exc.filename})" if exc.filename else ""
         raise EnvStoreError(f"{what}: {reason or exc}{where}") from exc
 
@@ -125,8 +129,13 @@ class EnvStore:
         # A pointer is always ".store/<dir>"; anything else (absolute, "..", nested) is
         # never followed.
         head, sep, tail = target.partition(os.sep)
-        if head != self.store_dir.name or not sep or not tail or os.sep in tail or tail in {
-                ".", ".."}:
+        if (
+            head != self.store_dir.name
+            or not sep
+            or not tail
+            or os.sep in tail
+            or tail in {".", ".."}
+        ):
             return None
         env_dir = self.store_dir / tail
         marker = self.read_marker(env_dir)
@@ -145,8 +154,14 @@ class EnvStore:
             if data.get("format") != MARKER_FORMAT:
                 return None
             marker = _CONVERTER.structure(data, Marker)
-        except (OSError, ValueError, TypeError, KeyError, AttributeError,
-                cattrs.BaseValidationError):
+        except (
+            OSError,
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            cattrs.BaseValidationError,
+        ):
             return None
         self._markers[path] = (signature, marker)
         return marker
@@ -172,8 +187,10 @@ class EnvStore:
         best: Optional[tuple[Path, Marker]] = None
         for env_dir in self.store_dir.glob(f"{fingerprint[:16]}-*"):
             marker = self.read_marker(env_dir)
-            if marker is not None and marker.fingerprint == fingerprint and (
-                best is None or marker.created_at > best[1].created_at
+            if (
+                marker is not None
+                and marker.fingerprint == fingerprint
+                and (best is None or marker.created_at > best[1].created_at)
             ):
                 best = (env_dir, marker)
         return best
@@ -263,7 +280,7 @@ class EnvStore:
 
     def pointers(self) -> dict[str, Path]:
         """Plugin name -> env dir of every pointer (dangling ones included)."""
-        out = {}
+        out: dict[str, Path] = {}
         if not self.root.is_dir():
             return out
         for entry in self.root.iterdir():
@@ -283,7 +300,7 @@ class EnvStore:
 
         ``busy`` names fingerprint prefixes whose lock this process holds (skipped).
         """
-        out = []
+        out: list[Path] = []
         if not self.store_dir.is_dir():
             return out
         now = time.time()
@@ -291,8 +308,10 @@ class EnvStore:
             if env_dir.name.startswith(".trash-"):
                 out.append(env_dir)
                 continue
-            if (env_dir / MARKER).exists() or not env_dir.is_dir() or env_dir.name.startswith(
-                ("legacy-", ".")
+            if (
+                (env_dir / MARKER).exists()
+                or not env_dir.is_dir()
+                or env_dir.name.startswith(("legacy-", "."))
             ):
                 continue
             with contextlib.suppress(OSError):
@@ -300,12 +319,13 @@ class EnvStore:
                     continue
             if env_dir.name.split("-", 1)[0] in busy:
                 continue
-            lock = self.lock(env_dir.name.split("-", 1)[0], timeout=0)
+            from filelock import Timeout
+
             try:
-                with lock:
+                with self.lock(env_dir.name.split("-", 1)[0], timeout=0):
                     out.append(env_dir)
-            except Exception:  # noqa: BLE001 - filelock.Timeout: a build is running
-                continue
+            except Timeout:
+                continue  # its build is running in another process
         for stray in self.root.glob(".*.link") if self.root.is_dir() else ():
             out.append(stray)
         return out
@@ -317,7 +337,8 @@ class EnvStore:
             path.unlink(missing_ok=True)
         elif path.parent == self.store_dir:
             self.discard(path) if not path.name.startswith(".trash-") else shutil.rmtree(
-                path, ignore_errors=True)
+                path, ignore_errors=True
+            )
         return size
 
 

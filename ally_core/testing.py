@@ -78,7 +78,8 @@ def build_wheel(
     contents[f"{info}/METADATA"] = ("\n".join(meta) + "\n").encode()
     contents[f"{info}/WHEEL"] = (
         b"Wheel-Version: 1.0\nGenerator: ally_core.testing\nRoot-Is-Purelib: true\n"
-        b"Tag: py3-none-any\n")
+        b"Tag: py3-none-any\n"
+    )
     if console_scripts:
         lines = ["[console_scripts]", *(f"{k} = {v}" for k, v in console_scripts.items())]
         contents[f"{info}/entry_points.txt"] = ("\n".join(lines) + "\n").encode()
@@ -100,8 +101,11 @@ def build_wheel(
 
 def hermetic_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """``base`` (default ``os.environ``) without the machine's pip/uv configuration."""
-    env = {k: v for k, v in (os.environ if base is None else base).items()
-           if not k.startswith(("PIP_", "UV_", "ALLY_", "PYTHONPATH", "VIRTUAL_ENV"))}
+    env = {
+        k: v
+        for k, v in (os.environ if base is None else base).items()
+        if not k.startswith(("PIP_", "UV_", "ALLY_", "PYTHONPATH", "VIRTUAL_ENV"))
+    }
     env["PIP_CONFIG_FILE"] = os.devnull
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env["UV_NO_CONFIG"] = "1"
@@ -151,8 +155,8 @@ def ally_home(tmp_path: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("ALLY_HOME", str(home))
     (home / "config.toml").write_text(
-        "[ally.index]\nno_index = true\n"
-        f"find_links = [{json.dumps(str(wheelhouse))}]\n", "utf-8")
+        f"[ally.index]\nno_index = true\nfind_links = [{json.dumps(str(wheelhouse))}]\n", "utf-8"
+    )
     return home
 
 
@@ -160,8 +164,9 @@ def ally_home(tmp_path: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch)
 def make_plugin(ally_home: Path) -> Callable[..., Path]:
     """``make_plugin(name, manifest=None, files=None)`` → the new plugin's directory."""
 
-    def make(name: str, manifest: Mapping[str, Any] | None = None,
-             files: Mapping[str, str] | None = None) -> Path:
+    def make(
+        name: str, manifest: Mapping[str, Any] | None = None, files: Mapping[str, str] | None = None
+    ) -> Path:
         return write_plugin(ally_home / "plugins", name, manifest, files)
 
     return make
@@ -202,11 +207,19 @@ def no_spawn(monkeypatch: pytest.MonkeyPatch) -> Callable[[], Any]:
 def ally_cli(ally_home: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run the ally CLI in a real subprocess: ``ally_cli("install", "x", input=None)``."""
 
-    def run(*args: str, input: Optional[str] = None, timeout: float = 300,
-            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str,
+        input: Optional[str] = None,
+        timeout: float = 300,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "ally_core.cli", *args], input=input, text=True,
-            capture_output=True, timeout=timeout, env={**os.environ, **(env or {})},
+            [sys.executable, "-m", "ally_core.cli", *args],
+            input=input,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
         )
 
     return run

@@ -28,23 +28,48 @@ from typing import IO, TYPE_CHECKING, Any, Optional
 
 import attrs
 
-from .errors import ToolError, ToolInputError
+from .errors import ToolError
 from .manifest import Tool
-from .process import kill_process_group
+from .process import _wait_then_set, kill_process_group
 
 if TYPE_CHECKING:
     from .envs import EnvInfo
     from .loader import Host, PluginOutcome
 
-__all__ = ["PASSED_VARS", "ToolResult", "build_command", "tool_environ", "run_tool"]
+__all__ = ["PASSED_VARS", "ToolResult", "build_command", "run_tool", "tool_environ"]
 
 #: Host variables a tool sees (plus ``LC_*``, the runtime's own, ``ALLY_PASS_ENV`` names and
 #: the plugin's ``PLUGIN_CONFIG_*``).
 PASSED_VARS = (
-    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TMPDIR", "TEMP", "TMP", "TZ",
-    "TERM", "http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
-    "NO_PROXY", "ALL_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "SYSTEMROOT", "COMSPEC", "PATHEXT", "WINDIR",
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "TMPDIR",
+    "TEMP",
+    "TMP",
+    "TZ",
+    "TERM",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "SYSTEMROOT",
+    "COMSPEC",
+    "PATHEXT",
+    "WINDIR",
 )
 GRACE_SECONDS = 2.0
 
@@ -79,22 +104,28 @@ def build_command(plugin_dir: Path, tool: Tool, env: Optional[EnvInfo], path: st
     if env is not None and command in env.commands:
         resolved = env.commands[command]
     elif os.path.isabs(command) or command.startswith("~"):
-        raise ToolError(f"tool {tool.name!r}: command {command!r} is an absolute path; use a "
-                        "path relative to the plugin directory or a command name",
-                        error_type="unsafe_command")
+        raise ToolError(
+            f"tool {tool.name!r}: command {command!r} is an absolute path; use a "
+            "path relative to the plugin directory or a command name",
+            error_type="unsafe_command",
+        )
     elif "/" in command or "\\" in command:
         from .paths import contained_path
 
         target = contained_path(plugin_dir, command)
         if target is None:
-            raise ToolError(f"tool {tool.name!r}: command {command!r} is outside the plugin "
-                            "directory", error_type="unsafe_command")
+            raise ToolError(
+                f"tool {tool.name!r}: command {command!r} is outside the plugin directory",
+                error_type="unsafe_command",
+            )
         resolved = str(target)
     else:
         resolved = shutil.which(command, path=path)
         if resolved is None:
-            raise ToolError(f"tool {tool.name!r}: command {command!r} not found on PATH",
-                            error_type="command_not_found")
+            raise ToolError(
+                f"tool {tool.name!r}: command {command!r} not found on PATH",
+                error_type="command_not_found",
+            )
     return [resolved, *tool.args]
 
 
@@ -137,8 +168,11 @@ class _CappedReader(threading.Thread):
 
     def run(self) -> None:
         while True:
-            chunk = self.stream.read1(65536) if hasattr(self.stream, "read1") else \
-                self.stream.read(65536)
+            chunk = (
+                self.stream.read1(65536)
+                if hasattr(self.stream, "read1")
+                else self.stream.read(65536)
+            )
             if not chunk:
                 break
             if self.size < self.limit:
@@ -169,8 +203,9 @@ def parse_output(stdout: str, tool: str) -> tuple[Any, bool]:
     """The JSON value a tool printed: the whole output, else its last non-empty line."""
     text = stdout.strip()
     if not text:
-        raise ToolError(f"tool {tool!r} printed nothing (expected JSON on stdout)",
-                        error_type="invalid_output")
+        raise ToolError(
+            f"tool {tool!r} printed nothing (expected JSON on stdout)", error_type="invalid_output"
+        )
     try:
         return json.loads(text), True
     except ValueError:
@@ -182,8 +217,9 @@ def parse_output(stdout: str, tool: str) -> tuple[Any, bool]:
             except ValueError:
                 break
     preview = text[:200].replace("\n", "\\n")
-    raise ToolError(f"tool {tool!r} printed non-JSON output: {preview!r}",
-                    error_type="invalid_output")
+    raise ToolError(
+        f"tool {tool!r} printed non-JSON output: {preview!r}", error_type="invalid_output"
+    )
 
 
 def run_tool(
@@ -197,14 +233,20 @@ def run_tool(
 ) -> ToolResult:
     """Run ``tool`` of a ready ``plugin`` with ``arguments`` as its JSON input."""
     if not plugin.ready:
-        raise ToolError(f"{plugin.name}: plugin is not ready: {plugin.reason}",
-                        error_type="plugin_blocked")
+        raise ToolError(
+            f"{plugin.name}: plugin is not ready: {plugin.reason}", error_type="plugin_blocked"
+        )
     from .plugin_config import resolve_config, validate_input
 
     validate_input(plugin.name, tool, arguments)
     values = resolve_config(host, plugin, config or {})
-    environ = tool_environ(plugin.env, pass_env=host.settings.pass_env, config=values,
-                           plugin_name=plugin.name, plugin_dir=plugin.plugin_dir)
+    environ = tool_environ(
+        plugin.env,
+        pass_env=host.settings.pass_env,
+        config=values,
+        plugin_name=plugin.name,
+        plugin_dir=plugin.plugin_dir,
+    )
     argv = build_command(plugin.plugin_dir, tool, plugin.env, environ.get("PATH", ""))
     payload = json.dumps({} if arguments is None else arguments).encode()
     limit = host.settings.output_limit
@@ -212,23 +254,37 @@ def run_tool(
     return _spawn(argv, plugin.plugin_dir, environ, payload, limit, timeout, tool.name)
 
 
-def _spawn(argv: list[str], cwd: Path, environ: dict[str, str], payload: bytes, limit: int,
-           timeout: float, name: str) -> ToolResult:
+def _spawn(
+    argv: list[str],
+    cwd: Path,
+    environ: dict[str, str],
+    payload: bytes,
+    limit: int,
+    timeout: float,
+    name: str,
+) -> ToolResult:
     start = time.monotonic()
     try:
-        proc = subprocess.Popen(argv, cwd=cwd, env=environ, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=environ,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
     except OSError as exc:
-        raise ToolError(f"tool {name!r}: cannot run {argv[0]}: {exc.strerror or exc}",
-                        error_type="spawn_failed") from exc
+        raise ToolError(
+            f"tool {name!r}: cannot run {argv[0]}: {exc.strerror or exc}", error_type="spawn_failed"
+        ) from exc
     assert proc.stdin and proc.stdout and proc.stderr
     wake = threading.Event()
     out, err = _CappedReader(proc.stdout, limit, wake), _CappedReader(proc.stderr, limit, wake)
     out.start()
     err.start()
     threading.Thread(target=_write_stdin, args=(proc.stdin, payload), daemon=True).start()
-    threading.Thread(target=lambda: (proc.wait(), wake.set()), daemon=True).start()
+    threading.Thread(target=_wait_then_set, args=(proc, wake), daemon=True).start()
     reason = ""
     try:
         # Woken by the exit of the process or by too much output, whichever comes first.
@@ -249,29 +305,48 @@ def _spawn(argv: list[str], cwd: Path, environ: dict[str, str], payload: bytes, 
     duration = time.monotonic() - start
     stderr_tail = err.text()[-4000:]
     if reason:
-        raise ToolError(f"tool {name!r} {reason}; killed", stderr=stderr_tail,
-                        error_type="timeout" if reason.startswith("timed") else "output_limit")
+        raise ToolError(
+            f"tool {name!r} {reason}; killed",
+            stderr=stderr_tail,
+            error_type="timeout" if reason.startswith("timed") else "output_limit",
+        )
     code = proc.returncode
     try:
         value, _ = parse_output(out.text(), name)
     except ToolError as exc:
         if code != 0:
             tail = " | ".join(stderr_tail.strip().splitlines()[-3:])
-            raise ToolError(f"tool {name!r} exited with code {code}" + (f": {tail}" if tail
-                            else ""), stderr=stderr_tail, error_type="exit_code") from None
+            raise ToolError(
+                f"tool {name!r} exited with code {code}" + (f": {tail}" if tail else ""),
+                stderr=stderr_tail,
+                error_type="exit_code",
+            ) from None
         raise ToolError(str(exc), stderr=stderr_tail, error_type=exc.error_type) from None
     if isinstance(value, dict) and isinstance(value.get("success"), bool):
         if value["success"]:
-            return ToolResult(True, value.get("result"), exit_code=code, stderr=stderr_tail,
-                              duration=duration)
+            return ToolResult(
+                True, value.get("result"), exit_code=code, stderr=stderr_tail, duration=duration
+            )
         error = value.get("error")
-        return ToolResult(False, None, error=str(error) if error is not None else "tool failed",
-                          error_type=str(value.get("error_type") or "tool_error"),
-                          exit_code=code, stderr=stderr_tail, duration=duration)
+        return ToolResult(
+            False,
+            None,
+            error=str(error) if error is not None else "tool failed",
+            error_type=str(value.get("error_type") or "tool_error"),
+            exit_code=code,
+            stderr=stderr_tail,
+            duration=duration,
+        )
     if code != 0:
-        return ToolResult(False, value, error=f"tool exited with code {code}",
-                          error_type="exit_code", exit_code=code, stderr=stderr_tail,
-                          duration=duration)
+        return ToolResult(
+            False,
+            value,
+            error=f"tool exited with code {code}",
+            error_type="exit_code",
+            exit_code=code,
+            stderr=stderr_tail,
+            duration=duration,
+        )
     return ToolResult(True, value, exit_code=code, stderr=stderr_tail, duration=duration)
 
 

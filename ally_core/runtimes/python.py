@@ -36,7 +36,11 @@ from ..hookspecs import hookimpl
 from ..process import clean_environ, run_installer
 
 __all__ = [
-    "create_env", "env_identity", "health_check", "install_deps", "resolve_interpreter",
+    "create_env",
+    "env_identity",
+    "health_check",
+    "install_deps",
+    "resolve_interpreter",
     "runtime_names",
 ]
 
@@ -47,8 +51,9 @@ BIN = "Scripts" if os.name == "nt" else "bin"
 EXE = "python.exe" if os.name == "nt" else "python"
 
 #: Lines of a requirements file that read other files of the plugin: such envs are not shared.
-_LOCAL_REF = re.compile(r"^\s*(-r|-c|--requirement|--constraint|-e|--editable)?\s*(\.|/|file:)",
-                        re.MULTILINE)
+_LOCAL_REF = re.compile(
+    r"^\s*(-r|-c|--requirement|--constraint|-e|--editable)?\s*(\.|/|file:)", re.MULTILINE
+)
 
 
 def _serves(spec: EnvSpec) -> bool:
@@ -85,8 +90,10 @@ def backend_for(spec: EnvSpec) -> str:
         return "pip"
     if _uv_bin_cached() is None:
         if choice == "uv":
-            raise InstallFailed("installer 'uv' was requested (ALLY_INSTALLER=uv) but uv is "
-                                "not installed; pip install uv, or use ALLY_INSTALLER=pip")
+            raise InstallFailed(
+                "installer 'uv' was requested (ALLY_INSTALLER=uv) but uv is "
+                "not installed; pip install uv, or use ALLY_INSTALLER=pip"
+            )
         return "pip"
     return "uv"
 
@@ -110,8 +117,9 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
         "backend": backend,
         "backend_version": _dist_version("uv" if backend == "uv" else "virtualenv"),
         # A bundle installs from its own artifacts only: index settings do not matter then.
-        "index": "bundle" if spec.options.artifacts_dir else _index_identity(
-            effective_index(spec.options.index)),
+        "index": "bundle"
+        if spec.options.artifacts_dir
+        else _index_identity(effective_index(spec.options.index)),
         "offline": spec.options.offline,
         "python": spec.options.default_interpreter,
     }
@@ -176,8 +184,15 @@ def read_pip_config(environ: Mapping[str, str] | None = None) -> IndexOptions:
         for section in ("global", "install"):
             if parser.has_section(section):
                 merged.update({k.replace("_", "-"): v for k, v in parser.items(section)})
-    for key in ("index-url", "extra-index-url", "find-links", "no-index", "trusted-host",
-                "cert", "constraint"):
+    for key in (
+        "index-url",
+        "extra-index-url",
+        "find-links",
+        "no-index",
+        "trusted-host",
+        "cert",
+        "constraint",
+    ):
         var = "PIP_" + key.upper().replace("-", "_")
         if environ.get(var):
             merged[key] = environ[var]
@@ -203,8 +218,16 @@ def _pip_config_cached(key: tuple[tuple[str, str], ...]) -> IndexOptions:
 
 #: Variables that change what pip's configuration says.
 _PIP_CONFIG_VARS = (
-    "PIP_CONFIG_FILE", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX",
-    "PIP_TRUSTED_HOST", "PIP_CERT", "PIP_CONSTRAINT", "XDG_CONFIG_DIRS", "XDG_CONFIG_HOME",
+    "PIP_CONFIG_FILE",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_FIND_LINKS",
+    "PIP_NO_INDEX",
+    "PIP_TRUSTED_HOST",
+    "PIP_CERT",
+    "PIP_CONSTRAINT",
+    "XDG_CONFIG_DIRS",
+    "XDG_CONFIG_HOME",
     "HOME",
 )
 
@@ -215,8 +238,7 @@ def effective_index(ally_index: IndexOptions) -> IndexOptions:
 
 
 @functools.lru_cache(maxsize=16)
-def _effective_index(ally_index: IndexOptions, values: tuple[Optional[str], ...]
-                     ) -> IndexOptions:
+def _effective_index(ally_index: IndexOptions, values: tuple[Optional[str], ...]) -> IndexOptions:
     relevant = tuple((k, v) for k, v in zip(_PIP_CONFIG_VARS, values) if v is not None)
     pip = _pip_config_cached(relevant)
     return IndexOptions(
@@ -269,15 +291,23 @@ def _signature(path: str) -> tuple[int, ...]:
 
 def _make_interpreter(path: str, version: str) -> Interpreter:
     real = os.path.realpath(path)
-    return Interpreter(path=os.path.abspath(path), version=version, kind="python",
-                       realpath=real, signature=_signature(real))
+    return Interpreter(
+        path=os.path.abspath(path),
+        version=version,
+        kind="python",
+        realpath=real,
+        signature=_signature(real),
+    )
 
 
 @functools.lru_cache(maxsize=64)
 def _query(path: str, signature: tuple[int, ...]) -> Optional[Interpreter]:
     try:
         out = subprocess.run(
-            [path, "-I", "-S", "-c", _QUERY], capture_output=True, timeout=30, check=True,
+            [path, "-I", "-S", "-c", _QUERY],
+            capture_output=True,
+            timeout=30,
+            check=True,
             env=clean_environ(),
         ).stdout
         info = json.loads(out)
@@ -336,7 +366,8 @@ def resolve_interpreter(spec: EnvSpec) -> Optional[Interpreter]:
         except InvalidSpecifier:
             raise InterpreterNotFound(
                 f"{spec.plugin_name}: plugin.json: $.runtime_version: {constraint!r} is not a "
-                "valid version specifier (e.g. '>=3.10')") from None
+                "valid version specifier (e.g. '>=3.10')"
+            ) from None
 
     def fits(interp: Interpreter) -> bool:
         return specifier is None or specifier.contains(interp.version, prereleases=True)
@@ -346,11 +377,13 @@ def resolve_interpreter(spec: EnvSpec) -> Optional[Interpreter]:
         if interp is None:
             raise InterpreterNotFound(
                 f"{spec.plugin_name}: Python {spec.options.default_interpreter!r} (ALLY_PYTHON) "
-                "not found or not runnable")
+                "not found or not runnable"
+            )
         if not fits(interp):
             raise InterpreterNotFound(
                 f"{spec.plugin_name}: Python {interp.version} at {interp.path} (ALLY_PYTHON) "
-                f"does not satisfy runtime_version {constraint!r}")
+                f"does not satisfy runtime_version {constraint!r}"
+            )
         return interp
     running = _running_interpreter()
     if fits(running):
@@ -367,7 +400,8 @@ def resolve_interpreter(spec: EnvSpec) -> Optional[Interpreter]:
         have = ", ".join(sorted({i.version for i in [running, *seen]})) or "none"
         raise InterpreterNotFound(
             f"{spec.plugin_name}: no Python satisfying runtime_version {constraint!r} found "
-            f"(found: {have}); install one or point ALLY_PYTHON at it")
+            f"(found: {have}); install one or point ALLY_PYTHON at it"
+        )
     return fitting[0]
 
 
@@ -390,12 +424,25 @@ def create_env(spec: EnvSpec, interpreter: Interpreter) -> Optional[EnvInfo]:
     backend = backend_for(spec)
     spec.progress("create", "Creating virtual environment")
     if backend == "uv":
-        argv = [_uv_bin_cached() or "uv", "venv", "--python", interpreter.path,
-                "--no-project", "--no-config", "--quiet", str(spec.env_dir)]
+        argv = [
+            _uv_bin_cached() or "uv",
+            "venv",
+            "--python",
+            interpreter.path,
+            "--no-project",
+            "--no-config",
+            "--quiet",
+            str(spec.env_dir),
+        ]
         if spec.options.offline:
             argv.insert(2, "--offline")
-        run_installer(argv, cwd=spec.plugin_dir, env=_uv_environ(spec),
-                      timeout=spec.options.install_timeout, what="creating the venv")
+        run_installer(
+            argv,
+            cwd=spec.plugin_dir,
+            env=_uv_environ(spec),
+            timeout=spec.options.install_timeout,
+            what="creating the venv",
+        )
     else:
         _virtualenv(spec, interpreter)
     py = _env_python(spec.env_dir)
@@ -413,16 +460,25 @@ def create_env(spec: EnvSpec, interpreter: Interpreter) -> Optional[EnvInfo]:
 def _virtualenv(spec: EnvSpec, interpreter: Interpreter) -> None:
     from virtualenv import cli_run
 
-    argv = [str(spec.env_dir), "--python", interpreter.path, "--no-periodic-update", "--quiet",
-            "--no-download", "--no-setuptools", "--no-wheel"]
+    argv = [
+        str(spec.env_dir),
+        "--python",
+        interpreter.path,
+        "--no-periodic-update",
+        "--quiet",
+        "--no-download",
+        "--no-setuptools",
+        "--no-wheel",
+    ]
     app_data = _cache(spec, "virtualenv")
     if app_data is not None:
         argv += ["--app-data", str(app_data)]
     try:
         cli_run(argv, setup_logging=False, env=clean_environ())
     except (SystemExit, Exception) as exc:  # virtualenv reports CLI errors via SystemExit
-        raise InstallFailed(f"creating the virtualenv failed: {exc}",
-                            command=["virtualenv", *argv]) from exc
+        raise InstallFailed(
+            f"creating the virtualenv failed: {exc}", command=["virtualenv", *argv]
+        ) from exc
 
 
 def _uv_environ(spec: EnvSpec) -> dict[str, str]:
@@ -466,8 +522,14 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
         argv = list(spec.install_command)
         argv[0] = env.commands.get(argv[0]) or _in_env(env, argv[0]) or argv[0]
         spec.progress("install", f"Running {' '.join(spec.install_command)}")
-        run_installer(argv, cwd=spec.plugin_dir, env=environ, timeout=spec.options.install_timeout,
-                      on_line=lambda line: spec.progress("output", line), what="install_command")
+        run_installer(
+            argv,
+            cwd=spec.plugin_dir,
+            env=environ,
+            timeout=spec.options.install_timeout,
+            on_line=lambda line: spec.progress("output", line),
+            what="install_command",
+        )
         return InstallResult(packages=installed_packages(spec.env_dir), command=tuple(argv))
     if spec.dependency_file is None:
         return InstallResult()
@@ -486,23 +548,49 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
         spec.progress("install", f"Installing packages from {spec.dependency_file.name}")
     upgrade = ["--upgrade"] if spec.options.upgrade else []
     if backend == "uv":
-        argv = [_uv_bin_cached() or "uv", "pip", "install", "--python", py, "--no-config",
-                "-r", str(requirements), *upgrade,
-                *_index_args(index, backend="uv", offline=offline)]
-        environ = {**environ, **{k: v for k, v in _uv_environ(spec).items()
-                                 if k.startswith(("UV_", "SSL_"))}}
+        argv = [
+            _uv_bin_cached() or "uv",
+            "pip",
+            "install",
+            "--python",
+            py,
+            "--no-config",
+            "-r",
+            str(requirements),
+            *upgrade,
+            *_index_args(index, backend="uv", offline=offline),
+        ]
+        environ = {
+            **environ,
+            **{k: v for k, v in _uv_environ(spec).items() if k.startswith(("UV_", "SSL_"))},
+        }
     else:
-        argv = [py, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-                "-r", str(requirements), *upgrade,
-                # pip reads its own config; only ally's [index] settings are added here.
-                *_index_args(index if artifacts else spec.options.index, backend="pip",
-                             offline=offline)]
+        argv = [
+            py,
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-r",
+            str(requirements),
+            *upgrade,
+            # pip reads its own config; only ally's [index] settings are added here.
+            *_index_args(
+                index if artifacts else spec.options.index, backend="pip", offline=offline
+            ),
+        ]
         pip_cache = _cache(spec, "pip")
         if pip_cache is not None:
             argv += ["--cache-dir", str(pip_cache)]
-    run_installer(argv, cwd=spec.plugin_dir, env=environ, timeout=spec.options.install_timeout,
-                  on_line=lambda line: spec.progress("output", line),
-                  what=f"installing {requirements.name}")
+    run_installer(
+        argv,
+        cwd=spec.plugin_dir,
+        env=environ,
+        timeout=spec.options.install_timeout,
+        on_line=lambda line: spec.progress("output", line),
+        what=f"installing {requirements.name}",
+    )
     return InstallResult(packages=installed_packages(spec.env_dir), command=tuple(argv))
 
 
@@ -551,15 +639,19 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
         checks.append([py, "-m", "pip", "check", "--disable-pip-version-check"])
     for argv in checks:
         try:
-            proc = subprocess.run(argv, capture_output=True, timeout=120, env=environ,
-                                  cwd=spec.env_dir)
+            proc = subprocess.run(
+                argv, capture_output=True, timeout=120, env=environ, cwd=spec.env_dir
+            )
         except (OSError, subprocess.SubprocessError) as exc:
             problems.append(Problem(f"{os.path.basename(argv[0])} could not run: {exc}"))
             continue
         if proc.returncode != 0:
             text = (proc.stdout + proc.stderr).decode("utf-8", "replace").strip().splitlines()
-            problems.append(Problem(f"{' '.join(os.path.basename(a) for a in argv[:3])}: "
-                                    + " | ".join(text[-3:])))
+            problems.append(
+                Problem(
+                    f"{' '.join(os.path.basename(a) for a in argv[:3])}: " + " | ".join(text[-3:])
+                )
+            )
     return Health(tuple(problems))
 
 
@@ -591,23 +683,45 @@ def bundle_artifacts(spec: EnvSpec, env: EnvInfo, dest: Path) -> Optional[Mappin
         pins = dest / "pins.txt"
         pins.write_text("\n".join(lines) + "\n", "utf-8")
         spec.progress("bundle", f"Collecting {len(lines)} wheel(s)")
-        argv = [env.commands["python"], *_pip_runner(), "wheel", "--no-deps",
-                "--disable-pip-version-check", "--no-input", "-w", str(dest), "-r", str(pins),
-                *_index_args(spec.options.index, backend="pip", offline=spec.options.offline)]
+        argv = [
+            env.commands["python"],
+            *_pip_runner(),
+            "wheel",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-w",
+            str(dest),
+            "-r",
+            str(pins),
+            *_index_args(spec.options.index, backend="pip", offline=spec.options.offline),
+        ]
         pip_cache = _cache(spec, "pip")
         if pip_cache is not None:
             argv += ["--cache-dir", str(pip_cache)]
-        run_installer(argv, cwd=spec.plugin_dir, env=clean_environ(),
-                      timeout=spec.options.install_timeout,
-                      on_line=lambda line: spec.progress("output", line), what="collecting wheels")
+        run_installer(
+            argv,
+            cwd=spec.plugin_dir,
+            env=clean_environ(),
+            timeout=spec.options.install_timeout,
+            on_line=lambda line: spec.progress("output", line),
+            what="collecting wheels",
+        )
         pins.unlink()
     locked = []
     for wheel in sorted(dest.glob("*.whl")):
         name, version = wheel.name.split("-")[:2]
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-        locked.append({"name": name.lower().replace("_", "-"), "version": version,
-                       "file": wheel.name, "sha256": digest})
+        locked.append(
+            {
+                "name": name.lower().replace("_", "-"),
+                "version": version,
+                "file": wheel.name,
+                "sha256": digest,
+            }
+        )
     (dest / LOCK_NAME).write_text(
         "".join(f"{p['name']}=={p['version']} --hash=sha256:{p['sha256']}\n" for p in locked),
-        "utf-8")
+        "utf-8",
+    )
     return {"format": "python-wheels", "python": env.interpreter.version, "packages": locked}
