@@ -166,9 +166,7 @@ def _strict_list(items_hook: Callable[[Any, Any], Any], label: str) -> Callable[
 
 
 def _with_extra(conv: cattrs.Converter, cls: type) -> Callable[[Any, Any], Any]:
-    base: Callable[[Any, Any], Any] = make_dict_structure_fn(
-        cls, conv, extra=override(omit=True)
-    )
+    base: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, conv, extra=override(omit=True))
     names = {a.name for a in attrs.fields(cls)} - {"extra"}
 
     def hook(value: Any, _type: Any) -> Any:
