@@ -81,6 +81,12 @@ def _uv_bin() -> Optional[str]:
 _uv_bin_cached = functools.lru_cache(maxsize=1)(_uv_bin)
 
 
+@functools.lru_cache(maxsize=1)
+def _uv_available() -> bool:
+    """Whether uv can be used, without importing anything (this runs on every warm load)."""
+    return _dist_version("uv") != "unknown" or shutil.which("uv") is not None
+
+
 def backend_for(spec: EnvSpec) -> str:
     """``uv`` or ``pip`` for this spec (raises if ``uv`` is asked for but missing)."""
     if spec.install_command:
@@ -88,7 +94,7 @@ def backend_for(spec: EnvSpec) -> str:
     choice = spec.options.installer
     if choice == "pip":
         return "pip"
-    if _uv_bin_cached() is None:
+    if not _uv_available():
         if choice == "uv":
             raise InstallFailed(
                 "installer 'uv' was requested (ALLY_INSTALLER=uv) but uv is "
