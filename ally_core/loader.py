@@ -27,7 +27,6 @@ from .config import Settings, load_settings
 from .envs import EnvInfo, EnvOptions, EnvSpec, Health, Problem, ProgressEvent
 from .errors import (
     AllyError,
-    EnvStoreError,
     InstallFailed,
     ManifestError,
     PluginNotFound,
@@ -120,6 +119,12 @@ class BoundTool:
         return run_tool(
             self.host, self.plugin, self.spec, arguments, timeout=timeout, config=config
         )
+
+
+def _one_line(error: BaseException) -> str:
+    return " | ".join(line for line in str(error).splitlines() if line.strip()) or (
+        error.__class__.__name__
+    )
 
 
 class Host:
@@ -388,8 +393,10 @@ class Host:
                 return warm
         return self._cold(source, progress or _silent, force=force or upgrade, upgrade=upgrade)
 
-    def _blocked(self, source: PluginSource, error: AllyError, **kw: Any) -> PluginOutcome:
-        reason = " | ".join(str(error).splitlines()) or error.__class__.__name__
+    def _blocked(
+        self, source: PluginSource, error: AllyError, *, reason: str = "", **kw: Any
+    ) -> PluginOutcome:
+        reason = reason or _one_line(error)
         return PluginOutcome(
             source.name,
             source.plugin_dir,
@@ -485,7 +492,11 @@ class Host:
         upgrade: bool = False,
     ) -> PluginOutcome:
         manifest = source.manifest
-        assert manifest is not None
+        if manifest is None:
+            assert source.error is not None
+            return self._blocked(source, source.error)
+        if manifest.dependencies is None:
+            return self._ready(source, None)
         try:
             spec = self.spec_for(manifest, source.plugin_dir, progress=progress, upgrade=upgrade)
             key = self.request_key(spec)
@@ -505,23 +516,16 @@ class Host:
         try:
             env, marker, action = self._build(spec, key, reuse=not force, progress=progress)
         except AllyError as exc:
-            reason = " | ".join(str(exc).splitlines())
-            with self._lock:
-                self._failures[manifest.name] = (key, time.monotonic(), reason)
-            self.store.record_failure(manifest.name, key, reason)
+            reason = _one_line(exc)
+            if current is not None and force:
+                # An update/reinstall failed: the previous env was never unpublished.
+                reason += " (the previous env is kept and still used)"
+            else:
+                with self._lock:
+                    self._failures[manifest.name] = (key, time.monotonic(), reason)
+                self.store.record_failure(manifest.name, key, reason)
             progress(ProgressEvent(manifest.name, "failed", reason))
-            kept = " (the previous env is kept)" if current is not None and force else ""
-            return (
-                self._blocked(source, exc, action="failed")
-                if not kept
-                else self._blocked(
-                    source,
-                    type(exc)(str(exc) + kept)
-                    if isinstance(exc, EnvStoreError)
-                    else InstallFailed(str(exc) + kept),
-                    action="failed",
-                )
-            )
+            return self._blocked(source, exc, action="failed", reason=reason)
         with self._lock:
             self._failures.pop(manifest.name, None)
         self.store.clear_failure(manifest.name)
