@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -69,16 +70,25 @@ def runtime_names() -> Sequence[str]:
 # backend selection and identity
 
 
-def _uv_bin() -> Optional[str]:
-    try:
-        from uv import find_uv_bin
-
-        return str(find_uv_bin())
-    except (ImportError, FileNotFoundError):
-        return shutil.which("uv")
+_UV_LOCK = threading.Lock()
+_UV_BIN: list[Optional[str]] = []
 
 
-_uv_bin_cached = functools.lru_cache(maxsize=1)(_uv_bin)
+def _uv_bin_cached() -> Optional[str]:
+    """The uv binary (the ``uv`` distribution's, else one on PATH), looked up once.
+
+    Under a lock: ``uv.find_uv_bin`` reads ``sysconfig``, whose first use is not thread-safe,
+    and parallel builds ask from several threads at once.
+    """
+    with _UV_LOCK:
+        if not _UV_BIN:
+            try:
+                from uv import find_uv_bin
+
+                _UV_BIN.append(str(find_uv_bin()))
+            except (ImportError, OSError, TypeError):
+                _UV_BIN.append(shutil.which("uv"))
+        return _UV_BIN[0]
 
 
 @functools.lru_cache(maxsize=1)
