@@ -121,6 +121,13 @@ class BoundTool:
         )
 
 
+def _pending(source: PluginSource, reason: str) -> PluginOutcome:
+    """The outcome of a plugin whose env is not ready and was not built (yet)."""
+    return PluginOutcome(
+        source.name, source.plugin_dir, "pending", reason=reason, manifest=source.manifest
+    )
+
+
 def _one_line(error: BaseException) -> str:
     return " | ".join(line for line in str(error).splitlines() if line.strip()) or (
         error.__class__.__name__
@@ -630,13 +637,7 @@ class Host:
                     if self.store.current(source.name) is None
                     else "needs rebuild"
                 )
-                warm = PluginOutcome(
-                    source.name,
-                    source.plugin_dir,
-                    "pending",
-                    reason=reason,
-                    manifest=source.manifest,
-                )
+                warm = _pending(source, reason)
             outcomes.append(warm)
         return outcomes
 
@@ -657,13 +658,7 @@ class Host:
             if outcome is None:
                 reason = "env not installed or out of date"
                 health = Health((Problem(reason),))
-                outcome = PluginOutcome(
-                    source.name,
-                    source.plugin_dir,
-                    "pending",
-                    reason=reason,
-                    manifest=source.manifest,
-                )
+                outcome = _pending(source, reason)
             elif outcome.env is None:
                 health = Health() if outcome.ready else Health((Problem(outcome.reason, False),))
             else:

@@ -538,14 +538,7 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
         argv = list(spec.install_command)
         argv[0] = env.commands.get(argv[0]) or _in_env(env, argv[0]) or argv[0]
         spec.progress("install", f"Running {' '.join(spec.install_command)}")
-        run_installer(
-            argv,
-            cwd=spec.plugin_dir,
-            env=environ,
-            timeout=spec.options.install_timeout,
-            on_line=lambda line: spec.progress("output", line),
-            what="install_command",
-        )
+        _run(spec, argv, environ, "install_command")
         return InstallResult(packages=installed_packages(spec.env_dir), command=tuple(argv))
     if spec.dependency_file is None:
         return InstallResult()
@@ -599,15 +592,20 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
         pip_cache = _cache(spec, "pip")
         if pip_cache is not None:
             argv += ["--cache-dir", str(pip_cache)]
+    _run(spec, argv, environ, f"installing {requirements.name}")
+    return InstallResult(packages=installed_packages(spec.env_dir), command=tuple(argv))
+
+
+def _run(spec: EnvSpec, argv: list[str], environ: Mapping[str, str], what: str) -> None:
+    """Run an installer in the plugin dir, its output streamed as progress."""
     run_installer(
         argv,
         cwd=spec.plugin_dir,
         env=environ,
         timeout=spec.options.install_timeout,
         on_line=lambda line: spec.progress("output", line),
-        what=f"installing {requirements.name}",
+        what=what,
     )
-    return InstallResult(packages=installed_packages(spec.env_dir), command=tuple(argv))
 
 
 def _in_env(env: EnvInfo, name: str) -> Optional[str]:
@@ -715,14 +713,7 @@ def bundle_artifacts(spec: EnvSpec, env: EnvInfo, dest: Path) -> Optional[Mappin
         pip_cache = _cache(spec, "pip")
         if pip_cache is not None:
             argv += ["--cache-dir", str(pip_cache)]
-        run_installer(
-            argv,
-            cwd=spec.plugin_dir,
-            env=clean_environ(),
-            timeout=spec.options.install_timeout,
-            on_line=lambda line: spec.progress("output", line),
-            what="collecting wheels",
-        )
+        _run(spec, argv, clean_environ(), "collecting wheels")
         pins.unlink()
     locked = []
     for wheel in sorted(dest.glob("*.whl")):
