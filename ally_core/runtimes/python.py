@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config import IndexOptions
+from ..config import IndexOptions, strip_credentials
 from ..envs import EnvInfo, EnvSpec, Health, InstallResult, Interpreter, Problem
 from ..errors import InstallFailed, InterpreterNotFound
 from ..hookspecs import hookimpl
@@ -537,7 +537,8 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
     if spec.install_command:
         argv = list(spec.install_command)
         argv[0] = env.commands.get(argv[0]) or _in_env(env, argv[0]) or argv[0]
-        spec.progress("install", f"Running {' '.join(spec.install_command)}")
+        shown = strip_credentials(" ".join(spec.install_command))
+        spec.progress("install", f"Running {shown}")
         _run(spec, argv, environ, "install_command")
         return InstallResult(packages=installed_packages(spec.env_dir), command=tuple(argv))
     if spec.dependency_file is None:
