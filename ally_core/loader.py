@@ -692,6 +692,8 @@ class Host:
 
         Returns ``(path, bytes, why)`` for everything removed (or that would be).
         """
+        from filelock import Timeout
+
         from .store import disk_usage
 
         plugins = {s.name for s in self.discover()}
@@ -725,7 +727,16 @@ class Host:
                         continue
                     if any(env_dir == r[0] for r in removed):
                         continue
-                    removed.append((env_dir, disk_usage(env_dir), "no plugin uses it"))
-                    if not dry_run:
-                        self.store.discard(env_dir)
+                    if dry_run:
+                        removed.append((env_dir, disk_usage(env_dir), "no plugin uses it"))
+                        continue
+                    # Its fingerprint's lock: a build publishing it right now keeps it.
+                    try:
+                        with self.store.lock(env_dir.name.split("-", 1)[0], timeout=0):
+                            if env_dir.resolve() in set(self.store.pointers().values()):
+                                continue
+                            removed.append((env_dir, disk_usage(env_dir), "no plugin uses it"))
+                            self.store.discard(env_dir)
+                    except Timeout:
+                        continue
         return removed
