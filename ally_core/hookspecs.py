@@ -16,6 +16,9 @@ Call order when a plugin's env is not ready:
 On a warm load only :func:`env_identity` and :func:`health_check` with ``deep=False`` run.
 ``ally bundle`` calls :func:`bundle_artifacts` on a ready env.
 
+Hooks may be called from several threads at once (different plugins build in parallel)
+and from several processes (the core serialises builds of one env with a file lock).
+
 The building hooks are ``firstresult``: an implementation returns ``None`` when
 ``spec.runtime`` is not one of its :func:`runtime_names`, and the next one is asked.
 Errors are reported by raising :class:`ally_core.AllyError` subclasses
@@ -82,7 +85,9 @@ def resolve_interpreter(spec: EnvSpec) -> Optional[Interpreter]:
 
     Called on a cold load, before :func:`create_env`. Must return an absolute path that is
     not a shim (resolve pyenv/asdf shims to the real binary) and honour
-    ``spec.runtime_version`` if given. Raise :class:`~ally_core.InterpreterNotFound` with a
+    ``spec.runtime_version`` if given. Fill ``realpath`` and ``signature`` (``st_size,
+    st_mtime_ns, st_ino`` of the realpath): the core compares them on every load, without
+    starting a process, to notice an interpreter that was removed or replaced. Raise :class:`~ally_core.InterpreterNotFound` with a
     one-line reason naming what was looked for if nothing fits.
 
     :param spec: the env being built.
