@@ -123,9 +123,8 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
     }
     gemfile = spec.dependency_file
     if gemfile is not None:
-        identity["lock_sha256"] = (
-            None if spec.options.upgrade else _file_sha256(lock_path_for(gemfile))
-        )
+        # Not left out when upgrading: an updated env must stay in use on the next load.
+        identity["lock_sha256"] = _file_sha256(lock_path_for(gemfile))
         if spec.install_command or reads_plugin_files(gemfile) or _plugin_cache(gemfile):
             # The install reads the plugin's own files: this env belongs to this plugin only.
             identity["plugin_dir"] = str(spec.plugin_dir)
@@ -393,7 +392,10 @@ def _keep_downloaded_gems(spec: EnvSpec, env: EnvInfo) -> None:
 def _info_of(env: EnvInfo) -> RubyInfo:
     data = env.data
     return RubyInfo(
-        env.interpreter, str(data["abi"]), str(data["bundle_exe"]), str(data["bundler"])
+        env.interpreter,
+        str(data.get("abi", "")),
+        str(data.get("bundle_exe", "")),
+        str(data.get("bundler", "")),
     )
 
 
@@ -413,13 +415,16 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
     if not _serves(spec):
         return None
     ruby = env.interpreter.path
-    bundle_exe = str(env.data.get("bundle_exe", ""))
+    info = _info_of(env)
+    bundle_exe = info.bundle_exe
+    if not info.abi:
+        return Health((Problem("the env's marker does not say which Ruby ABI it was built for"),))
     if not os.path.exists(ruby):
         return Health((Problem(f"Ruby {ruby} is gone"),))
     if not bundle_exe or not os.path.isfile(bundle_exe):
         return Health((Problem(f"bundler {bundle_exe or '?'} of Ruby {ruby} is gone"),))
     has_gemfile = bool(env.data.get("gemfile"))
-    needed = [env.path / "bin" / "bundle", _gem_dir(env.path, _info_of(env), has_gemfile)]
+    needed = [env.path / "bin" / "bundle", _gem_dir(env.path, info, has_gemfile)]
     if has_gemfile:
         needed += [env.path / ENV_GEMFILE, env.path / ENV_LOCK]
     missing = [str(p.relative_to(env.path)) for p in needed if not p.exists()]

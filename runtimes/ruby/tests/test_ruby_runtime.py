@@ -127,6 +127,19 @@ def test_gemfile_lock_pins_what_the_gemfile_leaves_open(host, ruby_plugin, gem_r
     assert relocked.packages == {"allydemo_ruby": "2.0.0"}
 
 
+def test_update_goes_past_the_lock_and_the_updated_env_stays(host, ruby_plugin, gem_repo):
+    ruby_plugin(
+        "locked", 'gem "allydemo_ruby"\n', files={"Gemfile.lock": lock_text(gem_repo, "1.0.0")}
+    )
+    (first,) = host.load()
+    assert first.packages == {"allydemo_ruby": "1.0.0"}, first.reason
+    updated = host.ensure("locked", upgrade=True)
+    assert updated.ready and updated.action == "updated", updated.reason
+    assert updated.packages == {"allydemo_ruby": "2.0.0"}
+    (again,) = Host(host.paths.home).load()
+    assert again.action == "none" and again.env.path == updated.env.path
+
+
 def test_failing_install_blocks_only_that_plugin_with_bundlers_error(host, ruby_plugin):
     ruby_plugin("broken", 'gem "allydemo_missing"\n')
     ruby_plugin("fine", 'gem "allydemo_ruby", "1.0.0"\n')
@@ -320,13 +333,39 @@ def test_offline_builds_use_gems_ally_downloaded_before(
     assert "--local" in never.reason and "allydemo_shout" in never.reason
 
 
+def test_offline_build_installs_from_the_plugins_vendor_cache_without_writing_to_it(
+    ally_home, ruby_plugin, gem_repo, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("ALLY_OFFLINE", "1")
+    plugin = ruby_plugin(
+        "vendored", 'gem "allydemo_ruby", "1.0.0"\n', source=(tmp_path / "no-such-source").as_uri()
+    )
+    (plugin / "vendor" / "cache").mkdir(parents=True)
+    gem = gem_repo / "gems" / "allydemo_ruby-1.0.0.gem"
+    (plugin / "vendor" / "cache" / gem.name).write_bytes(gem.read_bytes())
+    before = tree(plugin)
+    (outcome,) = Host(ally_home).load()
+    assert outcome.ready, outcome.reason
+    assert show(outcome, "allydemo_ruby")["loaded"] == {"allydemo_ruby": GREET_1}
+    assert tree(plugin) == before
+
+
 def test_offline_bundle_installs_in_a_fresh_home_without_the_gem_source(
     ally_home, ruby_plugin, gem_repo, tmp_path, ally_cli
 ):
     import shutil
 
     repo = private_repo(gem_repo, tmp_path)
-    ruby_plugin("greeter", 'gem "allydemo_shout"\n', source=repo.as_uri(), version="1.2.0")
+    ruby_plugin(
+        "greeter",
+        'gem "allydemo_shout"\ngem "allydemo_local", path: "vendor/local"\n',
+        source=repo.as_uri(),
+        version="1.2.0",
+        files={
+            "vendor/local/allydemo_local.gemspec": LOCAL_GEMSPEC,
+            "vendor/local/lib/allydemo_local.rb": "module AllydemoLocal; VERSION = '0.1.0'; end\n",
+        },
+    )
     archive = tmp_path / "greeter.ally.tar.gz"
     made = ally_cli("bundle", "greeter", "-o", str(archive))
     assert made.returncode == 0, made.stderr
@@ -339,18 +378,23 @@ def test_offline_bundle_installs_in_a_fresh_home_without_the_gem_source(
     assert installed.returncode == 0, installed.stderr + installed.stdout
     (plugin,) = json.loads(installed.stdout)["plugins"]
     assert plugin["status"] == "ready"
-    assert plugin["packages"] == {"allydemo_ruby": "2.0.0", "allydemo_shout": "1.0.0"}
+    assert plugin["packages"] == {
+        "allydemo_local": "0.1.0",
+        "allydemo_ruby": "2.0.0",
+        "allydemo_shout": "1.0.0",
+    }
     ran = ally_cli(
         "run",
         "greeter",
         "show",
         "--input",
-        '{"require": ["allydemo_shout"], "who": "x"}',
+        '{"require": ["allydemo_shout", "allydemo_local"], "who": "x"}',
         env=fresh,
     )
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout)["result"]["loaded"] == {
-        "allydemo_shout": "hello x from allydemo_shout 1.0.0"
+        "allydemo_shout": "hello x from allydemo_shout 1.0.0",
+        "allydemo_local": "0.1.0",
     }
     artifacts = home / "plugins" / "greeter" / ".ally-bundle"
     lock = json.loads((artifacts / "gems.lock.json").read_text())
