@@ -207,6 +207,15 @@ def _version_key(info: RubyInfo) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", info.interpreter.version))
 
 
+def _usable(info: Optional[RubyInfo], specifier: Optional[SpecifierSet]) -> bool:
+    return (
+        info is not None
+        and _fits(specifier, info.interpreter.version)
+        and bool(info.bundle_exe)
+        and os.path.isfile(info.bundle_exe)
+    )
+
+
 def find_ruby(spec: EnvSpec, environ: Mapping[str, str] | None = None) -> RubyInfo:
     """The Ruby to build ``spec``'s env with: ``ALLY_RUBY``, else ``ruby`` on PATH if it fits,
     else the newest fitting one found. It must have bundler.
@@ -226,11 +235,16 @@ def find_ruby(spec: EnvSpec, environ: Mapping[str, str] | None = None) -> RubyIn
             )
         candidates: Sequence[RubyInfo] = [info]
     else:
+        # The Ruby a user gets by typing "ruby" wins when it fits: no need to look further.
+        default = shutil.which("ruby", path=environ.get("PATH"))
+        info = query_ruby(default) if default else None
+        if info is not None and _usable(info, specifier):
+            return info
         seen: dict[str, RubyInfo] = {}
         for path in candidate_paths(environ):
-            info = query_ruby(path)
-            if info is not None:
-                seen.setdefault(info.interpreter.realpath, info)
+            found = query_ruby(path)
+            if found is not None:
+                seen.setdefault(found.interpreter.realpath, found)
         candidates = list(seen.values())
         if not candidates:
             raise InterpreterNotFound(
@@ -238,19 +252,17 @@ def find_ruby(spec: EnvSpec, environ: Mapping[str, str] | None = None) -> RubyIn
                 f"'apt-get install ruby ruby-bundler', or set {RUBY_ENV_VAR})"
             )
     fitting = [c for c in candidates if _fits(specifier, c.interpreter.version)]
-    with_bundler = [c for c in fitting if c.bundle_exe and os.path.isfile(c.bundle_exe)]
     if not fitting:
         have = ", ".join(sorted({c.interpreter.version for c in candidates}))
         raise InterpreterNotFound(
             f"{spec.plugin_name}: no Ruby{constraint} found (found: {have}); install one "
             f"or point {RUBY_ENV_VAR} at it"
         )
-    if not with_bundler:
+    usable = [c for c in fitting if _usable(c, specifier)]
+    if not usable:
         names = ", ".join(f"{c.interpreter.path} ({c.interpreter.version})" for c in fitting)
         raise InterpreterNotFound(
             f"{spec.plugin_name}: Ruby{constraint} found but without bundler: {names}; "
             "install it with 'gem install bundler' (or 'apt-get install ruby-bundler')"
         )
-    if chosen or with_bundler[0] is candidates[0]:
-        return with_bundler[0]
-    return max(with_bundler, key=_version_key)
+    return max(usable, key=_version_key)

@@ -130,7 +130,7 @@ def gem_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A local gem source: ``allydemo_ruby`` 1.0.0 and 2.0.0 (with an ``allydemo-ruby``
     executable) and ``allydemo_shout`` 1.0.0 (depends on ``allydemo_ruby >= 1.0``)."""
     if ruby_missing():
-        pytest.skip(ruby_missing())
+        pytest.skip(f"Ruby runtime tests: {ruby_missing()}")
     work = tmp_path_factory.mktemp("gem-src")
     repo = tmp_path_factory.mktemp("gem-repo")
     (repo / "gems").mkdir()

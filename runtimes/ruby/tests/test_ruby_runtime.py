@@ -225,6 +225,23 @@ def test_runtime_version_is_honoured_and_an_impossible_one_blocks_clearly(host, 
     assert f"found: {version}" in too_new.reason
 
 
+def test_without_a_usable_ruby_the_plugin_is_blocked_with_what_to_do(
+    ally_home, ruby_plugin, monkeypatch, tmp_path
+):
+    ruby_plugin("greeter", 'gem "allydemo_ruby", "1.0.0"\n')
+    monkeypatch.setenv("ALLY_RUBY", str(tmp_path / "no" / "ruby"))
+    (chosen,) = Host(ally_home).load()
+    assert chosen.status == "blocked"
+    assert f"Ruby '{tmp_path / 'no' / 'ruby'}' (ALLY_RUBY) not found" in chosen.reason
+
+    monkeypatch.delenv("ALLY_RUBY")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    (missing,) = Host(ally_home).load()
+    assert missing.status == "blocked"
+    assert "no Ruby found on PATH" in missing.reason and "ruby-bundler" in missing.reason
+
+
 def test_warm_load_rebuilds_an_env_whose_bundle_was_deleted(host, ruby_plugin):
     ruby_plugin("greeter", 'gem "allydemo_ruby", "1.0.0"\n')
     (first,) = host.load()
