@@ -99,10 +99,24 @@ def _without_groups(spec: EnvSpec) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _plugin_cache(gemfile: Path) -> Optional[Path]:
+def _inside(spec: EnvSpec, path: Path) -> bool:
+    """Whether ``path`` (symlinks resolved) lies inside the plugin directory."""
+    root = os.path.realpath(spec.plugin_dir)
+    return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+
+def _plugin_lock(spec: EnvSpec) -> Optional[Path]:
+    """The plugin's ``Gemfile.lock``, if it has one inside its directory."""
+    assert spec.dependency_file is not None
+    path = lock_path_for(spec.dependency_file)
+    return path if os.path.isfile(path) and _inside(spec, path) else None
+
+
+def _plugin_cache(spec: EnvSpec) -> Optional[Path]:
     """The plugin's own ``vendor/cache`` of ``.gem`` files (``bundle cache``), if it has one."""
-    path = gemfile.parent / "vendor" / "cache"
-    return path if os.path.isdir(path) else None
+    assert spec.dependency_file is not None
+    path = spec.dependency_file.parent / "vendor" / "cache"
+    return path if os.path.isdir(path) and _inside(spec, path) else None
 
 
 def _file_sha256(path: Path) -> Optional[str]:
@@ -124,8 +138,9 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
     gemfile = spec.dependency_file
     if gemfile is not None:
         # Not left out when upgrading: an updated env must stay in use on the next load.
-        identity["lock_sha256"] = _file_sha256(lock_path_for(gemfile))
-        if spec.install_command or reads_plugin_files(gemfile) or _plugin_cache(gemfile):
+        lock = _plugin_lock(spec)
+        identity["lock_sha256"] = _file_sha256(lock) if lock else None
+        if spec.install_command or reads_plugin_files(gemfile) or _plugin_cache(spec):
             # The install reads the plugin's own files: this env belongs to this plugin only.
             identity["plugin_dir"] = str(spec.plugin_dir)
     elif spec.install_command:
@@ -190,13 +205,12 @@ def _write_bin(env_dir: Path, info: RubyInfo) -> Path:
 
 def _bundle_lock_text(spec: EnvSpec) -> Optional[str]:
     """The lock the env starts from: the bundle's, else the plugin's (unless upgrading)."""
-    assert spec.dependency_file is not None
     artifacts = spec.options.artifacts_dir
-    candidates = [artifacts / ENV_LOCK] if artifacts is not None else []
+    candidates: list[Optional[Path]] = [artifacts / ENV_LOCK] if artifacts is not None else []
     if not spec.options.upgrade:
-        candidates.append(lock_path_for(spec.dependency_file))
+        candidates.append(_plugin_lock(spec))
     for path in candidates:
-        if path.is_file():
+        if path is not None and path.is_file():
             return path.read_text("utf-8")
     return None
 
@@ -302,7 +316,7 @@ def _gem_source(spec: EnvSpec) -> tuple[Optional[Path], bool, str]:
     if artifacts is not None and (artifacts / LOCK_NAME).is_file():
         _verified_artifacts(spec, artifacts)
         return artifacts, True, "from the bundle's gems"
-    plugin_cache = _plugin_cache(spec.dependency_file)
+    plugin_cache = _plugin_cache(spec)
     if plugin_cache is not None:
         return plugin_cache, spec.options.offline, "using the plugin's vendor/cache"
     if spec.options.offline:

@@ -127,6 +127,18 @@ def test_gemfile_lock_pins_what_the_gemfile_leaves_open(host, ruby_plugin, gem_r
     assert relocked.packages == {"allydemo_ruby": "2.0.0"}
 
 
+def test_a_lock_symlinked_from_outside_the_plugin_is_not_read(
+    host, ruby_plugin, gem_repo, tmp_path
+):
+    outside = tmp_path / "outside.lock"
+    outside.write_text(lock_text(gem_repo, "1.0.0"))
+    plugin = ruby_plugin("greeter", 'gem "allydemo_ruby"\n')
+    (plugin / "Gemfile.lock").symlink_to(outside)
+    (outcome,) = host.load()
+    assert outcome.ready, outcome.reason
+    assert outcome.packages == {"allydemo_ruby": "2.0.0"}
+
+
 def test_update_goes_past_the_lock_and_the_updated_env_stays(host, ruby_plugin, gem_repo):
     ruby_plugin(
         "locked", 'gem "allydemo_ruby"\n', files={"Gemfile.lock": lock_text(gem_repo, "1.0.0")}
