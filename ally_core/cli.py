@@ -284,10 +284,9 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
     rows: dict[str, list[str]] = {}
     for value, plugin in host.runtimes().items():
         rows.setdefault(plugin, []).append(value)
-    dists = {}
-    for plugin_name, dist in host.pm.list_plugin_distinfo():
-        name = host.pm.get_name(plugin_name)
-        dists[name] = f"{dist.project_name} {dist.version}"
+    from .plugin_manager import runtime_distributions
+
+    dists = runtime_distributions()
     for name in rows:
         if name not in dists:
             try:

@@ -19,7 +19,7 @@ import pluggy
 from . import hookspecs
 from .hookspecs import PROJECT_NAME
 
-__all__ = ["BUILTIN_RUNTIMES", "make_plugin_manager"]
+__all__ = ["BUILTIN_RUNTIMES", "make_plugin_manager", "runtime_distributions"]
 
 log = logging.getLogger("ally")
 
@@ -71,3 +71,13 @@ def make_plugin_manager(
         pm.trace.root.setwriter(sys.stderr.write)
         pm.enable_tracing()
     return pm
+
+
+def runtime_distributions() -> dict[str, str]:
+    """Entry-point name -> ``"<distribution> <version>"`` of every runtime package installed."""
+    out = {}
+    for ep in _entry_points():
+        dist = getattr(ep, "dist", None)
+        if dist is not None:
+            out[getattr(ep, "name", "")] = f"{dist.name} {dist.version}"
+    return out
