@@ -87,8 +87,9 @@ def resolve_interpreter(spec: EnvSpec) -> Optional[Interpreter]:
     not a shim (resolve pyenv/asdf shims to the real binary) and honour
     ``spec.runtime_version`` if given. Fill ``realpath`` and ``signature`` (``st_size,
     st_mtime_ns, st_ino`` of the realpath): the core compares them on every load, without
-    starting a process, to notice an interpreter that was removed or replaced. Raise :class:`~ally_core.InterpreterNotFound` with a
-    one-line reason naming what was looked for if nothing fits.
+    starting a process, to notice an interpreter that was removed or replaced. Raise
+    :class:`~ally_core.InterpreterNotFound` with a one-line reason naming what was looked for
+    if nothing fits.
 
     :param spec: the env being built.
     :return: the interpreter, or ``None`` if ``spec.runtime`` is not served.
