@@ -84,7 +84,10 @@ class Cli:
             self.err.append(line.rstrip("\n"))
 
     def finish(self, timeout: float = 180) -> tuple[int, str, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
+        # stdout only: stderr belongs to the reader thread.
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.read()
+        self.proc.wait(timeout)
         self._reader.join(10)
         return self.proc.returncode, out, "\n".join(self.err)
 
