@@ -1,0 +1,177 @@
+"""Finding a Node.js (and the npm that comes with it) that satisfies a plugin's constraints."""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple, Optional
+
+from ally_core import Interpreter, clean_environ
+
+from ._semver import parse_version
+
+__all__ = [
+    "HOST_NODE_VARS",
+    "NODE_ENV_VAR",
+    "NodeInfo",
+    "NpmInfo",
+    "candidate_paths",
+    "find_npm",
+    "host_node_environ",
+    "node_on_path",
+    "query_node",
+]
+
+#: Names the Node.js to use instead of searching (a path, or a command looked up on ``PATH``).
+NODE_ENV_VAR = "ALLY_NODE"
+
+#: Variables of the host's Node.js setup that must not reach ally's node and npm processes:
+#: they would load the host's modules or preload its code into the plugin's installs.
+HOST_NODE_VARS = frozenset({"NODE_OPTIONS", "NODE_PATH", "NODE_ENV"})
+
+# Asked of a candidate node: the real binary (shims and symlinks resolved) and its version.
+_QUERY = "JSON.stringify([process.execPath, process.versions.node])"
+
+
+class NpmInfo(NamedTuple):
+    """The npm of one Node.js install: its JavaScript entry points, run with that node."""
+
+    npm_cli: str
+    #: ``npx-cli.js``, or ``""`` when this npm does not ship one.
+    npx_cli: str
+    version: str
+
+
+class NodeInfo(NamedTuple):
+    interpreter: Interpreter
+    npm: Optional[NpmInfo]
+
+
+def host_node_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The host environment for ally's own node/npm processes (host Node.js vars removed)."""
+    env = {k: v for k, v in clean_environ().items() if k not in HOST_NODE_VARS}
+    env.update(extra or {})
+    return env
+
+
+def _signature(path: str) -> tuple[int, ...]:
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def node_on_path(environ: Mapping[str, str] | None = None) -> Optional[str]:
+    """The node ``ALLY_NODE`` names, else the first ``node`` on ``PATH`` (no process started)."""
+    environ = os.environ if environ is None else environ
+    wanted = environ.get(NODE_ENV_VAR, "").strip()
+    path_var = environ.get("PATH", os.defpath)
+    if wanted:
+        if os.sep in wanted:
+            return os.path.abspath(os.path.expanduser(wanted))
+        return shutil.which(wanted, path=path_var) or wanted
+    return shutil.which("node", path=path_var)
+
+
+@functools.lru_cache(maxsize=64)
+def _query(path: str, signature: tuple[int, ...]) -> Optional[tuple[str, str]]:
+    try:
+        out = subprocess.run(
+            [path, "-p", _QUERY],
+            capture_output=True,
+            timeout=30,
+            check=True,
+            env=host_node_environ(),
+            stdin=subprocess.DEVNULL,
+        ).stdout
+        exe, version = json.loads(out)
+        parse_version(version)
+    except (OSError, subprocess.SubprocessError, ValueError, TypeError):
+        return None
+    if not isinstance(exe, str) or not os.path.isabs(exe):
+        return None
+    return exe, version
+
+
+def query_node(path: str) -> Optional[NodeInfo]:
+    """Ask the node at ``path`` (may be a shim) where its real binary is and which version."""
+    try:
+        answer = _query(path, _signature(os.path.realpath(path)))
+    except OSError:
+        return None
+    if answer is None:
+        return None
+    exe, version = answer
+    real = os.path.realpath(exe)
+    try:
+        signature = _signature(real)
+    except OSError:
+        return None
+    interpreter = Interpreter(
+        path=exe, version=version, kind="node", realpath=real, signature=signature
+    )
+    return NodeInfo(interpreter, find_npm(exe, path))
+
+
+def _npm_version(npm_cli: str) -> str:
+    package_json = os.path.join(os.path.dirname(os.path.dirname(npm_cli)), "package.json")
+    try:
+        with open(package_json, encoding="utf-8") as fh:
+            version = json.load(fh).get("version")
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
+    return version if isinstance(version, str) else "unknown"
+
+
+def find_npm(node_exe: str, node_path: str = "") -> Optional[NpmInfo]:
+    """The npm installed with ``node_exe``: beside it (nvm, official tarballs, distro packages),
+    beside the path it was found under (a symlink farm), else the first ``npm`` on ``PATH``."""
+    candidates = []
+    for directory in dict.fromkeys(
+        [os.path.dirname(node_exe), os.path.dirname(os.path.abspath(node_path or node_exe))]
+    ):
+        candidates += [
+            os.path.join(directory, "npm"),
+            os.path.join(
+                os.path.dirname(directory), "lib", "node_modules", "npm", "bin", "npm-cli.js"
+            ),
+        ]
+    on_path = shutil.which("npm")
+    if on_path:
+        candidates.append(on_path)
+    for candidate in candidates:
+        real = os.path.realpath(candidate)
+        if os.path.basename(real) == "npm-cli.js" and os.path.isfile(real):
+            npx = os.path.join(os.path.dirname(real), "npx-cli.js")
+            return NpmInfo(real, npx if os.path.isfile(npx) else "", _npm_version(real))
+    return None
+
+
+def candidate_paths(environ: Mapping[str, str] | None = None) -> Sequence[str]:
+    """Other nodes of this machine, newest last: nvm's, fnm's, n's and nodenv's versions."""
+    environ = os.environ if environ is None else environ
+    home = os.path.expanduser("~")
+    nvm = environ.get("NVM_DIR") or os.path.join(home, ".nvm")
+    patterns = [
+        os.path.join(nvm, "versions", "node", "*", "bin", "node"),
+        os.path.join(
+            home, ".local", "share", "fnm", "node-versions", "*", "installation", "bin", "node"
+        ),
+        os.path.join(
+            environ.get("N_PREFIX", "/usr/local"), "n", "versions", "node", "*", "bin", "node"
+        ),
+        os.path.join(
+            environ.get("NODENV_ROOT") or os.path.join(home, ".nodenv"),
+            "versions",
+            "*",
+            "bin",
+            "node",
+        ),
+    ]
+    found: list[str] = []
+    for pattern in patterns:
+        found += sorted(glob.glob(pattern))
+    return [p for p in found if os.access(p, os.X_OK)]
