@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -142,12 +144,21 @@ def test_lock_file_is_installed_exactly_with_npm_ci(host, make_plugin, tmp_path)
         },
         tools=[CJS_TOOL],
     )
-    (outcome,) = host.load()
+    events = []
+    (outcome,) = host.load(progress=events.append)
     assert outcome.ready, outcome.reason
     assert outcome.packages == {"ally-cjs-lib": "1.0.0"}
     assert outcome.tool("add").call({"a": 1, "b": 2}).result == {"sum": 3, "version": "1.0.0"}
     marker = json.loads((host.paths.envs_dir / "pinned" / ".installed").read_text())
     assert marker["env"]["interpreter"]["kind"] == "node"
+    assert "Installing npm packages from package-lock.json (npm ci)" in [e.message for e in events]
+
+    # `ally update` re-resolves within package.json's ranges; the plugin's lock is untouched.
+    plugin_lock = (outcome.plugin_dir / "package-lock.json").read_text()
+    updated = host.ensure("pinned", upgrade=True)
+    assert updated.ready and updated.action == "updated", updated.reason
+    assert updated.packages == {"ally-cjs-lib": "1.1.0"}
+    assert (outcome.plugin_dir / "package-lock.json").read_text() == plugin_lock
 
 
 def test_failed_install_blocks_only_that_plugin_with_npms_error(host, make_plugin):
@@ -366,3 +377,194 @@ def test_two_concurrent_installs_build_the_env_once(ally_home, make_plugin, npm_
     envs = [p for p in store.iterdir() if not p.name.startswith(".")]
     assert len(envs) == 1, envs
     assert actions == ["built", "none"], results
+
+
+def network_off_prefix() -> list[str]:
+    """``unshare -n`` (a network namespace without interfaces) when permitted, else nothing."""
+    unshare = shutil.which("unshare")
+    for prefix in ([unshare, "-n"], [unshare, "-rn"]) if unshare else ():
+        if subprocess.run([*prefix, "true"], capture_output=True).returncode == 0:
+            return prefix
+    return []
+
+
+def test_offline_bundle_installs_from_its_tarballs_alone(
+    ally_home, make_plugin, npm_env, tmp_path, monkeypatch
+):
+    node_plugin(
+        make_plugin,
+        "bundled",
+        {"type": "module", "dependencies": {"@ally-test/esm-lib": "^2.0.0"}},
+        {
+            "main.mjs": 'import { sum } from "@ally-test/esm-lib";\n'
+            "console.log(JSON.stringify({ success: true, result: sum(20, 22) }));\n"
+        },
+        tools=[{"name": "sum", "command": "node", "args": ["main.mjs"]}],
+        version="1.0.0",
+    )
+    archive = tmp_path / "bundled.ally.tar.gz"
+
+    def cli(home, *args, prefix=()):
+        env = {**os.environ, "ALLY_HOME": str(home)}
+        argv = [*prefix, sys.executable, "-m", "ally_core.cli", *args]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+
+    made = cli(ally_home, "bundle", "bundled", "-o", str(archive))
+    assert made.returncode == 0, made.stderr
+    with tarfile.open(archive) as tar:
+        info = json.load(tar.extractfile("bundle.json"))
+        names = set(tar.getnames())
+    lock = info["lock"]
+    assert lock["format"] == "npm-tarballs"
+    assert {(p["name"], p["version"]) for p in lock["packages"]} == {
+        ("@ally-test/esm-lib", "2.0.0"),
+        ("ally-cjs-lib", "1.1.0"),
+    }
+    assert all(len(p["sha256"]) == 64 for p in lock["packages"])
+    assert {f"plugin/.ally-bundle/{p['file']}" for p in lock["packages"]} <= names
+
+    # Another home with an empty npm cache, and no network (or at least no registry) at all.
+    prefix = network_off_prefix()
+    monkeypatch.setenv("npm_config_registry", "http://127.0.0.1:9/")
+    npm_env.requests.clear()
+    fresh = tmp_path / "offline-home"
+    installed = cli(fresh, "install", str(archive), "--offline", "--json", prefix=prefix)
+    assert installed.returncode == 0, installed.stderr
+    (outcome,) = json.loads(installed.stdout)["plugins"]
+    assert outcome["packages"] == {"@ally-test/esm-lib": "2.0.0", "ally-cjs-lib": "1.1.0"}
+    run = cli(fresh, "run", "bundled", "sum", "--input", "{}", prefix=prefix)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"success": True, "result": 42}
+    # The tarballs stay with the plugin: a rebuild works offline too.
+    again = cli(fresh, "reinstall", "bundled", "--offline", prefix=prefix)
+    assert again.returncode == 0, again.stderr
+    assert npm_env.requests == []
+
+
+def test_broken_env_is_found_and_repaired(host, make_plugin):
+    node_plugin(
+        make_plugin,
+        "fragile",
+        {"dependencies": {"@ally-test/esm-lib": "^2.0.0"}},
+        CJS_FILES,
+        tools=[CJS_TOOL],
+    )
+    (outcome,) = host.load()
+    assert outcome.ready, outcome.reason
+    env = outcome.env.path
+
+    # A transitive package deleted: only the deep check (npm ls) notices.
+    shutil.rmtree(env / "node_modules" / "ally-cjs-lib")
+    ((_, health),) = host.doctor()
+    assert not health.ok
+    assert "npm ls failed" in health.describe() and "ally-cjs-lib" in health.describe()
+    ((fixed, _),) = host.doctor(fix=True)
+    assert fixed.ready and fixed.action == "repaired", fixed.reason
+    assert fixed.tool("add").call({"a": 1, "b": 2}).result == {"sum": 3, "version": "1.1.0"}
+
+    # node_modules gone entirely: the cheap check on the next load rebuilds.
+    shutil.rmtree(fixed.env.path / "node_modules")
+    (again,) = type(host)(host.paths.home).load()
+    assert again.ready and again.action == "repaired", again.reason
+    assert "node_modules is missing" in again.repair_reason
+    assert again.tool("add").call({"a": 2, "b": 2}).result == {"sum": 4, "version": "1.1.0"}
+
+
+def test_install_scripts_run_unless_the_manifest_turns_them_off(host, make_plugin):
+    tool = {"name": "ran", "command": "node", "args": ["ran.js"]}
+    files = {
+        "ran.js": "console.log(JSON.stringify(require('ally-postinstall')));\n",
+        # The plugin's own lifecycle scripts never run: the env is not its source tree.
+    }
+    package = {
+        "dependencies": {"ally-postinstall": "1.0.0"},
+        "scripts": {"postinstall": 'node -e "process.exit(1)"'},
+    }
+    node_plugin(make_plugin, "scripts-on", package, files, tools=[tool])
+    node_plugin(make_plugin, "scripts-off", package, files, tools=[tool], deps={"scripts": False})
+    outcomes = {o.name: o for o in host.load()}
+    assert outcomes["scripts-on"].ready, outcomes["scripts-on"].reason
+    assert outcomes["scripts-off"].ready, outcomes["scripts-off"].reason
+    assert outcomes["scripts-on"].tool("ran").call({}).result is True
+    assert outcomes["scripts-off"].tool("ran").call({}).result is False
+
+
+def test_file_dependencies_inside_the_plugin_install_and_outside_are_refused(
+    host, make_plugin, npm_tarballs
+):
+    tarball = next(p for p in npm_tarballs if p.name == "ally-cjs-lib-1.0.0.tgz")
+    plugin = node_plugin(
+        make_plugin,
+        "vendored",
+        {"dependencies": {"ally-cjs-lib": "file:vendor/ally-cjs-lib-1.0.0.tgz"}},
+        CJS_FILES,
+        tools=[CJS_TOOL],
+    )
+    (plugin / "vendor").mkdir()
+    shutil.copyfile(tarball, plugin / "vendor" / tarball.name)
+    node_plugin(
+        make_plugin,
+        "escaping",
+        {"dependencies": {"ally-cjs-lib": f"file:../../{tarball.name}"}},
+    )
+    outcomes = {o.name: o for o in host.load()}
+    vendored = outcomes["vendored"]
+    assert vendored.ready, vendored.reason
+    assert vendored.tool("add").call({"a": 1, "b": 1}).result["version"] == "1.0.0"
+    assert not (plugin / "node_modules").exists()
+    escaping = outcomes["escaping"]
+    assert escaping.status == "blocked"
+    assert "is outside the plugin directory" in escaping.reason
+
+
+@pytest.mark.network
+def test_real_tsx_runs_a_typescript_tool_importing_a_real_package(host, make_plugin, monkeypatch):
+    registry = "https://registry.npmjs.org/"
+    try:
+        socket.create_connection(("registry.npmjs.org", 443), timeout=5).close()
+    except OSError as exc:
+        pytest.skip(f"registry.npmjs.org not reachable: {exc}")
+    monkeypatch.setenv("npm_config_registry", registry)
+    node_plugin(
+        make_plugin,
+        "real-ts",
+        {"type": "module", "dependencies": {"slugify": "^1.6.6"}, "devDependencies": {"tsx": "^4"}},
+        {
+            "tool.ts": 'import slugify from "slugify";\n'
+            "interface Input { text: string }\n"
+            "const input: Input = { text: 'Hello TypeScript World' };\n"
+            "const slug: string = slugify(input.text, { lower: true });\n"
+            "console.log(JSON.stringify({ success: true, result: slug }));\n"
+        },
+        tools=[{"name": "slug", "command": "npx", "args": ["tsx", "tool.ts"]}],
+    )
+    (outcome,) = host.load()
+    assert outcome.ready, outcome.reason
+    assert "tsx" in outcome.packages
+    result = outcome.tool("slug").call({})
+    assert result.success, result.stderr
+    assert result.result == "hello-typescript-world"
+
+
+def test_offline_installs_use_only_npms_shared_cache(host, make_plugin, npm_env):
+    node_plugin(make_plugin, "online", {"dependencies": {"ally-cjs-lib": "1.0.0"}})
+    (online,) = host.load()
+    assert online.ready, online.reason
+    assert (host.paths.cache_dir / "npm" / "_cacache").is_dir()
+
+    # Same registry (npm's cache is keyed by URLs), which must not be asked anything now.
+    npm_env.requests.clear()
+    node_plugin(
+        make_plugin,
+        "cached",
+        {"description": "same package, other plugin", "dependencies": {"ally-cjs-lib": "1.0.0"}},
+    )
+    node_plugin(make_plugin, "uncached", {"dependencies": {"ally-hello-bin": "1.0.0"}})
+    offline = type(host)(host.paths.home, settings={"offline": True})
+    outcomes = {o.name: o for o in offline.load(["cached", "uncached"])}
+    assert outcomes["cached"].ready, outcomes["cached"].reason
+    assert outcomes["cached"].packages == {"ally-cjs-lib": "1.0.0"}
+    assert outcomes["uncached"].status == "blocked"
+    assert "--offline" in outcomes["uncached"].reason
+    assert "ENOTCACHED" in outcomes["uncached"].reason
+    assert npm_env.requests == []
