@@ -202,7 +202,6 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
         "dev": include_dev(spec),
         "scripts": run_scripts(spec),
         "offline": spec.options.offline,
-        "upgrade": spec.options.upgrade,
         "registry": "bundle" if spec.options.artifacts_dir else _registry_identity(),
     }
     if spec.dependency_file is not None:

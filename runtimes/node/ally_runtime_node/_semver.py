@@ -138,18 +138,17 @@ def _comparators(op: str, text: str) -> list[Comparator]:
 
 def _parse_set(text: str) -> list[Comparator]:
     text = text.strip()
+    out: list[Comparator] = []
     hyphen = _HYPHEN_RE.match(text)
     if hyphen:
         # "1.2 - 2.3" is ">=1.2.0 <2.4.0-0": a partial upper end includes all it names.
         out = _comparators(">=", hyphen[1]) + _comparators("<=", hyphen[2])
-        return [c for c in out if c != (">=", _ANY)]
-    # Operators may be followed by spaces (">= 18"): glue them to their version first.
-    tokens = re.sub(r"(~>?|\^|[<>]=?|=)\s+", r"\1", text).split()
-    out: list[Comparator] = []
-    for token in tokens:
-        m = _COMPARATOR_RE.match(token)
-        assert m is not None  # the pattern matches any string
-        out += _comparators(m[1] or "", m[2])
+    else:
+        # Operators may be followed by spaces (">= 18"): glue them to their version first.
+        for token in re.sub(r"(~>?|\^|[<>]=?|=)\s+", r"\1", text).split():
+            m = _COMPARATOR_RE.match(token)
+            assert m is not None  # the pattern matches any string
+            out += _comparators(m[1] or "", m[2])
     # As npm: ">=0.0.0" is "*" (which matters when it is one alternative of several).
     return [c for c in out if c != (">=", _ANY)]
 

@@ -159,6 +159,9 @@ def test_lock_file_is_installed_exactly_with_npm_ci(host, make_plugin, tmp_path)
     assert updated.ready and updated.action == "updated", updated.reason
     assert updated.packages == {"ally-cjs-lib": "1.1.0"}
     assert (outcome.plugin_dir / "package-lock.json").read_text() == plugin_lock
+    (after,) = type(host)(host.paths.home).load()
+    assert after.action == "none" and after.env.path == updated.env.path
+    assert after.packages == {"ally-cjs-lib": "1.1.0"}
 
 
 def test_failed_install_blocks_only_that_plugin_with_npms_error(host, make_plugin):
