@@ -382,6 +382,9 @@ def _cache_dir(spec: EnvSpec) -> Optional[Path]:
     return spec.options.cache_dir / "npm" if spec.options.cache_dir else None
 
 
+_FORCED_NPM_VARS = {"npm_config_global": "false", "npm_config_location": "project"}
+
+
 def npm_environ(spec: EnvSpec, env: EnvInfo) -> dict[str, str]:
     """The environment of npm processes: the env's node first on PATH, ally's cache."""
     extra = {
@@ -395,7 +398,16 @@ def npm_environ(spec: EnvSpec, env: EnvInfo) -> dict[str, str]:
     cache = _cache_dir(spec)
     if cache is not None:
         extra["npm_config_cache"] = str(cache)
-    return host_node_environ(extra)
+    environ = {
+        k: v
+        for k, v in host_node_environ().items()
+        # npm reads these case-insensitively: drop every spelling before setting ours.
+        if k.lower() not in {*_FORCED_NPM_VARS, *(x.lower() for x in extra)}
+    }
+    # Every npm process works on the env as a local project, whatever the host says.
+    environ.update(_FORCED_NPM_VARS)
+    environ.update(extra)
+    return environ
 
 
 def _npm(env: EnvInfo) -> list[str]:
@@ -473,6 +485,30 @@ def _env_package_json(spec: EnvSpec) -> tuple[dict[str, Any], bool]:
     return data, has_dirs
 
 
+#: ``.npmrc`` settings a plugin may make for its env: where packages come from, credentials,
+#: TLS, peer-dependency handling. Anything else (``prefix``, ``global``, ``cache``,
+#: ``script-shell``, ``node-options``, …) could reach outside the env and is dropped.
+_NPMRC_KEYS = re.compile(
+    r"^(?:registry|@[^:]+:registry|//.*|strict-ssl|ca|cafile|always-auth|legacy-peer-deps|"
+    r"strict-peer-deps|engine-strict|fetch-retries|fetch-timeout|proxy|https-proxy|noproxy)$"
+)
+
+
+def filter_npmrc(text: str) -> tuple[str, list[str]]:
+    """The lines of a plugin's ``.npmrc`` that are kept, and the keys that are dropped."""
+    kept, dropped = [], []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith((";", "#")):
+            continue
+        key = stripped.partition("=")[0].strip()
+        if _NPMRC_KEYS.match(key):
+            kept.append(stripped)
+        else:
+            dropped.append(key)
+    return "".join(f"{line}\n" for line in kept), dropped
+
+
 def _copy_inputs(spec: EnvSpec) -> tuple[Optional[Path], bool]:
     """Write package.json, the lock and .npmrc into the env; return the lock and dirs flag."""
     assert spec.dependency_file is not None
@@ -481,7 +517,10 @@ def _copy_inputs(spec: EnvSpec) -> tuple[Optional[Path], bool]:
     (env_dir / "package.json").write_text(json.dumps(data, indent=2) + "\n", "utf-8")
     npmrc = spec.dependency_file.parent / ".npmrc"
     if npmrc.is_file():
-        shutil.copyfile(npmrc, env_dir / ".npmrc")
+        kept, dropped = filter_npmrc(npmrc.read_text("utf-8", "replace"))
+        (env_dir / ".npmrc").write_text(kept, "utf-8")
+        if dropped:
+            spec.progress("install", f".npmrc: ignored {', '.join(dropped)}")
     locks = _lock_files(spec)
     if not locks or spec.options.upgrade:
         return None, has_dirs
@@ -501,7 +540,15 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
     if spec.dependency_file is None and not spec.install_command:
         return InstallResult()
     dev = include_dev(spec)
-    common = ["--no-audit", "--no-fund", "--no-update-notifier", "--progress=false"]
+    # --global=false: neither an npm_config_global of the host nor an npmrc may send the
+    # install anywhere but the env.
+    common = [
+        "--no-audit",
+        "--no-fund",
+        "--no-update-notifier",
+        "--progress=false",
+        "--global=false",
+    ]
     if not run_scripts(spec):
         common.append("--ignore-scripts")
     artifacts = spec.options.artifacts_dir
@@ -509,6 +556,8 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
         lock, has_dirs = _copy_inputs(spec)
     else:
         lock, has_dirs = None, False
+        # Without one npm would look for a project in the env's parent directories.
+        (env.path / "package.json").write_text('{"private": true}\n', "utf-8")
     if spec.install_command:
         argv = list(spec.install_command)
         argv[0] = env.commands.get(argv[0], argv[0])

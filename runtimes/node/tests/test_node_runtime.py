@@ -571,3 +571,72 @@ def test_offline_installs_use_only_npms_shared_cache(host, make_plugin, npm_env)
     assert "--offline" in outcomes["uncached"].reason
     assert "ENOTCACHED" in outcomes["uncached"].reason
     assert npm_env.requests == []
+
+
+def test_host_node_and_npm_settings_do_not_leak_into_the_env(
+    host, make_plugin, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("NODE_OPTIONS", "--require=/nonexistent/ally-host-preload.js")
+    monkeypatch.setenv("NODE_PATH", "/nonexistent/host-modules")
+    monkeypatch.setenv("NODE_ENV", "production")
+    monkeypatch.setenv("npm_config_global", "true")
+    # Were the install made global, it would land here (not in the machine's prefix).
+    monkeypatch.setenv("npm_config_prefix", str(tmp_path / "global-prefix"))
+    node_plugin(
+        make_plugin,
+        "isolated",
+        {
+            "dependencies": {"ally-cjs-lib": "1.0.0"},
+            "devDependencies": {"ally-hello-bin": "1.0.0"},
+        },
+        CJS_FILES,
+        tools=[CJS_TOOL, {"name": "hello", "command": "ally-hello"}],
+    )
+    (outcome,) = host.load()
+    assert outcome.ready, outcome.reason
+    assert outcome.packages == {"ally-cjs-lib": "1.0.0", "ally-hello-bin": "1.0.0"}
+    assert outcome.tool("add").call({"a": 1, "b": 2}).result == {"sum": 3, "version": "1.0.0"}
+    assert outcome.tool("hello").call({"who": "dev"}).result["hello"] == "dev"
+    assert not (tmp_path / "global-prefix").exists()
+
+
+def test_plugin_npmrc_gives_the_registry_and_nothing_else(host, make_plugin, monkeypatch, npm_env):
+    monkeypatch.delenv("npm_config_registry")
+    plugin = node_plugin(make_plugin, "own-registry", {"dependencies": {"ally-cjs-lib": "1.0.0"}})
+    (plugin / ".npmrc").write_text(
+        f"; the plugin's registry\nregistry={npm_env.url}\nprefix=/\nglobal=true\n"
+    )
+    events = []
+    (outcome,) = host.load(progress=events.append)
+    assert outcome.ready, outcome.reason
+    assert outcome.packages == {"ally-cjs-lib": "1.0.0"}
+    assert npm_env.tarball_requests() == ["/ally-cjs-lib/-/ally-cjs-lib-1.0.0.tgz"]
+    assert (outcome.env.path / ".npmrc").read_text() == f"registry={npm_env.url}\n"
+    assert ".npmrc: ignored prefix, global" in [e.message for e in events]
+
+
+def test_install_command_runs_in_the_env_with_its_npm(host, make_plugin):
+    plugin = make_plugin(
+        "commanded",
+        {
+            "runtime": "node",
+            "dependencies": {"install_command": "npm install ally-cjs-lib@1.0.0 --no-audit"},
+            "tools": [CJS_TOOL],
+        },
+        files=CJS_FILES,
+    )
+    before = tree(plugin)
+    (outcome,) = host.load()
+    assert outcome.ready, outcome.reason
+    assert outcome.packages == {"ally-cjs-lib": "1.0.0"}
+    assert outcome.tool("add").call({"a": 2, "b": 3}).result == {"sum": 5, "version": "1.0.0"}
+    assert tree(plugin) == before
+
+
+def test_invalid_engines_range_is_reported(host, make_plugin):
+    node_plugin(make_plugin, "typo", {"engines": {"node": ">= banana"}})
+    (outcome,) = host.load()
+    assert outcome.status == "blocked"
+    assert "engines.node in package.json: '>= banana' is not a valid semver range" in (
+        outcome.reason
+    )
