@@ -118,6 +118,10 @@ class NpmRegistry:
     def __init__(self, tarballs: list[Path]) -> None:
         self.versions: dict[str, dict[str, tuple[dict[str, Any], bytes]]] = {}
         self.requests: list[str] = []
+        #: While ``hold`` is set, tarball downloads wait for ``release``: an install in flight.
+        self.hold = threading.Event()
+        self.release = threading.Event()
+        self.tarball_requested = threading.Event()
         for path in tarballs:
             data = path.read_bytes()
             with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -133,6 +137,9 @@ class NpmRegistry:
                 path = urllib.parse.unquote(self.path.split("?", 1)[0]).lstrip("/")
                 name, _, file = path.partition("/-/")
                 if file:
+                    registry.tarball_requested.set()
+                    if registry.hold.is_set():
+                        registry.release.wait(120)
                     for _manifest, data in registry.versions.get(name, {}).values():
                         if file == _tarball_name(name, _manifest["version"]):
                             return self._send(200, data, "application/octet-stream")
@@ -216,7 +223,7 @@ def npm_registry(npm_tarballs: list[Path]) -> Iterator[NpmRegistry]:
 @pytest.fixture
 def npm_env(
     npm_registry: NpmRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> NpmRegistry:
+) -> Iterator[NpmRegistry]:
     """npm sees only the local registry: no user or global npmrc, no other npm_config_*."""
     for key in list(os.environ):
         if key.lower().startswith("npm_config_") or key in {"NODE_OPTIONS", "NODE_PATH"}:
@@ -227,4 +234,8 @@ def npm_env(
         blank.write_text("", "utf-8")  # npm refuses one file as both
         monkeypatch.setenv(f"npm_config_{which}", str(blank))
     npm_registry.requests.clear()
-    return npm_registry
+    npm_registry.hold.clear()
+    npm_registry.release.clear()
+    npm_registry.tarball_requested.clear()
+    yield npm_registry
+    npm_registry.release.set()  # never leave a download of a failed test hanging

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -640,3 +641,74 @@ def test_invalid_engines_range_is_reported(host, make_plugin):
     assert "engines.node in package.json: '>= banana' is not a valid semver range" in (
         outcome.reason
     )
+
+
+def processes_working_in(store_dir: Path) -> list[int]:
+    """Processes whose working directory is inside ``store_dir`` (the npm ally started)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cwd = os.readlink(f"/proc/{entry}/cwd")
+            except OSError:
+                continue
+            if cwd.startswith(f"{store_dir}{os.sep}"):
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds npm processes through /proc")
+def test_interrupted_install_stops_npm_and_leaves_no_half_env(host, make_plugin, npm_env):
+    node_plugin(make_plugin, "slow", {"dependencies": {"ally-cjs-lib": "1.0.0"}})
+    store_dir = host.paths.store_dir
+    npm_env.hold.set()
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "ally_core.cli", "install", "slow", "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # npm has resolved and is downloading the tarball: the env is half built.
+        assert npm_env.tarball_requested.wait(120), "npm never asked for the tarball"
+        assert processes_working_in(store_dir), "npm is not running in the env"
+        cli.send_signal(signal.SIGTERM)
+        _, err = cli.communicate(timeout=60)
+        assert cli.returncode != 0, err
+        # npm runs in its own session; ally ended that whole process group.
+        assert processes_working_in(store_dir) == []
+    finally:
+        npm_env.release.set()
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert host.store.current("slow") is None  # nothing half-built was published
+    assert [p for p in store_dir.iterdir() if not p.name.startswith(".")] == []
+
+    (outcome,) = type(host)(host.paths.home).load()
+    assert outcome.ready and outcome.action == "built", outcome.reason
+
+
+def test_runtime_is_registered_through_its_entry_point_only(ally_cli):
+    listed = ally_cli("runtimes", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["name"]: r for r in json.loads(listed.stdout)["runtimes"]}
+    assert rows["node"]["serves"] == ["node", "nodejs"]
+    assert rows["node"]["distribution"].startswith("ally-runtime-node ")
+    # The core knows nothing about it: a third party could ship it the same way.
+    import ally_core
+
+    core = Path(ally_core.__file__).parent
+    assert not [p for p in core.rglob("*.py") if "ally_runtime_node" in p.read_text("utf-8")]
+
+
+def test_disabled_runtime_blocks_its_plugins_with_a_clear_reason(
+    ally_home, make_plugin, monkeypatch
+):
+    from ally_core import Host
+
+    monkeypatch.setenv("ALLY_DISABLED_PLUGINS", "node")
+    node_plugin(make_plugin, "orphan", {})
+    (outcome,) = Host(ally_home).load()
+    assert outcome.status == "blocked"
+    assert "unknown runtime 'node'" in outcome.reason and "ally-runtime-node" in outcome.reason
