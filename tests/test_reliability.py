@@ -317,6 +317,10 @@ def test_removed_base_interpreter_is_repaired_with_an_available_one(
     assert first.env.interpreter.version == "3.12.1"
 
     shutil.rmtree(copy)
+    # Still configured: blocked with one line naming it, the env built on it is not used.
+    (blocked,) = Host(ally_home).load()
+    assert blocked.status == "blocked"
+    assert "ALLY_PYTHON" in blocked.reason and "\n" not in blocked.reason
     monkeypatch.delenv("ALLY_PYTHON")
     outcome = _load_and_call(ally_home)
     assert outcome.action == "repaired"
