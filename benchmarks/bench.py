@@ -1,0 +1,1197 @@
+#!/usr/bin/env python3
+"""ally against the seed's ``run.sh`` and against virtualenv + pip, side by side.
+
+Run with the dev venv's interpreter (it must be able to ``import ally_core``)::
+
+    .venv/bin/python benchmarks/bench.py                 # local wheelhouse AND PyPI
+    .venv/bin/python benchmarks/bench.py --no-index-run  # local wheelhouse only (no network
+                                                         # after the wheelhouse is cached)
+
+Contenders, each with its OWN empty cache/data/config dirs (XDG_*, pip cache, virtualenv
+app-data, ally home) so that every "cold" number really starts from nothing:
+
+* ``run.sh``  — the seed's wrapper, byte for byte: ``python3 -m venv`` + ``pip install -r`` +
+  ``exec``. Timed with ``bash -x`` and a ``$EPOCHREALTIME`` trace prompt, so the moment the
+  env is ready (the ``exec`` line) is known without changing the script.
+* ``virtualenv + pip`` — the same script with ``virtualenv`` in place of ``python3 -m venv``.
+* ``ally (pip)`` — ``ALLY_INSTALLER=pip``: virtualenv + pip inside ally.
+* ``ally (uv)`` — the default backend.
+
+ally is measured in-process (``Host.load()`` / ``BoundTool.call()`` inside a fresh Python
+process per step, as a host application would embed it). Everything runs with the machine's
+pip/uv configuration switched off (``ally_core.testing.hermetic_environ``); the "PyPI" rows use
+pip's and uv's default index, https://pypi.org/simple, over the network.
+
+The Markdown table is printed and written to ``benchmarks/results.md``. See README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+WHEELHOUSE = CACHE / "wheelhouse"
+RESULTS = HERE / "results.md"
+
+#: What the wheelhouse holds (``pip download`` once, then reused).
+WHEELHOUSE_REQS = ("sympy", "mpmath", "six")
+
+SEED_RUN_SH = """\
+#!/bin/bash
+PLUGIN_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [ ! -d "$PLUGIN_DIR/venv" ]; then
+    python3 -m venv "$PLUGIN_DIR/venv"
+    "$PLUGIN_DIR/venv/bin/pip" install -r "$PLUGIN_DIR/requirements.txt"
+fi
+exec "$PLUGIN_DIR/venv/bin/python3" "$PLUGIN_DIR/main.py" "$@"
+"""
+
+#: The seed's script with virtualenv (the same version ally uses) instead of ``-m venv``.
+VIRTUALENV_SH = SEED_RUN_SH.replace('python3 -m venv "', '"$BENCH_VIRTUALENV" "')
+
+SYMPY_MAIN = '''\
+"""sympy-calc: Code Ally's kind of plugin, with a real dependency."""
+import json
+import sys
+
+import sympy
+
+
+def main():
+    command = sys.argv[1]
+    args = json.load(sys.stdin)
+    expr = sympy.sympify(args["expression"])
+    if command == "simplify":
+        result = str(sympy.simplify(expr))
+    else:
+        result = [str(s) for s in sympy.solve(expr, sympy.Symbol(args.get("variable", "x")))]
+    print(json.dumps({"success": True, "result": result}))
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+SMALL_MAIN = '''\
+"""wordcount: a small plugin with a small dependency."""
+import json
+import sys
+
+import six
+
+
+def main():
+    args = json.load(sys.stdin)
+    text = six.ensure_str(args.get("text", ""))
+    print(json.dumps({"success": True, "result": {"words": len(text.split()), "chars": len(text)}}))
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+PLUGINS: dict[str, dict[str, Any]] = {
+    "sympy-calc": {
+        "requirements": "sympy\n",
+        "main": SYMPY_MAIN,
+        "tool": "simplify",
+        "args": ["simplify"],
+        "input": {"expression": "sin(x)**2 + cos(x)**2"},
+        "expect": "1",
+        "schema": {
+            "type": "object",
+            "properties": {"expression": {"type": "string"}},
+            "required": ["expression"],
+        },
+    },
+    "wordcount": {
+        "requirements": "six\n",
+        "main": SMALL_MAIN,
+        "tool": "count",
+        "args": ["count"],
+        "input": {"text": "the quick brown fox"},
+        "expect": {"words": 4, "chars": 19},
+        "schema": {"type": "object", "properties": {"text": {"type": "string"}}},
+    },
+}
+
+CONTENDERS = ("runsh", "virtualenv", "ally-pip", "ally-uv")
+TITLES = {
+    "runsh": "run.sh (baseline)",
+    "virtualenv": "virtualenv + pip",
+    "ally-pip": "ally, ALLY_INSTALLER=pip",
+    "ally-uv": "ally, uv (default)",
+}
+HEAVY = ("virtualenv", "uv", "rich")
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def base_python() -> str:
+    """The real interpreter behind this venv (never a pyenv shim)."""
+    exe = getattr(sys, "_base_executable", None) or sys.executable
+    return os.path.realpath(exe)
+
+
+def bench_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The machine's environment without its pip/uv config, ``python3`` = the base python."""
+    from ally_core.testing import hermetic_environ
+
+    env = hermetic_environ(base)
+    # Measure what a user's machine does: tools write their bytecode caches.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.pop("PYTHONPATH", None)
+    env.pop("PYTHONHOME", None)
+    # `python3` on PATH is the interpreter ally uses, not a shim (shims add ~50 ms per call).
+    path = [p for p in env.get("PATH", "").split(os.pathsep) if p and ".venv" not in p]
+    env["PATH"] = os.pathsep.join([os.path.dirname(base_python()), *path])
+    env["VIRTUALENV_NO_PERIODIC_UPDATE"] = "1"
+    env["LC_ALL"] = "C"
+    return env
+
+
+def footprint(*paths: Path) -> int:
+    """Bytes allocated on disk under ``paths`` (``st_blocks``), each inode counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def add(path: str) -> None:
+        nonlocal total
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        key = (st.st_dev, st.st_ino)
+        if key not in seen:
+            seen.add(key)
+            total += st.st_blocks * 512
+
+    for root in paths:
+        if not os.path.lexists(root):
+            continue
+        add(str(root))
+        if root.is_symlink() or not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                add(os.path.join(dirpath, name))
+    return total
+
+
+def last_json(text: str) -> Any:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith(("{", "[")):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# plugins on disk
+
+
+def write_plugin(plugins_dir: Path, name: str, kind: str, contender: str) -> Path:
+    """Plugin ``kind`` (a key of PLUGINS) as ``name``, shaped for ``contender``."""
+    info = PLUGINS[kind]
+    d = plugins_dir / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "requirements.txt").write_text(info["requirements"])
+    (d / "main.py").write_text(info["main"])
+    tool: dict[str, Any] = {"name": info["tool"], "schema": info["schema"]}
+    manifest: dict[str, Any] = {"name": name, "version": "1.0.0"}
+    if contender.startswith("ally"):
+        manifest["runtime"] = "python3"
+        manifest["dependencies"] = {"file": "requirements.txt"}
+        tool.update(command="python3", args=["main.py", *info["args"]])
+    else:
+        script = SEED_RUN_SH if contender == "runsh" else VIRTUALENV_SH
+        (d / "run.sh").write_text(script)
+        (d / "run.sh").chmod(0o755)
+        tool.update(command="./run.sh", args=info["args"])
+    manifest["tools"] = [tool]
+    (d / "plugin.json").write_text(json.dumps(manifest, indent=2))
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# wheelhouse
+
+
+def ensure_wheelhouse(env: Mapping[str, str]) -> Path:
+    stamp = WHEELHOUSE / ".requirements"
+    want = " ".join(WHEELHOUSE_REQS)
+    if stamp.is_file() and stamp.read_text() == want and any(WHEELHOUSE.glob("sympy-*.whl")):
+        return WHEELHOUSE
+    log(f"downloading the wheelhouse once: pip download {want} -> {WHEELHOUSE}")
+    WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+    pip = [base_python(), "-m", "pip"]
+    if subprocess.run([*pip, "--version"], capture_output=True, env=dict(env)).returncode != 0:
+        from virtualenv.seed.wheels.embed import get_embed_wheel
+
+        wheel = get_embed_wheel("pip", f"{sys.version_info[0]}.{sys.version_info[1]}")
+        pip = [base_python(), str(wheel.path) + "/pip"]
+    subprocess.run(
+        [*pip, "download", "--only-binary=:all:", "-d", str(WHEELHOUSE), *WHEELHOUSE_REQS],
+        check=True,
+        env=dict(env),
+        stdout=subprocess.DEVNULL,
+    )
+    stamp.write_text(want)
+    return WHEELHOUSE
+
+
+# ---------------------------------------------------------------------------------------------
+# the ally driver: one fresh process per step, timings taken inside it
+
+
+DRIVER_FLAG = "--_driver"
+
+
+class SpawnCounter:
+    """Counts processes started (subprocess, posix_spawn, fork) while active."""
+
+    def __init__(self) -> None:
+        self.argvs: list[Any] = []
+        self._undo: list[Callable[[], None]] = []
+
+    def __enter__(self) -> SpawnCounter:
+        seen = self.argvs
+
+        def patch(owner: Any, attr: str, make: Callable[[Any], Any]) -> None:
+            original = getattr(owner, attr)
+            setattr(owner, attr, make(original))
+            self._undo.append(lambda: setattr(owner, attr, original))
+
+        def wrap_child(orig: Any) -> Any:
+            def _execute_child(self_: Any, args: Any, *a: Any, **kw: Any) -> Any:
+                seen.append(args)
+                return orig(self_, args, *a, **kw)
+
+            return _execute_child
+
+        def wrap_any(name: str) -> Callable[[Any], Any]:
+            def make(orig: Any) -> Any:
+                def f(*a: Any, **kw: Any) -> Any:
+                    seen.append((name, a[:1]))
+                    return orig(*a, **kw)
+
+                return f
+
+            return make
+
+        patch(subprocess.Popen, "_execute_child", wrap_child)
+        for name in ("fork", "posix_spawn", "posix_spawnp"):
+            if hasattr(os, name):
+                patch(os, name, wrap_any(name))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+
+
+def _outcome(o: Any) -> dict[str, Any]:
+    return {
+        "name": o.name,
+        "status": o.status,
+        "action": o.action,
+        "reason": o.reason,
+        "env": str(o.env.path) if o.env else None,
+        "python": o.env.commands.get("python3") if o.env else None,
+    }
+
+
+def driver(op: str, p: dict[str, Any]) -> dict[str, Any]:
+    from ally_core import Host
+
+    if op == "load":
+        host = Host(p["home"])
+        with SpawnCounter() as spawns:
+            t0 = time.perf_counter()
+            outcomes = host.load(p["names"])
+            t1 = time.perf_counter()
+        out: dict[str, Any] = {
+            "seconds": t1 - t0,
+            "spawned": len(spawns.argvs),
+            "outcomes": [_outcome(o) for o in outcomes],
+        }
+        if p.get("call"):
+            outcome = outcomes[0]
+            tool = outcome.tool(p["call"]["tool"])
+            t0 = time.perf_counter()
+            result = tool.call(p["call"]["input"])
+            out["first_call"] = time.perf_counter() - t0
+            out["result"] = result.to_json()
+        return out
+
+    if op == "running":
+        # A host that is already up (its plugins loaded) gets a new plugin dropped in.
+        host = Host(p["home"])
+        host.load(p["warm"])
+        with SpawnCounter() as spawns:
+            t0 = time.perf_counter()
+            outcomes = host.load(p["names"])
+            t1 = time.perf_counter()
+        return {
+            "seconds": t1 - t0,
+            "spawned": len(spawns.argvs),
+            "outcomes": [_outcome(o) for o in outcomes],
+        }
+
+    if op == "warm":
+        home = p["home"]
+        with SpawnCounter() as spawns:
+            t0 = time.perf_counter()
+            host = Host(home)
+            t1 = time.perf_counter()
+            first = host.load()
+            t2 = time.perf_counter()
+            fresh = []
+            for _ in range(5):
+                h = Host(home)
+                t = time.perf_counter()
+                h.load()
+                fresh.append(time.perf_counter() - t)
+            repeat = []
+            for _ in range(20):
+                t = time.perf_counter()
+                host.load()
+                repeat.append(time.perf_counter() - t)
+        return {
+            "plugins": len(first),
+            "ready": sum(o.ready for o in first),
+            "not_ready": [_outcome(o) for o in first if not o.ready][:3],
+            "host_init": t1 - t0,
+            "first_load": t2 - t1,
+            "fresh_host_load": median(fresh),
+            "repeat_load": median(repeat),
+            "spawned": len(spawns.argvs),
+            "spawned_argvs": [str(a)[:200] for a in spawns.argvs[:5]],
+        }
+
+    if op == "calls":
+        host = Host(p["home"])
+        (outcome,) = host.load([p["name"]])
+        assert outcome.ready, outcome.reason
+        tool = outcome.tool(p["tool"])
+        direct = [outcome.env.commands["python3"], "main.py", *p["args"]]
+        return measure_calls(
+            {
+                "ally": lambda: tool.call(p["input"]).to_json(),
+                "direct": _spawner(direct, outcome.plugin_dir, p["input"], dict(os.environ)),
+            },
+            p["n"],
+        )
+
+    raise SystemExit(f"unknown driver op {op!r}")
+
+
+def run_driver(op: str, params: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), DRIVER_FLAG, op, json.dumps(params)],
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        timeout=1200,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"driver {op} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# tool calls
+
+
+def _spawner(
+    argv: list[str], cwd: Path | str, payload: Any, env: Mapping[str, str]
+) -> Callable[[], Any]:
+    data = json.dumps(payload).encode()
+
+    def call() -> Any:
+        proc = subprocess.run(argv, cwd=cwd, input=data, capture_output=True, env=dict(env))
+        return last_json(proc.stdout.decode())
+
+    return call
+
+
+def measure_calls(calls: Mapping[str, Callable[[], Any]], n: int) -> dict[str, Any]:
+    """Interleave the calls ``n`` times (after one untimed warm-up each); medians in seconds."""
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    first: dict[str, float] = {}
+    results: dict[str, Any] = {}
+    for name, fn in calls.items():
+        t = time.perf_counter()
+        results[name] = fn()
+        first[name] = time.perf_counter() - t
+    for _ in range(n):
+        for name, fn in calls.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {
+        "median": {k: median(v) for k, v in times.items()},
+        "first": first,
+        "results": results,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the baselines (bash scripts)
+
+_TRACE = re.compile(r"^\++([0-9]+[.,][0-9]+) (.*)$")
+
+
+def run_script(plugin_dir: Path, info: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Run the plugin's run.sh traced; env-ready time = when its ``exec`` line starts."""
+    # bash ignores PS4 from the environment when run as root; BASH_ENV sets it instead.
+    rc = plugin_dir.parent.parent / "bash_env"
+    rc.write_text("PS4='+${EPOCHREALTIME} '\n")
+    env = {**env, "BASH_ENV": str(rc)}
+    t0 = time.time()
+    proc = subprocess.run(
+        ["bash", "-x", str(plugin_dir / "run.sh"), *info["args"]],
+        cwd=plugin_dir,
+        input=json.dumps(info["input"]).encode(),
+        capture_output=True,
+        env=env,
+        timeout=1200,
+    )
+    t1 = time.time()
+    err = proc.stderr.decode("utf-8", "replace")
+    ready = None
+    for line in err.splitlines():
+        m = _TRACE.match(line)
+        if m and m.group(2).startswith("exec "):
+            ready = float(m.group(1).replace(",", ".")) - t0
+    result = last_json(proc.stdout.decode("utf-8", "replace"))
+    if proc.returncode != 0 or ready is None:
+        raise RuntimeError(f"{plugin_dir}/run.sh failed ({proc.returncode}):\n{err[-3000:]}")
+    return {"ready": ready, "first_result": t1 - t0, "result": result}
+
+
+# ---------------------------------------------------------------------------------------------
+# one contender, one source
+
+
+class Contender:
+    def __init__(self, name: str, root: Path, env: Mapping[str, str], local: Optional[Path]):
+        self.name = name
+        self.root = root
+        self.local = local
+        self.plugins = root / ("home/plugins" if self.is_ally else "plugins")
+        self.plugins.mkdir(parents=True)
+        xdg = root / "xdg"
+        self.env = {
+            **env,
+            "XDG_CACHE_HOME": str(xdg / "cache"),
+            "XDG_DATA_HOME": str(xdg / "data"),
+            "XDG_CONFIG_HOME": str(xdg / "config"),
+            "BENCH_VIRTUALENV": str(Path(sys.executable).parent / "virtualenv"),
+        }
+        if self.is_ally:
+            home = root / "home"
+            self.env["ALLY_HOME"] = str(home)
+            self.env["ALLY_INSTALLER"] = "pip" if name == "ally-pip" else "auto"
+            if local is not None:
+                (home / "config.toml").write_text(
+                    f"[ally.index]\nno_index = true\nfind_links = [{json.dumps(str(local))}]\n"
+                )
+        elif local is not None:
+            self.env["PIP_NO_INDEX"] = "1"
+            self.env["PIP_FIND_LINKS"] = str(local)
+
+    @property
+    def is_ally(self) -> bool:
+        return self.name.startswith("ally")
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    def add(self, name: str, kind: str) -> Path:
+        return write_plugin(self.plugins, name, kind, self.name)
+
+    def load(self, name: str, kind: str, *, call: bool) -> dict[str, Any]:
+        """Make ``name`` ready (and, with ``call``, run its tool once)."""
+        info = PLUGINS[kind]
+        if not self.is_ally:
+            r = run_script(self.plugins / name, info, self.env)
+            r["env"] = str(self.plugins / name / "venv")
+            r["spawned"] = None
+            return r
+        params: dict[str, Any] = {"home": str(self.home), "names": [name]}
+        if call:
+            params["call"] = {"tool": info["tool"], "input": info["input"]}
+        r = run_driver("load", params, self.env)
+        (o,) = r["outcomes"]
+        if o["status"] != "ready":
+            raise RuntimeError(f"{self.name}: {name} not ready: {o['reason']}")
+        out = {"ready": r["seconds"], "env": o["env"], "action": o["action"]}
+        out["spawned"] = r["spawned"]
+        if call:
+            out["first_result"] = r["seconds"] + r["first_call"]
+            out["result"] = r["result"]
+        return out
+
+    def caches(self) -> list[Path]:
+        return [self.root / "xdg", *([self.home / "cache"] if self.is_ally else [])]
+
+
+def check_result(who: str, kind: str, result: Any) -> None:
+    want = PLUGINS[kind]["expect"]
+    got = result.get("result") if isinstance(result, dict) else None
+    if got != want:
+        raise RuntimeError(f"{who}: {kind} returned {result!r}, expected result {want!r}")
+
+
+def run_source(label: str, work: Path, env: Mapping[str, str], local: Optional[Path]) -> dict:
+    """Cold load, second plugin, small plugin, disk — for every contender, one source."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in CONTENDERS:
+        c = Contender(name, work / label / name, env, local)
+        r: dict[str, Any] = {}
+        log(f"[{label}] {TITLES[name]}: cold first load of sympy-calc")
+        c.add("sympy-calc", "sympy-calc")
+        cold = c.load("sympy-calc", "sympy-calc", call=True)
+        check_result(f"{name}/{label}", "sympy-calc", cold["result"])
+        r["cold_ready"] = cold["ready"]
+        r["cold_first_result"] = cold["first_result"]
+        env_dir = Path(cold["env"]).resolve()
+        r["env_disk"] = footprint(env_dir)
+        r["total_disk"] = footprint(c.root)
+        r["cache_disk"] = footprint(*c.caches())
+
+        log(f"[{label}] {TITLES[name]}: second plugin with the same deps")
+        c.add("sympy-calc-2", "sympy-calc")
+        before = footprint(c.root)
+        second = c.load("sympy-calc-2", "sympy-calc", call=False)
+        r["second_ready"] = second["ready"]
+        r["second_disk"] = footprint(c.root) - before
+        r["second_action"] = second.get("action")
+        r["second_spawned"] = second.get("spawned")
+        r["second_shared"] = Path(second["env"]).resolve() == env_dir
+        if c.is_ally:
+            c.add("sympy-calc-3", "sympy-calc")
+            run = run_driver(
+                "running",
+                {
+                    "home": str(c.home),
+                    "warm": ["sympy-calc", "sympy-calc-2"],
+                    "names": ["sympy-calc-3"],
+                },
+                c.env,
+            )
+            (o,) = run["outcomes"]
+            r["running_ready"] = run["seconds"]
+            r["running_spawned"] = run["spawned"]
+            r["running_action"] = o["action"]
+
+        log(f"[{label}] {TITLES[name]}: cold first load of the small plugin (six)")
+        c.add("wordcount", "wordcount")
+        small = c.load("wordcount", "wordcount", call=True)
+        check_result(f"{name}/{label}", "wordcount", small["result"])
+        r["small_ready"] = small["ready"]
+        r["small_first_result"] = small["first_result"]
+        r["small_env"] = small["env"]
+        r["root"] = str(c.root)
+        out[name] = r
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# warm load, tool calls, imports
+
+
+def make_tiny_wheels(dest: Path, n: int) -> None:
+    from ally_core.testing import build_wheel
+
+    for i in range(n):
+        build_wheel(dest, f"benchdep-{i:03d}", "1.0.0")
+
+
+def run_warm(work: Path, env: Mapping[str, str], local: Path, n: int) -> dict[str, Any]:
+    """``n`` ready plugins: uv, each its own env; pip, all sharing the sympy env built before."""
+    out: dict[str, Any] = {}
+    # ally (uv): n plugins, n distinct envs (the worst case for the warm path).
+    tiny = work / "tiny-wheels"
+    make_tiny_wheels(tiny, n)
+    c = Contender("ally-uv", work / "warm" / "ally-uv", env, None)
+    (c.home / "config.toml").write_text(
+        "[ally.index]\nno_index = true\n"
+        f"find_links = [{json.dumps(str(tiny))}, {json.dumps(str(local))}]\n"
+    )
+    for i in range(n):
+        d = c.add(f"plugin-{i:03d}", "wordcount")
+        (d / "requirements.txt").write_text(f"benchdep-{i:03d}\n")
+    log(f"[warm] building {n} distinct envs with ally (uv)")
+    t = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "ally_core.cli", "install", "--quiet"],
+        env=dict(c.env),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"ally install of {n} plugins failed:\n{proc.stderr[-3000:]}")
+    out["uv_build_seconds"] = time.perf_counter() - t
+    log(f"[warm] {n} envs built in {out['uv_build_seconds']:.1f}s; measuring Host.load()")
+    out["ally-uv"] = run_driver("warm", {"home": str(c.home)}, c.env)
+    out["uv_home"] = c.home
+    out["uv_env"] = c.env
+    return out
+
+
+def run_warm_pip(root: Path, env: Mapping[str, str], n: int) -> dict[str, Any]:
+    """Add plugins sharing the (already built) sympy env to the ally-pip home; time a load."""
+    c = Contender.__new__(Contender)
+    c.name, c.root, c.local = "ally-pip", root, None
+    c.plugins = root / "home" / "plugins"
+    c.env = {**env, "ALLY_HOME": str(root / "home"), "ALLY_INSTALLER": "pip"}
+    existing = {p.name for p in c.plugins.iterdir()}
+    for i in range(n - len(existing)):
+        c.add(f"sympy-share-{i:03d}", "sympy-calc")
+    log(f"[warm] ally (pip): {n} plugins sharing the sympy env; first load publishes them")
+    run_driver("load", {"home": str(c.home), "names": None}, c.env)
+    return run_driver("warm", {"home": str(c.home)}, c.env)
+
+
+def baseline_warm(plugins_dir: Path, n: int) -> float:
+    """What run.sh checks before each call (``[ -d venv ]``), done in-process: per plugin."""
+    dirs = [str(p / "venv") for p in sorted(plugins_dir.iterdir())]
+    dirs = (dirs * (n // max(1, len(dirs)) + 1))[:n]
+    best = float("inf")
+    for _ in range(20):
+        t = time.perf_counter()
+        for d in dirs:
+            os.path.isdir(d)
+        best = min(best, time.perf_counter() - t)
+    return best / n
+
+
+def run_calls(src: dict[str, dict[str, Any]], env: Mapping[str, str], n: int) -> dict[str, Any]:
+    """Tool-call overhead on the small plugin: contender's call vs the env's python directly."""
+    info = PLUGINS["wordcount"]
+    out: dict[str, Any] = {}
+    for name in CONTENDERS:
+        r = src[name]
+        root = Path(r["root"])
+        if name.startswith("ally"):
+            log(f"[calls] {TITLES[name]}: BoundTool.call vs direct spawn, n={n}")
+            cenv = {
+                **env,
+                "ALLY_HOME": str(root / "home"),
+                "ALLY_INSTALLER": "pip" if name == "ally-pip" else "auto",
+            }
+            m = run_driver(
+                "calls",
+                {
+                    "home": str(root / "home"),
+                    "name": "wordcount",
+                    "tool": info["tool"],
+                    "args": info["args"],
+                    "input": info["input"],
+                    "n": n,
+                },
+                cenv,
+            )
+            key = "ally"
+        else:
+            plugin = root / "plugins" / "wordcount"
+            py = str(plugin / "venv" / "bin" / "python3")
+            calls: dict[str, Callable[[], Any]] = {
+                "direct": _spawner([py, "main.py", *info["args"]], plugin, info["input"], env)
+            }
+            if name == "runsh":
+                log(f"[calls] {TITLES[name]}: ./run.sh vs direct spawn, n={n}")
+                calls["run.sh"] = _spawner(["./run.sh", *info["args"]], plugin, info["input"], env)
+                key = "run.sh"
+            else:
+                # The host spawns the venv's python itself: the call IS the direct spawn.
+                log(f"[calls] {TITLES[name]}: direct spawn, n={n}")
+                key = "direct"
+            m = measure_calls(calls, n)
+        for k, v in m["results"].items():
+            check_result(f"{name} call ({k})", "wordcount", v)
+        out[name] = {
+            "call": m["median"][key],
+            "direct": m["median"]["direct"],
+            "overhead": m["median"][key] - m["median"]["direct"],
+            "first_call": m["first"][key],
+        }
+    return out
+
+
+PROBE = """
+import json, sys, time
+t = time.perf_counter()
+from ally_core.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps({"heavy": sorted(m for m in sys.modules if m.split('.')[0] in %r),
+                  "seconds": time.perf_counter() - t}), file=sys.stderr)
+"""
+
+
+def run_imports(env: Mapping[str, str]) -> dict[str, Any]:
+    """``ally --help`` / ``ally list`` must not import virtualenv, uv or rich; import time."""
+    out: dict[str, Any] = {}
+    for args in (["--help"], ["list"], ["list", "--json"]):
+        proc = subprocess.run(
+            [sys.executable, "-c", PROBE % (HEAVY,), *args],
+            capture_output=True,
+            text=True,
+            env=dict(env),
+            timeout=120,
+        )
+        data = json.loads(proc.stderr.strip().splitlines()[-1])
+        walls = []
+        for _ in range(5):
+            t = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "ally_core.cli", *args],
+                capture_output=True,
+                env=dict(env),
+                timeout=120,
+            )
+            walls.append(time.perf_counter() - t)
+        out[" ".join(args)] = {"heavy": data["heavy"], "wall": median(walls)}
+    cumulative = []
+    for _ in range(5):
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "import ally_core"],
+            capture_output=True,
+            text=True,
+            env=dict(env),
+        )
+        for line in proc.stderr.splitlines():
+            parts = [x.strip() for x in line.split("|")]
+            if len(parts) == 3 and parts[2] == "ally_core":
+                cumulative.append(int(parts[1]) / 1e6)
+    out["import_ally_core"] = median(cumulative)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, ally_core; print(sorted({m.split('.')[0] for m in sys.modules}))",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(env),
+    )
+    out["import_ally_core_modules"] = proc.stdout.strip()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+
+def fmt_time(s: Optional[float]) -> str:
+    if s is None:
+        return "—"
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e6:.1f} µs"
+
+
+def fmt_bytes(b: Optional[float]) -> str:
+    if b is None:
+        return "—"
+    if abs(b) >= 1e6:
+        return f"{b / 1e6:.1f} MB"
+    return f"{b / 1e3:.0f} kB"
+
+
+def cell(value: Optional[float], base: Optional[float], fmt: Callable[[Any], str]) -> str:
+    if value is None:
+        return "—"
+    if base is None or not base:
+        return fmt(value)
+    return f"{fmt(value)} ({value / base:.3g}x)"
+
+
+def render(data: dict[str, Any]) -> tuple[str, list[tuple[str, bool, str]]]:
+    sources = data["sources"]
+    lines = [
+        "| metric | source | " + " | ".join(TITLES[c] for c in CONTENDERS) + " |",
+        "|---|---|" + "---:|" * len(CONTENDERS),
+    ]
+
+    def row(
+        metric: str,
+        source: str,
+        values: Mapping[str, Optional[float]],
+        fmt: Any,
+        base: Optional[float] = None,
+    ) -> None:
+        base = values.get("runsh") if base is None else base
+        cells = [cell(values.get(c), base, fmt) for c in CONTENDERS]
+        lines.append(f"| {metric} | {source} | " + " | ".join(cells) + " |")
+
+    for label, src in sources.items():
+        pick = lambda key, src=src: {c: src[c].get(key) for c in CONTENDERS}  # noqa: E731
+        row("cold first load, sympy: env ready", label, pick("cold_ready"), fmt_time)
+        row(
+            "cold first tool result, sympy (load + 1st call)",
+            label,
+            pick("cold_first_result"),
+            fmt_time,
+        )
+        row("cold first load, small plugin (six): env ready", label, pick("small_ready"), fmt_time)
+        row(
+            "2nd plugin, same deps: time to ready (new host process)",
+            label,
+            pick("second_ready"),
+            fmt_time,
+        )
+        row(
+            "2nd plugin, same deps: time to ready (running host)",
+            label,
+            {c: src[c].get("running_ready") for c in ("ally-pip", "ally-uv")},
+            fmt_time,
+            base=src["runsh"]["second_ready"],
+        )
+        row("2nd plugin, same deps: extra disk", label, pick("second_disk"), fmt_bytes)
+    local = sources.get("local wheelhouse") or next(iter(sources.values()))
+    row(
+        "disk per env (sympy env dir, inodes once)",
+        "local",
+        {c: local[c]["env_disk"] for c in CONTENDERS},
+        fmt_bytes,
+    )
+    row(
+        "disk, 1 plugin: env + caches (inodes once)",
+        "local",
+        {c: local[c]["total_disk"] for c in CONTENDERS},
+        fmt_bytes,
+    )
+    warm = data["warm"]
+    row(
+        f"warm load of {warm['n']} ready plugins, per plugin (new host process)",
+        "—",
+        {c: warm["per_plugin"].get(c) for c in CONTENDERS},
+        fmt_time,
+    )
+    row(
+        f"warm load of {warm['n']} ready plugins, per plugin (repeat load, same Host)",
+        "—",
+        {c: warm["repeat_per_plugin"].get(c) for c in CONTENDERS},
+        fmt_time,
+    )
+    calls = data["calls"]
+    row(
+        f"tool call, small plugin (median of {data['n_calls']})",
+        "—",
+        {c: calls[c]["call"] for c in CONTENDERS},
+        fmt_time,
+    )
+    row(
+        "tool-call overhead over spawning the env's python",
+        "—",
+        {c: calls[c]["overhead"] for c in CONTENDERS},
+        fmt_time,
+    )
+
+    # goals
+    goals: list[tuple[str, bool, str]] = []
+    for label, src in sources.items():
+        ratio = src["ally-uv"]["cold_ready"] / src["runsh"]["cold_ready"]
+        goals.append(
+            (f"cold first load, uv backend ≤ 5% of run.sh ({label})", ratio <= 0.05, f"{ratio:.1%}")
+        )
+        ratio_fr = src["ally-uv"]["cold_first_result"] / src["runsh"]["cold_first_result"]
+        goals.append(
+            (
+                f"(informative) cold first *tool result*, uv ≤ 5% of run.sh ({label})",
+                ratio_fr <= 0.05,
+                f"{ratio_fr:.1%}",
+            )
+        )
+        for c in ("ally-pip", "ally-uv"):
+            s = src[c]
+            goals.append(
+                (
+                    f"2nd plugin same deps ≤ 20 ms, {TITLES[c]}, new host process ({label})",
+                    s["second_ready"] <= 0.020,
+                    f"{fmt_time(s['second_ready'])}, {s['second_action']}, "
+                    f"{s['second_spawned']} process(es) spawned",
+                )
+            )
+            goals.append(
+                (
+                    f"2nd plugin same deps ≤ 20 ms, {TITLES[c]}, running host ({label})",
+                    s["running_ready"] <= 0.020,
+                    f"{fmt_time(s['running_ready'])}, {s['running_action']}, "
+                    f"{s['running_spawned']} process(es) spawned",
+                )
+            )
+            goals.append(
+                (
+                    f"2nd plugin same deps < 1 MB extra disk, {TITLES[c]} ({label})",
+                    s["second_disk"] < 1e6,
+                    fmt_bytes(s["second_disk"]),
+                )
+            )
+        ratio = src["ally-pip"]["cold_ready"] / src["virtualenv"]["cold_ready"]
+        goals.append(
+            (
+                f"pip fallback ≤ 0.9x virtualenv + pip, cold sympy ({label})",
+                ratio <= 0.9,
+                f"{ratio:.2f}x",
+            )
+        )
+        ratio = src["ally-pip"]["small_ready"] / src["virtualenv"]["small_ready"]
+        goals.append(
+            (
+                f"pip fallback ≤ 0.9x virtualenv + pip, cold small plugin ({label})",
+                ratio <= 0.9,
+                f"{ratio:.2f}x",
+            )
+        )
+    for c in ("ally-pip", "ally-uv"):
+        v = warm["per_plugin"][c]
+        goals.append(
+            (
+                f"warm load ≤ 100 µs per plugin, {TITLES[c]} (new host process)",
+                v <= 100e-6 and warm["spawned"][c] == 0,
+                f"{fmt_time(v)}, {warm['spawned'][c]} process(es) spawned",
+            )
+        )
+        v = warm["repeat_per_plugin"][c]
+        goals.append(
+            (f"warm load ≤ 100 µs per plugin, {TITLES[c]} (repeat load)", v <= 100e-6, fmt_time(v))
+        )
+        v = calls[c]["overhead"]
+        goals.append((f"tool-call overhead ≤ 5 ms, {TITLES[c]}", v <= 0.005, fmt_time(v)))
+    imp = data["imports"]
+    for args in ("--help", "list", "list --json"):
+        heavy = imp[args]["heavy"]
+        goals.append(
+            (
+                f"`ally {args}` imports none of virtualenv, uv, rich",
+                not heavy,
+                ", ".join(heavy) or f"none (wall {fmt_time(imp[args]['wall'])})",
+            )
+        )
+    return "\n".join(lines), goals
+
+
+def write_results(data: dict[str, Any], table: str, goals: list[tuple[str, bool, str]]) -> str:
+    meta = data["meta"]
+    warm = data["warm"]
+    out = [
+        "# ally benchmark results",
+        "",
+        f"Generated by `benchmarks/bench.py` on {meta['date']} — {meta['machine']}.",
+        f"Python {meta['python']}, uv {meta['uv']}, virtualenv {meta['virtualenv']}, "
+        f"pip {meta['pip']} (seeded by `python3 -m venv`), wheelhouse: "
+        f"{', '.join(meta['wheels'])}. Full run: {meta['elapsed']:.0f} s; 1-min load average "
+        f"{meta['load'][0]:.1f} at the start, {meta['load'][1]:.1f} at the end (other work on "
+        "the machine makes single cold runs noisy: compare ratios, not absolute seconds).",
+        "",
+        "Every contender starts with its **own fresh, empty cache dirs** (XDG cache/data/config, "
+        "pip cache, virtualenv app-data, ally home). The machine's pip/uv configuration is off "
+        "(`hermetic_environ()`). *local wheelhouse*: `--no-index --find-links` to "
+        "`benchmarks/.cache/wheelhouse`; *PyPI (network)*: the default index, "
+        "https://pypi.org/simple. Ratios are to the run.sh baseline (lower is better). "
+        "Cold numbers are single runs.",
+        "",
+        table,
+        "",
+        "## Goals",
+        "",
+        *[f"- {'✅' if ok else '❌'} {what}: {detail}" for what, ok, detail in goals],
+        "",
+        "## Notes",
+        "",
+        "- *env ready*: run.sh / virtualenv + pip — time until the script's `exec` line "
+        "(from a `bash -x` trace); ally — `Host.load([name])` in a fresh process.",
+        "- *2nd plugin*: a copy of sympy-calc under another name. *new host process*: "
+        "`Host(...).load([name])` in a fresh process (pays one-time imports, e.g. filelock); "
+        "*running host*: the same in a process whose Host has already loaded its plugins "
+        "(ratio to run.sh's 2nd-plugin time).",
+        "- *first tool result*: run.sh — the whole first invocation; ally — the load plus the "
+        "first `BoundTool.call()`. uv installs without compiling bytecode, so ally (uv) pays "
+        "for compiling the sympy modules it imports on the first call instead.",
+        f"- *warm load*: `Host.load()` of {warm['n']} ready plugins, divided by {warm['n']}. "
+        f"ally (uv): {warm['n']} plugins with {warm['n']} distinct envs (built in "
+        f"{warm['uv_build_seconds']:.1f} s by `ally install`); ally (pip): {warm['n']} plugins "
+        "sharing the sympy env. *new host process*: the first `Host(...)` + `load()` of a fresh "
+        f"process (Host() itself: {fmt_time(warm['host_init']['ally-uv'])} uv, "
+        f"{fmt_time(warm['host_init']['ally-pip'])} pip, not included); *repeat*: median of 20 "
+        "further `load()` on the same Host. Processes spawned during all warm loads: "
+        f"{warm['spawned']}. run.sh / virtualenv have no load step: their column is the check "
+        "run.sh does before each call (`[ -d venv ]`), done in-process (`os.path.isdir`).",
+        f"- *tool call*: the small plugin, median of {data['n_calls']} interleaved calls; "
+        "overhead = median(call) - median(spawning the env's python with the same script, "
+        "stdin and cwd). virtualenv + pip: the host spawns the venv's python itself "
+        "(overhead 0 by construction). First calls (incl. one-time imports such as "
+        "jsonschema): "
+        + ", ".join(f"{TITLES[c]} {fmt_time(data['calls'][c]['first_call'])}" for c in CONTENDERS)
+        + ".",
+        f"- `import ally_core`: {fmt_time(data['imports']['import_ally_core'])} cumulative "
+        "(`python -X importtime`, median of 5); top-level modules it loads: "
+        f"{data['imports']['import_ally_core_modules']}.",
+        "- Disk: `st_blocks` of every file, dir and symlink, each inode once (uv hardlinks "
+        "from its cache into envs). *2nd plugin extra disk* includes the second plugin's own "
+        "source files (~16 kB) for every contender.",
+        "",
+    ]
+    text = "\n".join(out)
+    RESULTS.write_text(text)
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def tool_versions(env: Mapping[str, str]) -> dict[str, str]:
+    from importlib.metadata import version
+
+    def out(argv: list[str]) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, env=dict(env)).stdout
+        except OSError:
+            return "?"
+
+    pip = out([base_python(), "-m", "pip", "--version"]).split()
+    return {
+        "python": platform.python_version(),
+        "uv": version("uv"),
+        "virtualenv": version("virtualenv"),
+        "pip": pip[1] if len(pip) > 1 else "?",
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "wheels": sorted(p.name for p in WHEELHOUSE.glob("*.whl")),
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--no-index-run",
+        action="store_true",
+        help="skip the PyPI (network) part; local wheelhouse only",
+    )
+    parser.add_argument("--calls", type=int, default=30, help="tool calls per contender (N)")
+    parser.add_argument("--warm-plugins", type=int, default=100, help="plugins for the warm load")
+    parser.add_argument("--work", type=Path, help="work dir (default: a temp dir under .cache)")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir")
+    parser.add_argument("--no-write", action="store_true", help="do not write results.md")
+    args = parser.parse_args(argv)
+
+    try:
+        import ally_core  # noqa: F401
+    except ImportError:
+        parser.error("run me with an interpreter that has ally-core installed (.venv/bin/python)")
+    start = time.perf_counter()
+    load_before = os.getloadavg()
+    env = bench_environ()
+    local = ensure_wheelhouse(env)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    work = args.work or Path(tempfile.mkdtemp(prefix="run-", dir=CACHE))
+    work = work.resolve()
+    if args.work is not None and work.exists() and any(work.iterdir()):
+        parser.error(f"--work {work}: not empty")
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"work dir: {work}")
+    data: dict[str, Any] = {"sources": {}, "n_calls": args.calls}
+    try:
+        data["sources"]["local wheelhouse"] = run_source("local", work, env, local)
+        if not args.no_index_run:
+            data["sources"]["PyPI (network)"] = run_source("pypi", work, env, None)
+            shutil.rmtree(work / "pypi", ignore_errors=True)
+        local_src = data["sources"]["local wheelhouse"]
+        data["calls"] = run_calls(local_src, env, args.calls)
+
+        n = args.warm_plugins
+        w = run_warm(work, env, local, n)
+        wp = run_warm_pip(Path(local_src["ally-pip"]["root"]), env, n)
+        base = baseline_warm(Path(local_src["runsh"]["root"]) / "plugins", n)
+        vbase = baseline_warm(Path(local_src["virtualenv"]["root"]) / "plugins", n)
+        wu = w["ally-uv"]
+        for r, who in ((wu, "ally-uv"), (wp, "ally-pip")):
+            if r["ready"] != n:
+                raise RuntimeError(f"warm {who}: {r['ready']}/{n} ready: {r['not_ready']}")
+        data["warm"] = {
+            "n": n,
+            "uv_build_seconds": w["uv_build_seconds"],
+            "per_plugin": {
+                "runsh": base,
+                "virtualenv": vbase,
+                "ally-pip": wp["first_load"] / n,
+                "ally-uv": wu["first_load"] / n,
+            },
+            "repeat_per_plugin": {
+                "runsh": base,
+                "virtualenv": vbase,
+                "ally-pip": wp["repeat_load"] / n,
+                "ally-uv": wu["repeat_load"] / n,
+            },
+            "fresh_host_per_plugin": {
+                "ally-pip": wp["fresh_host_load"] / n,
+                "ally-uv": wu["fresh_host_load"] / n,
+            },
+            "host_init": {"ally-pip": wp["host_init"], "ally-uv": wu["host_init"]},
+            "spawned": {"ally-pip": wp["spawned"], "ally-uv": wu["spawned"]},
+        }
+        log("[imports] ally --help / ally list / import ally_core")
+        data["imports"] = run_imports(w["uv_env"])
+        data["meta"] = {
+            **tool_versions(env),
+            "elapsed": time.perf_counter() - start,
+            "load": (load_before[0], os.getloadavg()[0]),
+        }
+    finally:
+        if not args.keep and args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    (CACHE / "last-run.json").write_text(json.dumps(data, indent=2, default=str))
+    table, goals = render(data)
+    if args.no_write:
+        print(table)
+        print()
+        print("\n".join(f"- {'✅' if ok else '❌'} {what}: {detail}" for what, ok, detail in goals))
+    else:
+        print(write_results(data, table, goals))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 4 and sys.argv[1] == DRIVER_FLAG:
+        result = driver(sys.argv[2], json.loads(sys.argv[3]))
+        print(json.dumps(result, default=str))
+        sys.exit(0)
+    sys.exit(main())
