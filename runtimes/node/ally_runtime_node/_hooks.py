@@ -201,7 +201,6 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
         "node": node_on_path(),
         "dev": include_dev(spec),
         "scripts": run_scripts(spec),
-        "offline": spec.options.offline,
         "registry": "bundle" if spec.options.artifacts_dir else _registry_identity(),
     }
     if spec.dependency_file is not None:

@@ -81,6 +81,10 @@ def test_first_load_builds_once_then_warm_load_spawns_nothing(host, make_plugin,
     assert outcome.ready, outcome.reason
     assert outcome.action == "built"
     assert outcome.packages == {"ally-cjs-lib": "1.1.0"}
+    node = outcome.env.interpreter
+    assert node.kind == "node" and node.realpath == os.path.realpath(shutil.which("node"))
+    st = os.stat(node.realpath)
+    assert node.signature == (st.st_size, st.st_mtime_ns, st.st_ino)
     result = outcome.tool("add").call({"a": 2, "b": 40})
     assert result.success, result
     assert result.result == {"sum": 42, "version": "1.1.0"}
@@ -550,7 +554,7 @@ def test_real_tsx_runs_a_typescript_tool_importing_a_real_package(host, make_plu
     assert result.result == "hello-typescript-world"
 
 
-def test_offline_installs_use_only_npms_shared_cache(host, make_plugin, npm_env):
+def test_offline_installs_use_only_npms_shared_cache(host, make_plugin, npm_env, no_spawn):
     node_plugin(make_plugin, "online", {"dependencies": {"ally-cjs-lib": "1.0.0"}})
     (online,) = host.load()
     assert online.ready, online.reason
@@ -565,6 +569,10 @@ def test_offline_installs_use_only_npms_shared_cache(host, make_plugin, npm_env)
     )
     node_plugin(make_plugin, "uncached", {"dependencies": {"ally-hello-bin": "1.0.0"}})
     offline = type(host)(host.paths.home, settings={"offline": True})
+    # An env built online is complete: going offline does not rebuild it.
+    with no_spawn():
+        (still,) = offline.load(["online"])
+    assert still.ready and still.action == "none" and still.env.path == online.env.path
     outcomes = {o.name: o for o in offline.load(["cached", "uncached"])}
     assert outcomes["cached"].ready, outcomes["cached"].reason
     assert outcomes["cached"].packages == {"ally-cjs-lib": "1.0.0"}
