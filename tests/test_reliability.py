@@ -215,19 +215,18 @@ def test_kill_9_at_any_point_never_publishes_a_half_env(ally_home: Path, make_pl
             argv = _cli("install", "-q", "greeter")
         sent, proc = kill(argv)
         _wait_for_orphans(ally_home)
-        if sent:
-            assert proc.returncode == -signal.SIGKILL, (where, proc.stderr)
-        else:
-            assert proc.returncode == 0, (where, proc.stderr)
+        # 0: the CLI finished in the instant between the last look and the signal.
+        expected = (0, -signal.SIGKILL) if sent else (0,)
+        assert proc.returncode in expected, (where, proc.stderr)
         _check_pointer(ally_home, "greeter", must_exist=updating)
         leftovers = [p for p in _unfinished(ally_home) if p.is_dir()]
         interrupted_mid_build += bool(leftovers)
 
         outcome = _load_and_call(ally_home)
         assert outcome.env.path == _check_pointer(ally_home, "greeter", must_exist=True)
-        gc = subprocess.run(_cli("gc", "--json"), capture_output=True, text=True, check=True)
-        removed = {r["path"] for r in json.loads(gc.stdout)["removed"]}
-        assert {str(p) for p in leftovers} <= removed, where
+        # Leftovers go with the next cold build or, at the latest, with gc.
+        subprocess.run(_cli("gc"), capture_output=True, check=True)
+        assert not [p for p in leftovers if os.path.lexists(p)], where
         assert _unfinished(ally_home) == [], where
         _load_and_call(ally_home)
         _reset(ally_home)
@@ -269,9 +268,10 @@ def test_interrupted_cli_cleans_up_everything_it_started(
     sent_count = 0
     for where, stage in stages:
         sent, proc = _signal_at_stage(argv, ally_home, stage, sig)
-        sent_count += sent
-        if sent:
-            assert proc.returncode == 130, (where, proc.returncode, proc.stderr)
+        # 0 only if the CLI finished in the instant between the last look and the signal.
+        assert proc.returncode in ((130, 0) if sent else (0,)), (where, proc.stderr)
+        if proc.returncode == 130:
+            sent_count += 1
             assert proc.stderr.strip().endswith("ally: interrupted"), (where, proc.stderr)
         # Nothing to clean after it: no half env, no trash, no stray link, no installer.
         assert _unfinished(ally_home) == [], where
