@@ -136,7 +136,6 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
         "index": "bundle"
         if spec.options.artifacts_dir
         else _index_identity(effective_index(spec.options.index)),
-        "offline": spec.options.offline,
         "python": spec.options.default_interpreter,
     }
     if spec.install_command or _reads_plugin_files(spec.dependency_file):
