@@ -69,7 +69,9 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
     plugin (an env that reads plugin files must not be shared with another plugin).
 
     Called on **every** load, cold and warm: it must not spawn processes and should cost
-    microseconds. Values must be JSON-serialisable.
+    microseconds. Values must be JSON-serialisable. It must not depend on
+    ``spec.options.upgrade`` or ``spec.options.offline``: either would make the next normal
+    load undo an update, or rebuild an env built online when going offline.
 
     :param spec: the env being loaded.
     :return: a JSON-serialisable mapping, or ``None`` if ``spec.runtime`` is not served.
@@ -124,7 +126,9 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
     """Install the plugin's dependencies into ``env``.
 
     Install ``spec.dependency_file`` or, if ``spec.install_command`` is set, run that command
-    (no shell, ``cwd=spec.plugin_dir``, the env activated through its variables). Honour
+    (no shell, the env activated through its variables, in ``spec.plugin_dir`` — or in
+    ``spec.env_dir`` for runtimes whose installer writes beside its dependency file, so that
+    the plugin directory is never written to). Honour
     ``spec.options`` (offline, index, cache, ``upgrade``). Stream progress through
     ``spec.progress``. On failure raise :class:`~ally_core.InstallFailed` with the failing
     command and the tail of its stderr.
