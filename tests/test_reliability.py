@@ -517,6 +517,34 @@ def test_read_only_store_fails_with_one_clear_line_and_keeps_the_working_env(
     assert _unfinished(ally_home) == []
 
 
+def test_failing_to_record_the_backup_never_leaves_the_plugin_without_a_working_env(
+    ally_home: Path, make_plugin
+):
+    # The backup link (.state/<name>.previous) is written after the pointer is swapped; if
+    # that write fails, the plugin must still point at a complete env (old or new).
+    prefix = _without_dac_override()
+    _greeter(make_plugin)
+    subprocess.run(_cli("install", "-q", "greeter"), check=True, timeout=300)
+    state = ally_home / "plugin-envs" / ".state"
+    state.mkdir(exist_ok=True)
+    mode = state.stat().st_mode
+    state.chmod(mode & ~0o222)
+    try:
+        proc = subprocess.run(
+            [*prefix, *_cli("reinstall", "-q", "greeter")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        state.chmod(mode)
+    assert "internal error" not in proc.stderr, proc.stderr
+    assert os.path.exists(ally_home / "plugin-envs" / "greeter"), proc.stdout
+    _check_pointer(ally_home, "greeter", must_exist=True)
+    (outcome,) = Host(ally_home).load()
+    assert outcome.ready and outcome.action == "none", (proc.stdout, outcome.reason)
+
+
 # -- doctor and the cheap check on load -------------------------------------------------------
 
 
