@@ -516,10 +516,11 @@ class Host:
         repair = ""
         if current is not None and not force:
             env_dir, marker = current
-            if marker.request_key != key:
-                repair = "dependencies changed"
-            else:
-                repair = self.cheap_problem(attrs.evolve(spec, env_dir=env_dir), marker) or ""
+            # The most specific reason first: a vanished interpreter also changes the key
+            # when it was chosen by a setting (ALLY_PYTHON).
+            repair = self.cheap_problem(attrs.evolve(spec, env_dir=env_dir), marker) or (
+                "dependencies changed" if marker.request_key != key else ""
+            )
         try:
             env, marker, action = self._build(spec, key, reuse=not force, progress=progress)
         except AllyError as exc:
@@ -559,15 +560,16 @@ class Host:
         lock = self.store.lock(fingerprint[:16])
         from filelock import Timeout
 
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            progress(
-                ProgressEvent(
-                    name, "waiting", f"Waiting for another process installing '{name}'..."
+        with store_errors("cannot take the build lock"):
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                progress(
+                    ProgressEvent(
+                        name, "waiting", f"Waiting for another process installing '{name}'..."
+                    )
                 )
-            )
-            lock.acquire()
+                lock.acquire()
         try:
             if reuse:
                 found = self.store.find(fingerprint)
@@ -587,7 +589,9 @@ class Host:
                 env, marker = self._build_into(built, key, fingerprint, interpreter)
                 self.store.publish(name, env_dir)
             except BaseException:
-                self.store.discard(env_dir)
+                published = self.store.current(name)
+                if published is None or published[0] != env_dir:
+                    self.store.discard(env_dir)
                 raise
             progress(ProgressEvent(name, "done", f"Dependencies installed for '{name}'", 1.0))
             return env, marker, "built"

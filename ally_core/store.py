@@ -217,7 +217,9 @@ class EnvStore:
                     link.unlink()
                 raise
             if previous is not None and previous[0] != env_dir:
-                self._set_backup(name, previous[0])
+                # Published already: a backup that cannot be recorded must not undo that.
+                with contextlib.suppress(OSError):
+                    self._set_backup(name, previous[0])
 
     def _set_backup(self, name: str, env_dir: Path) -> None:
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
@@ -318,14 +320,16 @@ class EnvStore:
                 if now - env_dir.stat().st_mtime < min_age:
                     continue
             if env_dir.name.split("-", 1)[0] in busy:
+                # The caller holds this fingerprint's lock: no build of it is running.
+                out.append(env_dir)
                 continue
             from filelock import Timeout
 
             try:
                 with self.lock(env_dir.name.split("-", 1)[0], timeout=0):
                     out.append(env_dir)
-            except Timeout:
-                continue  # its build is running in another process
+            except (Timeout, OSError):
+                continue  # its build is running in another process (or the lock is unreadable)
         for stray in self.root.glob(".*.link") if self.root.is_dir() else ():
             out.append(stray)
         return out

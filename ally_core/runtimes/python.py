@@ -631,6 +631,28 @@ def installed_packages(env_dir: Path) -> dict[str, str]:
     return dict(sorted(packages.items()))
 
 
+#: Run by the env's python for a deep check: every file a distribution's RECORD lists with a
+#: hash still exists with the recorded size (``pip check`` compares metadata only).
+_VERIFY_RECORDS = """
+import sys, encodings, importlib.metadata as md
+bad = []
+for dist in md.distributions():
+    for f in dist.files or ():
+        if not f.hash:
+            continue
+        try:
+            size = f.locate().stat().st_size
+        except OSError:
+            bad.append(f"{dist.metadata['Name']}: {f} is missing")
+            continue
+        if f.size is not None and size != f.size:
+            bad.append(f"{dist.metadata['Name']}: {f} was modified")
+if bad:
+    print("\\n".join(bad[:5]))
+    sys.exit(1)
+"""
+
+
 @hookimpl
 def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
     if not _serves(spec):
@@ -644,28 +666,25 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
         return Health((Problem("pyvenv.cfg is missing"),))
     if not deep:
         return Health()
-    problems: list[Problem] = []
     environ = clean_environ(path_prefix=env.bin_dirs, extra=dict(env.env_vars))
-    checks = [[py, "-c", "import sys, encodings"]]
+    checks: list[tuple[str, list[str]]] = [("installed files", [py, "-c", _VERIFY_RECORDS])]
     if env.data.get("backend") == "uv":
-        checks.append([_uv_bin_cached() or "uv", "pip", "check", "--python", py, "--no-config"])
+        uv = _uv_bin_cached() or "uv"
+        checks.append(("uv pip check", [uv, "pip", "check", "--python", py, "--no-config"]))
     else:
-        checks.append([py, "-m", "pip", "check", "--disable-pip-version-check"])
-    for argv in checks:
+        checks.append(("pip check", [py, "-m", "pip", "check", "--disable-pip-version-check"]))
+    problems: list[Problem] = []
+    for label, argv in checks:
         try:
             proc = subprocess.run(
                 argv, capture_output=True, timeout=120, env=environ, cwd=spec.env_dir
             )
         except (OSError, subprocess.SubprocessError) as exc:
-            problems.append(Problem(f"{os.path.basename(argv[0])} could not run: {exc}"))
+            problems.append(Problem(f"{label}: could not run: {exc}"))
             continue
         if proc.returncode != 0:
             text = (proc.stdout + proc.stderr).decode("utf-8", "replace").strip().splitlines()
-            problems.append(
-                Problem(
-                    f"{' '.join(os.path.basename(a) for a in argv[:3])}: " + " | ".join(text[-3:])
-                )
-            )
+            problems.append(Problem(f"{label}: " + " | ".join(text[-3:])))
     return Health(tuple(problems))
 
 
