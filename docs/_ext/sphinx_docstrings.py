@@ -8,7 +8,9 @@ extension does the rest, so that the code stays the single source of the referen
 * ``#:`` comments above an attribute become its docstring;
 * roles become cross-references (``[`EnvSpec`][ally_core.envs.EnvSpec]``) when the target is a
   known object, inline code otherwise (always for ``:mod:``);
-* ``.. versionadded:: X`` becomes a line "*Added in version X.*" placed before the fields.
+* ``.. versionadded:: X`` becomes a line "*Added in version X.*" placed before the fields;
+* a paragraph ending in ``::`` (a reST literal block) ends in ``:``; the indented block after
+  it is a Markdown code block already.
 """
 
 from __future__ import annotations
@@ -73,6 +75,10 @@ def _walk(obj: griffe.Object) -> list[griffe.Object]:
 
 
 def _rewrite(text: str, obj: griffe.Object, pkg: griffe.Module) -> str:
+    # reST literal blocks: "Layout::" + an indented block. The indented block already is a
+    # Markdown code block; the "::" becomes ":" (or goes, on a line of its own).
+    text = re.sub(r"^[ \t]*::[ \t]*\n(?=\n)", "", text, flags=re.MULTILINE)
+    text = re.sub(r"(?<=\S)::[ \t]*\n(?=\n)", ":\n", text)
     versions = _VERSIONADDED.findall(text)
     if versions:
         text = _VERSIONADDED.sub("", text).rstrip()
