@@ -248,6 +248,23 @@ def test_disabled_runtime_is_not_loaded_and_its_plugins_are_blocked(
     assert "unknown runtime 'toyrt'" in plugins["toyplug"]["reason"]
 
 
+def test_builtin_python_runtime_can_be_disabled_like_any_other(
+    ally_cli: Any, make_plugin: Any
+) -> None:
+    make_plugin(
+        "needs-python",
+        {"runtime": "python3", "dependencies": {"file": "requirements.txt"}},
+        files={"requirements.txt": "allydemo-greet\n"},
+    )
+    env = {"ALLY_DISABLED_PLUGINS": "python"}
+    runtimes = ally_cli("runtimes", "--json", env=env)
+    assert "python" not in {r["name"] for r in json.loads(runtimes.stdout)["runtimes"]}
+    install = ally_cli("install", "--json", env=env)
+    assert install.returncode == 4
+    (plugin,) = json.loads(install.stdout)["plugins"]
+    assert "unknown runtime 'python3'" in plugin["reason"]
+
+
 def test_trace_plugins_writes_hook_calls_to_stderr(
     ally_cli: Any, runtime_dirs: dict[str, Path], toy_plugin: Path
 ) -> None:

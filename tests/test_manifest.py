@@ -229,6 +229,30 @@ def test_invalid_json_is_reported_with_line_and_column(host: Host, make_plugin: 
     assert isinstance(broken.error, ManifestError)
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_standard_json_numbers_are_rejected(
+    host: Host, make_plugin: Any, constant: str
+) -> None:
+    # Python's json module accepts them; a timeout of NaN or Infinity is no timeout at all.
+    plugin_dir = make_plugin("odd-numbers")
+    (plugin_dir / "plugin.json").write_text(
+        '{"name": "odd-numbers", "tools": [{"name": "t", "command": "python3", '
+        f'"timeout": {constant}}}]}}',
+        "utf-8",
+    )
+    (outcome,) = host.load()
+    assert outcome.status == "blocked"
+    assert outcome.reason.startswith("odd-numbers: plugin.json: ")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_tool_timeout_must_be_a_finite_number(value: float) -> None:
+    problems = problems_of(
+        {"name": "x", "tools": [{"name": "t", "command": "c", "timeout": value}]}
+    )
+    assert any(p.startswith("$.tools[0].timeout: ") for p in problems), problems
+
+
 def test_manifest_that_is_not_utf8_is_reported(host: Host, make_plugin: Any) -> None:
     plugin_dir = make_plugin("latin")
     (plugin_dir / "plugin.json").write_bytes(b'{"name": "latin", "description": "caf\xe9"}')

@@ -326,3 +326,14 @@ def test_tool_of_a_blocked_plugin_cannot_be_called(host: Host, make_plugin: Any)
     assert outcome.tools == []
     with pytest.raises(Exception, match="no tool named 't'"):
         outcome.tool("t")
+
+
+def test_a_very_long_timeout_is_just_a_long_timeout(host: Host, make_plugin: Any) -> None:
+    plugin(
+        make_plugin,
+        "patient",
+        [{"name": "t", "command": "python3", "args": ["t.py"], "timeout": 1e12}],
+        {"t.py": 'print(\'{"success": true, "result": 42}\')'},
+    )
+    result = load_one(host, "patient").tool("t").call({})
+    assert result.success and result.result == 42
