@@ -168,6 +168,18 @@ def test_every_hookspec_is_named_in_the_runtime_guide_and_rendered():
         assert (getattr(hookspecs, name).__doc__ or "").strip(), f"{name} has no docstring"
 
 
+def test_documented_location_of_stored_plugin_config_is_where_ally_writes_it(ally_home):
+    from ally_core import Host
+    from ally_core.plugin_config import _store_path
+
+    host = Host(ally_home)
+    where = _store_path(host, "NAME").relative_to(host.paths.config_dir).as_posix()
+    documented = where.replace("NAME", "<name>")
+    for page in ("security.md", "configuration.md"):
+        text = (DOCS / page).read_text("utf-8")
+        assert f"/{documented}`" in text, f"{page} does not say stored config is in {documented}"
+
+
 def test_every_public_api_object_is_rendered_somewhere():
     rendered = set(re.findall(r"^::: ally_core\.(\w+)\s*$", "\n".join(_sources().values()), re.M))
     missing = sorted(set(ally_core.__all__) - rendered)
