@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,7 @@ def runtime_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def toy_plugin(make_plugin: Any) -> Path:
+def toy_plugin(make_plugin: Callable[..., Path]) -> Path:
     return make_plugin(
         "toyplug",
         {

@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ GREET_MAIN = (
 
 
 def greeter(
-    make_plugin: Any,
+    make_plugin: Callable[..., Path],
     name: str = "greeter",
     requirements: str = "allydemo-greet==1.0.0\n",
     **manifest: Any,

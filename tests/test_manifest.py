@@ -338,7 +338,7 @@ def outside_file(tmp_path: Path) -> Path:
 def test_dependency_file_outside_the_plugin_blocks_it_and_others_still_load(
     host: Host, make_plugin: Any, outside_file: Path, no_spawn: Any, how: str
 ) -> None:
-    files = {}
+    files: dict[str, str] = {}
     if how == "dotdot":
         dep = "../../../outside/requirements.txt"
     elif how == "absolute":

@@ -32,6 +32,7 @@ def test_ally_home_layout_keeps_the_original_design_paths(
     (outcome,) = host.load()
     assert outcome.ready, outcome.reason
     assert outcome.plugin_dir == ally_home / "plugins" / "greeter"
+    assert outcome.env is not None
 
     python3 = ally_home / "plugin-envs" / "greeter" / "bin" / "python3"
     proc = subprocess.run(

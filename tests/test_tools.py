@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,11 @@ print(json.dumps({"success": True, "result": {
 
 
 def plugin(
-    make_plugin: Any, name: str, tools: list[dict[str, Any]], files: dict[str, str], **manifest: Any
+    make_plugin: Callable[..., Path],
+    name: str,
+    tools: list[dict[str, Any]],
+    files: dict[str, str],
+    **manifest: Any,
 ) -> Path:
     return make_plugin(name, {"runtime": "python3", "tools": tools, **manifest}, files=files)
 
