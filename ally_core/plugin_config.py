@@ -6,7 +6,7 @@ A manifest's ``config`` is a JSON-Schema-like object (``{"type": "object", "prop
 
 Values come from, lowest to highest priority: the property's ``default``, the per-plugin
 config file (``ally config set``), and the values the host passes for one call. Stored values
-live in ``<config dir>/plugins/<name>.json`` with file mode 0600 — in plain text, readable by
+live in ``<config dir>/plugin-config/<name>.json`` with file mode 0600 — in plain text, readable by
 the user only: ally does not use the OS keyring, so keep that file's directory private.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -61,7 +61,7 @@ def mask_values(manifest: Optional[Manifest], values: Mapping[str, Any]) -> dict
 
 def _store_path(host: Host, name: str) -> Path:
     check_plugin_name(name, source="argument")
-    return host.paths.config_dir / "plugins" / f"{name}.json"
+    return host.paths.config_dir / "plugin-config" / f"{name}.json"
 
 
 def load_stored(host: Host, name: str) -> dict[str, Any]:
@@ -128,7 +128,9 @@ def _coerce(manifest: Manifest, key: str, raw: Any) -> Any:
         if kind in {"array", "object"}:
             return json.loads(raw)
     except ValueError as exc:
-        raise ConfigError(f"{manifest.name}: config: {key}: {exc}") from None
+        # The parser's message quotes the value: never for a secret.
+        detail = "invalid value" if key in secret_keys(manifest) else str(exc)
+        raise ConfigError(f"{manifest.name}: config: {key}: {detail}") from None
     return raw
 
 
@@ -154,7 +156,10 @@ def _validate(manifest: Manifest, values: Mapping[str, Any], *, partial: bool = 
                 else "invalid value"
             )
             parts.append(f"{where}: {message}" if where else message)
-        raise ConfigError(f"{manifest.name}: config: " + "; ".join(parts))
+        raise ConfigError(
+            f"{manifest.name}: config: "
+            + _mask_text("; ".join(parts), [values[k] for k in secrets if k in values])
+        )
 
 
 def resolve_config(host: Host, plugin: PluginOutcome, given: Mapping[str, Any]) -> dict[str, str]:
@@ -171,6 +176,15 @@ def resolve_config(host: Host, plugin: PluginOutcome, given: Mapping[str, Any]) 
     values.update({k: _coerce(manifest, k, v) for k, v in given.items()})
     _validate(manifest, values)
     return {k: _as_env(v) for k, v in values.items() if v is not None}
+
+
+def _mask_text(text: str, secret_values: Sequence[Any]) -> str:
+    """``text`` with every secret value (as str and as repr) replaced by the mask."""
+    for value in secret_values:
+        for shown in {str(value), repr(value)}:
+            if shown:
+                text = text.replace(shown, MASK)
+    return text
 
 
 def _as_env(value: Any) -> str:

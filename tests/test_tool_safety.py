@@ -116,7 +116,7 @@ def _plugin(make_plugin, name: str = "safe", *, deps: bool = False, config=CONFI
 
 
 def _store_file(home: Path, name: str = "safe") -> Path:
-    return Host(home).paths.config_dir / "plugins" / f"{name}.json"
+    return Host(home).paths.config_dir / "plugin-config" / f"{name}.json"
 
 
 def _ok(proc) -> str:

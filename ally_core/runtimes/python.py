@@ -227,8 +227,27 @@ def read_pip_config(environ: Mapping[str, str] | None = None) -> IndexOptions:
 
 
 @functools.lru_cache(maxsize=8)
-def _pip_config_cached(key: tuple[tuple[str, str], ...]) -> IndexOptions:
+def _pip_config_cached(
+    key: tuple[tuple[str, str], ...], files: tuple[tuple[str, int, int, int], ...]
+) -> IndexOptions:
+    # ``files`` (the config files' identities) is part of the key so an edit is noticed.
     return read_pip_config(dict(key))
+
+
+@functools.lru_cache(maxsize=8)
+def _pip_config_paths(key: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    return tuple(str(p) for p in _pip_config_files(dict(key)))
+
+
+def _file_identities(paths: Sequence[str]) -> tuple[tuple[str, int, int, int], ...]:
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        out.append((path, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
 
 
 #: Variables that change what pip's configuration says.
@@ -249,13 +268,19 @@ _PIP_CONFIG_VARS = (
 
 def effective_index(ally_index: IndexOptions) -> IndexOptions:
     """pip's configuration overlaid with ally's own ``[index]`` settings."""
-    return _effective_index(ally_index, tuple(map(os.environ.get, _PIP_CONFIG_VARS)))
+    values = tuple(map(os.environ.get, _PIP_CONFIG_VARS))
+    relevant = tuple((k, v) for k, v in zip(_PIP_CONFIG_VARS, values) if v is not None)
+    files = _file_identities(_pip_config_paths(relevant))
+    return _effective_index(ally_index, relevant, files)
 
 
 @functools.lru_cache(maxsize=16)
-def _effective_index(ally_index: IndexOptions, values: tuple[Optional[str], ...]) -> IndexOptions:
-    relevant = tuple((k, v) for k, v in zip(_PIP_CONFIG_VARS, values) if v is not None)
-    pip = _pip_config_cached(relevant)
+def _effective_index(
+    ally_index: IndexOptions,
+    relevant: tuple[tuple[str, str], ...],
+    files: tuple[tuple[str, int, int, int], ...],
+) -> IndexOptions:
+    pip = _pip_config_cached(relevant, files)
     return IndexOptions(
         index_url=ally_index.index_url or pip.index_url,
         extra_index_urls=pip.extra_index_urls + ally_index.extra_index_urls,
@@ -592,7 +617,10 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
         pip_cache = _cache(spec, "pip")
         if pip_cache is not None:
             argv += ["--cache-dir", str(pip_cache)]
-    _run(spec, argv, environ, f"installing {requirements.name}")
+    what = f"installing {requirements.name}"
+    if offline and artifacts is None:
+        what += " offline (no index: only the cache and find-links)"
+    _run(spec, argv, environ, what)
     return InstallResult(packages=installed_packages(spec.env_dir), command=tuple(argv))
 
 
