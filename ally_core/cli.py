@@ -346,7 +346,8 @@ def cmd_config(args: argparse.Namespace) -> int:
             value = settings.values[key]
             print(f"{key} = {value!r}  ({settings.sources[key]}; {var}: {doc})")
         for key, value in paths.items():
-            print(f"{key}: {value}")
+            shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+            print(f"{key}: {shown}")
         return EXIT_OK
     from . import plugin_config as pc
 

@@ -295,6 +295,8 @@ class Host:
                 problems.append(f"$.dependencies.install_command: {exc}")
             if command == ():
                 problems.append("$.dependencies.install_command: is empty")
+            if "\0" in deps.install_command:
+                problems.append("$.dependencies.install_command: contains a NUL byte")
         if problems:
             raise ManifestError(manifest.name, MANIFEST_NAME, problems)
         return EnvSpec(
@@ -522,7 +524,15 @@ class Host:
                 "dependencies changed" if marker.request_key != key else ""
             )
         try:
-            env, marker, action = self._build(spec, key, reuse=not force, progress=progress)
+            try:
+                env, marker, action = self._build(spec, key, reuse=not force, progress=progress)
+            except AllyError:
+                raise
+            except Exception as exc:
+                # A runtime's bug blocks its plugin only (KeyboardInterrupt still propagates).
+                raise InstallFailed(
+                    f"{manifest.name}: runtime error: {exc.__class__.__name__}: {exc}"
+                ) from exc
         except AllyError as exc:
             reason = _one_line(exc)
             if current is not None and force:

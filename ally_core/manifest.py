@@ -10,6 +10,7 @@ crashes on a manifest written for a newer version.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -224,7 +225,7 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[str]:
     """Rules a type cannot express. Reads the raw dict so they add to, not hide, type errors."""
     problems = []
     name = data.get("name")
-    if isinstance(name, str) and not PLUGIN_NAME_RE.match(name):
+    if isinstance(name, str) and not PLUGIN_NAME_RE.fullmatch(name):
         problems.append(
             f"$.name: {name!r} is not a valid plugin name "
             "(start with a letter or digit; then letters, digits, '.', '_', '-')"
@@ -251,8 +252,11 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[str]:
             if isinstance(command, str) and not command.strip():
                 problems.append(f"$.tools[{i}].command: must not be empty")
             timeout = tool.get("timeout")
-            if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout <= 0:
-                problems.append(f"$.tools[{i}].timeout: must be positive")
+            if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+                if not math.isfinite(timeout):
+                    problems.append(f"$.tools[{i}].timeout: must be a finite number")
+                elif timeout <= 0:
+                    problems.append(f"$.tools[{i}].timeout: must be positive")
     return problems
 
 
@@ -268,6 +272,15 @@ def manifest_warnings(manifest: Manifest) -> list[str]:
     return warnings
 
 
+class _NonFiniteNumber(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN/Infinity, which are not JSON and break every timeout.
+    raise _NonFiniteNumber(name)
+
+
 def load_manifest(plugin_dir: Path) -> Manifest:
     """Read ``plugin_dir/plugin.json``; any problem raises :class:`ManifestError`."""
     path = plugin_dir / MANIFEST_NAME
@@ -277,7 +290,7 @@ def load_manifest(plugin_dir: Path) -> Manifest:
     except OSError as exc:
         raise ManifestError(label, MANIFEST_NAME, [f"cannot read: {exc.strerror or exc}"]) from exc
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError as exc:
         raise ManifestError(label, MANIFEST_NAME, [f"not UTF-8 ({exc.reason})"]) from exc
     except json.JSONDecodeError as exc:
@@ -286,6 +299,8 @@ def load_manifest(plugin_dir: Path) -> Manifest:
             MANIFEST_NAME,
             [f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"],
         ) from exc
+    except _NonFiniteNumber as exc:
+        raise ManifestError(label, MANIFEST_NAME, [f"invalid JSON: {exc} is not allowed"]) from exc
     except RecursionError as exc:
         raise ManifestError(label, MANIFEST_NAME, ["invalid JSON: nested too deeply"]) from exc
     name = data.get("name") if isinstance(data, dict) else None

@@ -19,7 +19,7 @@ from .errors import UnsafePath
 __all__ = ["AllyPaths", "check_plugin_name", "contained_path"]
 
 #: A plugin name becomes a directory name in the env store, so it is restricted to a safe set.
-PLUGIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+PLUGIN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @attrs.frozen
@@ -85,7 +85,7 @@ class AllyPaths:
 
 def check_plugin_name(name: str, *, source: str = "plugin.json") -> str:
     """Return ``name`` if it is a safe plugin name, else raise :class:`UnsafePath`."""
-    if not PLUGIN_NAME_RE.match(name) or name in {".", ".."}:
+    if not PLUGIN_NAME_RE.fullmatch(name) or name in {".", ".."}:
         raise UnsafePath(
             name or "<unnamed>",
             source,

@@ -144,9 +144,10 @@ def run_installer(
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument
         raise InstallFailed(
-            f"{what} failed: cannot run {argv[0]}: {exc.strerror or exc}", command=argv
+            f"{what} failed: cannot run {argv[0]}: {getattr(exc, 'strerror', None) or exc}",
+            command=argv,
         ) from exc
     out: collections.deque[str] = collections.deque(maxlen=2000)
     err: collections.deque[str] = collections.deque(maxlen=200)

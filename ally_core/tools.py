@@ -251,6 +251,13 @@ def run_tool(
     payload = json.dumps({} if arguments is None else arguments).encode()
     limit = host.settings.output_limit
     timeout = timeout or tool.timeout or host.settings.tool_timeout
+    if not timeout > 0:  # also catches NaN
+        raise ToolError(
+            f"tool {tool.name!r}: timeout must be a positive number, got {timeout}",
+            error_type="invalid_input",
+        )
+    # Event.wait refuses longer waits; a timeout this long means "no timeout" anyway.
+    timeout = min(timeout, threading.TIMEOUT_MAX)
     return _spawn(argv, plugin.plugin_dir, environ, payload, limit, timeout, tool.name)
 
 

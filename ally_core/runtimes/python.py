@@ -508,7 +508,6 @@ def _virtualenv(spec: EnvSpec, interpreter: Interpreter) -> None:
         "--quiet",
         "--no-download",
         "--no-setuptools",
-        "--no-wheel",
     ]
     app_data = _cache(spec, "virtualenv")
     if app_data is not None:
