@@ -1,8 +1,8 @@
 """``ally``: a thin command line over :class:`ally_core.Host`.
 
 Every ``--json`` output is an object with ``"ally": JSON_VERSION`` so that non-Python hosts
-can rely on its shape (documented in docs/cli.md). Errors are one line on stderr and a non-zero
-exit code; ``--debug`` adds the traceback.
+can rely on its shape (documented in docs/reference/cli.md). Errors are one line on stderr and
+a non-zero exit code; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -421,24 +421,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("list", cmd_list, "list plugins and the state of their envs")
     p = add("install", cmd_install, "make plugins' envs ready (all by default)", build=True)
-    p.add_argument("names", nargs="*", metavar="NAME|ARCHIVE")
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME|ARCHIVE",
+        help="plugins to install (default: all), or offline bundles (.ally.tar.gz) to unpack",
+    )
     p = add(
         "update",
         _each("ensure", upgrade=True),
         "re-resolve to the newest allowed versions; keep the old env on failure",
         build=True,
     )
-    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("names", nargs="+", metavar="NAME", help="plugins to update")
     p = add(
         "reinstall", _each("ensure", force=True), "rebuild plugins' envs from scratch", build=True
     )
-    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("names", nargs="+", metavar="NAME", help="plugins to rebuild")
     p = add("remove", cmd_remove, "remove plugins' envs (never their source)", json_flag=False)
-    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("names", nargs="+", metavar="NAME", help="plugins whose env to remove")
     p = add("gc", cmd_gc, "delete envs no plugin uses, leftovers of killed builds, backups")
     p.add_argument("--dry-run", action="store_true", help="only show what would be removed")
     p = add("doctor", cmd_doctor, "deep-check plugins' envs", build=True)
-    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("names", nargs="*", metavar="NAME", help="plugins to check (default: all)")
     p.add_argument("--fix", action="store_true", help="rebuild broken envs")
     p = add(
         "run",
@@ -447,8 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
         json_flag=False,
         build=True,
     )
-    p.add_argument("plugin")
-    p.add_argument("tool")
+    p.add_argument("plugin", help="the plugin's name")
+    p.add_argument("tool", help="the tool's name in plugin.json")
     p.add_argument("--input", help="the tool's JSON input (default: stdin, else {})")
     p.add_argument(
         "--config",
@@ -459,22 +464,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, help="seconds before the tool is killed")
     p = add("exec", cmd_exec, "run any command inside a plugin's env", json_flag=False, build=True)
-    p.add_argument("plugin")
+    p.add_argument("plugin", help="the plugin whose env to use")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     add("runtimes", cmd_runtimes, "list installed runtimes and what they serve")
     add("schema", cmd_schema, "print the JSON Schema of plugin.json", json_flag=False)
     p = add("config", cmd_config, "show settings, or show/set a plugin's config values")
     csub = p.add_subparsers(dest="action", metavar="ACTION")
     c = csub.add_parser("show", help="show a plugin's stored config (secrets masked)")
-    c.add_argument("plugin")
-    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.add_argument("plugin", help="the plugin's name")
+    # SUPPRESS: `ally config --json show X` keeps the --json given before the action.
+    c.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
     c = csub.add_parser("set", help="store a plugin config value")
-    c.add_argument("plugin")
-    c.add_argument("key")
-    c.add_argument("value")
+    c.add_argument("plugin", help="the plugin's name")
+    c.add_argument("key", help="a property of the plugin's config schema")
+    c.add_argument("value", help="the value (converted to the schema's type)")
     c = csub.add_parser("unset", help="remove a stored plugin config value")
-    c.add_argument("plugin")
-    c.add_argument("key")
+    c.add_argument("plugin", help="the plugin's name")
+    c.add_argument("key", help="the config key to remove")
     p = add(
         "bundle",
         cmd_bundle,
@@ -482,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
         json_flag=False,
         build=True,
     )
-    p.add_argument("name")
+    p.add_argument("name", help="the plugin to bundle")
     p.add_argument("-o", "--output", help="archive path (default: ./NAME-VERSION.ally.tar.gz)")
     return parser
 

@@ -41,7 +41,9 @@ __all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
 #: The pluggy project name; also the entry-point group runtimes register under.
 PROJECT_NAME = "ally"
 
+#: Marks the hook specifications below (ally's own use).
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+#: Marks a runtime's hook implementations: ``@hookimpl def create_env(spec, interpreter): ...``.
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 

@@ -67,7 +67,8 @@ class PluginOutcome:
 
     name: str
     plugin_dir: Path
-    #: ``"ready"`` or ``"blocked"``.
+    #: ``"ready"``, ``"blocked"`` or (from :meth:`Host.status` and :meth:`Host.doctor`, which
+    #: build nothing) ``"pending"``.
     status: str
     reason: str = ""
     manifest: Optional[Manifest] = None
@@ -151,10 +152,15 @@ class Host:
         plugin_manager: pluggy.PluginManager | None = None,
     ) -> None:
         env = dict(os.environ if environ is None else environ)
+        #: The directories of this home.
         self.paths = AllyPaths.from_env(home, plugin_dirs, env)
+        #: Effective settings (defaults < config file < env vars < ``settings``).
         self.settings: Settings = load_settings(self.paths.config_file, env, settings)
+        #: The pluggy plugin manager with every enabled runtime registered.
         self.pm = plugin_manager or make_plugin_manager(env)
+        #: Shortcut to ``pm.hook``: how ally calls the runtimes.
         self.hook = self.pm.hook
+        #: The env store under ``paths.envs_dir``.
         self.store = EnvStore(self.paths)
         self._failures: dict[str, tuple[str, float, str]] = {}
         self._lock = threading.Lock()
@@ -266,13 +272,7 @@ class Host:
         assert manifest.runtime is not None and manifest.dependencies is not None
         problems: list[str] = []
         if manifest.runtime not in self.runtimes():
-            installed = ", ".join(sorted(self.runtimes())) or "none"
-            package = f"ally-runtime-{manifest.runtime.rstrip('0123456789')}"
-            raise RuntimeNotFound(
-                f"{manifest.name}: {MANIFEST_NAME}: $.runtime: unknown runtime "
-                f"{manifest.runtime!r} (installed runtimes: {installed}; a runtime is added by "
-                f"installing its package, e.g. {package})"
-            )
+            raise self._unknown_runtime(manifest)
         deps = manifest.dependencies
         dep_file: Optional[Path] = None
         if deps.file:
@@ -431,6 +431,24 @@ class Host:
         outcome.tools = [BoundTool(self, outcome, tool) for tool in manifest.tools]
         return outcome
 
+    def _ready_without_env(self, source: PluginSource) -> PluginOutcome:
+        """A plugin without dependencies: ready at once, if its runtime is known at all."""
+        manifest = source.manifest
+        assert manifest is not None
+        if manifest.runtime is not None and manifest.runtime not in self.runtimes():
+            return self._blocked(source, self._unknown_runtime(manifest))
+        return self._ready(source, None)
+
+    def _unknown_runtime(self, manifest: Manifest) -> RuntimeNotFound:
+        assert manifest.runtime is not None
+        installed = ", ".join(sorted(self.runtimes())) or "none"
+        package = f"ally-runtime-{manifest.runtime.rstrip('0123456789')}"
+        return RuntimeNotFound(
+            f"{manifest.name}: {MANIFEST_NAME}: $.runtime: unknown runtime "
+            f"{manifest.runtime!r} (installed runtimes: {installed}; a runtime is added by "
+            f"installing its package, e.g. {package})"
+        )
+
     def _warm(self, source: PluginSource) -> Optional[PluginOutcome]:
         """The outcome if nothing needs building, else ``None``. Spawns no process."""
         if source.manifest is None:
@@ -438,7 +456,7 @@ class Host:
             return self._blocked(source, source.error)
         manifest = source.manifest
         if manifest.dependencies is None:
-            return self._ready(source, None)
+            return self._ready_without_env(source)
         current = self.store.current(manifest.name)
         try:
             spec = self.spec_for(
@@ -505,7 +523,7 @@ class Host:
             assert source.error is not None
             return self._blocked(source, source.error)
         if manifest.dependencies is None:
-            return self._ready(source, None)
+            return self._ready_without_env(source)
         try:
             spec = self.spec_for(manifest, source.plugin_dir, progress=progress, upgrade=upgrade)
             key = self.request_key(spec)
