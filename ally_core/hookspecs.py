@@ -70,8 +70,9 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
     version, index options, or ``spec.plugin_dir`` when the install reads other files of the
     plugin (an env that reads plugin files must not be shared with another plugin).
 
-    Called on **every** load, cold and warm: it must not spawn processes and should cost
-    microseconds. Values must be JSON-serialisable. It must not depend on
+    Called on cold loads and on a Host's first warm load of each plugin (a Host reuses the
+    result while the manifest and the dependency file are unchanged): it must not spawn
+    processes and should cost microseconds. Values must be JSON-serialisable. It must not depend on
     ``spec.options.upgrade`` or ``spec.options.offline``: either would make the next normal
     load undo an update, or rebuild an env built online when going offline.
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 import attrs
 import pluggy
 
-from .bundle import artifacts_dir_of
+from .bundle import ARTIFACTS_DIR, artifacts_dir_of
 from .config import Settings, load_settings
 from .envs import EnvInfo, EnvOptions, EnvSpec, Health, Problem, ProgressEvent
 from .errors import (
@@ -166,6 +166,7 @@ class Host:
         self._lock = threading.Lock()
         self._runtime_names: Optional[dict[str, str]] = None
         self._sources: dict[str, tuple[tuple[int, ...], PluginSource]] = {}
+        self._keys: dict[str, tuple[PluginSource, tuple[object, ...], EnvSpec, str]] = {}
 
     # -- runtimes ------------------------------------------------------------------------------
 
@@ -457,12 +458,8 @@ class Host:
         manifest = source.manifest
         if manifest.dependencies is None:
             return self._ready_without_env(source)
-        current = self.store.current(manifest.name)
         try:
-            spec = self.spec_for(
-                manifest, source.plugin_dir, env_dir=current[0] if current else None
-            )
-            key = self.request_key(spec)
+            spec, key = self._spec_and_key(source)
         except AllyError as exc:
             return self._blocked(source, exc)
         except OSError as exc:
@@ -474,12 +471,41 @@ class Host:
                     [f"$.dependencies.file: cannot read: {exc.strerror or exc}"],
                 ),
             )
+        current = self.store.current(manifest.name)
         if current is None or current[1].request_key != key:
             return None
         marker = current[1]
         if self.cheap_problem(spec, marker) is not None:
             return None
         return self._ready(source, marker.env, packages=marker.packages)
+
+    def _spec_and_key(self, source: PluginSource) -> tuple[EnvSpec, str]:
+        """The warm path's spec and request key, reused while nothing they depend on changed.
+
+        They depend on the manifest (``source`` is replaced when plugin.json changes), the
+        dependency file's bytes and whether the plugin carries bundle artifacts. Settings,
+        environment variables and pip's configuration are read once per Host for a plugin:
+        a host picks up changes to those by creating a new :class:`Host`.
+        """
+        manifest = source.manifest
+        assert manifest is not None and manifest.dependencies is not None
+        signature: tuple[object, ...] = ()
+        if manifest.dependencies.file:
+            try:
+                st = os.stat(os.path.join(source.plugin_dir, manifest.dependencies.file))
+                signature = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+            except (OSError, ValueError):
+                signature = ("missing",)
+        signature += (os.path.isdir(os.path.join(source.plugin_dir, ARTIFACTS_DIR)),)
+        cached = self._keys.get(str(source.plugin_dir))
+        if cached is not None and cached[0] is source and cached[1] == signature:
+            return cached[2], cached[3]
+        # The env_dir is the plugin's pointer: checks through it see the current env.
+        spec = self.spec_for(manifest, source.plugin_dir)
+        key = self.request_key(spec)
+        with self._lock:
+            self._keys[str(source.plugin_dir)] = (source, signature, spec, key)
+        return spec, key
 
     def cheap_problem(self, spec: EnvSpec, marker: Marker) -> Optional[str]:
         """Why a published env cannot be used as is, or ``None`` (no process is started)."""
