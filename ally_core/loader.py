@@ -611,6 +611,11 @@ class Host:
         fingerprint = hashlib.sha256(
             f"{key}\0{interpreter.realpath or interpreter.path}\0{interpreter.version}".encode()
         ).hexdigest()
+        # An identical env that is already published needs no lock: its marker was written
+        # last, so it is complete (this is the fast path of a second plugin).
+        shared = self._reuse(spec, fingerprint) if reuse else None
+        if shared is not None:
+            return shared
         lock = self.store.lock(fingerprint[:16])
         from filelock import Timeout
 
@@ -625,15 +630,10 @@ class Host:
                 )
                 lock.acquire()
         try:
-            if reuse:
-                found = self.store.find(fingerprint)
-                if (
-                    found is not None
-                    and self.cheap_problem(attrs.evolve(spec, env_dir=found[0]), found[1]) is None
-                ):
-                    self.store.publish(name, found[0])
-                    action = "shared" if found[1].plugin != name else "none"
-                    return found[1].env, found[1], action
+            # Another process may have built it while this one waited for the lock.
+            shared = self._reuse(spec, fingerprint) if reuse else None
+            if shared is not None:
+                return shared
             for leftover in self.store.unfinished(busy=frozenset({fingerprint[:16]})):
                 self.store.remove_path(leftover)
             env_dir = self.store.new_env_dir(fingerprint)
@@ -651,6 +651,18 @@ class Host:
             return env, marker, "built"
         finally:
             lock.release()
+
+    def _reuse(self, spec: EnvSpec, fingerprint: str) -> Optional[tuple[EnvInfo, Marker, str]]:
+        """Point the plugin at a published, healthy env of ``fingerprint``, if there is one."""
+        found = self.store.find(fingerprint)
+        if (
+            found is None
+            or self.cheap_problem(attrs.evolve(spec, env_dir=found[0]), found[1]) is not None
+        ):
+            return None
+        self.store.publish(spec.plugin_name, found[0])
+        action = "shared" if found[1].plugin != spec.plugin_name else "none"
+        return found[1].env, found[1], action
 
     def _build_into(
         self, spec: EnvSpec, key: str, fingerprint: str, interpreter: Any

@@ -12,6 +12,7 @@ the user only: ally does not use the OS keyring, so keep that file's directory p
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -195,6 +196,17 @@ def _as_env(value: Any) -> str:
     return str(value)
 
 
+@functools.lru_cache(maxsize=256)
+def _validator(schema_json: str) -> Any:
+    """A checked validator per schema (checking a schema costs more than using it)."""
+    import jsonschema
+
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
 def validate_input(plugin: str, tool: Tool, arguments: Any) -> None:
     """Check ``arguments`` against the tool's ``schema`` before anything is spawned."""
     if not tool.schema:
@@ -203,15 +215,12 @@ def validate_input(plugin: str, tool: Tool, arguments: Any) -> None:
 
     data = {} if arguments is None else arguments
     try:
-        cls = jsonschema.validators.validator_for(
-            tool.schema, default=jsonschema.Draft202012Validator
-        )
-        cls.check_schema(tool.schema)
+        validator = _validator(json.dumps(tool.schema, sort_keys=True))
     except jsonschema.SchemaError as exc:
         raise ToolInputError(
             f"{plugin}: tool {tool.name!r}: its schema is invalid: {exc.message}"
         ) from None
-    error = jsonschema.exceptions.best_match(cls(tool.schema).iter_errors(data))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is not None:
         where = "$" + "".join(
             f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path

@@ -116,12 +116,21 @@ def backend_for(spec: EnvSpec) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _dist_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    """The installed version of distribution ``name``, or ``"unknown"``.
 
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "unknown"
+    Read from the ``<name>-<version>.dist-info`` directory name: this runs on the first warm
+    load of a process, and importlib.metadata would parse METADATA files (milliseconds).
+    """
+    prefix = name.replace("-", "_").lower() + "-"
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for item in names:
+            if item.endswith(".dist-info") and item.lower().startswith(prefix):
+                return item[len(prefix) : -len(".dist-info")]
+    return "unknown"
 
 
 @hookimpl
@@ -605,6 +614,9 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
             "install",
             "--disable-pip-version-check",
             "--no-input",
+            # Like uv: modules compile on first import instead of all of them at install
+            # time (pip's compile step is most of a big install's time).
+            "--no-compile",
             "-r",
             str(requirements),
             *upgrade,
@@ -695,8 +707,9 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
         return Health()
     environ = clean_environ(path_prefix=env.bin_dirs, extra=dict(env.env_vars))
     checks: list[tuple[str, list[str]]] = [("installed files", [py, "-c", _VERIFY_RECORDS])]
-    if env.data.get("backend") == "uv":
-        uv = _uv_bin_cached() or "uv"
+    uv = _uv_bin_cached() if _uv_available() else None
+    if uv is not None:
+        # uv checks any venv's dependency metadata in milliseconds; pip needs ~0.5 s to start.
         checks.append(("uv pip check", [uv, "pip", "check", "--python", py, "--no-config"]))
     else:
         checks.append(("pip check", [py, "-m", "pip", "check", "--disable-pip-version-check"]))
