@@ -513,6 +513,7 @@ def test_install_killed_mid_build_leaves_no_half_env_and_the_next_load_builds_it
     assert outcome.ready and outcome.action == "built", outcome.reason
     assert outcome.env.path not in unfinished
     assert show(outcome, "allydemo_ruby")["loaded"] == {"allydemo_ruby": GREET_1}
+    # The next build of the same fingerprint (or, failing that, gc) removes the leftovers.
     removed = {path for path, _, why in host.gc() if why == "unfinished build"}
-    assert removed == unfinished
+    assert removed <= unfinished
     assert not any(path.exists() for path in unfinished)
