@@ -33,7 +33,7 @@ from .errors import (
 from .hookspecs import hookimpl, hookspec
 from .loader import BoundTool, Host, PluginOutcome, PluginSource
 from .manifest import Dependencies, Manifest, Tool, load_manifest, parse_manifest
-from .process import clean_environ, run_installer
+from .process import clean_environ, run_checks, run_installer
 from .tools import ToolResult
 
 __all__ = [
@@ -72,5 +72,6 @@ __all__ = [
     "hookspec",
     "load_manifest",
     "parse_manifest",
+    "run_checks",
     "run_installer",
 ]

@@ -8,7 +8,7 @@ with the converter in :mod:`ally_core.store`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -88,6 +88,25 @@ class EnvSpec:
     def progress(self, phase: str, message: str = "", fraction: float | None = None) -> None:
         """Report progress of this env's build to whoever is listening."""
         self.reporter(ProgressEvent(self.plugin_name, phase, message, fraction))
+
+    def run(
+        self, argv: Sequence[str], *, env: Mapping[str, str], what: str, cwd: Path | None = None
+    ) -> str:
+        """Run an installer step for this env (``cwd`` defaults to the plugin dir).
+
+        :func:`ally_core.run_installer` with this spec's timeout and the installer's output
+        streamed as ``"output"`` progress; raises :class:`~ally_core.InstallFailed`.
+        """
+        from .process import run_installer
+
+        return run_installer(
+            argv,
+            cwd=cwd or self.plugin_dir,
+            env=env,
+            timeout=self.options.install_timeout,
+            on_line=lambda line: self.progress("output", line),
+            what=what,
+        )
 
 
 @attrs.frozen

@@ -17,9 +17,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Callable, Optional
 
+from .envs import Health, Problem
 from .errors import InstallFailed
 
-__all__ = ["cancel_token", "clean_environ", "kill_process_group", "run_installer"]
+__all__ = ["cancel_token", "clean_environ", "kill_process_group", "run_checks", "run_installer"]
 
 _local = threading.local()
 
@@ -202,3 +203,33 @@ def _cmdline(argv: Sequence[str]) -> str:
 
     text = " ".join(shlex.quote(strip_credentials(a)) for a in argv)
     return text if len(text) < 200 else text[:197] + "..."
+
+
+def run_checks(
+    checks: Sequence[tuple[str, Sequence[str], Mapping[str, str]]],
+    *,
+    cwd: Path,
+    timeout: float = 120.0,
+) -> Health:
+    """Run ``(label, argv, env)`` deep checks; each one that fails or cannot run is a problem.
+
+    A problem reads ``"<label>: <last lines of its output>"``. For ``health_check(deep=True)``.
+    """
+    problems = []
+    for label, argv, environ in checks:
+        try:
+            proc = subprocess.run(
+                list(argv),
+                capture_output=True,
+                timeout=timeout,
+                env=dict(environ),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            problems.append(Problem(f"{label}: could not run: {exc}"))
+            continue
+        if proc.returncode != 0:
+            text = (proc.stdout + proc.stderr).decode("utf-8", "replace").strip().splitlines()
+            problems.append(Problem(f"{label}: " + " | ".join(text[-3:])))
+    return Health(tuple(problems))

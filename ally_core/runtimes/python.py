@@ -34,7 +34,7 @@ from ..config import IndexOptions, strip_credentials
 from ..envs import EnvInfo, EnvSpec, Health, InstallResult, Interpreter, Problem
 from ..errors import InstallFailed, InterpreterNotFound
 from ..hookspecs import hookimpl
-from ..process import clean_environ, run_installer
+from ..process import clean_environ, run_checks, run_installer
 
 __all__ = [
     "create_env",
@@ -571,7 +571,7 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
         argv[0] = env.commands.get(argv[0]) or _in_env(env, argv[0]) or argv[0]
         shown = strip_credentials(" ".join(spec.install_command))
         spec.progress("install", f"Running {shown}")
-        _run(spec, argv, environ, "install_command")
+        spec.run(argv, env=environ, what="install_command")
         return InstallResult(packages=installed_packages(spec.env_dir), command=tuple(argv))
     if spec.dependency_file is None:
         return InstallResult()
@@ -631,20 +631,8 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
     what = f"installing {requirements.name}"
     if offline and artifacts is None:
         what += " offline (no index: only the cache and find-links)"
-    _run(spec, argv, environ, what)
+    spec.run(argv, env=environ, what=what)
     return InstallResult(packages=installed_packages(spec.env_dir), command=tuple(argv))
-
-
-def _run(spec: EnvSpec, argv: list[str], environ: Mapping[str, str], what: str) -> None:
-    """Run an installer in the plugin dir, its output streamed as progress."""
-    run_installer(
-        argv,
-        cwd=spec.plugin_dir,
-        env=environ,
-        timeout=spec.options.install_timeout,
-        on_line=lambda line: spec.progress("output", line),
-        what=what,
-    )
 
 
 def _in_env(env: EnvInfo, name: str) -> Optional[str]:
@@ -713,19 +701,7 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
         checks.append(("uv pip check", [uv, "pip", "check", "--python", py, "--no-config"]))
     else:
         checks.append(("pip check", [py, "-m", "pip", "check", "--disable-pip-version-check"]))
-    problems: list[Problem] = []
-    for label, argv in checks:
-        try:
-            proc = subprocess.run(
-                argv, capture_output=True, timeout=120, env=environ, cwd=spec.env_dir
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            problems.append(Problem(f"{label}: could not run: {exc}"))
-            continue
-        if proc.returncode != 0:
-            text = (proc.stdout + proc.stderr).decode("utf-8", "replace").strip().splitlines()
-            problems.append(Problem(f"{label}: " + " | ".join(text[-3:])))
-    return Health(tuple(problems))
+    return run_checks([(label, argv, environ) for label, argv in checks], cwd=spec.env_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -772,7 +748,7 @@ def bundle_artifacts(spec: EnvSpec, env: EnvInfo, dest: Path) -> Optional[Mappin
         pip_cache = _cache(spec, "pip")
         if pip_cache is not None:
             argv += ["--cache-dir", str(pip_cache)]
-        _run(spec, argv, clean_environ(), "collecting wheels")
+        spec.run(argv, env=clean_environ(), what="collecting wheels")
         pins.unlink()
     locked = []
     for wheel in sorted(dest.glob("*.whl")):

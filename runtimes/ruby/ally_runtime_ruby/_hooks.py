@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -36,7 +35,7 @@ from ally_core import (
     ManifestError,
     Problem,
     hookimpl,
-    run_installer,
+    run_checks,
 )
 
 from ._gemfile import (
@@ -273,18 +272,6 @@ def _installer_environ(spec: EnvSpec, env: EnvInfo, extra: Mapping[str, str]) ->
     return host_ruby_environ(path_prefix=env.bin_dirs, extra=values)
 
 
-def _run(spec: EnvSpec, argv: Sequence[str], environ: Mapping[str, str], what: str) -> None:
-    """Run an installer, its output streamed as progress."""
-    run_installer(
-        argv,
-        cwd=spec.env_dir,
-        env=environ,
-        timeout=spec.options.install_timeout,
-        on_line=lambda line: spec.progress("output", line),
-        what=what,
-    )
-
-
 def _shared_gem_cache(spec: EnvSpec) -> Optional[Path]:
     """``.gem`` files ally downloaded for earlier envs: offline builds install from there."""
     return spec.options.cache_dir / "ruby" / "gems" if spec.options.cache_dir else None
@@ -335,14 +322,7 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
         argv = list(spec.install_command)
         argv[0] = env.commands.get(argv[0], argv[0])
         spec.progress("install", f"Running {' '.join(spec.install_command)}")
-        run_installer(
-            argv,
-            cwd=spec.plugin_dir,
-            env=_installer_environ(spec, env, {}),
-            timeout=spec.options.install_timeout,
-            on_line=lambda line: spec.progress("output", line),
-            what="install_command",
-        )
+        spec.run(argv, env=_installer_environ(spec, env, {}), what="install_command")
         return InstallResult(packages=_packages(env), command=tuple(argv))
     if spec.dependency_file is None:
         return InstallResult()
@@ -357,7 +337,12 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
         argv.append("--no-cache")
     where = f" ({how})" if how else ""
     spec.progress("install", f"Installing gems from {spec.dependency_file.name}{where}")
-    _run(spec, argv, _installer_environ(spec, env, extra), f"bundle install{where}")
+    spec.run(
+        argv,
+        env=_installer_environ(spec, env, extra),
+        what=f"bundle install{where}",
+        cwd=spec.env_dir,
+    )
     if not local:
         _keep_downloaded_gems(spec, env)
     return InstallResult(packages=_packages(env), command=tuple(argv))
@@ -453,17 +438,7 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
         # What every tool does first (load bundler/setup), then: is every gem still there?
         ("ruby -rbundler/setup", [ruby, "-e", _GEMS_PRESENT], tool_environ),
     ]
-    problems = []
-    for label, argv, environ in checks:
-        try:
-            proc = subprocess.run(argv, capture_output=True, timeout=120, env=environ, cwd=env.path)
-        except (OSError, subprocess.SubprocessError) as exc:
-            problems.append(Problem(f"{label} could not run: {exc}"))
-            continue
-        if proc.returncode != 0:
-            text = (proc.stdout + proc.stderr).decode("utf-8", "replace").strip().splitlines()
-            problems.append(Problem(f"{label}: " + " | ".join(text[-3:])))
-    return Health(tuple(problems))
+    return run_checks(checks, cwd=env.path)
 
 
 # ---------------------------------------------------------------------------------------------
