@@ -268,14 +268,6 @@ class EnvStore:
         os.symlink(os.path.relpath(env_dir, self.paths.state_dir), link)
         os.replace(link, self.paths.state_dir / f"{name}.previous")
 
-    def backup(self, name: str) -> Optional[Path]:
-        try:
-            target = os.readlink(self.paths.state_dir / f"{name}.previous")
-        except OSError:
-            return None
-        env_dir = (self.paths.state_dir / target).resolve()
-        return env_dir if self.read_marker(env_dir) is not None else None
-
     def unpublish(self, name: str) -> bool:
         """Remove ``name``'s pointer (never an env another plugin may share)."""
         pointer = self.pointer(name)
@@ -331,12 +323,6 @@ class EnvStore:
                 continue
             out[entry.name] = (self.root / os.readlink(entry)).resolve()
         return out
-
-    def referenced(self) -> set[Path]:
-        refs = set(self.pointers().values())
-        if self.paths.state_dir.is_dir():
-            refs |= {p.resolve() for p in self.paths.state_dir.glob("*.previous")}
-        return refs
 
     def unfinished(self, min_age: float = 0.0, busy: frozenset[str] = frozenset()) -> list[Path]:
         """Env dirs with no marker whose build lock is free: leftovers of killed builds.
