@@ -169,7 +169,7 @@ class NpmRegistry:
                 "dist": {
                     "tarball": f"{self.url}{name}/-/{_tarball_name(name, version)}",
                     "integrity": _integrity(data),
-                    "shasum": hashlib.sha1(data).hexdigest(),  # noqa: S324 - npm's format
+                    "shasum": hashlib.sha1(data).hexdigest(),
                 },
             }
         latest = max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))

@@ -102,7 +102,7 @@ def ours(version: str, range_: str) -> bool | None:
 
 def ranges() -> list[str]:
     atoms = [op + p for op, p in itertools.product(OPERATORS, PARTIALS)]
-    rng = random.Random(20240601)  # noqa: S311 - a fixed sample, not a secret
+    rng = random.Random(20240601)
     composite = [f"{rng.choice(atoms)} {rng.choice(atoms)}" for _ in range(400)]
     composite += [f"{rng.choice(atoms)} || {rng.choice(atoms)}" for _ in range(200)]
     composite += [
