@@ -7,13 +7,16 @@ Python runtime (:mod:`ally_core.runtimes.python`) is registered exactly like a t
 
 Call order when a plugin's env is not ready:
 
-1. :func:`env_identity` (also on every warm load: it must be cheap and spawn nothing),
+1. :func:`env_identity` (also on a Host's first warm load of a plugin, unless the warm index
+   holds its key: it must be cheap and spawn nothing),
 2. :func:`resolve_interpreter`,
 3. :func:`create_env` into ``spec.env_dir`` (a fresh directory at its final location),
 4. :func:`install_deps`,
 5. :func:`health_check` with ``deep=True``; only a healthy env is published.
 
-On a warm load only :func:`env_identity` and :func:`health_check` with ``deep=False`` run.
+On a warm load only :func:`env_context` (once per runtime), :func:`env_identity` (when the
+key is not cached) and :func:`health_check` with ``deep=False`` run; :func:`identity_files`
+runs when a key is cached.
 ``ally bundle`` calls :func:`bundle_artifacts` on a ready env.
 
 Hooks may be called from several threads at once (different plugins build in parallel)
@@ -34,7 +37,7 @@ from typing import Any, Optional
 
 import pluggy
 
-from .envs import EnvInfo, EnvSpec, Health, InstallResult, Interpreter
+from .envs import EnvInfo, EnvOptions, EnvSpec, Health, InstallResult, Interpreter
 
 __all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
 
@@ -78,6 +81,50 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
 
     :param spec: the env being loaded.
     :return: a JSON-serialisable mapping, or ``None`` if ``spec.runtime`` is not served.
+        Stops at first non-None result.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def env_context(runtime: str, options: EnvOptions) -> Optional[Mapping[str, Any]]:
+    """Return everything outside the plugin that ``env_identity`` reads.
+
+    Lets a fresh process trust a request key it persisted earlier instead of calling
+    :func:`env_identity` for every plugin: the core keeps keys in a warm index and reuses one
+    while the manifest, the dependency file, the files named by :func:`identity_files` and
+    this context are all unchanged. Include environment variables and the identities of
+    config files you read, tool versions you record, and your own package's version (so that
+    upgrading the runtime is noticed). Leave out what comes from ``spec`` or the plugin's
+    files.
+
+    Called once per runtime for every load of a :class:`~ally_core.Host` (also on repeat
+    loads of one Host, so a changed pip.conf is seen by a long-running host): it must not
+    spawn processes and should cost microseconds. Not implementing it is correct, only
+    slower: :func:`env_identity` is then called for each plugin by each new Host.
+
+    :param runtime: a ``runtime`` value this runtime may serve (from a manifest).
+    :param options: the host's env options (``upgrade`` and ``artifacts_dir`` unset).
+    :return: a JSON-serialisable mapping, or ``None`` if ``runtime`` is not served.
+        Stops at first non-None result.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def identity_files(spec: EnvSpec) -> Optional[Sequence[Path]]:
+    """Return the plugin files, besides the dependency file, that ``env_identity`` reads.
+
+    For example lock files, ``.npmrc`` or a ``vendor/cache`` directory.
+
+    Name files that may not exist yet as well: creating one must change the key. The core
+    compares their stat identities (size, mtime, inode, ctime) on each warm load. Only
+    consulted when :func:`env_context` is implemented for the runtime.
+
+    :param spec: the env being loaded.
+    :return: paths (existing or not), or ``None`` if ``spec.runtime`` is not served.
         Stops at first non-None result.
 
     .. versionadded:: 0.1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shlex
 import stat
@@ -33,15 +34,26 @@ from .errors import (
     RuntimeNotFound,
     UnsafePath,
 )
-from .manifest import MANIFEST_NAME, Manifest, Tool, load_manifest, manifest_warnings
+from .manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    Tool,
+    load_manifest,
+    manifest_from_cache,
+    manifest_to_cache,
+    manifest_warnings,
+)
 from .paths import AllyPaths, contained_path
 from .plugin_manager import make_plugin_manager
 from .process import cancel_token
 from .store import EnvStore, Marker, now_iso, store_errors
+from .warm_index import INDEX_NAME, WarmIndex, file_identity, identities, unchanged
 
 __all__ = ["BoundTool", "Host", "PluginOutcome", "PluginSource"]
 
 ProgressCallback = Callable[[ProgressEvent], None]
+
+log = logging.getLogger("ally")
 
 
 def _silent(event: ProgressEvent) -> None:
@@ -55,10 +67,24 @@ class PluginSource:
     plugin_dir: Path
     manifest: Optional[Manifest]
     error: Optional[AllyError] = None
+    #: The identity of the ``plugin.json`` it was read from (size, mtime, inode, ctime).
+    identity: Optional[list[int]] = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def name(self) -> str:
         return self.manifest.name if self.manifest else self.plugin_dir.name
+
+
+@attrs.frozen
+class _KeyEntry:
+    """What :meth:`Host._spec_and_key` derived for a plugin, and what it depends on."""
+
+    source: PluginSource
+    signature: list[object]
+    context: Optional[str]
+    watch: list[list[Any]]
+    spec: EnvSpec
+    key: str
 
 
 @attrs.define
@@ -160,13 +186,20 @@ class Host:
         self.pm = plugin_manager or make_plugin_manager(env)
         #: Shortcut to ``pm.hook``: how ally calls the runtimes.
         self.hook = self.pm.hook
+        #: What warm loads derive from files, persisted for the next process.
+        self.index = WarmIndex(self.paths.state_dir / INDEX_NAME)
         #: The env store under ``paths.envs_dir``.
-        self.store = EnvStore(self.paths)
+        self.store = EnvStore(self.paths, index=self.index)
         self._failures: dict[str, tuple[str, float, str]] = {}
         self._lock = threading.Lock()
         self._runtime_names: Optional[dict[str, str]] = None
-        self._sources: dict[str, tuple[tuple[int, ...], PluginSource]] = {}
-        self._keys: dict[str, tuple[PluginSource, tuple[object, ...], EnvSpec, str]] = {}
+        self._sources: dict[str, PluginSource] = {}
+        self._keys: dict[str, _KeyEntry] = {}
+        # Digest of each runtime's env_context, computed once per discover() (once per load).
+        self._contexts: dict[Optional[str], Optional[str]] = {}
+        self._base_options: Optional[EnvOptions] = None
+        # Base interpreter path -> its (size, mtime, inode), once per discover() (once per load).
+        self._interpreters: dict[str, Optional[tuple[int, int, int]]] = {}
 
     # -- runtimes ------------------------------------------------------------------------------
 
@@ -187,6 +220,8 @@ class Host:
         """Every plugin directory in the plugin dirs, with its manifest or its error."""
         sources: list[PluginSource] = []
         seen: dict[str, Path] = {}
+        self._contexts = {}
+        self._interpreters = {}
         for root in self.paths.plugin_dirs:
             try:
                 entries = sorted(os.scandir(root), key=lambda e: e.name)
@@ -213,6 +248,9 @@ class Host:
                 elif manifest is not None:
                     seen[manifest.name] = plugin_dir
                 sources.append(source)
+        # Plugins that are gone leave the index when it is next written.
+        self.index.retain("keys", dirs := [str(s.plugin_dir) for s in sources])
+        self.index.retain("manifests", [os.path.join(d, MANIFEST_NAME) for d in dirs])
         return sources
 
     def _read_source(self, plugin_dir: Path) -> Optional[PluginSource]:
@@ -224,16 +262,29 @@ class Host:
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        signature = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        identity = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
         cached = self._sources.get(path)
-        if cached is not None and cached[0] == signature:
-            return cached[1]
-        try:
-            source = PluginSource(plugin_dir, load_manifest(plugin_dir))
-        except ManifestError as exc:
-            source = PluginSource(plugin_dir, None, exc)
+        if cached is not None and cached.identity == identity:
+            return cached
+        manifest: Optional[Manifest] = None
+        data = self.index.get("manifests", path, identity)
+        if data is not None:
+            try:
+                manifest = manifest_from_cache(data)
+            except (TypeError, KeyError, ValueError):
+                manifest = None
+        if manifest is None:
+            try:
+                manifest = load_manifest(plugin_dir)
+            except ManifestError as exc:
+                source = PluginSource(plugin_dir, None, exc, identity=identity)
+                with self._lock:
+                    self._sources[path] = source
+                return source
+            self.index.put("manifests", path, identity, manifest_to_cache(manifest))
+        source = PluginSource(plugin_dir, manifest, identity=identity)
         with self._lock:
-            self._sources[path] = (signature, source)
+            self._sources[path] = source
         return source
 
     def source(self, name: str) -> PluginSource:
@@ -249,6 +300,13 @@ class Host:
     def env_options(
         self, *, upgrade: bool = False, artifacts_dir: Path | None = None
     ) -> EnvOptions:
+        if not upgrade and artifacts_dir is None:
+            if self._base_options is None:
+                self._base_options = self._make_options(False, None)
+            return self._base_options
+        return self._make_options(upgrade, artifacts_dir)
+
+    def _make_options(self, upgrade: bool, artifacts_dir: Path | None) -> EnvOptions:
         return EnvOptions(
             artifacts_dir=artifacts_dir,
             offline=self.settings.offline,
@@ -381,6 +439,7 @@ class Host:
                 raise
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
+        self._save_index()
         return [o for o in outcomes if o is not None]
 
     def ensure(
@@ -400,6 +459,7 @@ class Host:
         if not force and not upgrade:
             warm = self._warm(source)
             if warm is not None:
+                self._save_index()
                 return warm
         return self._cold(source, progress or _silent, force=force or upgrade, upgrade=upgrade)
 
@@ -483,39 +543,119 @@ class Host:
         """The warm path's spec and request key, reused while nothing they depend on changed.
 
         They depend on the manifest (``source`` is replaced when plugin.json changes), the
-        dependency file's bytes and whether the plugin carries bundle artifacts. Settings,
-        environment variables and pip's configuration are read once per Host for a plugin:
-        a host picks up changes to those by creating a new :class:`Host`.
+        dependency file's bytes, whether the plugin carries bundle artifacts, the runtime's
+        :func:`~ally_core.hookspecs.env_context` (recomputed on every load) and the files its
+        :func:`~ally_core.hookspecs.identity_files` names. A key found in the warm index under
+        the same identities is used without asking the runtime for its env identity. For a
+        runtime without ``env_context``, settings, environment variables and config files are
+        read once per Host: a host picks up changes to those by creating a new :class:`Host`.
         """
         manifest = source.manifest
         assert manifest is not None and manifest.dependencies is not None
-        signature: tuple[object, ...] = ()
-        if manifest.dependencies.file:
-            try:
-                st = os.stat(os.path.join(source.plugin_dir, manifest.dependencies.file))
-                signature = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-            except (OSError, ValueError):
-                signature = ("missing",)
-        signature += (os.path.isdir(os.path.join(source.plugin_dir, ARTIFACTS_DIR)),)
-        cached = self._keys.get(str(source.plugin_dir))
-        if cached is not None and cached[0] is source and cached[1] == signature:
-            return cached[2], cached[3]
-        # The env_dir is the plugin's pointer: checks through it see the current env.
-        spec = self.spec_for(manifest, source.plugin_dir)
-        key = self.request_key(spec)
+        plugin_dir = str(source.plugin_dir)
+        signature: list[object] = [
+            file_identity(os.path.join(plugin_dir, manifest.dependencies.file))
+            if manifest.dependencies.file
+            else None,
+            os.path.isdir(os.path.join(plugin_dir, ARTIFACTS_DIR)),
+        ]
+        context = self._context(manifest.runtime)
+        cached = self._keys.get(plugin_dir)
+        if (
+            cached is not None
+            and cached.source is source
+            and cached.signature == signature
+            and cached.context == context
+            and unchanged(cached.watch)
+        ):
+            return cached.spec, cached.key
+        index_id = [source.identity, signature, context] if context and source.identity else None
+        entry = self.index.get("keys", plugin_dir, index_id) if index_id else None
+        if isinstance(entry, dict) and unchanged(entry["watch"]):
+            # The manifest and the dependency file are the very files spec_for validated.
+            spec = self._indexed_spec(source, entry, artifacts=bool(signature[1]))
+            key, watch = str(entry["key"]), entry["watch"]
+        else:
+            # The env_dir is the plugin's pointer: checks through it see the current env.
+            spec = self.spec_for(manifest, source.plugin_dir)
+            # Identities first, then the key: a file edited meanwhile is seen next time.
+            files = self.hook.identity_files(spec=spec) if context else None
+            watch = identities(map(str, files or ()))
+            key = self.request_key(spec)
+            if index_id:
+                value = {
+                    "key": key,
+                    "watch": watch,
+                    "dependency_file": str(spec.dependency_file) if spec.dependency_file else None,
+                    "install_command": spec.install_command,
+                }
+                self.index.put("keys", plugin_dir, index_id, value)
         with self._lock:
-            self._keys[str(source.plugin_dir)] = (source, signature, spec, key)
+            self._keys[plugin_dir] = _KeyEntry(source, signature, context, watch, spec, key)
         return spec, key
+
+    def _indexed_spec(
+        self, source: PluginSource, entry: Mapping[str, Any], artifacts: bool
+    ) -> EnvSpec:
+        """The spec :meth:`spec_for` gave when ``entry`` was indexed, without its file checks."""
+        manifest = source.manifest
+        assert manifest is not None and manifest.runtime and manifest.dependencies
+        dep, command = entry["dependency_file"], entry["install_command"]
+        return EnvSpec(
+            runtime=manifest.runtime,
+            plugin_name=manifest.name,
+            plugin_dir=source.plugin_dir,
+            env_dir=self.store.pointer(manifest.name),
+            dependency_file=Path(dep) if dep else None,
+            install_command=tuple(command) if command is not None else None,
+            runtime_version=manifest.runtime_version,
+            dependency_options=dict(manifest.dependencies.extra),
+            options=self.env_options(
+                artifacts_dir=source.plugin_dir / ARTIFACTS_DIR if artifacts else None
+            ),
+        )
+
+    def _context(self, runtime: Optional[str]) -> Optional[str]:
+        """Digest of ``runtime``'s :func:`~ally_core.hookspecs.env_context`, or ``None``."""
+        contexts = self._contexts
+        if runtime not in contexts:
+            try:
+                value = self.hook.env_context(runtime=runtime, options=self.env_options())
+                digest = (
+                    None
+                    if value is None
+                    else hashlib.sha256(
+                        json.dumps([runtime, value], sort_keys=True, default=str).encode()
+                    ).hexdigest()
+                )
+            except Exception as exc:  # a runtime's bug: fall back to env_identity per plugin
+                log.debug("env_context of %r failed: %s", runtime, exc)
+                digest = None
+            contexts[runtime] = digest
+        return contexts[runtime]
+
+    def _save_index(self) -> None:
+        """Persist what this load derived (only if anything changed)."""
+        if self.index.dirty:
+            self.index.retain("markers", self.store.marker_paths_in_use())
+            self.index.save()
 
     def cheap_problem(self, spec: EnvSpec, marker: Marker) -> Optional[str]:
         """Why a published env cannot be used as is, or ``None`` (no process is started)."""
         interp = marker.env.interpreter
         if interp.realpath and interp.signature:
-            try:
-                st = os.stat(interp.realpath)
-            except OSError:
+            # Plugins share a few base interpreters: each is looked at once per load.
+            seen = self._interpreters
+            if interp.realpath not in seen:
+                try:
+                    st = os.stat(interp.realpath)
+                    seen[interp.realpath] = (st.st_size, st.st_mtime_ns, st.st_ino)
+                except OSError:
+                    seen[interp.realpath] = None
+            signature = seen[interp.realpath]
+            if signature is None:
                 return f"interpreter {interp.path} ({interp.kind} {interp.version}) is gone"
-            if (st.st_size, st.st_mtime_ns, st.st_ino) != tuple(interp.signature):
+            if signature != tuple(interp.signature):
                 return (
                     f"interpreter {interp.path} changed since the env was built "
                     f"(was {interp.kind} {interp.version})"
@@ -709,6 +849,7 @@ class Host:
                 )
                 warm = _pending(source, reason)
             outcomes.append(warm)
+        self._save_index()
         return outcomes
 
     def doctor(
@@ -782,6 +923,15 @@ class Host:
                 removed.append((backup, 0, "backup from an update"))
                 if not dry_run:
                     backup.unlink()
+            for partial in (
+                sorted(self.paths.state_dir.glob(f".{INDEX_NAME}.*.tmp"))
+                if self.paths.state_dir.is_dir()
+                else []
+            ):
+                # A write of the warm index that was killed before its os.replace.
+                removed.append((partial, disk_usage(partial), "unfinished warm-index write"))
+                if not dry_run:
+                    partial.unlink(missing_ok=True)
             for leftover in self.store.unfinished(min_age=0):
                 removed.append((leftover, disk_usage(leftover), "unfinished build"))
                 if not dry_run:

@@ -305,3 +305,24 @@ def load_manifest(plugin_dir: Path) -> Manifest:
         raise ManifestError(label, MANIFEST_NAME, ["invalid JSON: nested too deeply"]) from exc
     name = data.get("name") if isinstance(data, dict) else None
     return parse_manifest(data, plugin=name if isinstance(name, str) else label)
+
+
+def manifest_to_cache(manifest: Manifest) -> dict[str, Any]:
+    """A validated manifest as plain JSON data, for :func:`manifest_from_cache`."""
+    return attrs.asdict(manifest, recurse=True)
+
+
+def manifest_from_cache(data: Mapping[str, Any]) -> Manifest:
+    """Rebuild a manifest from :func:`manifest_to_cache` data without validating it again.
+
+    Only for data ally wrote itself from a validated manifest (the warm index): it is a few
+    times faster than :func:`parse_manifest`. Raises ``TypeError``/``KeyError`` on bad shapes.
+    """
+    deps = data["dependencies"]
+    return Manifest(
+        **{
+            **data,
+            "dependencies": Dependencies(**deps) if deps is not None else None,
+            "tools": [Tool(**tool) for tool in data["tools"]],
+        }
+    )

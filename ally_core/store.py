@@ -7,6 +7,7 @@ Layout under ``envs_dir`` (``<home>/plugin-envs``)::
     .locks/<fp16>.lock          build lock of one fingerprint (beside the envs, not inside)
     .state/<name>.failed.json   the last failed install of a plugin
     .state/<name>.previous      the env a plugin used before its last update (a backup)
+    .state/warm-index.json      what warm loads derived from files (see warm_index.py)
     <name> -> .store/<...>      per-plugin pointer (a symlink, swapped atomically)
 
 An env is *published* by writing its marker and then pointing ``<name>`` at it with one
@@ -36,6 +37,7 @@ import cattrs
 from .envs import EnvInfo, Interpreter
 from .errors import EnvStoreError
 from .paths import AllyPaths
+from .warm_index import WarmIndex
 
 __all__ = ["MARKER", "EnvStore", "Marker"]
 
@@ -148,13 +150,16 @@ def store_errors(what: str) -> Iterator[None]:
 class EnvStore:
     """Operations on one ``envs_dir``. Cheap to create; holds no open resources."""
 
-    def __init__(self, paths: AllyPaths) -> None:
+    def __init__(self, paths: AllyPaths, index: Optional[WarmIndex] = None) -> None:
         self.paths = paths
+        #: Where markers parsed by an earlier process are found (see :mod:`.warm_index`).
+        self.index = index
         self.root = paths.envs_dir
         self.store_dir = paths.store_dir
         # Markers never change once written (a rebuild makes a new env dir), so a parsed
         # marker is reused while the file's identity is the same.
-        self._markers: dict[str, tuple[tuple[int, ...], Marker]] = {}
+        self._markers: dict[str, tuple[tuple[int, ...], Marker, Path]] = {}
+        self._store_dir_str = str(self.store_dir)
 
     # -- reading (the warm path: no locks, no processes) --------------------------------------
 
@@ -178,8 +183,15 @@ class EnvStore:
             or tail in {".", ".."}
         ):
             return None
-        env_dir = self.store_dir / tail
-        marker = self.read_marker(env_dir)
+        # Warm loads come here for every plugin: the parsed marker is looked up by path
+        # before any Path object is made.
+        cached = self._markers.get(os.path.join(self._store_dir_str, tail, MARKER))
+        if cached is not None:
+            env_dir = cached[2]
+            marker = self.read_marker(env_dir)
+        else:
+            env_dir = self.store_dir / tail
+            marker = self.read_marker(env_dir)
         return (env_dir, marker) if marker is not None else None
 
     def read_marker(self, env_dir: Path) -> Optional[Marker]:
@@ -190,11 +202,16 @@ class EnvStore:
             cached = self._markers.get(path)
             if cached is not None and cached[0] == signature:
                 return cached[1]
-            with open(path, "rb") as fh:
-                data = json.loads(fh.read())
+            data = self.index.get("markers", path, list(signature)) if self.index else None
+            indexed = data is not None
+            if data is None:
+                with open(path, "rb") as fh:
+                    data = json.loads(fh.read())
             if data.get("format") != MARKER_FORMAT:
                 return None
             marker = _marker_from_json(data)
+            if self.index is not None and not indexed:
+                self.index.put("markers", path, list(signature), data)
         except (
             OSError,
             ValueError,
@@ -204,7 +221,7 @@ class EnvStore:
             cattrs.BaseValidationError,
         ):
             return None
-        self._markers[path] = (signature, marker)
+        self._markers[path] = (signature, marker, Path(env_dir))
         return marker
 
     # -- building ------------------------------------------------------------------------------
@@ -312,6 +329,18 @@ class EnvStore:
             return None
 
     # -- cleaning -----------------------------------------------------------------------------
+
+    def marker_paths_in_use(self) -> list[str]:
+        """The marker path of every env a pointer names (as :meth:`read_marker` spells it)."""
+        out = []
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.root):
+                if entry.name.startswith("."):
+                    continue
+                with contextlib.suppress(OSError):
+                    target = os.readlink(entry.path)
+                    out.append(os.path.join(self.store_dir / os.path.basename(target), MARKER))
+        return out
 
     def pointers(self) -> dict[str, Path]:
         """Plugin name -> env dir of every pointer (dangling ones included)."""

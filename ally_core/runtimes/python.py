@@ -30,16 +30,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+from ..__about__ import __version__
 from ..config import IndexOptions, strip_credentials
-from ..envs import EnvInfo, EnvSpec, Health, InstallResult, Interpreter, Problem
+from ..envs import EnvInfo, EnvOptions, EnvSpec, Health, InstallResult, Interpreter, Problem
 from ..errors import InstallFailed, InterpreterNotFound
 from ..hookspecs import hookimpl
 from ..process import clean_environ, run_checks, run_installer
 
 __all__ = [
     "create_env",
+    "env_context",
     "env_identity",
     "health_check",
+    "identity_files",
     "install_deps",
     "resolve_interpreter",
     "runtime_names",
@@ -151,6 +154,28 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
         # The install reads the plugin's own files: this env belongs to this plugin only.
         identity["plugin_dir"] = str(spec.plugin_dir)
     return identity
+
+
+@hookimpl
+def env_context(runtime: str, options: EnvOptions) -> Optional[Mapping[str, Any]]:
+    if runtime not in NAMES:
+        return None
+    # Everything env_identity reads besides the spec: with the spec's own fields (the
+    # install_command, the artifacts dir, the dependency file's bytes) it determines the key.
+    return {
+        "runtime": __version__,
+        "installer": options.installer,
+        "uv": _dist_version("uv") if _uv_available() else None,
+        "virtualenv": _dist_version("virtualenv"),
+        "index": _index_identity(effective_index(options.index)),
+        "python": options.default_interpreter,
+    }
+
+
+@hookimpl
+def identity_files(spec: EnvSpec) -> Optional[Sequence[Path]]:
+    # env_identity reads the dependency file only (which the core watches itself).
+    return [] if _serves(spec) else None
 
 
 @functools.lru_cache(maxsize=16)

@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 from ally_core import (
     EnvInfo,
+    EnvOptions,
     EnvSpec,
     Health,
     InstallFailed,
@@ -41,6 +42,7 @@ from ally_core import (
 )
 from ally_core.config import strip_credentials
 
+from .__about__ import __version__
 from ._interpreters import (
     NODE_ENV_VAR,
     NodeInfo,
@@ -191,6 +193,25 @@ def _registry_identity() -> dict[str, str]:
         ):
             out[low] = str(strip_credentials(value))
     return dict(sorted(out.items()))
+
+
+@hookimpl
+def env_context(runtime: str, options: EnvOptions) -> Optional[Mapping[str, Any]]:
+    if runtime not in NAMES:
+        return None
+    # What env_identity reads from outside the plugin: the node it would find, npm's registry
+    # settings from the environment, and this package's version.
+    return {"runtime": __version__, "node": node_on_path(), "registry": _registry_identity()}
+
+
+@hookimpl
+def identity_files(spec: EnvSpec) -> Optional[Sequence[Path]]:
+    if not _serves(spec):
+        return None
+    if spec.dependency_file is None:
+        return []
+    folder = spec.dependency_file.parent
+    return [folder / name for name in (*LOCK_FILES, ".npmrc")]
 
 
 @hookimpl

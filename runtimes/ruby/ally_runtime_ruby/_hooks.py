@@ -27,6 +27,7 @@ from typing import Any, Optional
 from ally_core import (
     AllyError,
     EnvInfo,
+    EnvOptions,
     EnvSpec,
     Health,
     InstallFailed,
@@ -38,6 +39,7 @@ from ally_core import (
     run_checks,
 )
 
+from .__about__ import __version__
 from ._gemfile import (
     ENV_GEMFILE,
     ENV_LOCK,
@@ -123,6 +125,23 @@ def _file_sha256(path: Path) -> Optional[str]:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         return None
+
+
+@hookimpl
+def env_context(runtime: str, options: EnvOptions) -> Optional[Mapping[str, Any]]:
+    if runtime not in NAMES:
+        return None
+    # What env_identity reads from outside the plugin.
+    return {"runtime": __version__, "layout": LAYOUT, "ruby": os.environ.get(RUBY_ENV_VAR)}
+
+
+@hookimpl
+def identity_files(spec: EnvSpec) -> Optional[Sequence[Path]]:
+    if not _serves(spec):
+        return None
+    if spec.dependency_file is None:
+        return []
+    return [lock_path_for(spec.dependency_file), spec.dependency_file.parent / "vendor" / "cache"]
 
 
 @hookimpl
