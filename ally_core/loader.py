@@ -571,10 +571,9 @@ class Host:
             return cached.spec, cached.key
         index_id = [source.identity, signature, context] if context and source.identity else None
         entry = self.index.get("keys", plugin_dir, index_id) if index_id else None
-        if isinstance(entry, dict) and unchanged(entry["watch"]):
-            # The manifest and the dependency file are the very files spec_for validated.
-            spec = self._indexed_spec(source, entry, artifacts=bool(signature[1]))
-            key, watch = str(entry["key"]), entry["watch"]
+        indexed = self._indexed_spec(source, entry, bool(signature[1])) if entry else None
+        if indexed is not None:
+            spec, key, watch = indexed
         else:
             # The env_dir is the plugin's pointer: checks through it see the current env.
             spec = self.spec_for(manifest, source.plugin_dir)
@@ -595,25 +594,43 @@ class Host:
         return spec, key
 
     def _indexed_spec(
-        self, source: PluginSource, entry: Mapping[str, Any], artifacts: bool
-    ) -> EnvSpec:
-        """The spec :meth:`spec_for` gave when ``entry`` was indexed, without its file checks."""
+        self, source: PluginSource, entry: Any, artifacts: bool
+    ) -> Optional[tuple[EnvSpec, str, list[list[Any]]]]:
+        """The spec, key and watched files of an index entry, or ``None`` if it cannot be used.
+
+        The entry was stored for this very manifest and dependency file, so the spec is the one
+        :meth:`spec_for` gave then; only the containment of the dependency file is checked
+        again (a directory on its path may have become a symlink). A malformed entry (another
+        build of ally, a damaged file) is a miss, never an error.
+        """
         manifest = source.manifest
         assert manifest is not None and manifest.runtime and manifest.dependencies
-        dep, command = entry["dependency_file"], entry["install_command"]
-        return EnvSpec(
-            runtime=manifest.runtime,
-            plugin_name=manifest.name,
-            plugin_dir=source.plugin_dir,
-            env_dir=self.store.pointer(manifest.name),
-            dependency_file=Path(dep) if dep else None,
-            install_command=tuple(command) if command is not None else None,
-            runtime_version=manifest.runtime_version,
-            dependency_options=dict(manifest.dependencies.extra),
-            options=self.env_options(
-                artifacts_dir=source.plugin_dir / ARTIFACTS_DIR if artifacts else None
-            ),
-        )
+        try:
+            dep, command, watch = entry["dependency_file"], entry["install_command"], entry["watch"]
+            key = entry["key"]
+            if not isinstance(key, str) or not unchanged(watch):
+                return None
+            dep_file = None
+            if manifest.dependencies.file:
+                dep_file = contained_path(source.plugin_dir, manifest.dependencies.file)
+                if dep_file is None or str(dep_file) != dep:
+                    return None
+            spec = EnvSpec(
+                runtime=manifest.runtime,
+                plugin_name=manifest.name,
+                plugin_dir=source.plugin_dir,
+                env_dir=self.store.pointer(manifest.name),
+                dependency_file=dep_file,
+                install_command=tuple(map(str, command)) if command is not None else None,
+                runtime_version=manifest.runtime_version,
+                dependency_options=dict(manifest.dependencies.extra),
+                options=self.env_options(
+                    artifacts_dir=source.plugin_dir / ARTIFACTS_DIR if artifacts else None
+                ),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+        return spec, key, watch
 
     def _context(self, runtime: Optional[str]) -> Optional[str]:
         """Digest of ``runtime``'s :func:`~ally_core.hookspecs.env_context`, or ``None``."""

@@ -202,16 +202,20 @@ class EnvStore:
             cached = self._markers.get(path)
             if cached is not None and cached[0] == signature:
                 return cached[1]
+            marker = None
             data = self.index.get("markers", path, list(signature)) if self.index else None
-            indexed = data is not None
-            if data is None:
+            if data is not None:
+                # Written by ally from this very file; a malformed copy is a miss.
+                with contextlib.suppress(TypeError, KeyError, ValueError, AttributeError):
+                    marker = _marker_from_json(data) if data["format"] == MARKER_FORMAT else None
+            if marker is None:
                 with open(path, "rb") as fh:
                     data = json.loads(fh.read())
-            if data.get("format") != MARKER_FORMAT:
-                return None
-            marker = _marker_from_json(data)
-            if self.index is not None and not indexed:
-                self.index.put("markers", path, list(signature), data)
+                if data.get("format") != MARKER_FORMAT:
+                    return None
+                marker = _marker_from_json(data)
+                if self.index is not None:
+                    self.index.put("markers", path, list(signature), data)
         except (
             OSError,
             ValueError,

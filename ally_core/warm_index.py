@@ -155,5 +155,5 @@ def identities(paths: Iterable[str]) -> list[list[Any]]:
 
 
 def unchanged(pairs: Iterable[list[Any]]) -> bool:
-    """Whether every ``[path, identity]`` pair still holds."""
-    return all(file_identity(p) == ident for p, ident in pairs)
+    """Whether every ``[path, identity]`` pair still holds (raises on malformed pairs)."""
+    return all(file_identity(str(p)) == ident for p, ident in pairs)

@@ -1,0 +1,789 @@
+"""The warm index: a new process loads ready plugins from one file, and still sees every change.
+
+``<envs dir>/.state/warm-index.json`` keeps what a warm load derives from files (manifests,
+request keys, markers). A fresh :class:`~ally_core.Host` must use it without parsing
+``plugin.json`` files or calling ``env_identity``, must notice every edit it depends on (the
+manifest, the dependency file, pip/ally index settings, the env itself, the base interpreter),
+and must shrug off an index that is corrupt, foreign, unwritable or written by two processes.
+
+Real venvs built by real uv from the session's local wheelhouse; no network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import attrs
+import pytest
+
+import ally_core.loader
+import ally_core.store
+from ally_core import EnvInfo, EnvSpec, Health, Host, InstallResult, Interpreter, hookimpl
+from ally_core.__about__ import __version__
+from ally_core.manifest import load_manifest
+from ally_core.plugin_manager import make_plugin_manager
+from ally_core.warm_index import file_identity
+
+MAIN = (
+    "import json, sys, allydemo_greet\n"
+    "args = json.load(sys.stdin)\n"
+    "print(json.dumps({'success': True, 'result': allydemo_greet.greet(args.get('who', 'x'))}))\n"
+)
+HELLO = {"name": "hello", "command": "python3", "args": ["main.py"]}
+#: name -> (runtime value, requirements): alpha and beta share one env, gamma has its own
+#: and uses the other spelling of the python runtime.
+WITH_DEPS = {
+    "alpha": ("python3", "allydemo-greet==1.0.0\n"),
+    "beta": ("python3", "allydemo-greet==1.0.0\n"),
+    "gamma": ("python", "allydemo-shout==1.0.0\n"),
+}
+
+
+def index_path(home: Path) -> Path:
+    return home / "plugin-envs" / ".state" / "warm-index.json"
+
+
+def read_index(home: Path) -> dict[str, Any]:
+    data = json.loads(index_path(home).read_bytes())
+    assert isinstance(data, dict)
+    return data
+
+
+def by_name(outcomes: list[Any]) -> dict[str, Any]:
+    return {o.name: o for o in outcomes}
+
+
+@contextlib.contextmanager
+def hook_calls(host: Host) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Every hook call the host makes inside the block, as ``(hook name, kwargs)``."""
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def before(hook_name: str, hook_impls: Any, kwargs: dict[str, Any]) -> None:
+        calls.append((hook_name, dict(kwargs)))
+
+    def after(outcome: Any, hook_name: str, hook_impls: Any, kwargs: Any) -> None:
+        return None
+
+    undo = host.pm.add_hookcall_monitoring(before, after)
+    try:
+        yield calls
+    finally:
+        undo()
+
+
+def identity_calls(calls: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The plugins whose request key was computed by asking the runtime."""
+    return sorted(kw["spec"].plugin_name for name, kw in calls if name == "env_identity")
+
+
+@pytest.fixture
+def ready(ally_home: Path, make_plugin: Callable[..., Path]) -> dict[str, Path]:
+    """Three python plugins with ready envs (two shared) and one without dependencies, loaded
+    once by a first Host (which wrote the index)."""
+    dirs = {}
+    for name, (runtime, requirements) in WITH_DEPS.items():
+        dirs[name] = make_plugin(
+            name,
+            {"runtime": runtime, "dependencies": {"file": "requirements.txt"}, "tools": [HELLO]},
+            files={"requirements.txt": requirements, "main.py": MAIN},
+        )
+    dirs["plain"] = make_plugin("plain", {"tools": [{"name": "t", "command": "true"}]})
+    outcomes = Host(ally_home).load()
+    assert all(o.ready for o in outcomes), [(o.name, o.reason) for o in outcomes]
+    assert sorted(o.name for o in outcomes) == sorted(dirs)
+    return dirs
+
+
+def assert_all_ready_and_warm(outcomes: list[Any], names: Optional[set[str]] = None) -> None:
+    states = {o.name: (o.status, o.action, o.reason) for o in outcomes}
+    assert states == {n: ("ready", "none", "") for n in (names or states)}, states
+
+
+def assert_complete_index(home: Path, dirs: dict[str, Path]) -> None:
+    """The index on disk is this version's and names every plugin with dependencies."""
+    data = read_index(home)
+    assert data["format"] == 1 and data["ally"] == __version__
+    assert set(data["keys"]) == {str(dirs[n]) for n in WITH_DEPS}
+    assert set(data["manifests"]) == {str(d / "plugin.json") for d in dirs.values()}
+    for table in ("keys", "manifests", "markers"):
+        for entry in data[table].values():
+            assert isinstance(entry, list) and len(entry) == 2, entry
+
+
+# -- a new process trusts the index ------------------------------------------------------------
+
+
+def test_new_host_loads_ready_plugins_from_the_index_without_parsing_or_env_identity(
+    ally_home: Path, ready: dict[str, Path], no_spawn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert_complete_index(ally_home, ready)
+    first = by_name(Host(ally_home).load())
+    written = file_identity(str(index_path(ally_home)))
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"parsed a file the index holds: {args!r}")
+
+    host = Host(ally_home)
+    with monkeypatch.context() as m, hook_calls(host) as calls, no_spawn():
+        # Neither a plugin.json nor an env marker is parsed: both come from the index.
+        m.setattr(ally_core.loader, "load_manifest", refuse)
+        m.setattr(ally_core.store, "json", types.SimpleNamespace(loads=refuse, dumps=json.dumps))
+        outcomes = host.load()
+    assert_all_ready_and_warm(outcomes, set(ready))
+    assert identity_calls(calls) == []
+    # env_context once per runtime value in use, not once per plugin.
+    contexts = sorted(kw["runtime"] for name, kw in calls if name == "env_context")
+    assert contexts == ["python", "python3"]
+    assert {name for name, _ in calls} <= {"env_context", "health_check"}
+
+    loaded = by_name(outcomes)
+    for name in WITH_DEPS:
+        assert loaded[name].env.path == first[name].env.path
+        assert loaded[name].packages == first[name].packages
+        assert [t.name for t in loaded[name].tools] == ["hello"]
+    assert loaded["alpha"].packages == {"allydemo-greet": "1.0.0"}
+    assert [t.name for t in loaded["plain"].tools] == ["t"]
+    # Nothing new was learnt: the index is not rewritten by a warm load.
+    assert file_identity(str(index_path(ally_home))) == written
+
+    result = loaded["gamma"].tool("hello").call({"who": "index"})
+    assert result.success, result.error
+    assert result.result == "hello index from allydemo_greet 2.0.0"
+
+
+# -- changes are seen through the index --------------------------------------------------------
+
+
+def test_edited_plugin_json_is_read_again_by_a_new_host(
+    ally_home: Path, ready: dict[str, Path], no_spawn: Any
+) -> None:
+    path = ready["alpha"] / "plugin.json"
+    manifest = json.loads(path.read_text("utf-8"))
+    manifest["tools"].append({"name": "extra", "command": "python3", "args": ["main.py"]})
+    path.write_text(json.dumps(manifest), "utf-8")
+    host = Host(ally_home)
+    with hook_calls(host) as calls, no_spawn():
+        outcomes = host.load()
+    assert_all_ready_and_warm(outcomes)
+    assert [t.name for t in by_name(outcomes)["alpha"].tools] == ["hello", "extra"]
+    # Only the edited plugin's key was computed again.
+    assert identity_calls(calls) == ["alpha"]
+
+    # Same size, same inode, rewritten in place: still seen.
+    text = path.read_bytes()
+    with open(path, "r+b") as fh:
+        fh.write(text.replace(b'"extra"', b'"other"'))
+    assert path.stat().st_size == len(text)
+    with no_spawn():
+        outcomes = Host(ally_home).load()
+    assert [t.name for t in by_name(outcomes)["alpha"].tools] == ["hello", "other"]
+
+
+def test_edited_requirements_are_seen_by_status_and_rebuilt_by_load(
+    ally_home: Path, ready: dict[str, Path], no_spawn: Any
+) -> None:
+    requirements = ready["alpha"] / "requirements.txt"
+    # The same number of bytes, rewritten in place.
+    with open(requirements, "r+b") as fh:
+        fh.write(b"allydemo-greet==2.0.0\n")
+    with no_spawn():
+        states = {o.name: (o.status, o.reason) for o in Host(ally_home).status()}
+    assert states["alpha"] == ("pending", "needs rebuild")
+    assert states["beta"] == states["gamma"] == ("ready", "")
+
+    rebuilt = by_name(Host(ally_home).load())
+    assert rebuilt["alpha"].ready and rebuilt["alpha"].action == "repaired"
+    assert rebuilt["alpha"].repair_reason == "dependencies changed"
+    assert rebuilt["alpha"].packages == {"allydemo-greet": "2.0.0"}
+    assert rebuilt["beta"].action == "none"
+    with no_spawn():
+        again = by_name(Host(ally_home).load())
+    assert_all_ready_and_warm(list(again.values()))
+    assert again["alpha"].env.path == rebuilt["alpha"].env.path
+
+
+def _pip_index_url(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+
+
+def _ally_config(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = home / "config.toml"
+    (tmp_path / "more-wheels").mkdir()
+    extra = json.dumps(str(tmp_path / "more-wheels"))
+    config.write_text(
+        config.read_text("utf-8").replace("find_links = [", f"find_links = [{extra}, ")
+    )
+
+
+def _pip_config_file(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\n", "utf-8")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    # This Host indexes keys under the new file; editing the file must change them again.
+    with hook_calls(host := Host(home)) as calls:
+        host.status()
+    assert identity_calls(calls) == sorted(WITH_DEPS)
+    conf.write_text("[global]\nextra-index-url = http://127.0.0.1:9/simple\n", "utf-8")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [_pip_index_url, _ally_config, _pip_config_file],
+    ids=["PIP_INDEX_URL", "ally-config-index", "pip-conf-edited"],
+)
+def test_changed_index_configuration_recomputes_every_key(
+    ally_home: Path,
+    ready: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_spawn: Any,
+    change: Callable[..., None],
+) -> None:
+    old = Host(ally_home)
+    before = {n: old._spec_and_key(old.source(n))[1] for n in WITH_DEPS}
+    change(ally_home, tmp_path, monkeypatch)
+    host = Host(ally_home)
+    with hook_calls(host) as calls, no_spawn():
+        states = {o.name: (o.status, o.reason) for o in host.status()}
+    assert identity_calls(calls) == sorted(WITH_DEPS)
+    assert states == {
+        "alpha": ("pending", "needs rebuild"),
+        "beta": ("pending", "needs rebuild"),
+        "gamma": ("pending", "needs rebuild"),
+        "plain": ("ready", ""),
+    }
+    after = {n: host._spec_and_key(host.source(n))[1] for n in WITH_DEPS}
+    assert all(after[n] != before[n] for n in WITH_DEPS)
+
+
+def test_env_deleted_behind_allys_back_is_never_reported_ready(
+    ally_home: Path, ready: dict[str, Path], no_spawn: Any
+) -> None:
+    shared = Path(os.path.realpath(ally_home / "plugin-envs" / "alpha"))
+    assert shared == Path(os.path.realpath(ally_home / "plugin-envs" / "beta"))
+    shutil.rmtree(shared)
+    with no_spawn():
+        states = {o.name: (o.status, o.reason) for o in Host(ally_home).status()}
+        loaded = by_name(Host(ally_home).load(["gamma", "plain"]))
+    assert states["alpha"] == states["beta"] == ("pending", "not installed")
+    assert states["gamma"] == ("ready", "")
+    assert_all_ready_and_warm(list(loaded.values()))
+
+    rebuilt = by_name(Host(ally_home).load())
+    for name in ("alpha", "beta"):
+        assert rebuilt[name].ready, rebuilt[name].reason
+        assert rebuilt[name].action in {"built", "shared"}
+        assert (rebuilt[name].env.path / ".installed").is_file()
+    assert rebuilt["alpha"].tool("hello").call({"who": "b"}).success
+    with no_spawn():
+        assert_all_ready_and_warm(Host(ally_home).load())
+
+
+def test_base_interpreter_replaced_in_place_is_seen_with_keys_from_the_index(
+    ally_home: Path,
+    make_plugin: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_spawn: Any,
+) -> None:
+    source = Path.home() / ".pyenv" / "versions" / "3.12.1"
+    if not source.is_dir():
+        pytest.skip(f"{source} is not installed")
+    copy = tmp_path / "py"
+    try:
+        subprocess.run(["cp", "-al", str(source), str(copy)], check=True, capture_output=True)
+    except subprocess.CalledProcessError:
+        shutil.copytree(source, copy, symlinks=True)
+    binary = copy / "bin" / "python3.12"
+    monkeypatch.setenv("ALLY_PYTHON", str(binary))
+    make_plugin(
+        "pinned",
+        {"runtime": "python3", "dependencies": {"file": "requirements.txt"}, "tools": [HELLO]},
+        files={"requirements.txt": "allydemo-greet==1.0.0\n", "main.py": MAIN},
+    )
+    (first,) = Host(ally_home).load()
+    assert first.ready and first.env.interpreter.version == "3.12.1", first.reason
+
+    # What a package manager does on upgrade: a new file renamed over the old one.
+    fresh = binary.with_name(".python3.12.new")
+    shutil.copy2(binary, fresh)
+    os.replace(fresh, binary)
+    host = Host(ally_home)
+    with hook_calls(host) as calls, no_spawn():
+        (status,) = host.status()
+    assert identity_calls(calls) == []  # the key came from the index ...
+    assert (status.status, status.reason) == ("pending", "needs rebuild")  # ... and still
+
+    (outcome,) = Host(ally_home).load()
+    assert outcome.action == "repaired"
+    assert "changed since the env was built" in outcome.repair_reason
+    with no_spawn():
+        assert_all_ready_and_warm(Host(ally_home).load())
+
+
+def test_dependency_file_moved_outside_behind_a_symlink_is_refused_with_an_index_too(
+    ally_home: Path, make_plugin: Any, tmp_path: Path
+) -> None:
+    plugin = make_plugin(
+        "linked",
+        {"runtime": "python3", "dependencies": {"file": "deps/requirements.txt"}},
+        files={"deps/requirements.txt": "allydemo-greet==1.0.0\n"},
+    )
+    (first,) = Host(ally_home).load()
+    assert first.ready, first.reason
+    # The file keeps its identity (same inode, untouched), but now lies outside the plugin.
+    os.rename(plugin / "deps", tmp_path / "outside")
+    os.symlink(tmp_path / "outside", plugin / "deps")
+    (outcome,) = Host(ally_home).load()
+    assert outcome.status == "blocked"
+    assert "outside the plugin directory" in outcome.reason
+
+
+# -- a bad index is an empty index -------------------------------------------------------------
+
+
+def _garbage(data: dict[str, Any], dirs: dict[str, Path]) -> bytes:
+    return b"\x00\xff\xfenot json at all\x89PNG"
+
+
+def _truncated(data: dict[str, Any], dirs: dict[str, Path]) -> bytes:
+    text = json.dumps(data).encode()
+    return text[: len(text) // 2]
+
+
+def _wrong_shape(data: dict[str, Any], dirs: dict[str, Path]) -> bytes:
+    return json.dumps(
+        {
+            "format": 1,
+            "ally": __version__,
+            "keys": {str(dirs["alpha"]): "nonsense", str(dirs["beta"]): [1, 2, 3]},
+            "manifests": {"x": [1], str(dirs["alpha"] / "plugin.json"): None},
+            "markers": ["not", "a", "table"],
+        }
+    ).encode()
+
+
+def _not_an_object(data: dict[str, Any], dirs: dict[str, Path]) -> bytes:
+    return b"[1, 2, 3]"
+
+
+def _other_version(data: dict[str, Any], dirs: dict[str, Path]) -> bytes:
+    return json.dumps({**data, "ally": "0.0.0+another-build"}).encode()
+
+
+def _other_format(data: dict[str, Any], dirs: dict[str, Path]) -> bytes:
+    return json.dumps({**data, "format": 2}).encode()
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [_garbage, _truncated, _wrong_shape, _not_an_object, _other_version, _other_format, None],
+    ids=[
+        "garbage",
+        "truncated",
+        "wrong-shape",
+        "not-an-object",
+        "other-version",
+        "other-format",
+        "empty-file",
+    ],
+)
+def test_unusable_index_is_ignored_and_rewritten(
+    ally_home: Path, ready: dict[str, Path], no_spawn: Any, spoil: Any
+) -> None:
+    path = index_path(ally_home)
+    path.write_bytes(spoil(read_index(ally_home), ready) if spoil else b"")
+    host = Host(ally_home)
+    with hook_calls(host) as calls, no_spawn():
+        outcomes = host.load()
+    assert_all_ready_and_warm(outcomes, set(ready))
+    # Nothing of it was used (not even the tables of another version) ...
+    assert identity_calls(calls) == sorted(WITH_DEPS)
+    # ... and a valid one replaced it, which the next process uses.
+    assert_complete_index(ally_home, ready)
+    host = Host(ally_home)
+    with hook_calls(host) as calls, no_spawn():
+        assert_all_ready_and_warm(host.load(), set(ready))
+    assert identity_calls(calls) == []
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "manifests",
+        "keys",
+        "markers",
+    ],
+)
+def test_entries_with_current_identities_but_values_of_another_shape_are_ignored(
+    ally_home: Path, ready: dict[str, Path], no_spawn: Any, table: str
+) -> None:
+    # What a build of ally with the same version but another value layout would leave.
+    data = read_index(ally_home)
+    for entry in data[table].values():
+        entry[1] = {"format": 999}
+    index_path(ally_home).write_text(json.dumps(data), "utf-8")
+    with no_spawn():
+        assert_all_ready_and_warm(Host(ally_home).load(), set(ready))
+
+
+def _state_dir_read_only(state: Path) -> Callable[[], None]:
+    os.chmod(state, 0o500)
+    probe = state / "probe"
+    try:
+        probe.write_bytes(b"")
+    except PermissionError:
+        return lambda: os.chmod(state, 0o700)
+    probe.unlink()
+    os.chmod(state, 0o700)
+    pytest.skip("chmod does not stop this user writing (root)")
+
+
+def _directory_in_the_way(state: Path) -> Callable[[], None]:
+    (state / "warm-index.json").mkdir()
+    return lambda: None
+
+
+@pytest.mark.parametrize(
+    "block", [_state_dir_read_only, _directory_in_the_way], ids=["chmod-0500", "dir-in-the-way"]
+)
+def test_index_that_cannot_be_written_still_loads(
+    ally_home: Path, ready: dict[str, Path], no_spawn: Any, block: Callable[[Path], Any]
+) -> None:
+    state = index_path(ally_home).parent
+    index_path(ally_home).unlink()
+    before = sorted(os.listdir(state))
+    restore = block(state)
+    try:
+        for _ in range(2):
+            with no_spawn():
+                assert_all_ready_and_warm(Host(ally_home).load(), set(ready))
+                assert_all_ready_and_warm(Host(ally_home).status(), set(ready))
+        assert not index_path(ally_home).is_file()
+        # No half-written temporary file is left behind.
+        assert not [n for n in os.listdir(state) if n.endswith(".tmp")]
+        assert sorted(os.listdir(state)) in (before, sorted([*before, "warm-index.json"]))
+    finally:
+        restore()
+
+
+CONCURRENT_LOADS = """\
+import json, os, sys, time
+from ally_core import Host
+home, index, rounds, gate = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+# Start together: each says it is ready, then waits for the other.
+open(os.path.join(gate, str(os.getpid())), "w").close()
+deadline = time.monotonic() + 60
+while len(os.listdir(gate)) < 2:
+    if time.monotonic() > deadline:
+        sys.exit("the other process never started")
+    time.sleep(0.001)
+for i in range(rounds):
+    try:
+        os.unlink(index)  # so that every round computes and writes the index again
+    except FileNotFoundError:
+        pass
+    bad = [(o.name, o.status, o.action, o.reason) for o in Host(home).load()
+           if not o.ready or o.action != "none"]
+    if bad:
+        sys.exit(f"round {i}: {bad}")
+    # The other process may be writing it right now: still, only complete files are seen.
+    try:
+        with open(index, "rb") as fh:
+            json.loads(fh.read())
+    except FileNotFoundError:
+        pass
+"""
+
+
+def test_two_processes_loading_at_once_both_succeed_and_leave_a_valid_index(
+    ally_home: Path, ready: dict[str, Path], no_spawn: Any, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    argv = [sys.executable, "-c", CONCURRENT_LOADS, str(ally_home), str(index_path(ally_home))]
+    procs = [
+        subprocess.Popen(
+            [*argv, "30", str(gate)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            # The ally_core under test, also when it is not the installed one.
+            env={**os.environ, "PYTHONPATH": str(Path(ally_core.__file__).parents[1])},
+        )
+        for _ in range(2)
+    ]
+    try:
+        for proc in procs:
+            _out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err.decode()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert_complete_index(ally_home, ready)
+    state = index_path(ally_home).parent
+    assert not [n for n in os.listdir(state) if n.endswith(".tmp")]
+    host = Host(ally_home)
+    with hook_calls(host) as calls, no_spawn():
+        assert_all_ready_and_warm(host.load(), set(ready))
+    assert identity_calls(calls) == []
+
+
+# -- pruning -----------------------------------------------------------------------------------
+
+
+def test_plugins_that_are_gone_leave_the_index(
+    ally_home: Path, ready: dict[str, Path], no_spawn: Any
+) -> None:
+    def entries() -> tuple[set[str], set[str]]:
+        data = read_index(ally_home)
+        return set(data["keys"]), set(data["manifests"])
+
+    keys, manifests = entries()
+    # Each of load, status and a warm ensure writes the pruned index.
+    for gone, step in [
+        ("beta", lambda h: h.load()),
+        ("gamma", lambda h: h.status()),
+        ("plain", lambda h: h.ensure("alpha")),
+    ]:
+        shutil.rmtree(ready[gone])
+        with no_spawn():
+            step(Host(ally_home))
+        keys.discard(str(ready[gone]))
+        manifests.discard(str(ready[gone] / "plugin.json"))
+        assert entries() == (keys, manifests), gone
+    assert entries() == ({str(ready["alpha"])}, {str(ready["alpha"] / "plugin.json")})
+
+
+# -- runtimes without env_context --------------------------------------------------------------
+
+
+class ContextlessRuntime:
+    """A runtime of its own (no process, an env is a directory) without ``env_context``."""
+
+    def __init__(self) -> None:
+        self.identities = 0
+
+    @hookimpl
+    def runtime_names(self) -> list[str]:
+        return ["plain-rt"]
+
+    @hookimpl
+    def env_identity(self, spec: EnvSpec) -> Any:
+        if spec.runtime != "plain-rt":
+            return None
+        self.identities += 1
+        return {"flavour": os.environ.get("PLAIN_RT_FLAVOUR", "vanilla")}
+
+    @hookimpl
+    def resolve_interpreter(self, spec: EnvSpec) -> Any:
+        return (
+            Interpreter(sys.executable, "1.0.0", kind="plain-rt")
+            if spec.runtime == "plain-rt"
+            else None
+        )
+
+    @hookimpl
+    def create_env(self, spec: EnvSpec, interpreter: Interpreter) -> Any:
+        if spec.runtime != "plain-rt":
+            return None
+        spec.env_dir.mkdir(parents=True)
+        return EnvInfo(spec.env_dir, interpreter)
+
+    @hookimpl
+    def install_deps(self, spec: EnvSpec, env: EnvInfo) -> Any:
+        return InstallResult({"plain-dep": "1.0"}) if spec.runtime == "plain-rt" else None
+
+    @hookimpl
+    def health_check(self, spec: EnvSpec, env: EnvInfo, deep: bool) -> Any:
+        return Health() if spec.runtime == "plain-rt" else None
+
+
+class FailingContextRuntime(ContextlessRuntime):
+    """Implements ``env_context``, but it has a bug."""
+
+    @hookimpl
+    def env_context(self, runtime: str, options: Any) -> Any:
+        if runtime == "plain-rt":
+            raise RuntimeError("env_context has a bug")
+        return None
+
+
+@pytest.mark.parametrize("runtime_class", [ContextlessRuntime, FailingContextRuntime])
+def test_runtime_without_a_usable_env_context_persists_no_keys(
+    ally_home: Path,
+    make_plugin: Any,
+    no_spawn: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    runtime_class: type,
+) -> None:
+    for name in ("one", "two"):
+        make_plugin(
+            name,
+            {"runtime": "plain-rt", "dependencies": {"file": "deps.txt"}},
+            files={"deps.txt": "anything\n"},
+        )
+
+    def new_host() -> tuple[Host, Any]:
+        runtime = runtime_class()
+        pm = make_plugin_manager({}, load_entrypoints=False)
+        pm.register(runtime, name="plain-rt")
+        return Host(ally_home, plugin_manager=pm), runtime
+
+    host, runtime = new_host()
+    with no_spawn():
+        outcomes = host.load()
+    assert all(o.ready for o in outcomes), [o.reason for o in outcomes]
+    assert sorted(o.action for o in outcomes) == ["built", "shared"]
+    data = read_index(ally_home)
+    assert data["keys"] == {}
+    assert len(data["manifests"]) == 2
+    assert host._context("plain-rt") is None
+    assert isinstance(host._context("python3"), str)
+
+    # Every new Host asks the runtime again, once per plugin: its key may have changed.
+    for _ in range(2):
+        host, runtime = new_host()
+        with no_spawn():
+            assert_all_ready_and_warm(host.load(), {"one", "two"})
+        assert runtime.identities == 2
+    assert read_index(ally_home)["keys"] == {}
+    # ... and so sees what its env_identity reads from outside the plugin.
+    monkeypatch.setenv("PLAIN_RT_FLAVOUR", "chocolate")
+    host, runtime = new_host()
+    with no_spawn():
+        states = {o.name: (o.status, o.reason) for o in host.status()}
+    assert states == {"one": ("pending", "needs rebuild"), "two": ("pending", "needs rebuild")}
+
+
+# -- the indexed spec is the validated one ---------------------------------------------------
+
+
+def test_spec_and_key_from_the_index_equal_those_spec_for_and_request_key_give(
+    ally_home: Path, make_plugin: Any, no_spawn: Any
+) -> None:
+    requirements = {"requirements.txt": "allydemo-greet==1.0.0\n"}
+    make_plugin(
+        "nested",
+        {"runtime": "python3", "dependencies": {"file": "deps/requirements.txt"}},
+        files={"deps/requirements.txt": "allydemo-greet==1.0.0\n"},
+    )
+    make_plugin(
+        "commanded",
+        {
+            "runtime": "python",
+            "runtime_version": ">=3.8",
+            "dependencies": {"file": "requirements.txt", "install_command": "python -c 'pass'"},
+        },
+        files=requirements,
+    )
+    bundled = make_plugin(
+        "bundled",
+        {"runtime": "python3", "dependencies": {"file": "requirements.txt", "custom": [1, {}]}},
+        files=requirements,
+    )
+    (bundled / ".ally-bundle").mkdir()
+    make_plugin(
+        "described",
+        {
+            "runtime": "python3",
+            "version": "1.2.3",
+            "description": "all fields",
+            "author": {"name": "me"},
+            "config": {"token": {"type": "string"}},
+            "dependencies": {"file": "requirements.txt"},
+            "tools": [HELLO, {"name": "x", "command": "python3", "timeout": 5, "schema": {}}],
+        },
+        files=requirements,
+    )
+
+    first = Host(ally_home)
+    keys = {s.name: first._spec_and_key(s)[1] for s in first.discover()}
+    assert first.index.save()
+
+    host = Host(ally_home)
+    with hook_calls(host) as calls, no_spawn():
+        sources = host.discover()
+        indexed = {s.name: host._spec_and_key(s) for s in sources}
+    assert identity_calls(calls) == []
+    assert sorted(indexed) == ["bundled", "commanded", "described", "nested"]
+    for source in sources:
+        spec, key = indexed[source.name]
+        assert source.manifest == load_manifest(source.plugin_dir)
+        validated = host.spec_for(source.manifest, source.plugin_dir)
+        assert spec == validated, source.name
+        assert key == keys[source.name] == host.request_key(validated)
+    assert indexed["bundled"][0].options.artifacts_dir == bundled / ".ally-bundle"
+    assert indexed["commanded"][0].install_command == ("python", "-c", "pass")
+
+
+# -- the two hooks, called directly ------------------------------------------------------------
+
+
+def test_hook_env_context_of_the_python_runtime_follows_its_configuration(
+    ally_home: Path, monkeypatch: pytest.MonkeyPatch, no_spawn: Any
+) -> None:
+    host = Host(ally_home)
+    options = host.env_options()
+    with no_spawn():
+        context = host.hook.env_context(runtime="python3", options=options)
+        alias = host.hook.env_context(runtime="python", options=options)
+        other = host.hook.env_context(runtime="no-such-runtime", options=options)
+    assert other is None
+    assert context is not None and context == alias
+    json.dumps(context)  # it is digested as JSON
+
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    pip_changed = host.hook.env_context(runtime="python3", options=options)
+    json.dumps(pip_changed)
+    assert pip_changed != context
+    monkeypatch.delenv("PIP_INDEX_URL")
+    assert host.hook.env_context(runtime="python3", options=options) == context
+
+    config = ally_home / "config.toml"
+    config.write_text(config.read_text("utf-8") + "\n[ally]\ninstaller = 'pip'\n", "utf-8")
+    reconfigured = Host(ally_home)
+    installer = reconfigured.hook.env_context(runtime="python3", options=reconfigured.env_options())
+    assert installer != context and installer["installer"] == "pip"
+
+
+def test_hook_identity_files_of_the_python_runtime(
+    ally_home: Path, make_plugin: Any, no_spawn: Any
+) -> None:
+    plugin = make_plugin(
+        "watched",
+        {"runtime": "python3", "dependencies": {"file": "requirements.txt"}},
+        files={"requirements.txt": "allydemo-greet\n"},
+    )
+    host = Host(ally_home)
+    (source,) = host.discover()
+    spec = host.spec_for(source.manifest, plugin)
+    with no_spawn():
+        files = host.hook.identity_files(spec=spec)
+        other = host.hook.identity_files(spec=attrs.evolve(spec, runtime="no-such-runtime"))
+    # The dependency file is watched by the core; python reads nothing else of the plugin.
+    assert files is not None and list(files) == []
+    assert other is None
+
+
+@pytest.mark.parametrize(
+    "runtime",
+    ["node", "ruby"],
+)
+def test_runtime_packages_register_the_warm_index_hooks(runtime: str) -> None:
+    # Without env_context a runtime works, but each new Host calls env_identity per plugin.
+    pm = make_plugin_manager({})
+    if pm.get_plugin(runtime) is None:
+        pytest.skip(f"the {runtime} runtime is not installed")
+    for hook in (pm.hook.env_context, pm.hook.identity_files):
+        assert runtime in {impl.plugin_name for impl in hook.get_hookimpls()}, hook.name
