@@ -1,0 +1,108 @@
+"""The Python runtime's deep check, and the pip backend's pip seeded from virtualenv's app-data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ally_core import Host
+from ally_core.runtimes.python import verify_records
+
+MANIFEST = {
+    "runtime": "python3",
+    "dependencies": {"file": "requirements.txt"},
+    "tools": [{"name": "v", "command": "python3", "args": ["main.py"]}],
+}
+MAIN = (
+    "import json, allydemo_greet\n"
+    "print(json.dumps({'success': True, 'result': allydemo_greet.__version__}))\n"
+)
+
+
+def _dist_info(site: Path, name: str, record: str) -> None:
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "RECORD").write_text(record)
+
+
+def test_verify_records_reports_missing_and_resized_files_only(tmp_path: Path):
+    site = tmp_path / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    (site / "good.py").write_text("x = 1\n")  # 6 bytes
+    (site / "resized.py").write_text("x = 100\n")  # 8 bytes, RECORD says 6
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "tool").write_text("#!/bin/sh\n")  # 10 bytes, outside site-packages
+    _dist_info(
+        site,
+        "demo",
+        "good.py,sha256=abc,6\n"
+        "resized.py,sha256=abc,6\n"
+        "gone.py,sha256=abc,3\n"
+        "../../../bin/tool,sha256=abc,10\n"
+        "demo-1.0.dist-info/RECORD,,\n"
+        "__pycache__/nothashed.cpython-311.pyc,,\n",
+    )
+    _dist_info(site, "clean", "good.py,sha256=abc,6\n")
+
+    assert verify_records(tmp_path) == ["demo: resized.py was modified", "demo: gone.py is missing"]
+    (site / "resized.py").write_text("x = 1\n")
+    (site / "gone.py").write_text("y\n\n")
+    assert verify_records(tmp_path) == []
+
+
+def test_deep_check_of_a_built_env_passes_and_catches_a_deleted_module(host: Host, make_plugin):
+    make_plugin("greeter", MANIFEST, {"requirements.txt": "allydemo-greet\n", "main.py": MAIN})
+    (outcome,) = host.load()
+    assert outcome.ready, outcome.reason
+    spec = host.spec_for(outcome.manifest, outcome.plugin_dir)
+    health = host.hook.health_check(spec=spec, env=outcome.env, deep=True)
+    assert health.ok, health.describe()
+
+    (module,) = outcome.env.path.glob("lib/python*/site-packages/allydemo_greet.py")
+    module.unlink()
+    health = host.hook.health_check(spec=spec, env=outcome.env, deep=True)
+    assert not health.ok
+    assert "installed files: allydemo" in health.describe()
+    assert "allydemo_greet.py is missing" in health.describe()
+
+
+def test_deep_check_notices_an_env_python_that_cannot_start(host: Host, make_plugin):
+    make_plugin("greeter", MANIFEST, {"requirements.txt": "allydemo-greet\n", "main.py": MAIN})
+    (outcome,) = host.load()
+    spec = host.spec_for(outcome.manifest, outcome.plugin_dir)
+    (encodings,) = outcome.env.path.glob("lib/python*/site-packages")
+    # A site-packages .pth line that raises stops `import site` with an error.
+    (encodings / "zz-broken.pth").write_text("import sys; sys.exit('broken startup')\n")
+    health = host.hook.health_check(spec=spec, env=outcome.env, deep=True)
+    assert not health.ok
+    assert any(p.message.startswith("env python:") for p in health.problems), health.describe()
+
+
+def test_pip_backend_seeds_pip_from_the_shared_app_data_and_it_works(
+    ally_home: Path, make_plugin, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("ALLY_INSTALLER", "pip")
+    make_plugin("one", MANIFEST, {"requirements.txt": "allydemo-greet\n", "main.py": MAIN})
+    make_plugin("two", MANIFEST, {"requirements.txt": "allydemo-shout\n", "main.py": MAIN})
+    host = Host(ally_home)
+    outcomes = {o.name: o for o in host.load()}
+    assert all(o.ready for o in outcomes.values()), [o.reason for o in outcomes.values()]
+    app_data = os.path.realpath(host.paths.cache_dir / "virtualenv")
+    targets = set()
+    for outcome in outcomes.values():
+        (pip_dir,) = outcome.env.path.glob("lib/python*/site-packages/pip")
+        assert pip_dir.is_symlink()
+        target = os.path.realpath(pip_dir)
+        assert target.startswith(app_data + os.sep), target
+        targets.add(target)
+        proc = subprocess.run(
+            [outcome.env.commands["python"], "-m", "pip", "--version"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0 and "pip" in proc.stdout, proc.stderr
+    assert len(targets) == 1  # one compiled copy of pip serves both envs
