@@ -155,6 +155,10 @@ def _pending(source: PluginSource, reason: str) -> PluginOutcome:
     )
 
 
+def _runtime_error(plugin: str, exc: Exception) -> InstallFailed:
+    return InstallFailed(f"{plugin}: runtime error: {exc.__class__.__name__}: {exc}")
+
+
 def _one_line(error: BaseException) -> str:
     return " | ".join(line for line in str(error).splitlines() if line.strip()) or (
         error.__class__.__name__
@@ -531,6 +535,8 @@ class Host:
                     [f"$.dependencies.file: cannot read: {exc.strerror or exc}"],
                 ),
             )
+        except Exception as exc:  # a runtime's bug in env_identity blocks its plugin only
+            return self._blocked(source, _runtime_error(manifest.name, exc))
         current = self.store.current(manifest.name)
         if current is None or current[1].request_key != key:
             return None
@@ -712,6 +718,8 @@ class Host:
             key = self.request_key(spec)
         except AllyError as exc:
             return self._blocked(source, exc)
+        except Exception as exc:  # a runtime's bug in env_identity blocks its plugin only
+            return self._blocked(source, _runtime_error(manifest.name, exc))
         remembered = None if force else self._recent_failure(manifest.name, key)
         if remembered is not None:
             return self._blocked(source, InstallFailed(remembered))
@@ -731,9 +739,7 @@ class Host:
                 raise
             except Exception as exc:
                 # A runtime's bug blocks its plugin only (KeyboardInterrupt still propagates).
-                raise InstallFailed(
-                    f"{manifest.name}: runtime error: {exc.__class__.__name__}: {exc}"
-                ) from exc
+                raise _runtime_error(manifest.name, exc) from exc
         except AllyError as exc:
             reason = _one_line(exc)
             if current is not None and force:

@@ -666,6 +666,35 @@ def test_runtime_without_a_usable_env_context_persists_no_keys(
     assert states == {"one": ("pending", "needs rebuild"), "two": ("pending", "needs rebuild")}
 
 
+class BuggyIdentityRuntime(ContextlessRuntime):
+    """``env_identity`` raises: a bug in a runtime must block only that runtime's plugins."""
+
+    @hookimpl
+    def env_identity(self, spec: EnvSpec) -> Any:
+        if spec.runtime == "plain-rt":
+            raise RuntimeError("env_identity has a bug")
+        return None
+
+
+def test_runtime_whose_env_identity_raises_blocks_only_its_plugins(
+    ally_home: Path, make_plugin: Any, ready: dict[str, Path]
+) -> None:
+    make_plugin(
+        "buggy",
+        {"runtime": "plain-rt", "dependencies": {"file": "deps.txt"}},
+        files={"deps.txt": "anything\n"},
+    )
+    pm = make_plugin_manager({})
+    pm.register(BuggyIdentityRuntime(), name="plain-rt")
+    host = Host(ally_home, plugin_manager=pm)
+    for outcomes in (host.status(), host.load()):
+        by_name = {o.name: o for o in outcomes}
+        buggy = by_name.pop("buggy")
+        assert buggy.status == "blocked"
+        assert "runtime error: RuntimeError: env_identity has a bug" in buggy.reason
+        assert all(o.ready for o in by_name.values()), [o.reason for o in by_name.values()]
+
+
 # -- the indexed spec is the validated one ---------------------------------------------------
 
 
