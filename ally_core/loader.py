@@ -443,6 +443,11 @@ class Host:
                 raise
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
+            for i in cold:
+                built = outcomes[i]
+                if built is not None and built.ready:
+                    # Record what the next process's warm load needs (no process started).
+                    self._warm(sources[i])
         self._save_index()
         return [o for o in outcomes if o is not None]
 

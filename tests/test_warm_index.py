@@ -125,8 +125,8 @@ def assert_complete_index(home: Path, dirs: dict[str, Path]) -> None:
 def test_new_host_loads_ready_plugins_from_the_index_without_parsing_or_env_identity(
     ally_home: Path, ready: dict[str, Path], no_spawn: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The index the building load wrote is already complete: the very next process uses it.
     assert_complete_index(ally_home, ready)
-    first = by_name(Host(ally_home).load())
     written = file_identity(str(index_path(ally_home)))
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
@@ -146,14 +146,15 @@ def test_new_host_loads_ready_plugins_from_the_index_without_parsing_or_env_iden
     assert {name for name, _ in calls} <= {"env_context", "health_check"}
 
     loaded = by_name(outcomes)
+    # Nothing new was learnt: the index is not rewritten by a warm load.
+    assert file_identity(str(index_path(ally_home))) == written
+    first = by_name(Host(ally_home).load())
     for name in WITH_DEPS:
         assert loaded[name].env.path == first[name].env.path
         assert loaded[name].packages == first[name].packages
         assert [t.name for t in loaded[name].tools] == ["hello"]
     assert loaded["alpha"].packages == {"allydemo-greet": "1.0.0"}
     assert [t.name for t in loaded["plain"].tools] == ["t"]
-    # Nothing new was learnt: the index is not rewritten by a warm load.
-    assert file_identity(str(index_path(ally_home))) == written
 
     result = loaded["gamma"].tool("hello").call({"who": "index"})
     assert result.success, result.error
