@@ -42,6 +42,9 @@ from .warm_index import WarmIndex
 __all__ = ["MARKER", "EnvStore", "Marker"]
 
 MARKER = ".installed"
+#: Seconds before a temporary pointer link counts as a leftover (another build may be
+#: publishing through it right now).
+STRAY_LINK_GRACE = 60.0
 MARKER_FORMAT = 1
 
 
@@ -391,7 +394,11 @@ class EnvStore:
             except (Timeout, OSError):
                 continue  # its build is running in another process (or the lock is unreadable)
         for stray in self.root.glob(".*.link") if self.root.is_dir() else ():
-            out.append(stray)
+            # A publish holds its temporary link for microseconds between symlink() and
+            # os.replace(): only links older than that grace are leftovers of a killed one.
+            with contextlib.suppress(OSError):
+                if now - stray.lstat().st_mtime >= STRAY_LINK_GRACE:
+                    out.append(stray)
         return out
 
     def remove_path(self, path: Path) -> int:

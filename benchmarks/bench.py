@@ -375,21 +375,28 @@ def driver(op: str, p: dict[str, Any]) -> dict[str, Any]:
             first = host.load()
             t2 = time.perf_counter()
             fresh = []
+            later = []
             for _ in range(5):
                 h = Host(home)
                 t = time.perf_counter()
-                h.load()
+                later += h.load()
                 fresh.append(time.perf_counter() - t)
             repeat = []
             for _ in range(20):
                 t = time.perf_counter()
-                host.load()
+                later += host.load()
                 repeat.append(time.perf_counter() - t)
         return {
             "plugins": len(first),
             "ready": sum(o.ready for o in first),
             "not_ready": [_outcome(o) for o in first if not o.ready][:3],
             "not_warm": sum(o.action != "none" for o in first),
+            # Every load that was not warm (any action), with why: a warm load builds nothing.
+            "rebuilt": [
+                f"{o.name}: {o.action} {o.repair_reason or o.reason}".strip()
+                for o in [*first, *later]
+                if o.action != "none"
+            ][:5],
             "host_init": t1 - t0,
             "first_load": t2 - t1,
             "fresh_host_load": median(fresh),
@@ -664,7 +671,10 @@ def run_warm(work: Path, env: Mapping[str, str], local: Path, n: int) -> dict[st
         text=True,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"ally install of {n} plugins failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"ally install of {n} plugins failed ({proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     out["uv_build_seconds"] = time.perf_counter() - t
     log(f"[warm] {n} envs built in {out['uv_build_seconds']:.1f}s; measuring Host.load()")
     out["ally-uv"] = warm_best_of(c.home, c.env)
@@ -694,6 +704,8 @@ def warm_best_of(home: Path, env: Mapping[str, str], runs: int = 3) -> dict[str,
     best["first_load_median"] = median([r["first_load"] for r in results])
     best["spawned"] = sum(r["spawned"] for r in results)
     best["not_warm"] = max(r["not_warm"] for r in results)
+    best["spawned_argvs"] = [a for r in results for a in r["spawned_argvs"]][:5]
+    best["rebuilt"] = [line for r in results for line in r["rebuilt"]][:5]
     return best
 
 
@@ -1075,7 +1087,14 @@ def write_results(data: dict[str, Any], table: str, goals: list[tuple[str, bool,
         f"(Host() itself: {fmt_time(warm['host_init']['ally-uv'])} uv, "
         f"{fmt_time(warm['host_init']['ally-pip'])} pip, not included); *repeat*: median of 20 "
         "further `load()` on the same Host. Processes spawned during all warm loads: "
-        f"{warm['spawned']}. run.sh / virtualenv have no load step: their column is the check "
+        f"{warm['spawned']}"
+        + "".join(
+            f" ({c}: {warm.get('spawned_argvs', {}).get(c)}; not warm: "
+            f"{warm.get('rebuilt', {}).get(c)})"
+            for c in ("ally-pip", "ally-uv")
+            if warm["spawned"].get(c)
+        )
+        + ". run.sh / virtualenv have no load step: their column is the check "
         "run.sh does before each call (`[ -d venv ]`), done in-process (`os.path.isdir`).",
         f"- *tool call*: the small plugin, median of {data['n_calls']} interleaved calls; "
         "overhead = median(call) - median(spawning the env's python with the same script, "
@@ -1204,6 +1223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             },
             "host_init": {"ally-pip": wp["host_init"], "ally-uv": wu["host_init"]},
             "spawned": {"ally-pip": wp["spawned"], "ally-uv": wu["spawned"]},
+            "spawned_argvs": {"ally-pip": wp["spawned_argvs"], "ally-uv": wu["spawned_argvs"]},
+            "rebuilt": {"ally-pip": wp["rebuilt"], "ally-uv": wu["rebuilt"]},
         }
         log("[imports] ally --help / ally list / import ally_core")
         data["imports"] = run_imports(w["uv_env"])

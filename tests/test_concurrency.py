@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from ally_core import Host
+
 MAIN = (
     "import json, sys, allydemo_greet\n"
     "args = json.load(sys.stdin)\n"
@@ -298,3 +300,19 @@ def test_gc_during_a_build_leaves_the_env_being_built_alone(
     assert os.path.realpath(ally_home / "plugin-envs" / "greeter") == str(building)
     proc = ally_cli("run", "greeter", "hello", "--input", "{}", "-q")
     assert json.loads(proc.stdout)["result"] == "hello x from allydemo_greet 1.0.0"
+
+
+def test_a_build_never_removes_the_temporary_link_another_publish_is_using(host: Host):
+    # Regression: parallel builds in one `ally install` cleaned "stray" pointer links while
+    # another thread was between symlink() and os.replace() ("cannot publish ... .link").
+    root = host.paths.envs_dir
+    host.store.store_dir.mkdir(parents=True)
+    fresh = root / ".being-published.0123abcd.link"
+    os.symlink(".store/nothing-yet", fresh)
+    assert fresh not in host.store.unfinished()
+    old = root / ".killed-publish.4567ef01.link"
+    os.symlink(".store/nothing", old)
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago), follow_symlinks=False)
+    assert old in host.store.unfinished()
+    assert fresh not in host.store.unfinished()

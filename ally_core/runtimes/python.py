@@ -75,6 +75,7 @@ def runtime_names() -> Sequence[str]:
 
 
 _UV_LOCK = threading.Lock()
+_VENV_LOCK = threading.Lock()
 _UV_BIN: list[Optional[str]] = []
 
 
@@ -557,7 +558,10 @@ def _stdlib_venv(spec: EnvSpec) -> None:
     import venv
 
     try:
-        venv.EnvBuilder(symlinks=os.name != "nt", with_pip=False).create(str(spec.env_dir))
+        # One at a time: EnvBuilder reads sysconfig, whose first use is not thread-safe, and
+        # parallel builds run in threads. Each creation takes milliseconds.
+        with _VENV_LOCK:
+            venv.EnvBuilder(symlinks=os.name != "nt", with_pip=False).create(str(spec.env_dir))
     except (OSError, subprocess.SubprocessError) as exc:
         raise InstallFailed(f"creating the venv failed: {exc}") from exc
 
