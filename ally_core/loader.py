@@ -234,10 +234,10 @@ class Host:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
-                plugin_dir = Path(entry.path)
-                source = self._read_source(plugin_dir)
+                source = self._read_source(entry.path)
                 if source is None:
                     continue
+                plugin_dir = source.plugin_dir
                 manifest = source.manifest
                 if manifest is not None and manifest.name in seen:
                     source = PluginSource(
@@ -257,9 +257,9 @@ class Host:
         self.index.retain("manifests", [os.path.join(d, MANIFEST_NAME) for d in dirs])
         return sources
 
-    def _read_source(self, plugin_dir: Path) -> Optional[PluginSource]:
-        """The manifest of ``plugin_dir`` (cached while ``plugin.json`` is unchanged)."""
-        path = os.path.join(plugin_dir, MANIFEST_NAME)
+    def _read_source(self, directory: str) -> Optional[PluginSource]:
+        """The manifest of ``directory`` (cached while ``plugin.json`` is unchanged)."""
+        path = os.path.join(directory, MANIFEST_NAME)
         try:
             st = os.stat(path)
         except OSError:
@@ -270,6 +270,7 @@ class Host:
         cached = self._sources.get(path)
         if cached is not None and cached.identity == identity:
             return cached
+        plugin_dir = Path(directory)
         manifest: Optional[Manifest] = None
         data = self.index.get("manifests", path, identity)
         if data is not None:

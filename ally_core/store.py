@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import functools
 import json
 import os
 import secrets
@@ -72,6 +73,14 @@ def _make_converter() -> cattrs.Converter:
 _CONVERTER = _make_converter()
 
 
+@functools.lru_cache(maxsize=64)
+def _interpreter(
+    path: str, version: str, kind: str, realpath: str, signature: tuple[int, ...]
+) -> Interpreter:
+    # Envs share a few base interpreters: one (immutable) object each.
+    return Interpreter(path, version, kind, realpath, signature)
+
+
 def _str_map(value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
@@ -80,16 +89,19 @@ def _str_map(value: Any) -> dict[str, str]:
     return value
 
 
-def _marker_from_json(data: Any) -> Marker:
+def _marker_from_json(data: Any, env_dir: Optional[Path] = None) -> Marker:
     """Structure a marker by hand: it is read on every warm load, and this is ~5x faster
-    than the generic converter (which still writes markers). Raises on any bad shape."""
+    than the generic converter (which still writes markers). Raises on any bad shape.
+
+    ``env_dir``, the marker's directory, is reused as ``env.path`` when it is the same path.
+    """
     env, interp = data["env"], data["env"]["interpreter"]
-    interpreter = Interpreter(
-        path=str(interp["path"]),
-        version=str(interp["version"]),
-        kind=str(interp.get("kind", "")),
-        realpath=str(interp.get("realpath", "")),
-        signature=tuple(int(x) for x in interp.get("signature", ())),
+    interpreter = _interpreter(
+        str(interp["path"]),
+        str(interp["version"]),
+        str(interp.get("kind", "")),
+        str(interp.get("realpath", "")),
+        tuple(int(x) for x in interp.get("signature", ())),
     )
     data_field = env.get("data", {})
     if not isinstance(data_field, dict):
@@ -99,7 +111,9 @@ def _marker_from_json(data: Any) -> Marker:
         request_key=str(data["request_key"]),
         runtime=str(data["runtime"]),
         env=EnvInfo(
-            path=Path(env["path"]),
+            path=env_dir
+            if env_dir is not None and str(env_dir) == env["path"]
+            else Path(env["path"]),
             interpreter=interpreter,
             bin_dirs=tuple(str(d) for d in env.get("bin_dirs", ())),
             commands=_str_map(env.get("commands", {})),
@@ -186,37 +200,38 @@ class EnvStore:
             or tail in {".", ".."}
         ):
             return None
-        # Warm loads come here for every plugin: the parsed marker is looked up by path
-        # before any Path object is made.
-        cached = self._markers.get(os.path.join(self._store_dir_str, tail, MARKER))
-        if cached is not None:
-            env_dir = cached[2]
-            marker = self.read_marker(env_dir)
-        else:
-            env_dir = self.store_dir / tail
-            marker = self.read_marker(env_dir)
-        return (env_dir, marker) if marker is not None else None
+        return self._marker_at(os.path.join(self._store_dir_str, tail, MARKER), tail)
 
     def read_marker(self, env_dir: Path) -> Optional[Marker]:
-        path = os.path.join(env_dir, MARKER)
+        found = self._marker_at(os.path.join(env_dir, MARKER), env_dir)
+        return found[1] if found is not None else None
+
+    def _marker_at(self, path: str, env_dir: Path | str) -> Optional[tuple[Path, Marker]]:
+        """The marker file ``path`` of ``env_dir`` (a Path, or a name in the store), parsed.
+
+        Warm loads come here for every plugin: it costs one ``stat`` when the marker was
+        parsed before (by this process, or by an earlier one: the warm index).
+        """
         try:
             st = os.stat(path)
             signature = (st.st_size, st.st_mtime_ns, st.st_ino)
             cached = self._markers.get(path)
             if cached is not None and cached[0] == signature:
-                return cached[1]
+                return cached[2], cached[1]
+            env_path = env_dir if isinstance(env_dir, Path) else self.store_dir / env_dir
             marker = None
             data = self.index.get("markers", path, list(signature)) if self.index else None
             if data is not None:
                 # Written by ally from this very file; a malformed copy is a miss.
                 with contextlib.suppress(TypeError, KeyError, ValueError, AttributeError):
-                    marker = _marker_from_json(data) if data["format"] == MARKER_FORMAT else None
+                    if data["format"] == MARKER_FORMAT:
+                        marker = _marker_from_json(data, env_path)
             if marker is None:
                 with open(path, "rb") as fh:
                     data = json.loads(fh.read())
                 if data.get("format") != MARKER_FORMAT:
                     return None
-                marker = _marker_from_json(data)
+                marker = _marker_from_json(data, env_path)
                 if self.index is not None:
                     self.index.put("markers", path, list(signature), data)
         except (
@@ -228,8 +243,8 @@ class EnvStore:
             cattrs.BaseValidationError,
         ):
             return None
-        self._markers[path] = (signature, marker, Path(env_dir))
-        return marker
+        self._markers[path] = (signature, marker, env_path)
+        return env_path, marker
 
     # -- building ------------------------------------------------------------------------------
 
