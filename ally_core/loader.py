@@ -85,6 +85,8 @@ class _KeyEntry:
     watch: list[list[Any]]
     spec: EnvSpec
     key: str
+    #: Whether it is in the warm index (files changed in the last seconds are not, yet).
+    saved: bool = False
 
 
 @attrs.define
@@ -155,6 +157,18 @@ def _pending(source: PluginSource, reason: str) -> PluginOutcome:
     )
 
 
+#: A file changed less than this long ago may change again without its identity changing
+#: (same size, within one timestamp tick on filesystems with coarse timestamps): what was
+#: derived from it is not persisted yet (git calls such files "racily clean").
+SETTLE_NS = 2_000_000_000
+
+
+def _settled(*identities: Any) -> bool:
+    """Whether no file of these identities (``[size, mtime_ns, ino, ctime_ns]``) is recent."""
+    horizon = time.time_ns() - SETTLE_NS
+    return all(ident is None or (ident[1] < horizon and ident[3] < horizon) for ident in identities)
+
+
 def _runtime_error(plugin: str, exc: Exception) -> InstallFailed:
     return InstallFailed(f"{plugin}: runtime error: {exc.__class__.__name__}: {exc}")
 
@@ -202,6 +216,8 @@ class Host:
         # Digest of each runtime's env_context, computed once per discover() (once per load).
         self._contexts: dict[Optional[str], Optional[str]] = {}
         self._base_options: Optional[EnvOptions] = None
+        # plugin.json paths parsed while too fresh to be put into the warm index.
+        self._unsaved: set[str] = set()
         # Base interpreter path -> its (size, mtime, inode), once per discover() (once per load).
         self._interpreters: dict[str, Optional[tuple[int, int, int]]] = {}
 
@@ -269,6 +285,10 @@ class Host:
         identity = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
         cached = self._sources.get(path)
         if cached is not None and cached.identity == identity:
+            if path in self._unsaved and cached.manifest is not None and _settled(identity):
+                # Parsed while plugin.json was fresh; now it can go into the index.
+                self.index.put("manifests", path, identity, manifest_to_cache(cached.manifest))
+                self._unsaved.discard(path)
             return cached
         plugin_dir = Path(directory)
         manifest: Optional[Manifest] = None
@@ -286,7 +306,10 @@ class Host:
                 with self._lock:
                     self._sources[path] = source
                 return source
-            self.index.put("manifests", path, identity, manifest_to_cache(manifest))
+            if _settled(identity):
+                self.index.put("manifests", path, identity, manifest_to_cache(manifest))
+            else:
+                self._unsaved.add(path)
         source = PluginSource(plugin_dir, manifest, identity=identity)
         with self._lock:
             self._sources[path] = source
@@ -573,6 +596,7 @@ class Host:
         ]
         context = self._context(manifest.runtime)
         cached = self._keys.get(plugin_dir)
+        index_id = [source.identity, signature, context] if context and source.identity else None
         if (
             cached is not None
             and cached.source is source
@@ -580,10 +604,12 @@ class Host:
             and cached.context == context
             and unchanged(cached.watch)
         ):
+            if not cached.saved and index_id and self._save_key(plugin_dir, index_id, cached):
+                with self._lock:
+                    self._keys[plugin_dir] = attrs.evolve(cached, saved=True)
             return cached.spec, cached.key
-        index_id = [source.identity, signature, context] if context and source.identity else None
-        entry = self.index.get("keys", plugin_dir, index_id) if index_id else None
-        indexed = self._indexed_spec(source, entry, bool(signature[1])) if entry else None
+        found = self.index.get("keys", plugin_dir, index_id) if index_id else None
+        indexed = self._indexed_spec(source, found, bool(signature[1])) if found else None
         if indexed is not None:
             spec, key, watch = indexed
         else:
@@ -593,17 +619,30 @@ class Host:
             files = self.hook.identity_files(spec=spec) if context else None
             watch = identities(map(str, files or ()))
             key = self.request_key(spec)
-            if index_id:
-                value = {
-                    "key": key,
-                    "watch": watch,
-                    "dependency_file": str(spec.dependency_file) if spec.dependency_file else None,
-                    "install_command": spec.install_command,
-                }
-                self.index.put("keys", plugin_dir, index_id, value)
+            if context is not None and self._context_now(manifest.runtime) != context:
+                # The outside inputs changed while the key was computed: which ones the key
+                # saw is unknown, so it is used once and not remembered.
+                return spec, key
+        entry = _KeyEntry(source, signature, context, watch, spec, key, saved=indexed is not None)
+        if not entry.saved and index_id and self._save_key(plugin_dir, index_id, entry):
+            entry = attrs.evolve(entry, saved=True)
         with self._lock:
-            self._keys[plugin_dir] = _KeyEntry(source, signature, context, watch, spec, key)
+            self._keys[plugin_dir] = entry
         return spec, key
+
+    def _save_key(self, plugin_dir: str, index_id: list[Any], entry: _KeyEntry) -> bool:
+        """Put a key into the warm index, unless a file it depends on is too fresh."""
+        if not _settled(entry.source.identity, entry.signature[0], *(w[1] for w in entry.watch)):
+            return False
+        spec = entry.spec
+        value = {
+            "key": entry.key,
+            "watch": entry.watch,
+            "dependency_file": str(spec.dependency_file) if spec.dependency_file else None,
+            "install_command": spec.install_command,
+        }
+        self.index.put("keys", plugin_dir, index_id, value)
+        return True
 
     def _indexed_spec(
         self, source: PluginSource, entry: Any, artifacts: bool
@@ -645,23 +684,48 @@ class Host:
         return spec, key, watch
 
     def _context(self, runtime: Optional[str]) -> Optional[str]:
-        """Digest of ``runtime``'s :func:`~ally_core.hookspecs.env_context`, or ``None``."""
+        """Digest of ``runtime``'s :func:`~ally_core.hookspecs.env_context` (once per load)."""
         contexts = self._contexts
         if runtime not in contexts:
-            try:
-                value = self.hook.env_context(runtime=runtime, options=self.env_options())
-                digest = (
-                    None
-                    if value is None
-                    else hashlib.sha256(
-                        json.dumps([runtime, value], sort_keys=True, default=str).encode()
-                    ).hexdigest()
-                )
-            except Exception as exc:  # a runtime's bug: fall back to env_identity per plugin
-                log.debug("env_context of %r failed: %s", runtime, exc)
-                digest = None
-            contexts[runtime] = digest
+            contexts[runtime] = self._context_now(runtime)
         return contexts[runtime]
+
+    def _context_now(self, runtime: Optional[str]) -> Optional[str]:
+        """The digest, or ``None`` when keys of ``runtime`` must not be persisted.
+
+        That is when no runtime describes the context, when its hook fails, and when any
+        registered plugin implements ``env_identity`` without ``env_context``: its identity
+        could answer (firstresult) with inputs no context describes. The registered plugins
+        are part of the digest, so installing or removing one recomputes every key once.
+        """
+        caller = self.hook.env_context
+        described = {impl.plugin_name for impl in caller.get_hookimpls()}
+        served = self._served_by_plugin()
+        for impl in self.hook.env_identity.get_hookimpls():
+            # A plugin that declares its runtime_names answers for those only (the hook
+            # contract); one that declares none may answer for any runtime.
+            if impl.plugin_name not in described and runtime in served.get(
+                impl.plugin_name, [runtime]
+            ):
+                return None
+        try:
+            value = caller(runtime=runtime, options=self.env_options())
+        except Exception as exc:  # a runtime's bug: fall back to env_identity per plugin
+            log.debug("env_context of %r failed: %s", runtime, exc)
+            return None
+        if value is None:
+            return None
+        plugins = sorted(name for name, _ in self.pm.list_name_plugin())
+        payload = json.dumps([runtime, value, plugins], sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def _served_by_plugin(self) -> dict[str, list[Optional[str]]]:
+        """Registration name -> the ``runtime`` values its ``runtime_names`` declares."""
+        out: dict[str, list[Optional[str]]] = {}
+        for impl in self.hook.runtime_names.get_hookimpls():
+            values: Sequence[str] = impl.function()  # type: ignore[assignment]
+            out[impl.plugin_name] = list(values)
+        return out
 
     def _save_index(self) -> None:
         """Persist what this load derived (only if anything changed)."""

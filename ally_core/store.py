@@ -86,7 +86,7 @@ def _str_map(value: Any) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise TypeError("expected an object of strings")
-    return value
+    return dict(value)  # never shared with the caller's data (the warm index keeps it)
 
 
 def _marker_from_json(data: Any, env_dir: Optional[Path] = None) -> Marker:
@@ -118,7 +118,7 @@ def _marker_from_json(data: Any, env_dir: Optional[Path] = None) -> Marker:
             bin_dirs=tuple(str(d) for d in env.get("bin_dirs", ())),
             commands=_str_map(env.get("commands", {})),
             env_vars=_str_map(env.get("env_vars", {})),
-            data=data_field,
+            data=dict(data_field),
         ),
         packages=_str_map(data.get("packages", {})),
         created_at=str(data.get("created_at", "")),

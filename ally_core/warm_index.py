@@ -145,6 +145,8 @@ class WarmIndex:
             log.debug("cannot write the warm index %s: %s", self.path, exc)
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            with self._lock:
+                self._dirty = True  # try again on the next load
             return False
         return True
 

@@ -106,3 +106,11 @@ def test_pip_backend_seeds_pip_from_the_shared_app_data_and_it_works(
         )
         assert proc.returncode == 0 and "pip" in proc.stdout, proc.stderr
     assert len(targets) == 1  # one compiled copy of pip serves both envs
+
+
+def test_verify_records_reads_pypy_layouts_and_a_lib64_symlink_once(tmp_path: Path):
+    site = tmp_path / "lib" / "pypy3.10" / "site-packages"
+    site.mkdir(parents=True)
+    (tmp_path / "lib64").symlink_to("lib")
+    _dist_info(site, "demo", "gone.py,sha256=abc,3\n")
+    assert verify_records(tmp_path) == ["demo: gone.py is missing"]

@@ -48,6 +48,15 @@ WITH_DEPS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def files_settle_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests write plugins and load them within milliseconds. ally keeps what it derives
+    from files changed in the last seconds out of the index (their identity could repeat on
+    filesystems with coarse timestamps); here files count as settled at once. The settle
+    window itself is tested by ``test_fresh_files_are_indexed_only_once_they_settled``."""
+    monkeypatch.setattr(ally_core.loader, "SETTLE_NS", 0)
+
+
 def index_path(home: Path) -> Path:
     return home / "plugin-envs" / ".state" / "warm-index.json"
 
@@ -479,7 +488,9 @@ def test_index_that_cannot_be_written_still_loads(
 
 CONCURRENT_LOADS = """\
 import json, os, sys, time
+import ally_core.loader
 from ally_core import Host
+ally_core.loader.SETTLE_NS = 0  # as in this module's tests: the plugins were just written
 home, index, rounds, gate = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 # Start together: each says it is ready, then waits for the other.
 open(os.path.join(gate, str(os.getpid())), "w").close()
@@ -817,3 +828,86 @@ def test_runtime_packages_register_the_warm_index_hooks(runtime: str) -> None:
         pytest.skip(f"the {runtime} runtime is not installed")
     for hook in (pm.hook.env_context, pm.hook.identity_files):
         assert runtime in {impl.plugin_name for impl in hook.get_hookimpls()}, hook.name
+
+
+# -- what the index must not learn ---------------------------------------------------------------
+
+
+def test_fresh_files_are_indexed_only_once_they_settled(
+    ally_home: Path, make_plugin: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ally_core.loader, "SETTLE_NS", 5_000_000_000)
+    plugin = make_plugin(
+        "fresh",
+        {"runtime": "python3", "dependencies": {"file": "requirements.txt"}, "tools": [HELLO]},
+        files={"requirements.txt": "allydemo-greet==1.0.0\n", "main.py": MAIN},
+    )
+    host = Host(ally_home)
+    (outcome,) = host.load()
+    assert outcome.ready, outcome.reason
+    # plugin.json and requirements.txt changed moments ago: an edit within one timestamp
+    # tick could keep their identities, so nothing derived from them is persisted yet.
+    data = read_index(ally_home)
+    assert data["manifests"] == {} and data["keys"] == {}
+    assert len(data["markers"]) == 1  # markers never change once written
+
+    # Once the files are older than the window, the next load of the same Host saves what it
+    # already knows (no parsing, no env_identity), and a new process uses it.
+    monkeypatch.setattr(ally_core.loader, "SETTLE_NS", 0)
+    with hook_calls(host) as calls:
+        host.load()
+    assert identity_calls(calls) == []
+    data = read_index(ally_home)
+    assert set(data["keys"]) == {str(plugin)}
+    assert set(data["manifests"]) == {str(plugin / "plugin.json")}
+
+
+def test_a_key_computed_while_the_configuration_changed_is_not_remembered(
+    ally_home: Path, ready: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index_path(ally_home).unlink()
+    original = Host.request_key
+
+    def request_key_while_pip_conf_changes(self: Host, spec: EnvSpec) -> str:
+        # Another thread (or `pip config set`) changes the index configuration mid-load.
+        key = original(self, spec)
+        monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:9/{spec.plugin_name}/simple")
+        return key
+
+    monkeypatch.setattr(Host, "request_key", request_key_while_pip_conf_changes)
+    Host(ally_home).load()
+    assert read_index(ally_home)["keys"] == {}
+
+
+class IdentityWithoutContext:
+    """A plugin that refines the python runtime's env_identity but describes no context."""
+
+    @hookimpl(tryfirst=True)
+    def env_identity(self, spec: EnvSpec) -> Any:
+        if spec.runtime not in ("python", "python3"):
+            return None
+        return {"flavour": os.environ.get("FLAVOUR", "plain")}
+
+
+def test_an_env_identity_without_env_context_turns_the_index_off_for_keys(
+    ally_home: Path, ready: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pm = make_plugin_manager({})
+    pm.register(IdentityWithoutContext(), name="flavour")
+    host = Host(ally_home, plugin_manager=pm)
+    # The built-in python runtime still answers env_context, but another plugin's
+    # env_identity may answer first with inputs no context describes.
+    assert host._context("python3") is None
+    index_path(ally_home).unlink()
+    host.load()
+    assert read_index(ally_home)["keys"] == {}
+    monkeypatch.setenv("FLAVOUR", "chocolate")
+    states = {o.name: o.reason for o in Host(ally_home, plugin_manager=pm).status()}
+    assert states["alpha"] == "needs rebuild", states
+
+
+def test_registered_plugins_are_part_of_the_context(ally_home: Path) -> None:
+    plain = Host(ally_home)._context("python3")
+    pm = make_plugin_manager({})
+    pm.register(types.SimpleNamespace(), name="an-observer")
+    assert Host(ally_home, plugin_manager=pm)._context("python3") not in (None, plain)

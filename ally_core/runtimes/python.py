@@ -74,8 +74,9 @@ def runtime_names() -> Sequence[str]:
 # backend selection and identity
 
 
-_UV_LOCK = threading.Lock()
-_VENV_LOCK = threading.Lock()
+#: Serialises the first uses of ``sysconfig`` (not thread-safe) by parallel builds: uv's
+#: ``find_uv_bin`` and the stdlib's ``venv.EnvBuilder`` both read it.
+_SYSCONFIG_LOCK = threading.Lock()
 _UV_BIN: list[Optional[str]] = []
 
 
@@ -85,7 +86,7 @@ def _uv_bin_cached() -> Optional[str]:
     Under a lock: ``uv.find_uv_bin`` reads ``sysconfig``, whose first use is not thread-safe,
     and parallel builds ask from several threads at once.
     """
-    with _UV_LOCK:
+    with _SYSCONFIG_LOCK:
         if not _UV_BIN:
             try:
                 from uv import find_uv_bin
@@ -560,7 +561,7 @@ def _stdlib_venv(spec: EnvSpec) -> None:
     try:
         # One at a time: EnvBuilder reads sysconfig, whose first use is not thread-safe, and
         # parallel builds run in threads. Each creation takes milliseconds.
-        with _VENV_LOCK:
+        with _SYSCONFIG_LOCK:
             venv.EnvBuilder(symlinks=os.name != "nt", with_pip=False).create(str(spec.env_dir))
     except (OSError, subprocess.SubprocessError) as exc:
         raise InstallFailed(f"creating the venv failed: {exc}") from exc
@@ -708,13 +709,29 @@ def _in_env(env: EnvInfo, name: str) -> Optional[str]:
     return None
 
 
+def _dist_infos(env_dir: Path) -> list[str]:
+    """The ``*.dist-info`` dirs of the env's site-packages, each once.
+
+    ``lib/<python3.X or pypy3.X>/site-packages`` (``lib64`` is often a symlink to ``lib``:
+    the same dir is counted once), ``Lib/site-packages`` on Windows.
+    """
+    pattern = os.path.join(str(env_dir), "lib*", "*", "site-packages")
+    if os.name == "nt":  # pragma: no cover
+        pattern = os.path.join(str(env_dir), "Lib", "site-packages")
+    seen: set[str] = set()
+    found: list[str] = []
+    for site in sorted(glob.glob(pattern)):
+        real = os.path.realpath(site)
+        if real not in seen:
+            seen.add(real)
+            found += sorted(glob.glob(os.path.join(site, "*.dist-info")))
+    return found
+
+
 def installed_packages(env_dir: Path) -> dict[str, str]:
     """Name -> version of the distributions in the env, read from ``*.dist-info`` (no process)."""
-    pattern = os.path.join(str(env_dir), "lib*", "python*", "site-packages", "*.dist-info")
-    if os.name == "nt":  # pragma: no cover
-        pattern = os.path.join(str(env_dir), "Lib", "site-packages", "*.dist-info")
     packages = {}
-    for path in glob.glob(pattern):
+    for path in _dist_infos(env_dir):
         stem = os.path.basename(path)[: -len(".dist-info")]
         name, _, version = stem.partition("-")
         packages[name.lower().replace("_", "-")] = version
@@ -729,11 +746,8 @@ def verify_records(env_dir: Path) -> list[str]:
     """
     import csv
 
-    pattern = os.path.join(str(env_dir), "lib*", "python*", "site-packages", "*.dist-info")
-    if os.name == "nt":  # pragma: no cover
-        pattern = os.path.join(str(env_dir), "Lib", "site-packages", "*.dist-info")
     bad: list[str] = []
-    for dist_info in sorted(glob.glob(pattern)):
+    for dist_info in _dist_infos(env_dir):
         site = os.path.dirname(dist_info)
         name = os.path.basename(dist_info).partition("-")[0]
         try:

@@ -20,6 +20,14 @@ if shutil.which("node") is None or shutil.which("npm") is None:
 
 pytestmark = pytest.mark.usefixtures("npm_env")
 
+
+@pytest.fixture(autouse=True)
+def files_settle_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files written by a test count as settled at once (see tests/test_warm_index.py)."""
+    import ally_core.loader
+
+    monkeypatch.setattr(ally_core.loader, "SETTLE_NS", 0)
+
 #: The files besides package.json that the node runtime's env_identity reads.
 WATCHED = ("npm-shrinkwrap.json", "package-lock.json", ".npmrc")
 
