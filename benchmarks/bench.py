@@ -641,6 +641,18 @@ def run_source(label: str, work: Path, env: Mapping[str, str], local: Optional[P
 # warm load, tool calls, imports
 
 
+def settle() -> None:
+    """Wait until the plugin files just written have settled.
+
+    The warm loads are measured as a host restarting after its plugins were installed:
+    ally does not persist what it derives from files changed in the last seconds (their
+    identity could repeat within one timestamp tick), see ``ally_core.loader.SETTLE_NS``.
+    """
+    from ally_core.loader import SETTLE_NS
+
+    time.sleep(SETTLE_NS / 1e9 + 0.1)
+
+
 def make_tiny_wheels(dest: Path, n: int) -> None:
     from ally_core.testing import build_wheel
 
@@ -662,6 +674,7 @@ def run_warm(work: Path, env: Mapping[str, str], local: Path, n: int) -> dict[st
     for i in range(n):
         d = c.add(f"plugin-{i:03d}", "wordcount")
         (d / "requirements.txt").write_text(f"benchdep-{i:03d}\n")
+    settle()
     log(f"[warm] building {n} distinct envs with ally (uv)")
     t = time.perf_counter()
     proc = subprocess.run(
@@ -692,6 +705,7 @@ def run_warm_pip(root: Path, env: Mapping[str, str], n: int) -> dict[str, Any]:
     existing = {p.name for p in c.plugins.iterdir()}
     for i in range(n - len(existing)):
         c.add(f"sympy-share-{i:03d}", "sympy-calc")
+    settle()
     log(f"[warm] ally (pip): {n} plugins sharing the sympy env; first load publishes them")
     run_driver("load", {"home": str(c.home), "names": None}, c.env)
     return warm_best_of(c.home, c.env)
