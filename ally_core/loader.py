@@ -211,6 +211,7 @@ class Host:
         self._failures: dict[str, tuple[str, float, str]] = {}
         self._lock = threading.Lock()
         self._runtime_names: Optional[dict[str, str]] = None
+        self._served: Optional[dict[str, list[str]]] = None
         self._sources: dict[str, PluginSource] = {}
         self._keys: dict[str, _KeyEntry] = {}
         # Digest of each runtime's env_context, computed once per discover() (once per load).
@@ -227,10 +228,10 @@ class Host:
         """``runtime`` value -> registration name of the runtime serving it."""
         if self._runtime_names is None:
             names: dict[str, str] = {}
-            for impl in reversed(self.hook.runtime_names.get_hookimpls()):
-                values: Sequence[str] = impl.function()  # type: ignore[assignment]
+            # Hook implementations are listed last-registered first: the first one wins.
+            for plugin, values in reversed(self._served_by_plugin().items()):
                 for value in values:
-                    names.setdefault(value, impl.plugin_name)
+                    names.setdefault(value, plugin)
             self._runtime_names = names
         return self._runtime_names
 
@@ -386,16 +387,39 @@ class Host:
                 problems.append("$.dependencies.install_command: contains a NUL byte")
         if problems:
             raise ManifestError(manifest.name, MANIFEST_NAME, problems)
+        return self._make_spec(
+            manifest,
+            plugin_dir,
+            dep_file,
+            command,
+            self.env_options(upgrade=upgrade, artifacts_dir=artifacts_dir_of(plugin_dir)),
+            env_dir=env_dir,
+            progress=progress,
+        )
+
+    def _make_spec(
+        self,
+        manifest: Manifest,
+        plugin_dir: Path,
+        dependency_file: Optional[Path],
+        install_command: Optional[tuple[str, ...]],
+        options: EnvOptions,
+        *,
+        env_dir: Path | None = None,
+        progress: ProgressCallback = _silent,
+    ) -> EnvSpec:
+        """The spec of a manifest whose dependency file and command were validated."""
+        assert manifest.runtime is not None and manifest.dependencies is not None
         return EnvSpec(
             runtime=manifest.runtime,
             plugin_name=manifest.name,
             plugin_dir=plugin_dir,
             env_dir=env_dir or self.store.pointer(manifest.name),
-            dependency_file=dep_file,
-            install_command=command,
+            dependency_file=dependency_file,
+            install_command=install_command,
             runtime_version=manifest.runtime_version,
-            dependency_options=dict(deps.extra),
-            options=self.env_options(upgrade=upgrade, artifacts_dir=artifacts_dir_of(plugin_dir)),
+            dependency_options=dict(manifest.dependencies.extra),
+            options=options,
             reporter=progress,
         )
 
@@ -666,16 +690,12 @@ class Host:
                 dep_file = contained_path(source.plugin_dir, manifest.dependencies.file)
                 if dep_file is None or str(dep_file) != dep:
                     return None
-            spec = EnvSpec(
-                runtime=manifest.runtime,
-                plugin_name=manifest.name,
-                plugin_dir=source.plugin_dir,
-                env_dir=self.store.pointer(manifest.name),
-                dependency_file=dep_file,
-                install_command=tuple(map(str, command)) if command is not None else None,
-                runtime_version=manifest.runtime_version,
-                dependency_options=dict(manifest.dependencies.extra),
-                options=self.env_options(
+            spec = self._make_spec(
+                manifest,
+                source.plugin_dir,
+                dep_file,
+                tuple(map(str, command)) if command is not None else None,
+                self.env_options(
                     artifacts_dir=source.plugin_dir / ARTIFACTS_DIR if artifacts else None
                 ),
             )
@@ -719,13 +739,14 @@ class Host:
         payload = json.dumps([runtime, value, plugins], sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()
 
-    def _served_by_plugin(self) -> dict[str, list[Optional[str]]]:
+    def _served_by_plugin(self) -> dict[str, list[str]]:
         """Registration name -> the ``runtime`` values its ``runtime_names`` declares."""
-        out: dict[str, list[Optional[str]]] = {}
-        for impl in self.hook.runtime_names.get_hookimpls():
-            values: Sequence[str] = impl.function()  # type: ignore[assignment]
-            out[impl.plugin_name] = list(values)
-        return out
+        if self._served is None:
+            self._served = {
+                impl.plugin_name: list(impl.function())  # type: ignore[call-overload]
+                for impl in self.hook.runtime_names.get_hookimpls()
+            }
+        return self._served
 
     def _save_index(self) -> None:
         """Persist what this load derived (only if anything changed)."""
@@ -991,6 +1012,10 @@ class Host:
         self.store.clear_failure(name)
         return self.store.unpublish(name)
 
+    def _state_files(self, pattern: str) -> list[Path]:
+        state = self.paths.state_dir
+        return sorted(state.glob(pattern)) if state.is_dir() else []
+
     def gc(self, *, dry_run: bool = False) -> list[tuple[Path, int, str]]:
         """Remove envs nobody points to, pointers of plugins that are gone, leftovers, backups.
 
@@ -1008,19 +1033,11 @@ class Host:
                     removed.append((self.store.pointer(name), 0, f"plugin {name!r} is gone"))
                     if not dry_run:
                         self.store.unpublish(name)
-            for backup in (
-                sorted(self.paths.state_dir.glob("*.previous"))
-                if self.paths.state_dir.is_dir()
-                else []
-            ):
+            for backup in self._state_files("*.previous"):
                 removed.append((backup, 0, "backup from an update"))
                 if not dry_run:
                     backup.unlink()
-            for partial in (
-                sorted(self.paths.state_dir.glob(f".{INDEX_NAME}.*.tmp"))
-                if self.paths.state_dir.is_dir()
-                else []
-            ):
+            for partial in self._state_files(f".{INDEX_NAME}.*.tmp"):
                 # A write of the warm index that was killed before its os.replace.
                 removed.append((partial, disk_usage(partial), "unfinished warm-index write"))
                 if not dry_run:
