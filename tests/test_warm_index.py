@@ -551,6 +551,38 @@ def test_two_processes_loading_at_once_both_succeed_and_leave_a_valid_index(
     assert identity_calls(calls) == []
 
 
+UPGRADED_INSTALLERS_LOAD = """\
+import json, sys
+from ally_core import Host
+print(json.dumps([[o.name, o.status, o.action, o.reason] for o in Host(sys.argv[1]).load()]))
+"""
+
+
+def test_newer_uv_and_virtualenv_do_not_rebuild_ready_envs(
+    ally_home: Path, ready: dict[str, Path], tmp_path: Path
+) -> None:
+    # What ``pip install -U ally-core`` leaves behind: other versions of the installers. An
+    # env one of them built is as good as one the next builds: upgrading must not rebuild.
+    site = tmp_path / "upgraded-site"
+    for dist in ("uv-99.0.0.dist-info", "virtualenv-99.0.0.dist-info"):
+        (site / dist).mkdir(parents=True)
+        (site / dist / "METADATA").write_text(f"Name: {dist.split('-')[0]}\nVersion: 99.0.0\n")
+    index_path(ally_home).unlink()  # so that every key is computed by env_identity again
+    pythonpath = os.pathsep.join([str(site), str(Path(ally_core.__file__).parents[1])])
+    proc = subprocess.run(
+        [sys.executable, "-c", UPGRADED_INSTALLERS_LOAD, str(ally_home)],
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    states = {
+        name: (status, action, reason) for name, status, action, reason in json.loads(proc.stdout)
+    }
+    assert states == {n: ("ready", "none", "") for n in ready}, states
+
+
 # -- pruning -----------------------------------------------------------------------------------
 
 

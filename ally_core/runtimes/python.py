@@ -18,6 +18,7 @@ from __future__ import annotations
 import configparser
 import functools
 import glob
+import importlib.util
 import json
 import os
 import platform
@@ -99,8 +100,12 @@ def _uv_bin_cached() -> Optional[str]:
 
 @functools.lru_cache(maxsize=1)
 def _uv_available() -> bool:
-    """Whether uv can be used, without importing anything (this runs on every warm load)."""
-    return _dist_version("uv") != "unknown" or shutil.which("uv") is not None
+    """Whether uv can be used, without importing it (this runs on the first warm load).
+
+    ``find_spec`` answers from the import system's directory caches, which importing ally
+    filled already; listing ``sys.path`` for ``uv-*.dist-info`` would cost a millisecond.
+    """
+    return importlib.util.find_spec("uv") is not None or shutil.which("uv") is not None
 
 
 def backend_for(spec: EnvSpec) -> str:
@@ -120,33 +125,15 @@ def backend_for(spec: EnvSpec) -> str:
     return "uv"
 
 
-@functools.lru_cache(maxsize=4)
-def _dist_version(name: str) -> str:
-    """The installed version of distribution ``name``, or ``"unknown"``.
-
-    Read from the ``<name>-<version>.dist-info`` directory name: this runs on the first warm
-    load of a process, and importlib.metadata would parse METADATA files (milliseconds).
-    """
-    prefix = name.replace("-", "_").lower() + "-"
-    for entry in sys.path:
-        try:
-            names = os.listdir(entry or ".")
-        except OSError:
-            continue
-        for item in names:
-            if item.endswith(".dist-info") and item.lower().startswith(prefix):
-                return item[len(prefix) : -len(".dist-info")]
-    return "unknown"
-
-
 @hookimpl
 def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
     if not _serves(spec):
         return None
     backend = backend_for(spec)
     identity: dict[str, Any] = {
+        # Not the installer's version: an env built by one uv or virtualenv is as good as
+        # one built by the next, and upgrading ally-core must not rebuild every env.
         "backend": backend,
-        "backend_version": _dist_version("uv" if backend == "uv" else "virtualenv"),
         # A bundle installs from its own artifacts only: index settings do not matter then.
         "index": "bundle"
         if spec.options.artifacts_dir
@@ -168,8 +155,7 @@ def env_context(runtime: str, options: EnvOptions) -> Optional[Mapping[str, Any]
     return {
         "runtime": __version__,
         "installer": options.installer,
-        "uv": _dist_version("uv") if _uv_available() else None,
-        "virtualenv": _dist_version("virtualenv"),
+        "uv": _uv_available(),
         "index": _index_identity(effective_index(options.index)),
         "python": options.default_interpreter,
     }
