@@ -47,7 +47,7 @@ from .paths import AllyPaths, contained_path
 from .plugin_manager import make_plugin_manager
 from .process import cancel_token
 from .store import EnvStore, Marker, now_iso, store_errors
-from .warm_index import INDEX_NAME, WarmIndex, file_identity, identities, unchanged
+from .warm_index import INDEX_NAME, WarmIndex, entry_identity, identities, unchanged
 
 __all__ = ["BoundTool", "Host", "PluginOutcome", "PluginSource"]
 
@@ -80,7 +80,7 @@ class _KeyEntry:
     """What :meth:`Host._spec_and_key` derived for a plugin, and what it depends on."""
 
     source: PluginSource
-    signature: list[object]
+    signature: list[Any]
     context: Optional[str]
     watch: list[list[Any]]
     spec: EnvSpec
@@ -167,6 +167,24 @@ def _settled(*identities: Any) -> bool:
     """Whether no file of these identities (``[size, mtime_ns, ino, ctime_ns]``) is recent."""
     horizon = time.time_ns() - SETTLE_NS
     return all(ident is None or (ident[1] < horizon and ident[3] < horizon) for ident in identities)
+
+
+def _plain_file(relative: str, identity: Optional[list[Any]]) -> bool:
+    """Whether the dependency file ``relative``, of this :func:`entry_identity`, lies right in
+    the plugin dir and is not a symlink: then it cannot lie outside (no further system call).
+
+    The name has no separator, is not ``.``/``..`` and does not start with ``~`` (such names
+    :func:`~ally_core.paths.contained_path` judges component by component).
+    """
+    return (
+        identity is not None
+        and len(identity) == 4
+        and relative not in (".", "..")
+        and "/" not in relative
+        and "\\" not in relative
+        and os.sep not in relative
+        and not relative.startswith("~")
+    )
 
 
 def _runtime_error(plugin: str, exc: Exception) -> InstallFailed:
@@ -612,8 +630,8 @@ class Host:
         manifest = source.manifest
         assert manifest is not None and manifest.dependencies is not None
         plugin_dir = str(source.plugin_dir)
-        signature: list[object] = [
-            file_identity(os.path.join(plugin_dir, manifest.dependencies.file))
+        signature: list[Any] = [
+            entry_identity(os.path.join(plugin_dir, manifest.dependencies.file))
             if manifest.dependencies.file
             else None,
             os.path.isdir(os.path.join(plugin_dir, ARTIFACTS_DIR)),
@@ -627,13 +645,14 @@ class Host:
             and cached.signature == signature
             and cached.context == context
             and unchanged(cached.watch)
+            and self._still_contained(source, signature[0], cached.spec.dependency_file)
         ):
             if not cached.saved and index_id and self._save_key(plugin_dir, index_id, cached):
                 with self._lock:
                     self._keys[plugin_dir] = attrs.evolve(cached, saved=True)
             return cached.spec, cached.key
         found = self.index.get("keys", plugin_dir, index_id) if index_id else None
-        indexed = self._indexed_spec(source, found, bool(signature[1])) if found else None
+        indexed = self._indexed_spec(source, found, signature) if found else None
         if indexed is not None:
             spec, key, watch = indexed
         else:
@@ -656,7 +675,9 @@ class Host:
 
     def _save_key(self, plugin_dir: str, index_id: list[Any], entry: _KeyEntry) -> bool:
         """Put a key into the warm index, unless a file it depends on is too fresh."""
-        if not _settled(entry.source.identity, entry.signature[0], *(w[1] for w in entry.watch)):
+        dep = entry.signature[0]
+        target = dep[4] if dep is not None and len(dep) > 4 else None  # a symlink's file
+        if not _settled(entry.source.identity, dep, target, *(w[1] for w in entry.watch)):
             return False
         spec = entry.spec
         value = {
@@ -669,14 +690,14 @@ class Host:
         return True
 
     def _indexed_spec(
-        self, source: PluginSource, entry: Any, artifacts: bool
+        self, source: PluginSource, entry: Any, signature: list[Any]
     ) -> Optional[tuple[EnvSpec, str, list[list[Any]]]]:
         """The spec, key and watched files of an index entry, or ``None`` if it cannot be used.
 
         The entry was stored for this very manifest and dependency file, so the spec is the one
         :meth:`spec_for` gave then; only the containment of the dependency file is checked
-        again (a directory on its path may have become a symlink). A malformed entry (another
-        build of ally, a damaged file) is a miss, never an error.
+        again (it, or a directory on its path, may have become a symlink). A malformed entry
+        (another build of ally, a damaged file) is a miss, never an error.
         """
         manifest = source.manifest
         assert manifest is not None and manifest.runtime and manifest.dependencies
@@ -686,8 +707,13 @@ class Host:
             if not isinstance(key, str) or not unchanged(watch):
                 return None
             dep_file = None
-            if manifest.dependencies.file:
-                dep_file = contained_path(source.plugin_dir, manifest.dependencies.file)
+            name = manifest.dependencies.file
+            if name and _plain_file(name, signature[0]):
+                if dep != os.path.join(str(source.plugin_dir), name):
+                    return None
+                dep_file = Path(dep)
+            elif name:
+                dep_file = contained_path(source.plugin_dir, name)
                 if dep_file is None or str(dep_file) != dep:
                     return None
             spec = self._make_spec(
@@ -696,12 +722,26 @@ class Host:
                 dep_file,
                 tuple(map(str, command)) if command is not None else None,
                 self.env_options(
-                    artifacts_dir=source.plugin_dir / ARTIFACTS_DIR if artifacts else None
+                    artifacts_dir=source.plugin_dir / ARTIFACTS_DIR if signature[1] else None
                 ),
             )
         except (KeyError, TypeError, ValueError):
             return None
         return spec, key, watch
+
+    def _still_contained(
+        self, source: PluginSource, identity: Optional[list[Any]], dep_file: Optional[Path]
+    ) -> bool:
+        """Whether the dependency file found at ``dep_file`` before still lies there.
+
+        An unchanged identity does not tell: a directory on its path may have been moved
+        out and replaced by a symlink to it (its files keep their identities).
+        """
+        deps = source.manifest.dependencies if source.manifest else None
+        name = deps.file if deps else None
+        if not name or _plain_file(name, identity):
+            return True
+        return contained_path(source.plugin_dir, name) == dep_file
 
     def _context(self, runtime: Optional[str]) -> Optional[str]:
         """Digest of ``runtime``'s :func:`~ally_core.hookspecs.env_context` (once per load)."""

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Any, Optional
 
 from .__about__ import __version__
 
-__all__ = ["INDEX_NAME", "WarmIndex", "file_identity"]
+__all__ = ["INDEX_NAME", "WarmIndex", "entry_identity", "file_identity"]
 
 log = logging.getLogger("ally")
 
@@ -54,6 +55,23 @@ def file_identity(path: str) -> Optional[Identity]:
     except (OSError, ValueError):
         return None
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
+def entry_identity(path: str) -> Optional[list[Any]]:
+    """The identity of ``path`` itself, not following a symlink; ``None`` if it does not exist.
+
+    One ``lstat`` for a file that is not a symlink. For a symlink, the identity of the file it
+    points to is appended: a change to either changes the result, and so does replacing a
+    file by a symlink to the very same inode (which :func:`file_identity` would not see).
+    """
+    try:
+        st = os.lstat(path)
+    except (OSError, ValueError):
+        return None
+    identity: list[Any] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+    if stat.S_ISLNK(st.st_mode):
+        identity.append(file_identity(path))
+    return identity
 
 
 class WarmIndex:

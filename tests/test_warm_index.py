@@ -340,20 +340,27 @@ def test_base_interpreter_replaced_in_place_is_seen_with_keys_from_the_index(
         assert_all_ready_and_warm(Host(ally_home).load())
 
 
+@pytest.mark.parametrize("same_host", [False, True], ids=["new-host", "same-host"])
+@pytest.mark.parametrize(
+    ("dep_file", "moved"),
+    [("deps/requirements.txt", "deps"), ("requirements.txt", "requirements.txt")],
+    ids=["its-directory", "the-file-itself"],
+)
 def test_dependency_file_moved_outside_behind_a_symlink_is_refused_with_an_index_too(
-    ally_home: Path, make_plugin: Any, tmp_path: Path
+    ally_home: Path, make_plugin: Any, tmp_path: Path, dep_file: str, moved: str, same_host: bool
 ) -> None:
     plugin = make_plugin(
         "linked",
-        {"runtime": "python3", "dependencies": {"file": "deps/requirements.txt"}},
-        files={"deps/requirements.txt": "allydemo-greet==1.0.0\n"},
+        {"runtime": "python3", "dependencies": {"file": dep_file}},
+        files={dep_file: "allydemo-greet==1.0.0\n"},
     )
-    (first,) = Host(ally_home).load()
+    host = Host(ally_home)
+    (first,) = host.load()
     assert first.ready, first.reason
     # The file keeps its identity (same inode, untouched), but now lies outside the plugin.
-    os.rename(plugin / "deps", tmp_path / "outside")
-    os.symlink(tmp_path / "outside", plugin / "deps")
-    (outcome,) = Host(ally_home).load()
+    os.rename(plugin / moved, tmp_path / "outside")
+    os.symlink(tmp_path / "outside", plugin / moved)
+    (outcome,) = (host if same_host else Host(ally_home)).load()
     assert outcome.status == "blocked"
     assert "outside the plugin directory" in outcome.reason
 
