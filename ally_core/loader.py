@@ -55,6 +55,8 @@ ProgressCallback = Callable[[ProgressEvent], None]
 
 log = logging.getLogger("ally")
 
+_SEP = os.sep
+
 
 def _silent(event: ProgressEvent) -> None:
     return None
@@ -269,7 +271,7 @@ class Host:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
-                source = self._read_source(entry.path)
+                source = self._read_source(root, entry.name)
                 if source is None:
                     continue
                 plugin_dir = source.plugin_dir
@@ -289,12 +291,15 @@ class Host:
                 sources.append(source)
         # Plugins that are gone leave the index when it is next written.
         self.index.retain("keys", dirs := [str(s.plugin_dir) for s in sources])
-        self.index.retain("manifests", [os.path.join(d, MANIFEST_NAME) for d in dirs])
+        self.index.retain("manifests", [f"{d}{_SEP}{MANIFEST_NAME}" for d in dirs])
         return sources
 
-    def _read_source(self, directory: str) -> Optional[PluginSource]:
-        """The manifest of ``directory`` (cached while ``plugin.json`` is unchanged)."""
-        path = os.path.join(directory, MANIFEST_NAME)
+    def _read_source(self, root: Path, name: str) -> Optional[PluginSource]:
+        """The manifest of ``root/name`` (cached while ``plugin.json`` is unchanged)."""
+        # f-strings, not os.path.join (a Python function): this runs for every plugin on
+        # every load, and ``name`` is a directory entry's name.
+        directory = f"{root}{_SEP}{name}"
+        path = f"{directory}{_SEP}{MANIFEST_NAME}"
         try:
             st = os.stat(path)
         except OSError:
@@ -309,7 +314,7 @@ class Host:
                 self.index.put("manifests", path, identity, manifest_to_cache(cached.manifest))
                 self._unsaved.discard(path)
             return cached
-        plugin_dir = Path(directory)
+        plugin_dir = root / name
         manifest: Optional[Manifest] = None
         data = self.index.get("manifests", path, identity)
         if data is not None:
@@ -634,7 +639,7 @@ class Host:
             entry_identity(os.path.join(plugin_dir, manifest.dependencies.file))
             if manifest.dependencies.file
             else None,
-            os.path.isdir(os.path.join(plugin_dir, ARTIFACTS_DIR)),
+            os.path.isdir(f"{plugin_dir}{_SEP}{ARTIFACTS_DIR}"),
         ]
         context = self._context(manifest.runtime)
         cached = self._keys.get(plugin_dir)
@@ -709,9 +714,9 @@ class Host:
             dep_file = None
             name = manifest.dependencies.file
             if name and _plain_file(name, signature[0]):
-                if dep != os.path.join(str(source.plugin_dir), name):
+                if dep != f"{source.plugin_dir}{_SEP}{name}":
                     return None
-                dep_file = Path(dep)
+                dep_file = source.plugin_dir / name
             elif name:
                 dep_file = contained_path(source.plugin_dir, name)
                 if dep_file is None or str(dep_file) != dep:

@@ -82,10 +82,11 @@ def _interpreter(
 
 
 def _str_map(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
+    if type(value) is not dict:
         raise TypeError("expected an object of strings")
+    # str.join type-checks every item in C: a non-string key or value raises TypeError.
+    "".join(value)
+    "".join(value.values())
     return dict(value)  # never shared with the caller's data (the warm index keeps it)
 
 
@@ -101,7 +102,7 @@ def _marker_from_json(data: Any, env_dir: Optional[Path] = None) -> Marker:
         str(interp["version"]),
         str(interp.get("kind", "")),
         str(interp.get("realpath", "")),
-        tuple(int(x) for x in interp.get("signature", ())),
+        tuple(map(int, interp.get("signature", ()))),
     )
     data_field = env.get("data", {})
     if not isinstance(data_field, dict):
@@ -115,7 +116,7 @@ def _marker_from_json(data: Any, env_dir: Optional[Path] = None) -> Marker:
             if env_dir is not None and str(env_dir) == env["path"]
             else Path(env["path"]),
             interpreter=interpreter,
-            bin_dirs=tuple(str(d) for d in env.get("bin_dirs", ())),
+            bin_dirs=tuple(map(str, env.get("bin_dirs", ()))),
             commands=_str_map(env.get("commands", {})),
             env_vars=_str_map(env.get("env_vars", {})),
             data=dict(data_field),
@@ -177,6 +178,7 @@ class EnvStore:
         # marker is reused while the file's identity is the same.
         self._markers: dict[str, tuple[tuple[int, ...], Marker, Path]] = {}
         self._store_dir_str = str(self.store_dir)
+        self._root_str = str(self.root)
 
     # -- reading (the warm path: no locks, no processes) --------------------------------------
 
@@ -186,7 +188,9 @@ class EnvStore:
     def current(self, name: str) -> Optional[tuple[Path, Marker]]:
         """The env ``name`` points at and its marker, if both exist and are valid."""
         try:
-            target = os.readlink(os.path.join(self.root, name))
+            # f-strings, not os.path.join: every warm load comes here for every plugin, and
+            # plugin names are single entry names (check_plugin_name).
+            target = os.readlink(f"{self._root_str}{os.sep}{name}")
         except OSError:
             return None
         # A pointer is always ".store/<dir>"; anything else (absolute, "..", nested) is
@@ -200,7 +204,7 @@ class EnvStore:
             or tail in {".", ".."}
         ):
             return None
-        return self._marker_at(os.path.join(self._store_dir_str, tail, MARKER), tail)
+        return self._marker_at(f"{self._store_dir_str}{os.sep}{tail}{os.sep}{MARKER}", tail)
 
     def read_marker(self, env_dir: Path) -> Optional[Marker]:
         found = self._marker_at(os.path.join(env_dir, MARKER), env_dir)

@@ -766,7 +766,7 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
     # deleted base Python without starting a process.
     if not py or not os.path.exists(py):
         return Health((Problem(f"env python {py or '?'} is missing or its base was removed"),))
-    if not os.path.isfile(os.path.join(spec.env_dir, "pyvenv.cfg")):
+    if not os.path.isfile(f"{spec.env_dir}{os.sep}pyvenv.cfg"):
         return Health((Problem("pyvenv.cfg is missing"),))
     if not deep:
         return Health()
