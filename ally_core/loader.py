@@ -47,7 +47,14 @@ from .paths import AllyPaths, contained_path
 from .plugin_manager import make_plugin_manager
 from .process import cancel_token
 from .store import EnvStore, Marker, now_iso, store_errors
-from .warm_index import INDEX_NAME, WarmIndex, entry_identity, identities, unchanged
+from .warm_index import (
+    INDEX_NAME,
+    LEGACY_NAMES,
+    WarmIndex,
+    entry_identity,
+    identities,
+    unchanged,
+)
 
 __all__ = ["BoundTool", "Host", "PluginOutcome", "PluginSource"]
 
@@ -1082,11 +1089,15 @@ class Host:
                 removed.append((backup, 0, "backup from an update"))
                 if not dry_run:
                     backup.unlink()
-            for partial in self._state_files(f".{INDEX_NAME}.*.tmp"):
-                # A write of the warm index that was killed before its os.replace.
+            for partial in self._state_files(".warm-index.*.tmp"):
+                # A write of a warm index (of any Python) killed before its os.replace.
                 removed.append((partial, disk_usage(partial), "unfinished warm-index write"))
                 if not dry_run:
                     partial.unlink(missing_ok=True)
+            for legacy in (f for n in LEGACY_NAMES for f in self._state_files(n)):
+                removed.append((legacy, disk_usage(legacy), "warm index of an older ally"))
+                if not dry_run:
+                    legacy.unlink(missing_ok=True)
             for leftover in self.store.unfinished(min_age=0):
                 removed.append((leftover, disk_usage(leftover), "unfinished build"))
                 if not dry_run:

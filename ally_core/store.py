@@ -7,7 +7,7 @@ Layout under ``envs_dir`` (``<home>/plugin-envs``)::
     .locks/<fp16>.lock          build lock of one fingerprint (beside the envs, not inside)
     .state/<name>.failed.json   the last failed install of a plugin
     .state/<name>.previous      the env a plugin used before its last update (a backup)
-    .state/warm-index.json      what warm loads derived from files (see warm_index.py)
+    .state/warm-index.<py>.bin  what warm loads derived from files (see warm_index.py)
     <name> -> .store/<...>      per-plugin pointer (a symlink, swapped atomically)
 
 An env is *published* by writing its marker and then pointing ``<name>`` at it with one

@@ -1,7 +1,7 @@
 """The warm index: a new process loads ready plugins from one file, and still sees every change.
 
-``<envs dir>/.state/warm-index.json`` keeps what a warm load derives from files (manifests,
-request keys, markers). A fresh :class:`~ally_core.Host` must use it without parsing
+``<envs dir>/.state/warm-index.<python tag>.bin`` keeps what a warm load derives from files
+(manifests, request keys, markers). A fresh :class:`~ally_core.Host` must use it without parsing
 ``plugin.json`` files or calling ``env_identity``, must notice every edit it depends on (the
 manifest, the dependency file, pip/ally index settings, the env itself, the base interpreter),
 and must shrug off an index that is corrupt, foreign, unwritable or written by two processes.
@@ -11,8 +11,10 @@ Real venvs built by real uv from the session's local wheelhouse; no network.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import json
+import marshal
 import os
 import shutil
 import subprocess
@@ -31,7 +33,7 @@ from ally_core import EnvInfo, EnvSpec, Health, Host, InstallResult, Interpreter
 from ally_core.__about__ import __version__
 from ally_core.manifest import load_manifest
 from ally_core.plugin_manager import make_plugin_manager
-from ally_core.warm_index import file_identity
+from ally_core.warm_index import INDEX_NAME, decode, encode, file_identity
 
 MAIN = (
     "import json, sys, allydemo_greet\n"
@@ -58,13 +60,18 @@ def files_settle_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def index_path(home: Path) -> Path:
-    return home / "plugin-envs" / ".state" / "warm-index.json"
+    return home / "plugin-envs" / ".state" / INDEX_NAME
 
 
 def read_index(home: Path) -> dict[str, Any]:
-    data = json.loads(index_path(home).read_bytes())
-    assert isinstance(data, dict)
+    """The tables of the index on disk, which must be this format's, ally's and Python's."""
+    data = decode(index_path(home).read_bytes())
+    assert data is not None, "the index is damaged or of another version"
     return data
+
+
+def write_index(home: Path, tables: dict[str, Any]) -> None:
+    index_path(home).write_bytes(encode(tables))
 
 
 def by_name(outcomes: list[Any]) -> dict[str, Any]:
@@ -120,7 +127,6 @@ def assert_all_ready_and_warm(outcomes: list[Any], names: Optional[set[str]] = N
 def assert_complete_index(home: Path, dirs: dict[str, Path]) -> None:
     """The index on disk is this version's and names every plugin with dependencies."""
     data = read_index(home)
-    assert data["format"] == 1 and data["ally"] == __version__
     assert set(data["keys"]) == {str(dirs[n]) for n in WITH_DEPS}
     assert set(data["manifests"]) == {str(d / "plugin.json") for d in dirs.values()}
     for table in ("keys", "manifests", "markers"):
@@ -369,46 +375,71 @@ def test_dependency_file_moved_outside_behind_a_symlink_is_refused_with_an_index
 
 
 def _garbage(data: dict[str, Any], dirs: dict[str, Path]) -> bytes:
-    return b"\x00\xff\xfenot json at all\x89PNG"
+    return b"\x00\xff\xfenot an index at all\x89PNG"
 
 
 def _truncated(data: dict[str, Any], dirs: dict[str, Path]) -> bytes:
-    text = json.dumps(data).encode()
-    return text[: len(text) // 2]
+    blob = encode(data)
+    return blob[: len(blob) // 2]
+
+
+def _flipped_bit(data: dict[str, Any], dirs: dict[str, Path]) -> bytes:
+    # Damage the CRC does not let through: a valid header, one payload byte changed.
+    blob = bytearray(encode(data))
+    blob[-20] ^= 0x01
+    return bytes(blob)
 
 
 def _wrong_shape(data: dict[str, Any], dirs: dict[str, Path]) -> bytes:
-    return json.dumps(
+    return encode(
         {
-            "format": 1,
-            "ally": __version__,
             "keys": {str(dirs["alpha"]): "nonsense", str(dirs["beta"]): [1, 2, 3]},
             "manifests": {"x": [1], str(dirs["alpha"] / "plugin.json"): None},
-            "markers": ["not", "a", "table"],
+            "markers": ["not", "a", "table"],  # type: ignore[dict-item]
         }
-    ).encode()
+    )
 
 
 def _not_an_object(data: dict[str, Any], dirs: dict[str, Path]) -> bytes:
-    return b"[1, 2, 3]"
+    blob = encode({})
+    header = blob[: blob.index(b"\n") + 1]
+    payload = marshal.dumps([1, 2, 3])
+    return header + binascii.crc32(payload).to_bytes(4, "big") + payload
+
+
+def _json_index(data: dict[str, Any], dirs: dict[str, Path]) -> bytes:
+    # What an older ally wrote (a JSON document), at the path of this one.
+    return json.dumps({"format": 1, "ally": __version__, **data}).encode()
 
 
 def _other_version(data: dict[str, Any], dirs: dict[str, Path]) -> bytes:
-    return json.dumps({**data, "ally": "0.0.0+another-build"}).encode()
+    return encode(data, version="0.0.0+another-build")
 
 
 def _other_format(data: dict[str, Any], dirs: dict[str, Path]) -> bytes:
-    return json.dumps({**data, "format": 2}).encode()
+    return encode(data, format=999)
 
 
 @pytest.mark.parametrize(
     "spoil",
-    [_garbage, _truncated, _wrong_shape, _not_an_object, _other_version, _other_format, None],
+    [
+        _garbage,
+        _truncated,
+        _flipped_bit,
+        _wrong_shape,
+        _not_an_object,
+        _json_index,
+        _other_version,
+        _other_format,
+        None,
+    ],
     ids=[
         "garbage",
         "truncated",
+        "flipped-bit",
         "wrong-shape",
         "not-an-object",
+        "json-of-an-older-ally",
         "other-version",
         "other-format",
         "empty-file",
@@ -448,7 +479,7 @@ def test_entries_with_current_identities_but_values_of_another_shape_are_ignored
     data = read_index(ally_home)
     for entry in data[table].values():
         entry[1] = {"format": 999}
-    index_path(ally_home).write_text(json.dumps(data), "utf-8")
+    write_index(ally_home, data)
     with no_spawn():
         assert_all_ready_and_warm(Host(ally_home).load(), set(ready))
 
@@ -466,7 +497,7 @@ def _state_dir_read_only(state: Path) -> Callable[[], None]:
 
 
 def _directory_in_the_way(state: Path) -> Callable[[], None]:
-    (state / "warm-index.json").mkdir()
+    (state / INDEX_NAME).mkdir()
     return lambda: None
 
 
@@ -488,7 +519,7 @@ def test_index_that_cannot_be_written_still_loads(
         assert not index_path(ally_home).is_file()
         # No half-written temporary file is left behind.
         assert not [n for n in os.listdir(state) if n.endswith(".tmp")]
-        assert sorted(os.listdir(state)) in (before, sorted([*before, "warm-index.json"]))
+        assert sorted(os.listdir(state)) in (before, sorted([*before, INDEX_NAME]))
     finally:
         restore()
 
@@ -497,6 +528,7 @@ CONCURRENT_LOADS = """\
 import json, os, sys, time
 import ally_core.loader
 from ally_core import Host
+from ally_core.warm_index import decode
 ally_core.loader.SETTLE_NS = 0  # as in this module's tests: the plugins were just written
 home, index, rounds, gate = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 # Start together: each says it is ready, then waits for the other.
@@ -518,7 +550,8 @@ for i in range(rounds):
     # The other process may be writing it right now: still, only complete files are seen.
     try:
         with open(index, "rb") as fh:
-            json.loads(fh.read())
+            if decode(fh.read()) is None:
+                sys.exit(f"round {i}: an incomplete or damaged index was seen")
     except FileNotFoundError:
         pass
 """
@@ -588,6 +621,32 @@ def test_newer_uv_and_virtualenv_do_not_rebuild_ready_envs(
         name: (status, action, reason) for name, status, action, reason in json.loads(proc.stdout)
     }
     assert states == {n: ("ready", "none", "") for n in ready}, states
+
+
+def test_gc_removes_unfinished_index_writes_and_the_json_index_of_an_older_ally(
+    ally_home: Path, ready: dict[str, Path], no_spawn: Any
+) -> None:
+    state = index_path(ally_home).parent
+    junk = {
+        state / f".{INDEX_NAME}.0badc0de.tmp": "unfinished warm-index write",
+        state / ".warm-index.cpython-399.bin.12345678.tmp": "unfinished warm-index write",
+        state / "warm-index.json": "warm index of an older ally",
+    }
+    for path in junk:
+        path.write_bytes(b"{}")
+    host = Host(ally_home)
+    listed = {path: why for path, _size, why in host.gc(dry_run=True)}
+    assert {p: listed.get(p) for p in junk} == junk
+    assert all(p.exists() for p in junk)
+    removed = {path: why for path, _size, why in host.gc()}
+    assert {p: removed.get(p) for p in junk} == junk
+    assert not [p for p in junk if p.exists()]
+    # This Python's index is not junk: the next process still uses it.
+    assert index_path(ally_home) not in removed
+    host = Host(ally_home)
+    with hook_calls(host) as calls, no_spawn():
+        assert_all_ready_and_warm(host.load(), set(ready))
+    assert identity_calls(calls) == []
 
 
 # -- pruning -----------------------------------------------------------------------------------
