@@ -409,7 +409,12 @@ class EnvStore:
 
             try:
                 with self.lock(env_dir.name.split("-", 1)[0], timeout=0):
-                    out.append(env_dir)
+                    # Look again under the lock: the build that held it may have written the
+                    # marker and published this very env since the first look (in another
+                    # thread of a parallel install, or another process). Removing it then
+                    # would leave a published pointer dangling.
+                    if not (env_dir / MARKER).exists():
+                        out.append(env_dir)
             except (Timeout, OSError):
                 continue  # its build is running in another process (or the lock is unreadable)
         for stray in self.root.glob(".*.link") if self.root.is_dir() else ():

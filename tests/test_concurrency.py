@@ -316,3 +316,30 @@ def test_a_build_never_removes_the_temporary_link_another_publish_is_using(host:
     os.utime(old, (an_hour_ago, an_hour_ago), follow_symlinks=False)
     assert old in host.store.unfinished()
     assert fresh not in host.store.unfinished()
+
+
+def test_a_build_never_removes_an_env_another_build_published_after_its_first_look(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+):
+    # Regression: a cold build cleans up env dirs without a marker whose lock is free. It
+    # looked for the marker, then took the lock; another thread's build could write the
+    # marker, publish and release its lock in between, and the finished env was deleted
+    # under its pointer (1 in ~10 parallel installs of 100 plugins).
+    store = host.store
+    store.store_dir.mkdir(parents=True)
+    env_dir = store.store_dir / "0123456789abcdef-0a1b2c3d"
+    env_dir.mkdir()
+    real_lock = type(store).lock
+
+    def lock_after_the_other_build_finished(self, key: str, *, timeout: float = -1):
+        if key == "0123456789abcdef" and not (env_dir / ".installed").exists():
+            (env_dir / ".installed").write_text("{}")  # the build's marker, its last step
+        return real_lock(self, key, timeout=timeout)
+
+    monkeypatch.setattr(type(store), "lock", lock_after_the_other_build_finished)
+    assert env_dir not in store.unfinished()
+    assert env_dir.is_dir()
+    # A dir whose build really died (no marker, lock free) is still a leftover.
+    (env_dir / ".installed").unlink()
+    monkeypatch.setattr(type(store), "lock", real_lock)
+    assert env_dir in store.unfinished()
