@@ -1206,7 +1206,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if r["not_warm"]:
                 log(
                     f"WARNING warm {who}: {r['not_warm']} of {n} envs were rebuilt by a warm "
-                    "load (did ally_core change during the run?): its warm numbers are void"
+                    f"load ({'; '.join(r['rebuilt'])}; did ally_core change during the run?): "
+                    "its warm numbers are void"
                 )
         data["warm"] = {
             "n": n,
