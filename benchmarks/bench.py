@@ -564,6 +564,9 @@ class Contender:
     def load(self, name: str, kind: str, *, call: bool) -> dict[str, Any]:
         """Make ``name`` ready (and, with ``call``, run its tool once)."""
         info = PLUGINS[kind]
+        # Flush what earlier steps wrote (another contender's 100 MB env, say): its writeback
+        # would otherwise compete with this contender's disk writes.
+        os.sync()
         if not self.is_ally:
             r = run_script(self.plugins / name, info, self.env)
             r["env"] = str(self.plugins / name / "venv")
