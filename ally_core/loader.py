@@ -304,8 +304,10 @@ class Host:
     def _read_source(self, root: Path, name: str) -> Optional[PluginSource]:
         """The manifest of ``root/name`` (cached while ``plugin.json`` is unchanged)."""
         # f-strings, not os.path.join (a Python function): this runs for every plugin on
-        # every load, and ``name`` is a directory entry's name.
-        directory = f"{root}{_SEP}{name}"
+        # every load, and ``name`` is a directory entry's name. (A root that ends with a
+        # separator, "/" or "D:\\", is joined as os.path.join would.)
+        prefix = str(root)
+        directory = f"{prefix}{name}" if prefix.endswith(_SEP) else f"{prefix}{_SEP}{name}"
         path = f"{directory}{_SEP}{MANIFEST_NAME}"
         try:
             st = os.stat(path)
@@ -917,13 +919,21 @@ class Host:
         fingerprint = hashlib.sha256(
             f"{key}\0{interpreter.realpath or interpreter.path}\0{interpreter.version}".encode()
         ).hexdigest()
-        # An identical env that is already published needs no lock: its marker was written
-        # last, so it is complete (this is the fast path of a second plugin).
-        shared = self._reuse(spec, fingerprint) if reuse else None
-        if shared is not None:
-            return shared
-        lock = self.store.lock(fingerprint[:16])
         from filelock import Timeout
+
+        # An identical env that is already published is complete (its marker was written
+        # last): pointing at it is the fast path of a second plugin. Under its lock, taken
+        # without waiting, so that gc (which deletes unused envs holding that lock) sees the
+        # new pointer; if a build or gc holds it, the path below waits and looks again.
+        if reuse:
+            try:
+                with self.store.lock(fingerprint[:16], timeout=0):
+                    shared = self._reuse(spec, fingerprint)
+                if shared is not None:
+                    return shared
+            except Timeout:
+                pass
+        lock = self.store.lock(fingerprint[:16])
 
         with store_errors("cannot take the build lock"):
             try:
@@ -959,7 +969,11 @@ class Host:
             lock.release()
 
     def _reuse(self, spec: EnvSpec, fingerprint: str) -> Optional[tuple[EnvInfo, Marker, str]]:
-        """Point the plugin at a published, healthy env of ``fingerprint``, if there is one."""
+        """Point the plugin at a published, healthy env of ``fingerprint``, if there is one.
+
+        The caller holds the fingerprint's lock: gc, which deletes envs no pointer uses under
+        the same lock, then cannot delete this one between ``find`` and ``publish``.
+        """
         found = self.store.find(fingerprint)
         if (
             found is None

@@ -103,6 +103,8 @@ def contained_path(base: Path, relative: str) -> Path | None:
     """
     if not relative or os.path.isabs(relative) or relative.startswith(("~", "\\")):
         return None
+    if os.path.splitdrive(relative)[0]:
+        return None  # "C:req.txt" (Windows): relative to drive C's current dir, not to base
     parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
         return None

@@ -105,8 +105,9 @@ def decode(blob: bytes) -> Optional[dict[str, dict[str, Any]]]:
     if binascii.crc32(payload) != int.from_bytes(blob[len(header) : start], "big"):
         return None
     try:
-        # Plain data ally wrote itself, behind a matching header and CRC; loading marshal
-        # data never runs code (see the module docstring on trust).
+        # Plain data ally wrote itself, behind a matching header and CRC. marshal is not
+        # hardened against crafted input: the file is exactly as trusted as the env store
+        # around it (see the module docstring).
         data = marshal.loads(payload)  # noqa: S302
     except (EOFError, ValueError, TypeError):
         return None

@@ -343,3 +343,40 @@ def test_a_build_never_removes_an_env_another_build_published_after_its_first_lo
     (env_dir / ".installed").unlink()
     monkeypatch.setattr(type(store), "lock", real_lock)
     assert env_dir in store.unfinished()
+
+
+def test_gc_never_deletes_an_env_a_second_plugin_is_starting_to_share(
+    ally_home: Path, make_plugin, monkeypatch: pytest.MonkeyPatch
+):
+    # Regression: a second plugin with the same dependencies found the published env and
+    # pointed at it without the env's lock; gc, which deletes envs no pointer uses while
+    # holding that lock, could delete it between the two, leaving the pointer dangling.
+    requirements = {"requirements.txt": "allydemo-greet==1.0.0\n", "main.py": MAIN}
+    manifest = {"runtime": "python3", "dependencies": {"file": "requirements.txt"}}
+    first = make_plugin("first", {**manifest, "tools": TOOLS}, requirements)
+    (built,) = Host(ally_home).load(["first"])
+    assert built.ready, built.reason
+    env_dir = built.env.path
+    # The first plugin goes away: its env is now unused, gc's to take.
+    assert Host(ally_home).remove("first")
+    for child in sorted(first.rglob("*"), reverse=True):
+        child.unlink() if child.is_file() else child.rmdir()
+    first.rmdir()
+    make_plugin("second", {**manifest, "tools": TOOLS}, requirements)
+
+    store_type = type(Host(ally_home).store)
+    real_publish = store_type.publish
+    collected: list[list[Path]] = []
+
+    def gc_right_before_publishing(self, name: str, target: Path) -> None:
+        # Another process runs gc between the second plugin's look and its pointer.
+        collected.append([path for path, _size, _why in Host(ally_home).gc()])
+        real_publish(self, name, target)
+
+    monkeypatch.setattr(store_type, "publish", gc_right_before_publishing)
+    (second,) = Host(ally_home).load(["second"])
+    monkeypatch.setattr(store_type, "publish", real_publish)
+    assert collected and env_dir not in collected[0], collected
+    assert second.ready and second.action == "shared", (second.action, second.reason)
+    assert (env_dir / ".installed").is_file()
+    assert second.tool("hello").call({"who": "b"}).success

@@ -231,3 +231,18 @@ def test_ally_config_prints_paths_not_python_reprs(
     assert proc.returncode == 0, proc.stderr
     assert "PosixPath(" not in proc.stdout
     assert "plugin_dirs: " in proc.stdout
+
+
+def test_contained_path_refuses_a_drive_relative_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On Windows "C:req.txt" is relative to drive C's current directory, not to the plugin
+    # dir: it is not a name inside it. (ntpath's splitdrive stands in for Windows here.)
+    import ntpath
+
+    from ally_core import paths
+
+    assert paths.contained_path(tmp_path, "C:req.txt") == tmp_path / "C:req.txt"  # POSIX name
+    monkeypatch.setattr(paths.os.path, "splitdrive", ntpath.splitdrive)
+    assert paths.contained_path(tmp_path, "C:req.txt") is None
+    assert paths.contained_path(tmp_path, "req.txt") == tmp_path / "req.txt"

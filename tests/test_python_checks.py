@@ -114,3 +114,31 @@ def test_verify_records_reads_pypy_layouts_and_a_lib64_symlink_once(tmp_path: Pa
     (tmp_path / "lib64").symlink_to("lib")
     _dist_info(site, "demo", "gone.py,sha256=abc,3\n")
     assert verify_records(tmp_path) == ["demo: gone.py is missing"]
+
+
+def test_a_uv_directory_on_sys_path_is_not_taken_for_the_uv_distribution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # A bare "uv" directory (in the current directory, say) is found as a namespace
+    # package: no origin, no uv binary. ally must fall back to pip, not pick uv and fail.
+    import importlib.machinery
+    import importlib.util
+    import shutil
+
+    from ally_core.runtimes import python as runtime
+
+    (tmp_path / "uv").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    namespace = importlib.machinery.ModuleSpec("uv", None, is_package=True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: namespace)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    runtime._uv_available.cache_clear()
+    try:
+        assert runtime._uv_available() is False
+        real = importlib.machinery.ModuleSpec("uv", None, origin=str(tmp_path / "uv.py"))
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name: real)
+        runtime._uv_available.cache_clear()
+        assert runtime._uv_available() is True
+    finally:
+        monkeypatch.undo()
+        runtime._uv_available.cache_clear()

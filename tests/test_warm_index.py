@@ -348,22 +348,37 @@ def test_base_interpreter_replaced_in_place_is_seen_with_keys_from_the_index(
 
 @pytest.mark.parametrize("same_host", [False, True], ids=["new-host", "same-host"])
 @pytest.mark.parametrize(
-    ("dep_file", "moved"),
-    [("deps/requirements.txt", "deps"), ("requirements.txt", "requirements.txt")],
-    ids=["its-directory", "the-file-itself"],
+    ("dep_file", "real_file", "moved"),
+    [
+        ("deps/requirements.txt", "deps/requirements.txt", "deps"),
+        ("requirements.txt", "requirements.txt", "requirements.txt"),
+        # requirements.txt is a symlink to a file in a directory of the plugin: moving that
+        # directory out changes neither the link nor the file it reaches.
+        ("requirements.txt", "sub/req.txt", "sub"),
+    ],
+    ids=["its-directory", "the-file-itself", "the-directory-a-symlink-points-into"],
 )
 def test_dependency_file_moved_outside_behind_a_symlink_is_refused_with_an_index_too(
-    ally_home: Path, make_plugin: Any, tmp_path: Path, dep_file: str, moved: str, same_host: bool
+    ally_home: Path,
+    make_plugin: Any,
+    tmp_path: Path,
+    dep_file: str,
+    real_file: str,
+    moved: str,
+    same_host: bool,
 ) -> None:
     plugin = make_plugin(
         "linked",
         {"runtime": "python3", "dependencies": {"file": dep_file}},
-        files={dep_file: "allydemo-greet==1.0.0\n"},
+        files={real_file: "allydemo-greet==1.0.0\n"},
     )
+    if real_file != dep_file:
+        os.symlink(real_file, plugin / dep_file)
     host = Host(ally_home)
     (first,) = host.load()
     assert first.ready, first.reason
-    # The file keeps its identity (same inode, untouched), but now lies outside the plugin.
+    # The file's inode and content are unchanged (renaming a directory does not even touch
+    # the identities of the files in it), but it now lies outside the plugin.
     os.rename(plugin / moved, tmp_path / "outside")
     os.symlink(tmp_path / "outside", plugin / moved)
     (outcome,) = (host if same_host else Host(ally_home)).load()

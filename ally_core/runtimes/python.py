@@ -105,7 +105,10 @@ def _uv_available() -> bool:
     ``find_spec`` answers from the import system's directory caches, which importing ally
     filled already; listing ``sys.path`` for ``uv-*.dist-info`` would cost a millisecond.
     """
-    return importlib.util.find_spec("uv") is not None or shutil.which("uv") is not None
+    spec = importlib.util.find_spec("uv")
+    # A bare "uv" directory on sys.path (the current one, say) is a namespace package
+    # without an origin: not the uv distribution.
+    return (spec is not None and spec.origin is not None) or shutil.which("uv") is not None
 
 
 def backend_for(spec: EnvSpec) -> str:
@@ -132,7 +135,8 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
     backend = backend_for(spec)
     identity: dict[str, Any] = {
         # Not the installer's version: an env built by one uv or virtualenv is as good as
-        # one built by the next, and upgrading ally-core must not rebuild every env.
+        # one built by the next, and upgrading ally-core must not rebuild every env. (Envs
+        # built before this rule, whose keys held the version, are rebuilt once.)
         "backend": backend,
         # A bundle installs from its own artifacts only: index settings do not matter then.
         "index": "bundle"
