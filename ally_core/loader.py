@@ -46,7 +46,7 @@ from .manifest import (
 from .paths import AllyPaths, contained_path
 from .plugin_manager import make_plugin_manager
 from .process import cancel_token
-from .store import EnvStore, Marker, now_iso, store_errors
+from .store import MARKER, EnvStore, Marker, now_iso, store_errors
 from .warm_index import (
     INDEX_NAME,
     LEGACY_NAMES,
@@ -919,21 +919,13 @@ class Host:
         fingerprint = hashlib.sha256(
             f"{key}\0{interpreter.realpath or interpreter.path}\0{interpreter.version}".encode()
         ).hexdigest()
-        from filelock import Timeout
-
-        # An identical env that is already published is complete (its marker was written
-        # last): pointing at it is the fast path of a second plugin. Under its lock, taken
-        # without waiting, so that gc (which deletes unused envs holding that lock) sees the
-        # new pointer; if a build or gc holds it, the path below waits and looks again.
-        if reuse:
-            try:
-                with self.store.lock(fingerprint[:16], timeout=0):
-                    shared = self._reuse(spec, fingerprint)
-                if shared is not None:
-                    return shared
-            except Timeout:
-                pass
+        # An identical env that is already published needs no lock: its marker was written
+        # last, so it is complete (this is the fast path of a second plugin).
+        shared = self._reuse(spec, fingerprint) if reuse else None
+        if shared is not None:
+            return shared
         lock = self.store.lock(fingerprint[:16])
+        from filelock import Timeout
 
         with store_errors("cannot take the build lock"):
             try:
@@ -971,8 +963,11 @@ class Host:
     def _reuse(self, spec: EnvSpec, fingerprint: str) -> Optional[tuple[EnvInfo, Marker, str]]:
         """Point the plugin at a published, healthy env of ``fingerprint``, if there is one.
 
-        The caller holds the fingerprint's lock: gc, which deletes envs no pointer uses under
-        the same lock, then cannot delete this one between ``find`` and ``publish``.
+        No lock (a lock file costs a 10 ms import of filelock): gc may be deleting the env
+        that ``find`` just returned. Both sides write, then look: this side publishes and
+        then checks the env is still there; gc hides the env and then checks no pointer
+        appeared (and gives it back if one did). Whatever the interleaving, one of them sees
+        the other, so a pointer never stays on a deleted env.
         """
         found = self.store.find(fingerprint)
         if (
@@ -981,6 +976,9 @@ class Host:
         ):
             return None
         self.store.publish(spec.plugin_name, found[0])
+        if not os.path.isfile(found[0] / MARKER):
+            # gc took it between find and publish: build (or wait for gc to give it back).
+            return None
         action = "shared" if found[1].plugin != spec.plugin_name else "none"
         return found[1].env, found[1], action
 
@@ -1135,8 +1133,11 @@ class Host:
                         with self.store.lock(env_dir.name.split("-", 1)[0], timeout=0):
                             if env_dir.resolve() in set(self.store.pointers().values()):
                                 continue
-                            removed.append((env_dir, disk_usage(env_dir), "no plugin uses it"))
-                            self.store.discard(env_dir)
+                            size = disk_usage(env_dir)
+                            # A plugin starting to share it (no lock) may point at it after
+                            # the look above: discard looks again once it is hidden.
+                            if self.store.discard(env_dir, unless_used=True):
+                                removed.append((env_dir, size, "no plugin uses it"))
                     except Timeout:
                         continue
         return removed

@@ -323,17 +323,27 @@ class EnvStore:
                 (self.paths.state_dir / f"{name}.previous").unlink()
         return removed
 
-    def discard(self, env_dir: Path) -> None:
-        """Delete an env directory of the store (only ever one inside ``.store``)."""
+    def discard(self, env_dir: Path, *, unless_used: bool = False) -> bool:
+        """Delete an env directory of the store (only ever one inside ``.store``).
+
+        With ``unless_used``, a pointer to it that appears while it is being hidden (a plugin
+        starting to share it, which takes no lock) gives it back: nothing is deleted and the
+        result is ``False``. See ``Host._reuse`` for the other side.
+        """
         if env_dir.parent != self.store_dir or env_dir.is_symlink():
             raise EnvStoreError(f"refusing to delete {env_dir}: not an env of the store")
+        real = env_dir.resolve()  # as pointers() gives it
         # Hide it first (one rename) so no reader can see a half-deleted env.
         trash = self.store_dir / f".trash-{secrets.token_hex(6)}"
         try:
             env_dir.rename(trash)
         except FileNotFoundError:
-            return
+            return False
+        if unless_used and real in set(self.pointers().values()):
+            trash.rename(env_dir)
+            return False
         shutil.rmtree(trash, ignore_errors=True)
+        return True
 
     # -- failure memory -----------------------------------------------------------------------
 

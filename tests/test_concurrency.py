@@ -345,38 +345,78 @@ def test_a_build_never_removes_an_env_another_build_published_after_its_first_lo
     assert env_dir in store.unfinished()
 
 
-def test_gc_never_deletes_an_env_a_second_plugin_is_starting_to_share(
-    ally_home: Path, make_plugin, monkeypatch: pytest.MonkeyPatch
-):
-    # Regression: a second plugin with the same dependencies found the published env and
-    # pointed at it without the env's lock; gc, which deletes envs no pointer uses while
-    # holding that lock, could delete it between the two, leaving the pointer dangling.
-    requirements = {"requirements.txt": "allydemo-greet==1.0.0\n", "main.py": MAIN}
+def _unused_env_and_a_second_plugin(ally_home: Path, make_plugin) -> Path:
+    """An env no plugin uses any more (its plugin is gone) and a second plugin, not loaded
+    yet, with the same dependencies: the second plugin's first load shares that env."""
+    files = {"requirements.txt": "allydemo-greet==1.0.0\n", "main.py": MAIN}
     manifest = {"runtime": "python3", "dependencies": {"file": "requirements.txt"}}
-    first = make_plugin("first", {**manifest, "tools": TOOLS}, requirements)
+    first = make_plugin("first", {**manifest, "tools": TOOLS}, files)
     (built,) = Host(ally_home).load(["first"])
     assert built.ready, built.reason
-    env_dir = built.env.path
-    # The first plugin goes away: its env is now unused, gc's to take.
     assert Host(ally_home).remove("first")
     for child in sorted(first.rglob("*"), reverse=True):
         child.unlink() if child.is_file() else child.rmdir()
     first.rmdir()
-    make_plugin("second", {**manifest, "tools": TOOLS}, requirements)
+    make_plugin("second", {**manifest, "tools": TOOLS}, files)
+    return built.env.path
 
+
+def _assert_ready_on_a_complete_env(ally_home: Path, outcome) -> None:
+    assert outcome.ready, outcome.reason
+    pointer = ally_home / "plugin-envs" / outcome.name
+    assert (pointer / ".installed").is_file(), os.readlink(pointer)
+    assert outcome.tool("hello").call({"who": "b"}).success
+
+
+def test_gc_between_a_sharing_plugins_look_and_its_pointer_never_leaves_it_dangling(
+    ally_home: Path, make_plugin, monkeypatch: pytest.MonkeyPatch
+):
+    # A second plugin with the same dependencies points at the published env without a
+    # lock; gc (another process) deletes the env, unused until then, right before the
+    # pointer is written. The plugin must notice and build, not stay on a deleted env.
+    env_dir = _unused_env_and_a_second_plugin(ally_home, make_plugin)
     store_type = type(Host(ally_home).store)
     real_publish = store_type.publish
     collected: list[list[Path]] = []
 
     def gc_right_before_publishing(self, name: str, target: Path) -> None:
-        # Another process runs gc between the second plugin's look and its pointer.
-        collected.append([path for path, _size, _why in Host(ally_home).gc()])
+        if not collected:
+            collected.append([path for path, _size, _why in Host(ally_home).gc()])
         real_publish(self, name, target)
 
     monkeypatch.setattr(store_type, "publish", gc_right_before_publishing)
     (second,) = Host(ally_home).load(["second"])
     monkeypatch.setattr(store_type, "publish", real_publish)
-    assert collected and env_dir not in collected[0], collected
-    assert second.ready and second.action == "shared", (second.action, second.reason)
+    assert collected == [[env_dir]]  # gc did delete it: no plugin used it when gc looked
+    assert second.action == "built"
+    _assert_ready_on_a_complete_env(ally_home, second)
+
+
+def test_gc_gives_back_an_env_a_plugin_started_sharing_while_gc_deleted_it(
+    ally_home: Path, make_plugin, monkeypatch: pytest.MonkeyPatch
+):
+    # The other order: gc has looked (no pointer), then the second plugin points at the env,
+    # then gc hides it. gc must see the new pointer and give the env back.
+    env_dir = _unused_env_and_a_second_plugin(ally_home, make_plugin)
+    import ally_core.store
+
+    real_usage = ally_core.store.disk_usage
+    shared: list[str] = []
+
+    def usage_then_a_plugin_starts_sharing(path: Path) -> int:
+        size = real_usage(path)
+        if path == env_dir and not shared:
+            Host(ally_home).store.publish("second", env_dir)  # what a sharing load does
+            shared.append("second")
+        return size
+
+    monkeypatch.setattr(ally_core.store, "disk_usage", usage_then_a_plugin_starts_sharing)
+    removed = [path for path, _size, _why in Host(ally_home).gc()]
+    monkeypatch.setattr(ally_core.store, "disk_usage", real_usage)
+    assert shared == ["second"]
+    assert env_dir not in removed
     assert (env_dir / ".installed").is_file()
-    assert second.tool("hello").call({"who": "b"}).success
+    assert not list(env_dir.parent.glob(".trash-*"))
+    (second,) = Host(ally_home).load(["second"])
+    assert second.action == "none" and second.env.path == env_dir
+    _assert_ready_on_a_complete_env(ally_home, second)
