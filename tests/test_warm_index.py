@@ -1024,3 +1024,37 @@ def test_registered_plugins_are_part_of_the_context(ally_home: Path) -> None:
     pm = make_plugin_manager({})
     pm.register(types.SimpleNamespace(), name="an-observer")
     assert Host(ally_home, plugin_manager=pm)._context("python3") not in (None, plain)
+
+
+# -- the file format, directly -----------------------------------------------------------------
+
+
+def test_encode_decode_round_trip_shares_equal_strings_and_refuses_damage(tmp_path: Path) -> None:
+    from ally_core.warm_index import WarmIndex
+
+    path = "/plugins/p/requirements.txt"
+    tables = {
+        "manifests": {},
+        "keys": {"/plugins/p": [[1, 2, 3, 4], {"dependency_file": path, "watch": []}]},
+        "markers": {"/m": [[5, 6, 7], {"commands": {"a": path + "x", "b": path + "x"}}]},
+    }
+    blob = encode(tables)
+    assert decode(blob) == tables
+    # The repeated string is stored once (a back-reference) and read back as one object.
+    commands = decode(blob)["markers"]["/m"][1]["commands"]  # type: ignore[index]
+    assert commands["a"] is commands["b"]
+    header_end = blob.index(b"\n") + 1
+    for damaged in (
+        b"",
+        blob[:header_end],  # header only
+        blob[: header_end + 4],  # header and CRC, no payload
+        blob[:-1],  # truncated payload
+        blob.replace(b"ally-warm-index", b"ally-warm-indey", 1),  # another header
+    ):
+        assert decode(damaged) is None, damaged[:40]
+
+    # A value marshal cannot hold is a bug, not a crash: nothing is written, loads go on.
+    index = WarmIndex(tmp_path / INDEX_NAME)
+    index.put("keys", "/plugins/q", [1], {"not plain data": object()})
+    assert index.save() is False
+    assert not (tmp_path / INDEX_NAME).exists()
