@@ -9,17 +9,15 @@ crashes on a manifest written for a newer version.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import attrs
-
-if TYPE_CHECKING:
-    import cattrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, override
 
 from .errors import ManifestError
 from .paths import PLUGIN_NAME_RE
@@ -136,15 +134,7 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-@functools.lru_cache(maxsize=1)
-def converter() -> cattrs.Converter:
-    """The cattrs converter that structures and validates ``plugin.json`` data.
-
-    Made on first use: importing cattrs costs about 10 ms, and a warm load, whose manifests
-    come from the warm index, never parses a ``plugin.json``.
-    """
-    import cattrs
-
+def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
     conv.register_structure_hook(str, _strict(str, "a string"))
     conv.register_structure_hook(bool, _strict(bool, "a boolean"))
@@ -177,8 +167,6 @@ def _strict_list(items_hook: Callable[[Any, Any], Any], label: str) -> Callable[
 
 
 def _with_extra(conv: cattrs.Converter, cls: type) -> Callable[[Any, Any], Any]:
-    from cattrs.gen import make_dict_structure_fn, override
-
     base: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, conv, extra=override(omit=True))
     names = {a.name for a in attrs.fields(cls)} - {"extra"}
 
@@ -192,10 +180,7 @@ def _with_extra(conv: cattrs.Converter, cls: type) -> Callable[[Any, Any], Any]:
     return hook
 
 
-def __getattr__(name: str) -> Any:
-    if name == "CONVERTER":  # the converter's name before it was made on first use
-        return converter()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+CONVERTER: cattrs.Converter = _make_converter()
 
 
 def _format_exception(exc: BaseException, _type: Any) -> str:
@@ -207,8 +192,6 @@ def _format_exception(exc: BaseException, _type: Any) -> str:
 
 
 def _paths(exc: BaseException) -> list[str]:
-    import cattrs
-
     out = []
     for msg in cattrs.transform_error(exc, path="$", format_exception=_format_exception):
         text, _, where = msg.rpartition(" @ ")
@@ -224,11 +207,8 @@ def parse_manifest(data: Any, *, source: str = MANIFEST_NAME, plugin: str = "") 
         raise ManifestError(label, source, [f"$: expected an object, got {_json_type(data)}"])
     problems: list[str] = []
     manifest: Manifest | None = None
-    conv = converter()
-    import cattrs  # imported by converter()
-
     try:
-        manifest = conv.structure(data, Manifest)
+        manifest = CONVERTER.structure(data, Manifest)
     except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
         problems.extend(_paths(exc))
     problems.extend(_semantic_problems(data))

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import attrs
+import cattrs
 
 from .envs import EnvInfo, Interpreter
 from .errors import EnvStoreError
@@ -62,16 +63,14 @@ class Marker:
     format: int = MARKER_FORMAT
 
 
-@functools.lru_cache(maxsize=1)
-def _converter() -> Any:
-    """The cattrs converter that writes markers (made on first use: a warm load writes none,
-    and importing cattrs costs about 10 ms)."""
-    import cattrs
-
+def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter()
     conv.register_unstructure_hook(Path, str)
     conv.register_structure_hook(Path, lambda v, _t: Path(v))
     return conv
+
+
+_CONVERTER = _make_converter()
 
 
 @functools.lru_cache(maxsize=64)
@@ -245,6 +244,7 @@ class EnvStore:
             TypeError,
             KeyError,
             AttributeError,
+            cattrs.BaseValidationError,
         ):
             return None
         self._markers[path] = (signature, marker, env_path)
@@ -280,7 +280,7 @@ class EnvStore:
         return best
 
     def write_marker(self, env_dir: Path, marker: Marker) -> None:
-        data = json.dumps(_converter().unstructure(marker), indent=2, sort_keys=True).encode()
+        data = json.dumps(_CONVERTER.unstructure(marker), indent=2, sort_keys=True).encode()
         with store_errors(f"cannot write {env_dir / MARKER}"):
             write_atomic(env_dir / MARKER, data)
 
