@@ -43,7 +43,7 @@ from .manifest import (
     manifest_to_cache,
     manifest_warnings,
 )
-from .paths import AllyPaths, contained_path
+from .paths import AllyPaths, contained_path, relative_parts
 from .plugin_manager import make_plugin_manager
 from .process import cancel_token
 from .store import MARKER, EnvStore, Marker, now_iso, store_errors
@@ -61,8 +61,6 @@ __all__ = ["BoundTool", "Host", "PluginOutcome", "PluginSource"]
 ProgressCallback = Callable[[ProgressEvent], None]
 
 log = logging.getLogger("ally")
-
-_SEP = os.sep
 
 
 def _silent(event: ProgressEvent) -> None:
@@ -173,27 +171,21 @@ SETTLE_NS = 2_000_000_000
 
 
 def _settled(*identities: Any) -> bool:
-    """Whether no file of these identities (``[size, mtime_ns, ino, ctime_ns]``) is recent."""
+    """Whether no file of these identities (``[size, mtime_ns, ino, ctime_ns]``, and for a
+    symlink's :func:`entry_identity` the identity of its target after those) is recent."""
     horizon = time.time_ns() - SETTLE_NS
-    return all(ident is None or (ident[1] < horizon and ident[3] < horizon) for ident in identities)
+    return all(
+        ident is None
+        or (ident[1] < horizon and ident[3] < horizon and (len(ident) < 5 or _settled(ident[4])))
+        for ident in identities
+    )
 
 
 def _plain_file(relative: str, identity: Optional[list[Any]]) -> bool:
     """Whether the dependency file ``relative``, of this :func:`entry_identity`, lies right in
     the plugin dir and is not a symlink: then it cannot lie outside (no further system call).
-
-    The name has no separator, is not ``.``/``..`` and does not start with ``~`` (such names
-    :func:`~ally_core.paths.contained_path` judges component by component).
     """
-    return (
-        identity is not None
-        and len(identity) == 4
-        and relative not in (".", "..")
-        and "/" not in relative
-        and "\\" not in relative
-        and os.sep not in relative
-        and not relative.startswith("~")
-    )
+    return identity is not None and len(identity) == 4 and relative_parts(relative) == [relative]
 
 
 def _runtime_error(plugin: str, exc: Exception) -> InstallFailed:
@@ -298,7 +290,7 @@ class Host:
                 sources.append(source)
         # Plugins that are gone leave the index when it is next written.
         self.index.retain("keys", dirs := [str(s.plugin_dir) for s in sources])
-        self.index.retain("manifests", [f"{d}{_SEP}{MANIFEST_NAME}" for d in dirs])
+        self.index.retain("manifests", [f"{d}{os.sep}{MANIFEST_NAME}" for d in dirs])
         return sources
 
     def _read_source(self, root: Path, name: str) -> Optional[PluginSource]:
@@ -307,8 +299,8 @@ class Host:
         # every load, and ``name`` is a directory entry's name. (A root that ends with a
         # separator, "/" or "D:\\", is joined as os.path.join would.)
         prefix = str(root)
-        directory = f"{prefix}{name}" if prefix.endswith(_SEP) else f"{prefix}{_SEP}{name}"
-        path = f"{directory}{_SEP}{MANIFEST_NAME}"
+        directory = f"{prefix}{name}" if prefix.endswith(os.sep) else f"{prefix}{os.sep}{name}"
+        path = f"{directory}{os.sep}{MANIFEST_NAME}"
         try:
             st = os.stat(path)
         except OSError:
@@ -648,7 +640,7 @@ class Host:
             entry_identity(os.path.join(plugin_dir, manifest.dependencies.file))
             if manifest.dependencies.file
             else None,
-            os.path.isdir(f"{plugin_dir}{_SEP}{ARTIFACTS_DIR}"),
+            os.path.isdir(f"{plugin_dir}{os.sep}{ARTIFACTS_DIR}"),
         ]
         context = self._context(manifest.runtime)
         cached = self._keys.get(plugin_dir)
@@ -689,9 +681,7 @@ class Host:
 
     def _save_key(self, plugin_dir: str, index_id: list[Any], entry: _KeyEntry) -> bool:
         """Put a key into the warm index, unless a file it depends on is too fresh."""
-        dep = entry.signature[0]
-        target = dep[4] if dep is not None and len(dep) > 4 else None  # a symlink's file
-        if not _settled(entry.source.identity, dep, target, *(w[1] for w in entry.watch)):
+        if not _settled(entry.source.identity, entry.signature[0], *(w[1] for w in entry.watch)):
             return False
         spec = entry.spec
         value = {
@@ -723,7 +713,7 @@ class Host:
             dep_file = None
             name = manifest.dependencies.file
             if name and _plain_file(name, signature[0]):
-                if dep != f"{source.plugin_dir}{_SEP}{name}":
+                if dep != f"{source.plugin_dir}{os.sep}{name}":
                     return None
                 dep_file = source.plugin_dir / name
             elif name:

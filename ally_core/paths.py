@@ -94,6 +94,23 @@ def check_plugin_name(name: str, *, source: str = "plugin.json") -> str:
     return name
 
 
+def relative_parts(relative: str) -> list[str] | None:
+    """The components of a path meant to stay below some directory, or ``None`` if it cannot.
+
+    Absolute paths, ``~``, drive-relative names (``C:req.txt`` on Windows: relative to drive
+    C's current dir) and ``..`` components are refused; empty and ``.`` components dropped.
+    Symlinks are :func:`contained_path`'s business.
+    """
+    if not relative or os.path.isabs(relative) or relative.startswith(("~", "\\")):
+        return None
+    if os.path.splitdrive(relative)[0]:
+        return None
+    parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    return parts
+
+
 def contained_path(base: Path, relative: str) -> Path | None:
     """Resolve ``relative`` inside ``base``; ``None`` if it would leave ``base``.
 
@@ -101,12 +118,8 @@ def contained_path(base: Path, relative: str) -> Path | None:
     ``base`` itself may be (or lie under) a symlink: containment is judged against its
     real path.
     """
-    if not relative or os.path.isabs(relative) or relative.startswith(("~", "\\")):
-        return None
-    if os.path.splitdrive(relative)[0]:
-        return None  # "C:req.txt" (Windows): relative to drive C's current dir, not to base
-    parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
-    if not parts or ".." in parts:
+    parts = relative_parts(relative)
+    if parts is None:
         return None
     # Fast path (every load goes through here): no component below base is a symlink, so
     # the joined path cannot leave base. Only when one is, pay for a full realpath.
