@@ -213,23 +213,46 @@ def run_checks(
 ) -> Health:
     """Run ``(label, argv, env)`` deep checks; each one that fails or cannot run is a problem.
 
-    A problem reads ``"<label>: <last lines of its output>"``. For ``health_check(deep=True)``.
+    The checks run at the same time (they are independent reads of one env), so a build's
+    check phase costs its slowest check, not their sum. A problem reads
+    ``"<label>: <last lines of its output>"``, in the order of ``checks``.
+    For ``health_check(deep=True)``.
     """
-    problems = []
+    started: list[tuple[str, Optional[subprocess.Popen[bytes]], str]] = []
     for label, argv, environ in checks:
         try:
-            proc = subprocess.run(
+            proc = subprocess.Popen(
                 list(argv),
-                capture_output=True,
-                timeout=timeout,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 env=dict(environ),
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            problems.append(Problem(f"{label}: could not run: {exc}"))
-            continue
-        if proc.returncode != 0:
-            text = (proc.stdout + proc.stderr).decode("utf-8", "replace").strip().splitlines()
-            problems.append(Problem(f"{label}: " + " | ".join(text[-3:])))
+            started.append((label, None, f"could not run: {exc}"))
+        else:
+            started.append((label, proc, ""))
+    deadline = time.monotonic() + timeout
+    problems = []
+    try:
+        for label, proc, error in started:
+            if proc is None:
+                problems.append(Problem(f"{label}: {error}"))
+                continue
+            try:
+                out, _ = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                problems.append(Problem(f"{label}: timed out after {timeout:g} s"))
+                continue
+            if proc.returncode != 0:
+                text = out.decode("utf-8", "replace").strip().splitlines()
+                problems.append(Problem(f"{label}: " + " | ".join(text[-3:])))
+    finally:
+        for _, proc, _ in started:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return Health(tuple(problems))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from ally_core import Host
+from ally_core import Host, run_checks
 from ally_core.runtimes.python import verify_records
 
 MANIFEST = {
@@ -142,3 +143,46 @@ def test_a_uv_directory_on_sys_path_is_not_taken_for_the_uv_distribution(
     finally:
         monkeypatch.undo()
         runtime._uv_available.cache_clear()
+
+
+def _script(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_run_checks_runs_the_checks_at_the_same_time(tmp_path: Path):
+    # The first check can only pass if the second one is running while it waits: run one
+    # after the other, the first would time out before the second ever started.
+    flag = tmp_path / "second-started"
+    waits = (
+        "import os, sys, time\n"
+        f"end = time.monotonic() + 30\n"
+        f"while not os.path.exists({str(flag)!r}):\n"
+        "    if time.monotonic() > end: sys.exit('the second check never ran alongside')\n"
+        "    time.sleep(0.01)\n"
+    )
+    touches = f"open({str(flag)!r}, 'w').close()"
+    env = dict(os.environ)
+    health = run_checks(
+        [("first", _script(waits), env), ("second", _script(touches), env)], cwd=tmp_path
+    )
+    assert health.ok, health.describe()
+
+
+def test_run_checks_reports_each_failure_in_order_with_its_output(tmp_path: Path):
+    env = dict(os.environ)
+    health = run_checks(
+        [
+            ("ok", _script("pass"), env),
+            ("bad", _script("import sys; print('to stdout'); sys.exit('broken: to stderr')"), env),
+            ("missing", [str(tmp_path / "no-such-program")], env),
+            ("slow", _script("import time; time.sleep(60)"), env),
+        ],
+        cwd=tmp_path,
+        timeout=3,
+    )
+    messages = [p.message for p in health.problems]
+    assert len(messages) == 3, messages
+    assert messages[0].startswith("bad: ") and "to stdout" in messages[0]
+    assert "broken: to stderr" in messages[0]
+    assert messages[1].startswith("missing: could not run:")
+    assert messages[2] == "slow: timed out after 3 s"
