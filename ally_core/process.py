@@ -221,7 +221,7 @@ def run_checks(
     started: list[tuple[str, Optional[subprocess.Popen[bytes]], str]] = []
     for label, argv, environ in checks:
         try:
-            proc = subprocess.Popen(
+            child = subprocess.Popen(
                 list(argv),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -232,7 +232,7 @@ def run_checks(
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             started.append((label, None, f"could not run: {exc}"))
         else:
-            started.append((label, proc, ""))
+            started.append((label, child, ""))
     deadline = time.monotonic() + timeout
     problems = []
     try:
@@ -251,8 +251,8 @@ def run_checks(
                 text = out.decode("utf-8", "replace").strip().splitlines()
                 problems.append(Problem(f"{label}: " + " | ".join(text[-3:])))
     finally:
-        for _, proc, _ in started:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for _, left, _ in started:
+            if left is not None and left.poll() is None:
+                left.kill()
+                left.wait()
     return Health(tuple(problems))
