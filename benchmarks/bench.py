@@ -6,6 +6,8 @@ Run with the dev venv's interpreter (it must be able to ``import ally_core``)::
     .venv/bin/python benchmarks/bench.py                 # local wheelhouse AND PyPI
     .venv/bin/python benchmarks/bench.py --no-index-run  # local wheelhouse only (no network
                                                          # after the wheelhouse is cached)
+    .venv/bin/python benchmarks/bench.py --repeat 1      # one round of cold loads (quicker,
+                                                         # noisier; the default is 3)
 
 Contenders, each with its OWN empty cache/data/config dirs (XDG_*, pip cache, virtualenv
 app-data, ally home) so that every "cold" number really starts from nothing:
@@ -14,6 +16,8 @@ app-data, ally home) so that every "cold" number really starts from nothing:
   ``exec``. Timed with ``bash -x`` and a ``$EPOCHREALTIME`` trace prompt, so the moment the
   env is ready (the ``exec`` line) is known without changing the script.
 * ``virtualenv + pip`` — the same script with ``virtualenv`` in place of ``python3 -m venv``.
+* ``run.sh with uv`` — the same script with ``uv venv`` + ``uv pip install`` (the uv ally
+  uses): the fastest hand-written wrapper, and the reference for what ally adds to uv.
 * ``ally (pip)`` — ``ALLY_INSTALLER=pip``: virtualenv + pip inside ally.
 * ``ally (uv)`` — the default backend.
 
@@ -62,6 +66,20 @@ exec "$PLUGIN_DIR/venv/bin/python3" "$PLUGIN_DIR/main.py" "$@"
 
 #: The seed's script with virtualenv (the same version ally uses) instead of ``-m venv``.
 VIRTUALENV_SH = SEED_RUN_SH.replace('python3 -m venv "', '"$BENCH_VIRTUALENV" "')
+
+#: The seed's script written for uv (the same uv ally uses): the fastest hand-written wrapper,
+#: and the reference for what ally itself adds to a uv install.
+UV_SH = """\
+#!/bin/bash
+PLUGIN_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [ ! -d "$PLUGIN_DIR/venv" ]; then
+    "$BENCH_UV" venv --quiet --python python3 "$PLUGIN_DIR/venv"
+    "$BENCH_UV" pip install --python "$PLUGIN_DIR/venv/bin/python3" $BENCH_UV_INDEX \\
+        -r "$PLUGIN_DIR/requirements.txt"
+fi
+exec "$PLUGIN_DIR/venv/bin/python3" "$PLUGIN_DIR/main.py" "$@"
+"""
+SCRIPTS = {"runsh": SEED_RUN_SH, "virtualenv": VIRTUALENV_SH, "uv-sh": UV_SH}
 
 SYMPY_MAIN = '''\
 """sympy-calc: Code Ally's kind of plugin, with a real dependency."""
@@ -129,10 +147,11 @@ PLUGINS: dict[str, dict[str, Any]] = {
     },
 }
 
-CONTENDERS = ("runsh", "virtualenv", "ally-pip", "ally-uv")
+CONTENDERS = ("runsh", "virtualenv", "uv-sh", "ally-pip", "ally-uv")
 TITLES = {
     "runsh": "run.sh (baseline)",
     "virtualenv": "virtualenv + pip",
+    "uv-sh": "run.sh with uv",
     "ally-pip": "ally, ALLY_INSTALLER=pip",
     "ally-uv": "ally, uv (default)",
 }
@@ -153,13 +172,17 @@ def base_python() -> str:
     return os.path.realpath(exe)
 
 
+def uv_bin() -> str:
+    from uv import find_uv_bin
+
+    return str(find_uv_bin())
+
+
 def prime_page_cache() -> None:
     """Read the installers' binaries once, so that no contender's cold load is the one that
     pages a 40 MB uv binary in from disk (the local round runs first and paid for that).
     "Cold" means empty package caches, as every contender gets; not a cold OS page cache."""
-    from uv import find_uv_bin
-
-    for path in (find_uv_bin(), base_python()):
+    for path in (uv_bin(), base_python()):
         with open(os.path.realpath(path), "rb") as fh:
             while fh.read(1 << 20):
                 pass
@@ -243,8 +266,7 @@ def write_plugin(plugins_dir: Path, name: str, kind: str, contender: str) -> Pat
         manifest["dependencies"] = {"file": "requirements.txt"}
         tool.update(command="python3", args=["main.py", *info["args"]])
     else:
-        script = SEED_RUN_SH if contender == "runsh" else VIRTUALENV_SH
-        (d / "run.sh").write_text(script)
+        (d / "run.sh").write_text(SCRIPTS[contender])
         (d / "run.sh").chmod(0o755)
         tool.update(command="./run.sh", args=info["args"])
     manifest["tools"] = [tool]
@@ -549,6 +571,8 @@ class Contender:
             "XDG_DATA_HOME": str(xdg / "data"),
             "XDG_CONFIG_HOME": str(xdg / "config"),
             "BENCH_VIRTUALENV": str(Path(sys.executable).parent / "virtualenv"),
+            "BENCH_UV": uv_bin(),
+            "BENCH_UV_INDEX": "",
         }
         if self.is_ally:
             home = root / "home"
@@ -561,6 +585,9 @@ class Contender:
         elif local is not None:
             self.env["PIP_NO_INDEX"] = "1"
             self.env["PIP_FIND_LINKS"] = str(local)
+            if " " in str(local):
+                raise SystemExit(f"the wheelhouse path may not contain spaces: {local}")
+            self.env["BENCH_UV_INDEX"] = f"--no-index --find-links {local}"
 
     @property
     def is_ally(self) -> bool:
@@ -609,58 +636,95 @@ def check_result(who: str, kind: str, result: Any) -> None:
         raise RuntimeError(f"{who}: {kind} returned {result!r}, expected result {want!r}")
 
 
-def run_source(label: str, work: Path, env: Mapping[str, str], local: Optional[Path]) -> dict:
-    """Cold load, second plugin, small plugin, disk — for every contender, one source."""
-    out: dict[str, dict[str, Any]] = {}
-    for name in CONTENDERS:
-        c = Contender(name, work / label / name, env, local)
-        r: dict[str, Any] = {}
-        log(f"[{label}] {TITLES[name]}: cold first load of sympy-calc")
-        c.add("sympy-calc", "sympy-calc")
-        cold = c.load("sympy-calc", "sympy-calc", call=True)
-        check_result(f"{name}/{label}", "sympy-calc", cold["result"])
-        r["cold_ready"] = cold["ready"]
-        r["cold_first_result"] = cold["first_result"]
-        env_dir = Path(cold["env"]).resolve()
-        r["env_disk"] = footprint(env_dir)
-        r["total_disk"] = footprint(c.root)
-        r["cache_disk"] = footprint(*c.caches())
+def run_source(
+    label: str, work: Path, env: Mapping[str, str], local: Optional[Path], repeat: int
+) -> dict:
+    """Cold load, second plugin, small plugin, disk — for every contender, one source.
 
-        log(f"[{label}] {TITLES[name]}: second plugin with the same deps")
-        c.add("sympy-calc-2", "sympy-calc")
-        before = footprint(c.root)
-        second = c.load("sympy-calc-2", "sympy-calc", call=False)
-        r["second_ready"] = second["ready"]
-        r["second_disk"] = footprint(c.root) - before
-        r["second_action"] = second.get("action")
-        r["second_spawned"] = second.get("spawned")
-        r["second_shared"] = Path(second["env"]).resolve() == env_dir
-        if c.is_ally:
-            c.add("sympy-calc-3", "sympy-calc")
-            run = run_driver(
-                "running",
-                {
-                    "home": str(c.home),
-                    "warm": ["sympy-calc", "sympy-calc-2"],
-                    "names": ["sympy-calc-3"],
-                },
-                c.env,
-            )
-            (o,) = run["outcomes"]
-            r["running_ready"] = run["seconds"]
-            r["running_spawned"] = run["spawned"]
-            r["running_action"] = o["action"]
+    ``repeat`` rounds; in each, every contender runs once from its own fresh dirs, and the
+    order rotates by one place per round, so no contender always runs right after the same
+    other one (this machine's disk and page cache make a run depend on what ran just before).
+    Times are the median over the rounds (:func:`merge_runs`).
+    """
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
+    for i in range(repeat):
+        order = CONTENDERS[i % len(CONTENDERS) :] + CONTENDERS[: i % len(CONTENDERS)]
+        for name in order:
+            root = work / label / (name if repeat == 1 else f"{name}-{i + 1}")
+            tag = label if repeat == 1 else f"{label} {i + 1}/{repeat}"
+            runs[name].append(run_contender(tag, name, root, env, local))
+    return {name: merge_runs(r) for name, r in runs.items()}
 
-        log(f"[{label}] {TITLES[name]}: cold first load of the small plugin (six)")
-        c.add("wordcount", "wordcount")
-        small = c.load("wordcount", "wordcount", call=True)
-        check_result(f"{name}/{label}", "wordcount", small["result"])
-        r["small_ready"] = small["ready"]
-        r["small_first_result"] = small["first_result"]
-        r["small_env"] = small["env"]
-        r["root"] = str(c.root)
-        out[name] = r
+
+def merge_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One contender's rounds as one result: times and sizes are medians (each time also
+    kept as ``<key>_runs``), a flag holds only if it held in every round, a spawn count is
+    the largest; names and paths are the last round's."""
+    out = dict(runs[-1])
+    for key, last in runs[-1].items():
+        values = [r[key] for r in runs]
+        if isinstance(last, bool):
+            out[key] = all(values)
+        elif key.endswith("spawned"):
+            out[key] = None if None in values else max(values)
+        elif isinstance(last, float):
+            out[key] = median(values)
+            out[f"{key}_runs"] = values
+        elif isinstance(last, int):
+            out[key] = int(median(values))
     return out
+
+
+def run_contender(
+    label: str, name: str, root: Path, env: Mapping[str, str], local: Optional[Path]
+) -> dict[str, Any]:
+    c = Contender(name, root, env, local)
+    r: dict[str, Any] = {}
+    log(f"[{label}] {TITLES[name]}: cold first load of sympy-calc")
+    c.add("sympy-calc", "sympy-calc")
+    cold = c.load("sympy-calc", "sympy-calc", call=True)
+    check_result(f"{name}/{label}", "sympy-calc", cold["result"])
+    r["cold_ready"] = cold["ready"]
+    r["cold_first_result"] = cold["first_result"]
+    env_dir = Path(cold["env"]).resolve()
+    r["env_disk"] = footprint(env_dir)
+    r["total_disk"] = footprint(c.root)
+    r["cache_disk"] = footprint(*c.caches())
+
+    log(f"[{label}] {TITLES[name]}: second plugin with the same deps")
+    c.add("sympy-calc-2", "sympy-calc")
+    before = footprint(c.root)
+    second = c.load("sympy-calc-2", "sympy-calc", call=False)
+    r["second_ready"] = second["ready"]
+    r["second_disk"] = footprint(c.root) - before
+    r["second_action"] = second.get("action")
+    r["second_spawned"] = second.get("spawned")
+    r["second_shared"] = Path(second["env"]).resolve() == env_dir
+    if c.is_ally:
+        c.add("sympy-calc-3", "sympy-calc")
+        run = run_driver(
+            "running",
+            {
+                "home": str(c.home),
+                "warm": ["sympy-calc", "sympy-calc-2"],
+                "names": ["sympy-calc-3"],
+            },
+            c.env,
+        )
+        (o,) = run["outcomes"]
+        r["running_ready"] = run["seconds"]
+        r["running_spawned"] = run["spawned"]
+        r["running_action"] = o["action"]
+
+    log(f"[{label}] {TITLES[name]}: cold first load of the small plugin (six)")
+    c.add("wordcount", "wordcount")
+    small = c.load("wordcount", "wordcount", call=True)
+    check_result(f"{name}/{label}", "wordcount", small["result"])
+    r["small_ready"] = small["ready"]
+    r["small_first_result"] = small["first_result"]
+    r["small_env"] = small["env"]
+    r["root"] = str(c.root)
+    return r
 
 
 # ---------------------------------------------------------------------------------------------
@@ -803,7 +867,7 @@ def run_calls(src: dict[str, dict[str, Any]], env: Mapping[str, str], n: int) ->
             calls: dict[str, Callable[[], Any]] = {
                 "direct": _spawner([py, "main.py", *info["args"]], plugin, info["input"], env)
             }
-            if name == "runsh":
+            if name in ("runsh", "uv-sh"):
                 log(f"[calls] {TITLES[name]}: ./run.sh vs direct spawn, n={n}")
                 calls["run.sh"] = _spawner(["./run.sh", *info["args"]], plugin, info["input"], env)
                 key = "run.sh"
@@ -936,24 +1000,31 @@ def render(data: dict[str, Any]) -> tuple[str, list[tuple[str, bool, str]]]:
         cells = [cell(values.get(c), base, fmt) for c in CONTENDERS]
         lines.append(f"| {metric} | {source} | " + " | ".join(cells) + " |")
 
+    rounds = data.get("repeat", 1)
+    med = f", median of {rounds}" if rounds > 1 else ""
     for label, src in sources.items():
         pick = lambda key, src=src: {c: src[c].get(key) for c in CONTENDERS}  # noqa: E731
-        row("cold first load, sympy: env ready", label, pick("cold_ready"), fmt_time)
+        row(f"cold first load, sympy: env ready{med}", label, pick("cold_ready"), fmt_time)
         row(
-            "cold first tool result, sympy (load + 1st call)",
+            f"cold first tool result, sympy (load + 1st call){med}",
             label,
             pick("cold_first_result"),
             fmt_time,
         )
-        row("cold first load, small plugin (six): env ready", label, pick("small_ready"), fmt_time)
         row(
-            "2nd plugin, same deps: time to ready (new host process)",
+            f"cold first load, small plugin (six): env ready{med}",
+            label,
+            pick("small_ready"),
+            fmt_time,
+        )
+        row(
+            f"2nd plugin, same deps: time to ready (new host process){med}",
             label,
             pick("second_ready"),
             fmt_time,
         )
         row(
-            "2nd plugin, same deps: time to ready (running host)",
+            f"2nd plugin, same deps: time to ready (running host){med}",
             label,
             {c: src[c].get("running_ready") for c in ("ally-pip", "ally-uv")},
             fmt_time,
@@ -1011,8 +1082,25 @@ def render(data: dict[str, Any]) -> tuple[str, list[tuple[str, bool, str]]]:
     goals: list[tuple[str, bool, str]] = []
     for label, src in sources.items():
         ratio = src["ally-uv"]["cold_ready"] / src["runsh"]["cold_ready"]
+        detail = f"{ratio:.1%}"
+        if rounds > 1:
+            each = [
+                a / b
+                for a, b in zip(src["ally-uv"]["cold_ready_runs"], src["runsh"]["cold_ready_runs"])
+            ]
+            shown = ", ".join(f"{x:.1%}" for x in each)
+            detail += f" (median of {rounds}; round by round: {shown})"
         goals.append(
-            (f"cold first load, uv backend ≤ 5% of run.sh ({label})", ratio <= 0.05, f"{ratio:.1%}")
+            (f"cold first load, uv backend ≤ 5% of run.sh ({label})", ratio <= 0.05, detail)
+        )
+        ratio = src["ally-uv"]["cold_ready"] / src["uv-sh"]["cold_ready"]
+        goals.append(
+            (
+                f"(informative) cold first load, ally (uv) ≤ 1x run.sh with uv ({label})",
+                ratio <= 1.0,
+                f"{ratio:.2f}x ({fmt_time(src['ally-uv']['cold_ready'])} vs "
+                f"{fmt_time(src['uv-sh']['cold_ready'])})",
+            )
         )
         ratio_fr = src["ally-uv"]["cold_first_result"] / src["runsh"]["cold_first_result"]
         goals.append(
@@ -1125,7 +1213,13 @@ def write_results(data: dict[str, Any], table: str, goals: list[tuple[str, bool,
         "(`hermetic_environ()`). *local wheelhouse*: `--no-index --find-links` to "
         "`benchmarks/.cache/wheelhouse`; *PyPI (network)*: the default index, "
         "https://pypi.org/simple. Ratios are to the run.sh baseline (lower is better). "
-        "Cold numbers are single runs.",
+        + (
+            f"Cold and 2nd-plugin numbers are the median of {data['repeat']} rounds; in each "
+            "round every contender runs once from fresh dirs, in an order rotated by one place "
+            "per round."
+            if data.get("repeat", 1) > 1
+            else "Cold numbers are single runs."
+        ),
         "",
         table,
         "",
@@ -1135,8 +1229,12 @@ def write_results(data: dict[str, Any], table: str, goals: list[tuple[str, bool,
         "",
         "## Notes",
         "",
-        "- *env ready*: run.sh / virtualenv + pip — time until the script's `exec` line "
-        "(from a `bash -x` trace); ally — `Host.load([name])` in a fresh process.",
+        "- *env ready*: run.sh / virtualenv + pip / run.sh with uv — time until the script's "
+        "`exec` line (from a `bash -x` trace); ally — `Host.load([name])` in a fresh process.",
+        "- *run.sh with uv*: the seed's script with `uv venv` + `uv pip install` (the uv ally "
+        "uses) in place of `python3 -m venv` + `pip install`: the fastest hand-written "
+        "wrapper, and the measure of what ally adds to a uv install (locks, the env check, "
+        "the marker, sharing).",
         "- *2nd plugin*: a copy of sympy-calc under another name. *new host process*: "
         "`Host(...).load([name])` in a fresh process (pays one-time imports, e.g. filelock); "
         "*running host*: the same in a process whose Host has already loaded its plugins "
@@ -1220,12 +1318,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         action="store_true",
         help="skip the PyPI (network) part; local wheelhouse only",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds of the cold and 2nd-plugin measurements (the table shows medians)",
+    )
     parser.add_argument("--calls", type=int, default=30, help="tool calls per contender (N)")
     parser.add_argument("--warm-plugins", type=int, default=100, help="plugins for the warm load")
     parser.add_argument("--work", type=Path, help="work dir (default: a temp dir under .cache)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     parser.add_argument("--no-write", action="store_true", help="do not write results.md")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
 
     try:
         import ally_core  # noqa: F401
@@ -1243,11 +1349,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     log(f"work dir: {work}")
     prime_page_cache()
-    data: dict[str, Any] = {"sources": {}, "n_calls": args.calls}
+    data: dict[str, Any] = {"sources": {}, "n_calls": args.calls, "repeat": args.repeat}
     try:
-        data["sources"]["local wheelhouse"] = run_source("local", work, env, local)
+        data["sources"]["local wheelhouse"] = run_source("local", work, env, local, args.repeat)
         if not args.no_index_run:
-            data["sources"]["PyPI (network)"] = run_source("pypi", work, env, None)
+            data["sources"]["PyPI (network)"] = run_source("pypi", work, env, None, args.repeat)
             shutil.rmtree(work / "pypi", ignore_errors=True)
         local_src = data["sources"]["local wheelhouse"]
         data["calls"] = run_calls(local_src, env, args.calls)
@@ -1255,8 +1361,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         n = args.warm_plugins
         w = run_warm(work, env, local, n)
         wp = run_warm_pip(Path(local_src["ally-pip"]["root"]), env, n)
-        base = baseline_warm(Path(local_src["runsh"]["root"]) / "plugins", n)
-        vbase = baseline_warm(Path(local_src["virtualenv"]["root"]) / "plugins", n)
+        scripts = {c: baseline_warm(Path(local_src[c]["root"]) / "plugins", n) for c in SCRIPTS}
         wu = w["ally-uv"]
         for r, who in ((wu, "ally-uv"), (wp, "ally-pip")):
             if r["ready"] != n:
@@ -1271,14 +1376,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "n": n,
             "uv_build_seconds": w["uv_build_seconds"],
             "per_plugin": {
-                "runsh": base,
-                "virtualenv": vbase,
+                **scripts,
                 "ally-pip": wp["first_load"] / n,
                 "ally-uv": wu["first_load"] / n,
             },
             "repeat_per_plugin": {
-                "runsh": base,
-                "virtualenv": vbase,
+                **scripts,
                 "ally-pip": wp["repeat_load"] / n,
                 "ally-uv": wu["repeat_load"] / n,
             },
@@ -1291,8 +1394,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "ally-uv": wu["repeat_load_min"] / n,
             },
             "raw_per_plugin": {
-                "runsh": base,
-                "virtualenv": vbase,
+                **scripts,
                 "ally-pip": wp["first_load_raw"] / n,
                 "ally-uv": wu["first_load_raw"] / n,
             },
