@@ -1279,7 +1279,10 @@ def write_results(data: dict[str, Any], table: str, goals: list[tuple[str, bool,
         f"{data['imports']['import_ally_core_modules']}.",
         "- Disk: `st_blocks` of every file, dir and symlink, each inode once (uv hardlinks "
         "from its cache into envs). *2nd plugin extra disk* includes the second plugin's own "
-        "source files (~16 kB) for every contender.",
+        "source files (~16 kB) for every contender; for the scripts it also includes the "
+        "bytecode of the modules their first call imports (a script cannot make its env ready "
+        "without running the tool; uv does not compile at install time, so that is ~20 MB of "
+        "sympy `.pyc` files in the new env, while ally's second plugin shares the first env's).",
         "",
     ]
     text = "\n".join(out)
