@@ -679,11 +679,17 @@ def run_contender(
     label: str, name: str, root: Path, env: Mapping[str, str], local: Optional[Path]
 ) -> dict[str, Any]:
     c = Contender(name, root, env, local)
+
+    def first_load(kind: str, what: str) -> dict[str, Any]:
+        """A new plugin of ``kind``, loaded and called once; its result checked."""
+        log(f"[{label}] {TITLES[name]}: cold first load of {what}")
+        c.add(kind, kind)
+        result = c.load(kind, kind, call=True)
+        check_result(f"{name}/{label}", kind, result["result"])
+        return result
+
     r: dict[str, Any] = {}
-    log(f"[{label}] {TITLES[name]}: cold first load of sympy-calc")
-    c.add("sympy-calc", "sympy-calc")
-    cold = c.load("sympy-calc", "sympy-calc", call=True)
-    check_result(f"{name}/{label}", "sympy-calc", cold["result"])
+    cold = first_load("sympy-calc", "sympy-calc")
     r["cold_ready"] = cold["ready"]
     r["cold_first_result"] = cold["first_result"]
     env_dir = Path(cold["env"]).resolve()
@@ -716,10 +722,7 @@ def run_contender(
         r["running_spawned"] = run["spawned"]
         r["running_action"] = o["action"]
 
-    log(f"[{label}] {TITLES[name]}: cold first load of the small plugin (six)")
-    c.add("wordcount", "wordcount")
-    small = c.load("wordcount", "wordcount", call=True)
-    check_result(f"{name}/{label}", "wordcount", small["result"])
+    small = first_load("wordcount", "the small plugin (six)")
     r["small_ready"] = small["ready"]
     r["small_first_result"] = small["first_result"]
     r["small_env"] = small["env"]
