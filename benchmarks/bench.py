@@ -1338,6 +1338,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.warm_plugins < 4:
+        # ally (pip)'s home already holds its four plugins; the warm load adds to those.
+        parser.error("--warm-plugins must be at least 4")
 
     try:
         import ally_core  # noqa: F401
