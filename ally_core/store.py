@@ -28,6 +28,7 @@ import os
 import secrets
 import shutil
 import time
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Optional
@@ -44,7 +45,8 @@ __all__ = ["MARKER", "EnvStore", "Marker"]
 
 MARKER = ".installed"
 #: Seconds before a temporary pointer link counts as a leftover (another build may be
-#: publishing through it right now).
+#: publishing through it right now). A link whose owner process is known to be gone is a
+#: leftover at once (:func:`_stray_link`).
 STRAY_LINK_GRACE = 60.0
 MARKER_FORMAT = 1
 
@@ -292,7 +294,7 @@ class EnvStore:
             if pointer.is_dir() and not pointer.is_symlink():
                 # An env from before ally managed this home (a plain venv dir): keep it aside.
                 pointer.rename(self.store_dir / f"legacy-{name}-{secrets.token_hex(4)}")
-            link = self.root / f".{name}.{secrets.token_hex(4)}.link"
+            link = _temp_link(self.root, name)
             os.symlink(os.path.relpath(env_dir, self.root), link)
             try:
                 os.replace(link, pointer)
@@ -307,7 +309,7 @@ class EnvStore:
 
     def _set_backup(self, name: str, env_dir: Path) -> None:
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
-        link = self.paths.state_dir / f".{name}.{secrets.token_hex(4)}.link"
+        link = _temp_link(self.paths.state_dir, name)
         os.symlink(os.path.relpath(env_dir, self.paths.state_dir), link)
         os.replace(link, self.paths.state_dir / f"{name}.previous")
 
@@ -427,12 +429,10 @@ class EnvStore:
                         out.append(env_dir)
             except (Timeout, OSError):
                 continue  # its build is running in another process (or the lock is unreadable)
-        for stray in self.root.glob(".*.link") if self.root.is_dir() else ():
-            # A publish holds its temporary link for microseconds between symlink() and
-            # os.replace(): only links older than that grace are leftovers of a killed one.
-            with contextlib.suppress(OSError):
-                if now - stray.lstat().st_mtime >= STRAY_LINK_GRACE:
-                    out.append(stray)
+        for directory in (self.root, self.paths.state_dir):
+            for link in directory.glob(".*.link") if directory.is_dir() else ():
+                if _stray_link(link, now):
+                    out.append(link)
         return out
 
     def remove_path(self, path: Path) -> int:
@@ -445,6 +445,45 @@ class EnvStore:
                 path, ignore_errors=True
             )
         return size
+
+
+def _owner_tag() -> str:
+    """This machine and process, as a temporary link names them: ``<node hash>-<pid>``."""
+    node = os.uname().nodename if hasattr(os, "uname") else os.environ.get("COMPUTERNAME", "")
+    return f"{zlib.crc32(node.encode('utf-8', 'replace')):08x}-{os.getpid()}"
+
+
+def _temp_link(directory: Path, name: str) -> Path:
+    """A new temporary link's path: ``.<name>.<owner tag>.<random>.link``."""
+    return directory / f".{name}.{_owner_tag()}.{secrets.token_hex(4)}.link"
+
+
+def _stray_link(link: Path, now: float) -> bool:
+    """Whether a temporary pointer link is a leftover of a killed publish.
+
+    A publish holds its link for microseconds, between ``symlink()`` and ``os.replace()``.
+    A link made on this machine by a process that no longer exists is a leftover at once;
+    any other (another machine sharing the home, a live or unknown owner, a link from an
+    older ally without a tag) only once it is older than :data:`STRAY_LINK_GRACE`.
+    """
+    try:
+        if now - link.lstat().st_mtime >= STRAY_LINK_GRACE:
+            return True
+    except OSError:
+        return False
+    parts = link.name[: -len(".link")].rsplit(".", 2)
+    if os.name != "posix" or len(parts) != 3:
+        return False
+    node, _, pid = parts[1].partition("-")
+    if node != _owner_tag().partition("-")[0] or not pid.isdigit() or int(pid) <= 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True  # its owner is gone: nobody can still be publishing through it
+    except OSError:
+        pass  # it exists (another user's process)
+    return False
 
 
 def disk_usage(path: Path) -> int:

@@ -318,6 +318,37 @@ def test_a_build_never_removes_the_temporary_link_another_publish_is_using(host:
     assert fresh not in host.store.unfinished()
 
 
+def test_a_temporary_link_is_a_leftover_at_once_only_when_its_owner_is_gone(host: Host):
+    from ally_core.store import _owner_tag
+
+    store = host.store
+    store.store_dir.mkdir(parents=True)
+    host.paths.state_dir.mkdir(parents=True, exist_ok=True)
+    node, _, pid = _owner_tag().partition("-")
+    assert pid == str(os.getpid())
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = int(gone.stdout)
+
+    def link(directory: Path, tag: str) -> Path:
+        path = directory / f".greeter.{tag}.0123abcd.link"
+        os.symlink(".store/nothing", path)
+        return path
+
+    killed = link(store.root, f"{node}-{dead}")
+    killed_backup = link(host.paths.state_dir, f"{node}-{dead}")
+    ours = link(store.root, f"{node}-{os.getpid()}")
+    other_machine = link(store.root, f"{'0' * 8 if node != '0' * 8 else '1' * 8}-{dead}")
+    found = store.unfinished()
+    assert killed in found and killed_backup in found
+    assert ours not in found  # this process may be publishing through it right now
+    assert other_machine not in found  # its pid means nothing here: the grace applies
+
+
 def test_a_build_never_removes_an_env_another_build_published_after_its_first_look(
     host: Host, monkeypatch: pytest.MonkeyPatch
 ):

@@ -234,6 +234,47 @@ def test_kill_9_at_any_point_never_publishes_a_half_env(ally_home: Path, make_pl
     assert interrupted_mid_build >= 3
 
 
+#: The CLI, killed (SIGKILL, by itself) between making the temporary pointer link and renaming
+#: it over the pointer: the instant in which the kill points of the test above rarely land.
+_DIE_AT_PUBLISH = """
+import os, signal, sys
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    if str(src).endswith(".link") and os.path.basename(str(dst)) == "greeter":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = replace
+from ally_core.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("updating", [False, True], ids=["install", "reinstall"])
+def test_kill_9_between_the_pointer_link_and_its_rename_is_cleaned_by_the_next_gc(
+    ally_home: Path, make_plugin, updating: bool
+):
+    # Regression (seen once in CI): the stray temporary link of a publish killed in that
+    # instant outlived `ally gc` for a minute (its grace for publishes still running).
+    _greeter(make_plugin)
+    if updating:
+        subprocess.run(_cli("install", "-q", "greeter"), check=True, timeout=300)
+    command = "reinstall" if updating else "install"
+    proc = subprocess.run(
+        [sys.executable, "-c", _DIE_AT_PUBLISH, command, "-q", "greeter"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    _wait_for_orphans(ally_home)
+    (stray,) = (ally_home / "plugin-envs").glob(".greeter.*.link")
+    _check_pointer(ally_home, "greeter", must_exist=updating)
+    subprocess.run(_cli("gc"), capture_output=True, check=True)
+    assert not os.path.lexists(stray)
+    assert _unfinished(ally_home) == []
+    _load_and_call(ally_home)
+
+
 @pytest.mark.parametrize("other_plugin", [False, True], ids=["same plugin", "other plugin"])
 def test_next_cold_build_removes_leftovers_of_a_killed_build(
     ally_home: Path, make_plugin, other_plugin: bool
