@@ -124,6 +124,13 @@ STAGES: list[tuple[str, Callable[[Path], bool]]] = [
 ]
 
 
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT back to its default action. A shell starts
+    background jobs with SIGINT ignored, children inherit that, and Python then installs no
+    KeyboardInterrupt handler: the CLI would be deaf to the SIGINT these tests send."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _signal_at_stage(
     argv: list[str], home: Path, stage: Callable[[Path], bool], sig: int
 ) -> tuple[bool, subprocess.CompletedProcess[str]]:
@@ -134,7 +141,12 @@ def _signal_at_stage(
     store = _store(home)
     before = set(os.listdir(store)) if store.is_dir() else set()
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=_default_sigint,
     )
     sent = False
     while proc.poll() is None:
@@ -156,7 +168,12 @@ def _signal_after(
     argv: list[str], delay: float, sig: int
 ) -> tuple[bool, subprocess.CompletedProcess[str]]:
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=_default_sigint,
     )
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(delay)
