@@ -131,6 +131,17 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _start(argv: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
+
+
 def _signal_at_stage(
     argv: list[str], home: Path, stage: Callable[[Path], bool], sig: int
 ) -> tuple[bool, subprocess.CompletedProcess[str]]:
@@ -140,14 +151,7 @@ def _signal_at_stage(
     """
     store = _store(home)
     before = set(os.listdir(store)) if store.is_dir() else set()
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        preexec_fn=_default_sigint,
-    )
+    proc = _start(argv)
     sent = False
     while proc.poll() is None:
         try:
@@ -167,14 +171,7 @@ def _signal_at_stage(
 def _signal_after(
     argv: list[str], delay: float, sig: int
 ) -> tuple[bool, subprocess.CompletedProcess[str]]:
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        preexec_fn=_default_sigint,
-    )
+    proc = _start(argv)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(delay)
     sent = proc.poll() is None
