@@ -218,7 +218,8 @@ def run_checks(
     ``"<label>: <last lines of its output>"``, in the order of ``checks``.
     For ``health_check(deep=True)``.
     """
-    started: list[tuple[str, Optional[subprocess.Popen[bytes]], str]] = []
+    # Each check's process, or why it could not start; in the order of ``checks``.
+    started: list[tuple[str, subprocess.Popen[bytes] | str]] = []
     for label, argv, environ in checks:
         try:
             child = subprocess.Popen(
@@ -230,15 +231,15 @@ def run_checks(
                 stdin=subprocess.DEVNULL,
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            started.append((label, None, f"could not run: {exc}"))
+            started.append((label, f"could not run: {exc}"))
         else:
-            started.append((label, child, ""))
+            started.append((label, child))
     deadline = time.monotonic() + timeout
     problems = []
     try:
-        for label, proc, error in started:
-            if proc is None:
-                problems.append(Problem(f"{label}: {error}"))
+        for label, proc in started:
+            if isinstance(proc, str):
+                problems.append(Problem(f"{label}: {proc}"))
                 continue
             try:
                 out, _ = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
@@ -251,8 +252,8 @@ def run_checks(
                 text = out.decode("utf-8", "replace").strip().splitlines()
                 problems.append(Problem(f"{label}: " + " | ".join(text[-3:])))
     finally:
-        for _, left, _ in started:
-            if left is not None and left.poll() is None:
+        for _, left in started:
+            if not isinstance(left, str) and left.poll() is None:
                 left.kill()
                 left.wait()
     return Health(tuple(problems))

@@ -447,10 +447,15 @@ class EnvStore:
         return size
 
 
+def _node_tag() -> str:
+    """This machine, as a temporary link names it: a hash of its node name."""
+    node = os.uname().nodename if hasattr(os, "uname") else os.environ.get("COMPUTERNAME", "")
+    return f"{zlib.crc32(node.encode('utf-8', 'replace')):08x}"
+
+
 def _owner_tag() -> str:
     """This machine and process, as a temporary link names them: ``<node hash>-<pid>``."""
-    node = os.uname().nodename if hasattr(os, "uname") else os.environ.get("COMPUTERNAME", "")
-    return f"{zlib.crc32(node.encode('utf-8', 'replace')):08x}-{os.getpid()}"
+    return f"{_node_tag()}-{os.getpid()}"
 
 
 def _temp_link(directory: Path, name: str) -> Path:
@@ -475,7 +480,7 @@ def _stray_link(link: Path, now: float) -> bool:
     if os.name != "posix" or len(parts) != 3:
         return False
     node, _, pid = parts[1].partition("-")
-    if node != _owner_tag().partition("-")[0] or not pid.isdigit() or int(pid) <= 0:
+    if node != _node_tag() or not pid.isdigit() or int(pid) <= 0:
         return False
     try:
         os.kill(int(pid), 0)
