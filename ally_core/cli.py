@@ -52,25 +52,64 @@ def _reporter(args: argparse.Namespace) -> Any:
     )
 
 
+def _tool_json(tool: Any) -> dict[str, Any]:
+    """What a host needs to advertise one tool (so it never parses plugin.json itself)."""
+    return {
+        "name": tool.name,
+        "description": tool.description,
+        "schema": tool.schema or {"type": "object", "properties": {}},
+        "interactive": tool.interactive,
+        "requiresConfirmation": tool.requires_confirmation,
+        "visible_to": tool.visible_to,
+        "subtext": tool.subtext,
+        "display_name": tool.display_name,
+        "usageGuidance": tool.usage_guidance,
+        "timeout": tool.timeout,
+    }
+
+
+def _config_schema_json(manifest: Any) -> Optional[dict[str, Any]]:
+    """The plugin's config schema, with the defaults of secret properties masked."""
+    from .plugin_config import MASK, config_schema
+
+    schema = config_schema(manifest)
+    if not schema:
+        return None
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        return dict(schema)
+    masked = {
+        k: (
+            {**v, "default": MASK}
+            if isinstance(v, dict) and v.get("secret") is True and "default" in v
+            else v
+        )
+        for k, v in props.items()
+    }
+    return {**schema, "properties": masked}
+
+
 def _outcome_json(outcome: Any) -> dict[str, Any]:
+    manifest = outcome.manifest
+    specs = (
+        [t.spec for t in outcome.tools] if outcome.tools else (manifest.tools if manifest else [])
+    )
     return {
         "name": outcome.name,
         "dir": str(outcome.plugin_dir),
         "status": outcome.status,
         "reason": outcome.reason or None,
-        "runtime": outcome.manifest.runtime if outcome.manifest else None,
-        "version": outcome.manifest.version if outcome.manifest else None,
+        "runtime": manifest.runtime if manifest else None,
+        "version": manifest.version if manifest else None,
+        "description": manifest.description if manifest else None,
         "env": str(outcome.env.path) if outcome.env else None,
         "action": outcome.action,
         "repair_reason": outcome.repair_reason or None,
         "packages": dict(outcome.packages),
-        "tools": [{"name": t.name, "description": t.spec.description} for t in outcome.tools]
-        if outcome.tools
-        else (
-            [{"name": t.name, "description": t.description} for t in outcome.manifest.tools]
-            if outcome.manifest
-            else []
-        ),
+        "tools": [_tool_json(t) for t in specs],
+        "agents": manifest.agents if manifest else [],
+        "activationMode": manifest.activation_mode if manifest else None,
+        "config_schema": _config_schema_json(manifest) if manifest else None,
         "warnings": outcome.warnings,
     }
 
@@ -85,7 +124,8 @@ def _print_outcomes(outcomes: Sequence[Any]) -> None:
                 "repaired": f" (repaired: {o.repair_reason})",
                 "updated": " (updated)",
             }
-            print(f"\u2713 {o.name}: {tools}{extra.get(o.action, '')}")
+            mark = "\u26a0" if o.warnings else "\u2713"
+            print(f"{mark} {o.name}: {tools}{extra.get(o.action, '')}")
         elif o.status == "pending":
             print(f"\u2026 {o.name}: {o.reason}")
         else:
@@ -233,6 +273,95 @@ def _config_pairs(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _form_answerer(args: argparse.Namespace) -> Callable[[Any], Any]:
+    """How ``ally run`` answers an interactive tool's forms: ``--form-response``, else field
+    by field on a terminal, else a cancel that says so."""
+    from .forms import merged_values
+
+    given: Optional[dict[str, Any]] = None
+    if args.form_response is not None:
+        try:
+            given = json.loads(args.form_response)
+        except ValueError as exc:
+            raise ConfigError(f"--form-response is not valid JSON: {exc}") from None
+        if not isinstance(given, dict):
+            raise ConfigError("--form-response must be a JSON object")
+
+    def answer(request: Any) -> Any:
+        if given is not None:
+            return merged_values(request, given)
+        if sys.stdin.isatty() and sys.stderr.isatty():
+            return _ask_form(request)
+        print(
+            f"ally: {request.plugin}: tool {request.tool!r} asked the form "
+            f"{request.title!r}; cancelled (no terminal; answer it with --form-response JSON)",
+            file=sys.stderr,
+        )
+        return None
+
+    return answer
+
+
+def _ask_form(request: Any) -> Any:
+    """Ask each field of ``request`` on the terminal; ``None`` when the user cancels."""
+    from .errors import ToolInputError
+    from .forms import coerce_field, merged_values, validate_form_values
+
+    values = merged_values(request)
+    print(
+        f"{request.title}" + (f": {request.description}" if request.description else ""),
+        file=sys.stderr,
+    )
+    for field in request.fields:
+        name = field["name"]
+        label = field.get("label") or name
+        choices = field.get("choices") if field.get("type") == "choice" else None
+        if isinstance(choices, list):
+            for i, choice in enumerate(choices, 1):
+                shown = (
+                    choice.get("label", choice.get("value")) if isinstance(choice, dict) else choice
+                )
+                print(f"  {i}. {shown}", file=sys.stderr)
+        while True:
+            default = values.get(name)
+            prompt = f"{label}" + (f" [{default}]" if default not in (None, "") else "") + ": "
+            try:
+                typed = input(prompt)
+            except EOFError:
+                return None
+            value: Any = typed if typed else default
+            if isinstance(choices, list) and isinstance(value, str) and value.isdigit():
+                index = int(value) - 1
+                if 0 <= index < len(choices):
+                    pick = choices[index]
+                    value = pick.get("value") if isinstance(pick, dict) else pick
+            values[name] = coerce_field(field, value)
+            try:
+                validate_form_values(request, {name: values[name]} if name in values else {})
+            except ToolInputError as exc:
+                if field.get("required") or values[name] not in (None, ""):
+                    print(f"  {str(exc).rpartition(': ')[2] or exc}", file=sys.stderr)
+                    continue
+            break
+    return values
+
+
+def _tool_result_json(result: Any) -> dict[str, Any]:
+    return {
+        "success": result.success,
+        "reply": result.reply,
+        "data": result.data,
+        "message": result.message,
+        "result": result.result,
+        "error": result.error,
+        "error_type": result.error_type,
+        "exit_code": result.exit_code,
+        "logs": result.logs,
+        "stderr": result.stderr,
+        "duration": round(result.duration, 6),
+    }
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     host = _host(args)
     arguments = _read_input(args)
@@ -244,10 +373,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             reporter.close()
     if not outcome.ready:
         raise PluginNotFound(f"{outcome.name}: blocked: {outcome.reason}")
-    result = outcome.tool(args.tool).call(
-        arguments, timeout=args.timeout, config=_config_pairs(args.config)
-    )
-    print(json.dumps(result.to_json(), indent=2 if sys.stdout.isatty() else None))
+    tool = outcome.tool(args.tool)
+
+    def show_stderr(stream: str, text: str) -> None:
+        if stream == "stderr":
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+    result = tool.call(
+        arguments,
+        timeout=args.timeout,
+        config=_config_pairs(args.config),
+        on_form=_form_answerer(args) if tool.spec.interactive else None,
+        on_output=show_stderr if args.verbose else None,
+    ).masked()
+    if args.json:
+        _emit({"plugin": outcome.name, "tool": tool.name, **_tool_result_json(result)})
+    else:
+        print(json.dumps(result.to_json(), indent=2 if sys.stdout.isatty() else None))
     return EXIT_OK if result.success else EXIT_TOOL_FAILED
 
 
@@ -448,8 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "run",
         cmd_run,
-        "run a plugin's tool with JSON input; print its JSON result",
-        json_flag=False,
+        "run a plugin's tool with JSON input; print its JSON reply",
         build=True,
     )
     p.add_argument("plugin", help="the plugin's name")
@@ -463,6 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="plugin config value for this call (repeatable)",
     )
     p.add_argument("--timeout", type=float, help="seconds before the tool is killed")
+    p.add_argument(
+        "--form-response",
+        metavar="JSON",
+        help="answer every form of an interactive tool with this object (over its defaults)",
+    )
     p = add("exec", cmd_exec, "run any command inside a plugin's env", json_flag=False, build=True)
     p.add_argument("plugin", help="the plugin whose env to use")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
