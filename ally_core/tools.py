@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Optional
 
 import attrs
 
+from .containment import CallScope, open_scope
 from .errors import ToolError, ToolInputError
 from .forms import (
     FormCallback,
@@ -434,6 +435,47 @@ def _spawn(
 ) -> ToolResult:
     label = f"{plugin}: tool {tool!r}"
     start = time.monotonic()
+    scope = open_scope()
+    try:
+        return _run_in_scope(
+            scope,
+            argv,
+            cwd,
+            environ,
+            payload,
+            label=label,
+            plugin=plugin,
+            tool=tool,
+            limit=limit,
+            timeout=timeout,
+            interactive=interactive,
+            on_form=on_form,
+            on_output=on_output,
+            cancel=cancel,
+            start=start,
+        )
+    finally:
+        scope.close()
+
+
+def _run_in_scope(
+    scope: CallScope,
+    argv: list[str],
+    cwd: Path,
+    environ: dict[str, str],
+    payload: bytes,
+    *,
+    label: str,
+    plugin: str,
+    tool: str,
+    limit: int,
+    timeout: float,
+    interactive: bool,
+    on_form: Optional[FormCallback],
+    on_output: Optional[OutputCallback],
+    cancel: Optional[threading.Event],
+    start: float,
+) -> ToolResult:
     try:
         proc = subprocess.Popen(
             argv,
@@ -443,8 +485,9 @@ def _spawn(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=scope.preexec(),  # system calls only: see containment.py
         )
-    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:  # ValueError: NUL in argv
         raise ToolError(
             f"{label}: cannot run {argv[0]}: {getattr(exc, 'strerror', None) or exc}",
             error_type="spawn_failed",
@@ -481,12 +524,15 @@ def _spawn(
                 break
     except BaseException:
         kill_process_group(proc, GRACE_SECONDS)
+        scope.kill()
         raise
     if reason:
         kill_process_group(proc, 0.0 if reason == "cancelled" else GRACE_SECONDS)
     elif _group_exists(proc.pid):
         # The tool exited; children it left behind must not outlive the call.
         kill_process_group(proc, 0.0)
+    # Descendants that left the process group (setsid) are still in the call's cgroup.
+    scope.kill()
     call.write(b"", close=True)
     out.join(5)
     err.join(5)
