@@ -24,6 +24,10 @@ import pytest
 
 from ally_core import Host, ToolError
 from ally_core.testing import build_wheel
+from ally_core.workers import WorkerOptions
+
+#: Workers that keep their pid: no replacement by one preloading what calls imported.
+STEADY = WorkerOptions(learn_imports=False)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="warm workers need POSIX")
 
@@ -217,7 +221,7 @@ def plugin(make_plugin: Callable[..., Path]) -> Path:
 @pytest.fixture
 def warm(ally_home: Path, plugin: Path) -> Iterator[Host]:
     """A host with warm workers whose probe plugin's worker is ready."""
-    host = Host(ally_home, warm_workers=True)
+    host = Host(ally_home, warm_workers=STEADY)
     try:
         (outcome,) = host.load()
         assert outcome.ready, outcome.reason
@@ -628,8 +632,6 @@ def test_no_worker_outlives_its_host_process(
 def test_workers_over_the_memory_limit_stop_least_recently_used_first(
     ally_home: Path, make_plugin: Callable[..., Path]
 ) -> None:
-    from ally_core.workers import WorkerOptions
-
     for name in ("one", "two"):
         _plugin(make_plugin, name)
     with Host(ally_home, warm_workers=True) as probe_host:
@@ -654,8 +656,6 @@ def test_workers_over_the_memory_limit_stop_least_recently_used_first(
 
 
 def test_an_idle_worker_stops(ally_home: Path, plugin: Path) -> None:
-    from ally_core.workers import WorkerOptions
-
     with Host(ally_home, warm_workers=WorkerOptions(idle_timeout=0.5)) as host:
         (outcome,) = host.load()
         assert host.workers is not None
@@ -698,7 +698,7 @@ def test_after_a_build_the_imported_packages_are_compiled_in_the_background(
             "print(json.dumps({'ppid': os.getppid()}))\n",
         },
     )
-    with Host(ally_home, warm_workers=True) as host:
+    with Host(ally_home, warm_workers=STEADY) as host:
         (outcome,) = host.load()
         assert outcome.action == "built"
         assert host.workers is not None and outcome.env is not None
@@ -731,7 +731,7 @@ def test_a_worker_runs_in_the_oldest_supported_python(
 ) -> None:
     _plugin(make_plugin, "old", runtime_version="==3.9.*")
     spawner = Host(ally_home)
-    with Host(ally_home, warm_workers=True) as host:
+    with Host(ally_home, warm_workers=STEADY) as host:
         (outcome,) = host.load()
         assert outcome.ready, outcome.reason
         assert outcome.env is not None and outcome.env.interpreter.version.startswith("3.9")
@@ -745,3 +745,42 @@ def test_a_worker_runs_in_the_oldest_supported_python(
             spawned.pop("volatile")
             assert forked == spawned, f"{tool} {arguments}"
         assert _outcome(host, "probe")["volatile"]["ppid"] == worker
+
+
+def test_a_worker_learns_what_its_calls_import_lazily(
+    ally_home: Path, wheelhouse: Path, tmp_path: Path, make_plugin: Callable[..., Path]
+) -> None:
+    build_wheel(tmp_path / "wheels", "allydemo-lazy", "1.0.0", files=LAZY)
+    _use_wheels(ally_home, wheelhouse, tmp_path / "wheels")
+    make_plugin(
+        "lazy",
+        {
+            "runtime": "python3",
+            "dependencies": {"file": "requirements.txt"},
+            "tools": [{"name": "t", "command": "python3", "args": ["t.py"]}],
+        },
+        files={
+            "requirements.txt": "allydemo-lazy\n",
+            "t.py": "import json, os\n"
+            "def later():\n    import allydemo_lazy.later\n    return allydemo_lazy.later.LATER\n"
+            "print(json.dumps({'ppid': os.getppid(), 'later': later()}))\n",
+        },
+    )
+    spawned = Host(ally_home).load()[0].tool("t").call().result
+    with Host(ally_home, warm_workers=True) as host:
+        (outcome,) = host.load()
+        assert host.workers is not None
+        first = host.workers.start(outcome)
+        assert "allydemo_lazy.later" not in first.imported
+        got = outcome.tool("t").call().result
+        assert got["ppid"] == first.pid and got["later"] == spawned["later"] == 2
+        deadline = time.monotonic() + 30
+        while True:  # a worker preloading it takes over in the background
+            (info,) = host.workers.info()
+            if info.pid != first.pid and "allydemo_lazy.later" in info.imported:
+                break
+            assert time.monotonic() < deadline, info
+            time.sleep(0.05)
+        again = outcome.tool("t").call().result
+        assert again == {"ppid": info.pid, "later": 2}
+        assert _wait_gone(first.pid or 0), "the replaced worker kept running"

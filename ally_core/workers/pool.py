@@ -45,6 +45,8 @@ log = logging.getLogger("ally")
 SERVER_SCRIPT = Path(__file__).with_name("server.py")
 #: Call environment variables that differ per call and never reach a worker's startup.
 PER_CALL_PREFIX = "PLUGIN_CONFIG_"
+#: How many times a plugin's worker is replaced to preload what its calls imported.
+LEARN_ROUNDS = 3
 
 
 @attrs.frozen
@@ -59,6 +61,9 @@ class WorkerOptions:
     start_timeout: float = 120.0
     #: After a build, compile the env's packages the tools import, in the background.
     compile_after_build: bool = True
+    #: Preload what calls import lazily too: a worker whose calls imported modules it had
+    #: not preloaded is replaced (in the background, up to 3 times) by one that preloads them.
+    learn_imports: bool = True
 
 
 @attrs.frozen
@@ -149,7 +154,7 @@ class WorkerProcess:
         stdin: IO[bytes],
         stdout: IO[bytes],
         stderr: IO[bytes],
-        on_exit: Callable[[], None],
+        on_exit: Callable[[list[str]], None],
     ) -> None:
         self.args, self.pid = args, pid
         self.stdin: Optional[IO[bytes]] = stdin
@@ -162,11 +167,15 @@ class WorkerProcess:
 
     def _watch(self) -> None:
         status: Optional[int] = None
+        learned: list[str] = []
         try:
             line = self._reader.readline()
-            value = json.loads(line).get("status") if line else None
+            message = json.loads(line) if line else {}
+            value = message.get("status")
             status = value if isinstance(value, int) else None
-        except (OSError, ValueError):
+            names = message.get("learned")
+            learned = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+        except (OSError, ValueError, AttributeError):
             status = None
         if status is None:
             # The worker died: on Linux its children die with it (parent-death signal);
@@ -183,7 +192,7 @@ class WorkerProcess:
             except OSError:
                 pass
         self._done.set()
-        self._on_exit()
+        self._on_exit(learned)
 
     def poll(self) -> Optional[int]:
         return self.returncode if self._done.is_set() else None
@@ -214,9 +223,14 @@ class _Worker:
         *,
         hold: bool,
         compile: bool,
+        learned: tuple[str, ...] = (),
+        replaces: Optional[_Worker] = None,
     ) -> None:
         self.pool, self.plan, self.fingerprint = pool, plan, fingerprint
-        self.name, self.plugin_dir = plugin.name, plugin.plugin_dir
+        #: Modules earlier calls imported lazily, preloaded too; the worker this one
+        #: replaces once ready (a worker that learned them).
+        self.learned, self.replaces = learned, replaces
+        self.plugin, self.name, self.plugin_dir = plugin, plugin.name, plugin.plugin_dir
         self.environ = _startup_environ(environ)
         self.hold, self.compile = hold, compile
         self.state = "starting"
@@ -280,6 +294,7 @@ class _Worker:
             "modules": list(self.plan.modules),
             "socket": path,
             "compile": self.compile,
+            "learned": list(self.learned),
         }
         ours.sendall(json.dumps(spec).encode() + b"\n")
         ours.settimeout(self.pool.options.start_timeout)
@@ -415,13 +430,15 @@ class _Worker:
             self.release,
         )
 
-    def release(self) -> None:
+    def release(self, learned: Sequence[str] = ()) -> None:
         with self.lock:
             self.inflight -= 1
             self.last_used = time.monotonic()
             retire = self.retired and self.inflight == 0
         if retire:
             self.stop("replaced")
+        elif learned:
+            self.pool._learn(self, learned)
 
 
 def _read_answer(sock: socket.socket) -> Optional[dict[str, Any]]:
@@ -450,6 +467,10 @@ class WorkerPool:
         #: plugin dir -> set once the background compile of a fresh env has imported.
         self._compiling: dict[str, threading.Event] = {}
         self._compilers: list[subprocess.Popen[bytes]] = []
+        #: plugin dir -> the worker starting to replace the current one (learned imports),
+        #: and how many times that happened.
+        self._candidates: dict[str, _Worker] = {}
+        self._rounds: dict[str, int] = {}
         self._jobs: queue.Queue[Optional[Callable[[], None]]] = queue.Queue()
         self._closed = False
         self._thread: Optional[threading.Thread] = None
@@ -580,6 +601,8 @@ class WorkerPool:
                 stale = worker
                 del self._workers[key]
                 worker = None
+            if stale is not None:
+                self._rounds.pop(key, None)
             if worker is None:
                 failed = self._failed.get(key)
                 if failed is not None and failed[0] == fingerprint and unchanged(failed[1]):
@@ -614,9 +637,62 @@ class WorkerPool:
         if not busy:
             worker.stop(reason)
 
+    def _learn(self, worker: _Worker, names: Sequence[str]) -> None:
+        """A call of ``worker`` imported ``names`` itself: start a worker preloading them too,
+        which takes over once ready (calls go on meanwhile)."""
+        if not self.options.learn_imports:
+            return
+        new = sorted(set(names) - set(worker.learned))
+        if not new:
+            return
+        key = str(worker.plugin_dir)
+        with self._lock:
+            rounds = self._rounds.get(key, 0)
+            if (
+                self._closed
+                or self._workers.get(key) is not worker
+                or worker.state != "ready"
+                or key in self._candidates
+                or rounds >= LEARN_ROUNDS
+            ):
+                return
+            self._rounds[key] = rounds + 1
+            candidate = _Worker(
+                self,
+                worker.plugin,
+                worker.plan,
+                worker.fingerprint,
+                worker.environ,
+                hold=False,
+                compile=False,
+                learned=(*worker.learned, *new),
+                replaces=worker,
+            )
+            self._candidates[key] = candidate
+        log.debug("%s: a worker preloading %d more modules starts", worker.name, len(new))
+        threading.Thread(target=candidate.start, name="ally-worker-start", daemon=True).start()
+
     def _started(self, worker: _Worker) -> None:
         """A worker answered (or failed): remember a failure, keep the memory limit."""
         key = str(worker.plugin_dir)
+        old = worker.replaces
+        if old is not None:  # a worker that learned: take over, or give up learning
+            with self._lock:
+                if self._candidates.get(key) is worker:
+                    del self._candidates[key]
+                swap = (
+                    worker.state == "ready" and not self._closed and self._workers.get(key) is old
+                )
+                if swap:
+                    self._workers[key] = worker
+                elif worker.state == "failed":
+                    self._rounds[key] = LEARN_ROUNDS
+            if swap:
+                self._retire(old, "replaced by a worker preloading what its calls imported")
+                self._enforce_memory(worker)
+            else:
+                worker.stop("not needed any more")
+            return
         if worker.state == "failed":
             with self._lock:
                 if self._workers.get(key) is worker:
@@ -782,8 +858,9 @@ class WorkerPool:
             if self._closed:
                 return
             self._closed = True
-            workers = list(self._workers.values())
+            workers = [*self._workers.values(), *self._candidates.values()]
             self._workers.clear()
+            self._candidates.clear()
             compilers = list(self._compilers)
         for worker in workers:
             worker.stop("the host closed")

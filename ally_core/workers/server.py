@@ -32,14 +32,19 @@ non-daemon threads, flushing) ends the process.
 from __future__ import annotations
 
 import ast
+import atexit
 import contextlib
+import gc
+import io
 import json
 import os
 import selectors
 import signal
 import socket
 import sys
+import threading
 import types
+from importlib.machinery import SourceFileLoader
 from typing import Any, Dict, List, Optional, Tuple
 
 _HERE = os.path.dirname(os.path.realpath(__file__))
@@ -54,6 +59,14 @@ class Job:
 
     def __init__(self, argv: List[str], sys_path0: str, module: Optional[str]) -> None:
         self.argv, self.sys_path0, self.module = argv, sys_path0, module
+        #: Where to report the modules the call imported (a pipe to the server), and the
+        #: modules loaded before it ran.
+        self.learn_fd = -1
+        self.baseline: frozenset[str] = frozenset()
+        self.plugin_dir = ""
+
+
+_job: Optional[Job] = None
 
 
 # -- preload ------------------------------------------------------------------------------------
@@ -110,8 +123,6 @@ def preload(spec: Dict[str, Any]) -> Dict[str, Any]:
         except (OSError, SyntaxError, ValueError) as exc:
             return {"ok": False, "reason": f"cannot read {script}: {exc}"}
         wanted.extend((name, first) for name in top_level_imports(tree))
-    for module in spec.get("modules", []):
-        wanted.append((module, os.getcwd()))
     imported: List[str] = []
     skipped: List[str] = []
     for module in spec.get("modules", []):
@@ -135,6 +146,9 @@ def preload(spec: Dict[str, Any]) -> Dict[str, Any]:
             parent = module.rpartition(".")[0]
             if parent:
                 wanted.append((parent, os.getcwd()))
+    # Modules earlier calls imported on their own (lazily): ally hands them back.
+    first_dir = wanted[0][1] if wanted else os.getcwd()
+    wanted.extend((name, first_dir) for name in spec.get("learned", []))
     for name, first in wanted:
         sys.path.insert(0, first)
         try:
@@ -166,8 +180,6 @@ def preload(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 def fork_safety(spec: Dict[str, Any]) -> Optional[str]:
     """Why forking this process would not be a spawn, or ``None``."""
-    import threading
-
     sys.stdout.flush()
     sys.stderr.flush()
     for fd in (1, 2):
@@ -310,6 +322,8 @@ class Server:
     def __init__(self, control: socket.socket, spec: Dict[str, Any]) -> None:
         self.control, self.spec = control, spec
         self.children: Dict[int, socket.socket] = {}
+        #: Per running call: the pipe on which it reports the modules it imported.
+        self.learning: Dict[int, int] = {}
         #: Other children (the background compile), killed with the server.
         self.helpers: List[int] = []
         self.prctl = _libc_prctl()
@@ -366,9 +380,18 @@ class Server:
                 return
             if pid in self.helpers:
                 self.helpers.remove(pid)
+            learned: List[str] = []
+            learn_fd = self.learning.pop(pid, None)
+            if learn_fd is not None:
+                try:
+                    value = json.loads(os.read(learn_fd, 1 << 16) or b"[]")
+                    learned = [str(v) for v in value] if isinstance(value, list) else []
+                except (OSError, ValueError):
+                    learned = []
+                os.close(learn_fd)
             conn = self.children.pop(pid, None)
             if conn is not None:
-                _send(conn, {"status": os.waitstatus_to_exitcode(status)})
+                _send(conn, {"status": os.waitstatus_to_exitcode(status), "learned": learned})
                 conn.close()
 
     def shutdown(self) -> None:
@@ -422,13 +445,19 @@ class Server:
             conn.close()
             return None
         ready_r, ready_w = os.pipe()
+        learn_r, learn_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
             os.close(ready_r)
-            return self.become_child(conn, request, fds, ready_w)
+            os.close(learn_r)
+            job = self.become_child(conn, request, fds, ready_w)
+            job.learn_fd = learn_w
+            return job
         os.close(ready_w)
+        os.close(learn_w)
+        os.set_blocking(learn_r, False)
         for fd in fds:
             os.close(fd)
         try:
@@ -436,6 +465,7 @@ class Server:
         finally:
             os.close(ready_r)
         self.children[pid] = conn
+        self.learning[pid] = learn_r
         _send(conn, {"pid": pid})
         return None
 
@@ -464,6 +494,9 @@ class Server:
         for sock in (self.listener, self.control, conn, *self.children.values()):
             sock.close()
         self.children.clear()
+        for fd in self.learning.values():
+            os.close(fd)
+        self.learning.clear()
         os.close(self.wake_r)
         os.close(self.wake_w)
         for target, fd in enumerate(fds[:3]):
@@ -478,9 +511,12 @@ class Server:
         _reseed()
         argv: List[str] = list(request["argv"])
         if argv[1] == "-m":
-            return Job([argv[2], *argv[3:]], os.getcwd(), argv[2])
-        script = argv[1]
-        return Job(argv[1:], os.path.dirname(os.path.realpath(script)), None)
+            job = Job([argv[2], *argv[3:]], os.getcwd(), argv[2])
+        else:
+            job = Job(argv[1:], os.path.dirname(os.path.realpath(argv[1])), None)
+        job.baseline = frozenset(sys.modules)
+        job.plugin_dir = os.path.realpath(self.spec["plugin_dir"])
+        return job
 
 
 def _ignore(signum: int, frame: Any) -> None:
@@ -502,6 +538,8 @@ def _reseed() -> None:
 
 def run_job(job: Job, python_argv0: str) -> None:
     """Run the tool and end the process with the code ``python`` would have exited with."""
+    global _job
+    _job = job
     sys.argv = list(job.argv)
     if hasattr(sys, "orig_argv"):
         sys.orig_argv = [python_argv0, *(["-m"] if job.module else []), *job.argv]
@@ -546,14 +584,12 @@ def finish(code: int, *, interrupted: bool = False) -> None:
     preloaded modules (that alone costs more than the call): non-daemon threads are joined,
     atexit functions run, the tool's globals are released (their ``__del__`` methods run,
     files it left open are flushed), then stdout and stderr are flushed."""
-    import atexit
-    import gc
-    import io
-    import threading
-
     with contextlib.suppress(Exception):
         threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
+    if _job is not None:
+        with contextlib.suppress(Exception):
+            _report_imports(_job)
     main = sys.modules.get("__main__")
     if main is not None:
         with contextlib.suppress(Exception):
@@ -579,9 +615,24 @@ def finish(code: int, *, interrupted: bool = False) -> None:
     os._exit(code)
 
 
-def _run_script(main: types.ModuleType, path: str) -> None:
-    from importlib.machinery import SourceFileLoader
+def _report_imports(job: Job) -> None:
+    """Tell the server which library modules this call imported that it had not preloaded
+    (imports inside functions, lazy imports of the libraries): ally may preload them."""
+    learned = []
+    for name, module in list(sys.modules.items()):
+        if name in job.baseline or name == "__main__":
+            continue
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str) and path.endswith(".py") and not _inside(path, job.plugin_dir):
+            learned.append(name)
+    data = json.dumps(sorted(learned)[:2000]).encode()
+    if len(data) < 60000:
+        os.set_blocking(job.learn_fd, False)
+        os.write(job.learn_fd, data)
+    os.close(job.learn_fd)
 
+
+def _run_script(main: types.ModuleType, path: str) -> None:
     filename = os.path.abspath(path)
     with open(filename, "rb") as fh:
         source = fh.read()
@@ -616,7 +667,8 @@ def main() -> Optional[Job]:
     if not answer["ok"]:
         _send(control, answer)
         return None
-    import gc
+    if spec.get("modules"):
+        import runpy  # noqa: F401 - what ``-m`` runs the tool with, loaded once
 
     gc.collect()
     if hasattr(gc, "freeze"):
