@@ -267,7 +267,7 @@ class Host:
             from .workers import WorkerOptions, WorkerPool
 
             options = warm_workers if isinstance(warm_workers, WorkerOptions) else None
-            self.workers = WorkerPool(options)
+            self.workers = WorkerPool(options, pass_env=self.settings.pass_env)
 
     # -- lifetime ------------------------------------------------------------------------------
 

@@ -784,3 +784,21 @@ def test_a_worker_learns_what_its_calls_import_lazily(
         again = outcome.tool("t").call().result
         assert again == {"ppid": info.pid, "later": 2}
         assert _wait_gone(first.pid or 0), "the replaced worker kept running"
+
+
+def test_the_worker_started_after_a_build_serves_the_first_call(
+    ally_home: Path, plugin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was started with the calls' environment (the host's pass_env included), so the
+    first call does not replace it."""
+    monkeypatch.setenv("DEMO_PASSED", "yes")
+    settings = {"pass_env": ("DEMO_PASSED",)}
+    with Host(ally_home, settings=settings, warm_workers=STEADY) as host:
+        (outcome,) = host.load()
+        assert outcome.action == "built" and host.workers is not None
+        (starting,) = host.workers.info()
+        got = _outcome(host, "probe")
+        (ready,) = host.workers.info()
+        assert ready.pid == got["volatile"]["ppid"] and ready.calls == 1
+        assert got["result"]["environ"]["DEMO_PASSED"] == "yes"
+        assert starting.plugin == "probe"

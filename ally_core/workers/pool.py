@@ -458,8 +458,12 @@ def _read_answer(sock: socket.socket) -> Optional[dict[str, Any]]:
 class WorkerPool:
     """The warm workers of one host. Thread-safe; :meth:`close` stops them all."""
 
-    def __init__(self, options: WorkerOptions | None = None) -> None:
+    def __init__(
+        self, options: WorkerOptions | None = None, *, pass_env: Sequence[str] = ()
+    ) -> None:
         self.options = options or WorkerOptions()
+        #: The host's ``pass_env``: workers started before any call get the calls' environment.
+        self.pass_env = tuple(pass_env)
         self._lock = threading.Lock()
         self._workers: dict[str, _Worker] = {}
         #: plugin dir -> (fingerprint, watched identities, reason) of a worker that failed.
@@ -748,7 +752,10 @@ class WorkerPool:
 
         if environ is None:
             environ = tool_environ(
-                plugin.env, plugin_name=plugin.name, plugin_dir=plugin.plugin_dir
+                plugin.env,
+                pass_env=self.pass_env,
+                plugin_name=plugin.name,
+                plugin_dir=plugin.plugin_dir,
             )
         plan, reason = _plan(plugin)
         manifest = plugin.manifest
@@ -761,6 +768,7 @@ class WorkerPool:
         with self._lock:
             worker = self._workers.get(key)
             if worker is not None and worker.fingerprint == fingerprint and not worker.changed():
+                worker.hold = True  # calls wait for it from now on
                 fresh = False
             else:
                 old = self._workers.pop(key, None)
@@ -798,7 +806,12 @@ class WorkerPool:
 
         key = str(plugin.plugin_dir)
         imported = threading.Event()
-        environ = tool_environ(plugin.env, plugin_name=plugin.name, plugin_dir=plugin.plugin_dir)
+        environ = tool_environ(
+            plugin.env,
+            pass_env=self.pass_env,
+            plugin_name=plugin.name,
+            plugin_dir=plugin.plugin_dir,
+        )
         with self._lock:
             self._compiling[key] = imported
 
