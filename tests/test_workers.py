@@ -160,6 +160,7 @@ TOOLS = [
     {"name": "form", "command": "python3", "args": ["form.py"], "interactive": True},
     {"name": "sleeps", "command": "python3", "args": ["sleeps.py"]},
     {"name": "module", "command": "python3", "args": ["-m", "probe_mod", "x"]},
+    {"name": "package", "command": "python3", "args": ["-m", "probe_pkg.run", "y"]},
     {"name": "inline", "command": "python3", "args": ["-c", "print('{\"result\": 1}')"]},
 ]
 FILES = {
@@ -170,6 +171,8 @@ FILES = {
     "form.py": FORM,
     "sleeps.py": SLEEPS,
     "probe_mod.py": MODULE,
+    "probe_pkg/__init__.py": "LOADED_AS_PARENT = True\n",
+    "probe_pkg/run.py": MODULE,
 }
 CONFIG = {"type": "object", "properties": {"x": {"type": "string"}, "out": {"type": "string"}}}
 
@@ -279,6 +282,7 @@ CASES = [
     ("exits", {"mode": "keyboard"}, {}),
     ("forks", None, {}),
     ("module", None, {}),
+    ("package", None, {}),
 ]
 
 

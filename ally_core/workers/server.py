@@ -108,6 +108,25 @@ def _module_file(name: str) -> Optional[str]:
     return path if isinstance(path, str) else None
 
 
+def _module_origin(module: str, plugin_dir: str) -> Optional[str]:
+    """The file of ``module`` (``-m``), without importing the plugin's own packages."""
+    import importlib.util
+
+    top, _, rest = module.partition(".")
+    found = importlib.util.find_spec(top)  # a top-level name: nothing is imported
+    if found is None or not rest:
+        return found.origin if found is not None else None
+    locations = list(found.submodule_search_locations or ())
+    if locations and _inside(locations[0], plugin_dir):
+        path = os.path.join(locations[0], *rest.split("."))
+        for candidate in (path + ".py", os.path.join(path, "__init__.py")):
+            if os.path.isfile(candidate):
+                return candidate
+        return None
+    sub = importlib.util.find_spec(module)  # imports its (installed) parent packages
+    return sub.origin if sub is not None else None
+
+
 def preload(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Import what the tools import; the answer for ally (``ok`` and why not)."""
     import importlib
@@ -130,8 +149,7 @@ def preload(spec: Dict[str, Any]) -> Dict[str, Any]:
         # level; the module itself runs afresh in every call.
         sys.path.insert(0, os.getcwd())
         try:
-            found = importlib.util.find_spec(module)
-            origin = found.origin if found is not None else None
+            origin = _module_origin(module, plugin_dir)
         except Exception:  # its parent package raised or is missing
             origin = None
         finally:
