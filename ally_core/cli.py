@@ -259,6 +259,8 @@ def _read_input(args: argparse.Namespace) -> Any:
         return {}
     try:
         return json.loads(text)
+    except RecursionError:
+        raise ToolError("--input is nested too deeply", error_type="invalid_input") from None
     except ValueError as exc:
         raise ToolError(f"--input is not valid JSON: {exc}", error_type="invalid_input") from None
 
