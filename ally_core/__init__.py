@@ -30,6 +30,7 @@ from .errors import (
     ToolInputError,
     UnsafePath,
 )
+from .forms import FormRequest
 from .hookspecs import hookimpl, hookspec
 from .loader import BoundTool, Host, PluginOutcome, PluginSource
 from .manifest import Dependencies, Manifest, Tool, load_manifest, parse_manifest
@@ -45,6 +46,7 @@ __all__ = [
     "EnvOptions",
     "EnvSpec",
     "EnvStoreError",
+    "FormRequest",
     "Health",
     "Host",
     "IndexOptions",
