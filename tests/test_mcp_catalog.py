@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from ally_core.forms import FormRequest
 from ally_core.manifest import Tool
 from ally_core.mcp.catalog import (
     MAX_NAME,
@@ -100,7 +101,8 @@ def test_form_fields_become_an_elicitation_schema() -> None:
             {"type": "string"},
         ],
     }
-    message, requested = form_request_schema(schema, {"note": "from the tool"})
+    request = FormRequest("p", "t", schema, {"note": "from the tool"})
+    message, requested = form_request_schema(request)
     assert message == "Solve\nPick a method"
     assert requested == {
         "type": "object",

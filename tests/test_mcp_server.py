@@ -65,6 +65,24 @@ deadline = time.time() + 120
 while not os.path.exists("release") and time.time() < deadline:
     time.sleep(0.05)
 """
+# An interactive tool (Code Ally's form protocol): asks one form, answers with what it got.
+ASK = """\
+import json, sys
+data = json.loads(sys.stdin.readline())
+print("thinking...")
+print(json.dumps({"__ally_form_request": True, "schema": {
+    "title": "Solve", "description": "How to solve " + data["equation"],
+    "fields": [
+        {"name": "method", "type": "choice", "choices": ["newton", "bisect"], "required": True},
+        {"name": "steps", "type": "number", "validation": {"min": 1, "max": 50}},
+    ]}, "initialValues": {"steps": 10}}), flush=True)
+answer = json.loads(sys.stdin.readline())
+if not answer.get("success"):
+    print(json.dumps({"success": False, "error": "no method chosen",
+                      "data": {"answer": answer}}))
+else:
+    print(json.dumps({"success": True, "data": answer["data"]}))
+"""
 SCHEMA_AB = {
     "type": "object",
     "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
@@ -462,6 +480,71 @@ def test_a_call_while_the_env_builds_gets_progress_notifications(
     assert progress and all("slow" in (m or "") for _, m in progress)
     values = [v for v, _ in progress]
     assert values == sorted(values) and len(set(values)) == len(values)
+
+
+@pytest.fixture
+def solver(make_plugin: Callable[..., Path]) -> Path:
+    return make_plugin(
+        "solver",
+        {"tools": [py_tool("solve", "ask.py", interactive=True)]},
+        files={"ask.py": ASK},
+    )
+
+
+def test_an_interactive_tools_form_becomes_an_elicitation(solver: Path, errlog: Any) -> None:
+    asked: list[types.ElicitRequestParams] = []
+
+    async def elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params)
+        return types.ElicitResult(action="accept", content={"method": "bisect", "steps": 7})
+
+    async def main() -> tuple[types.Tool, types.CallToolResult]:
+        async with stdio_session(errlog, elicitation=elicit) as client:
+            (tool,) = (await client.session.list_tools()).tools
+            return tool, await client.session.call_tool("solve", {"equation": "x^2=2"})
+
+    tool, result = anyio.run(main)
+    assert tool.meta is not None and tool.meta["ally/interactive"] is True
+    assert not result.isError, text(result)
+    assert result.structuredContent is not None
+    assert result.structuredContent["data"] == {"method": "bisect", "steps": 7}
+    (params,) = asked
+    assert isinstance(params, types.ElicitRequestFormParams)
+    assert params.message == "Solve\nHow to solve x^2=2"
+    assert params.requestedSchema == {
+        "type": "object",
+        "properties": {
+            "method": {"type": "string", "enum": ["newton", "bisect"]},
+            "steps": {"type": "number", "minimum": 1, "maximum": 50, "default": 10},
+        },
+        "required": ["method"],
+    }
+
+
+def test_a_form_is_cancelled_for_a_client_without_elicitation_or_a_declining_user(
+    solver: Path, errlog: Any
+) -> None:
+    async def decline(context: Any, params: Any) -> types.ElicitResult:
+        return types.ElicitResult(action="decline")
+
+    async def main() -> list[types.CallToolResult]:
+        results = []
+        async with stdio_session(errlog) as client:
+            results.append(await client.session.call_tool("solve", {"equation": "y=1"}))
+        async with stdio_session(errlog, elicitation=decline) as client:
+            results.append(await client.session.call_tool("solve", {"equation": "y=1"}))
+        return results
+
+    unsupported, declined = anyio.run(main)
+    for result in (unsupported, declined):
+        assert result.isError
+        assert result.structuredContent is not None
+        assert result.structuredContent["data"]["answer"]["cancelled"] is True
+    assert "no method chosen" in text(unsupported)
+    assert "the form 'Solve' was cancelled: this MCP client does not support forms" in text(
+        unsupported
+    )
+    assert "the form 'Solve' was declined by the user" in text(declined)
 
 
 def test_unknown_plugin_and_non_loopback_http_are_refused(ally_cli: Any, calc: Path) -> None:

@@ -35,8 +35,9 @@ from ..process import cancel_token
 
 if TYPE_CHECKING:
     from ..envs import ProgressEvent
+    from ..forms import FormRequest
     from ..loader import Host, PluginOutcome
-    from ..tools import ToolResult
+    from ..replies import ToolResult
 
 __all__ = [
     "MAX_NAME",
@@ -87,24 +88,6 @@ def exposed_names(pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str
     }
 
 
-def _flag(tool: Tool, *keys: str) -> bool:
-    for key in keys:
-        value = getattr(tool, key, None)
-        if value is None:
-            value = tool.extra.get(key)
-        if value is not None:
-            return value is True
-    return False
-
-
-def requires_confirmation(tool: Tool) -> bool:
-    return _flag(tool, "requiresConfirmation", "requires_confirmation")
-
-
-def interactive(tool: Tool) -> bool:
-    return _flag(tool, "interactive")
-
-
 def input_schema(tool: Tool) -> Optional[dict[str, Any]]:
     """The tool's schema as an MCP ``inputSchema``; ``None`` when it does not take an object."""
     schema = tool.schema
@@ -132,7 +115,7 @@ class Entry:
 def describe(entry: Entry) -> dict[str, Any]:
     """The ``Tool`` object of ``tools/list`` for ``entry`` (``inputSchema`` must be valid)."""
     tool = entry.tool
-    confirm, asks = requires_confirmation(tool), interactive(tool)
+    confirm, asks = tool.requires_confirmation, tool.interactive
     out: dict[str, Any] = {
         "name": entry.name,
         "description": tool.description or entry.plugin_description or "",
@@ -195,14 +178,12 @@ def secret_values(host: Host, manifest: Optional[Manifest]) -> list[str]:
     return out
 
 
-def result_payload(result: ToolResult) -> Any:
-    """What the tool answered, as the JSON the client gets."""
-    return result.to_json()
+def result_payload(result: ToolResult) -> dict[str, Any]:
+    """What the tool answered (its whole reply plus ally's verdict), secrets masked."""
+    return result.masked().to_json()
 
 
-def form_request_schema(
-    schema: Mapping[str, Any], initial_values: Mapping[str, Any]
-) -> tuple[str, dict[str, Any]]:
+def form_request_schema(request: FormRequest) -> tuple[str, dict[str, Any]]:
     """An interactive tool's form as an MCP elicitation: ``(message, requestedSchema)``.
 
     Fields are ``{name, type: string|number|boolean|choice, label, description, required,
@@ -210,9 +191,8 @@ def form_request_schema(
     """
     props: dict[str, Any] = {}
     required: list[str] = []
-    for field in schema.get("fields") or []:
-        if not isinstance(field, Mapping) or not isinstance(field.get("name"), str):
-            continue
+    initial_values = request.initial_values
+    for field in request.fields:
         name = field["name"]
         kind = field.get("type", "string")
         prop: dict[str, Any] = {}
@@ -255,10 +235,8 @@ def form_request_schema(
     requested: dict[str, Any] = {"type": "object", "properties": props}
     if required:
         requested["required"] = required
-    title = schema.get("title") if isinstance(schema.get("title"), str) else "A form"
-    description = schema.get("description")
-    message = f"{title}\n{description}" if isinstance(description, str) and description else title
-    return str(message), requested
+    title, description = request.title, request.description
+    return (f"{title}\n{description}" if description else title), requested
 
 
 ProgressFactory = Callable[[str], Callable[["ProgressEvent"], None]]

@@ -25,13 +25,14 @@ import socket
 import sys
 import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import anyio
 import anyio.to_thread
 import mcp.types as types
 from anyio.abc import TaskGroup
+from anyio.from_thread import BlockingPortal
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.session import ServerSession
 
@@ -43,7 +44,9 @@ from .catalog import Catalog, Entry, Masker, describe, form_request_schema, resu
 
 if TYPE_CHECKING:
     from ..envs import ProgressEvent
+    from ..forms import FormRequest
     from ..loader import Host
+    from ..replies import ToolResult
 
 __all__ = ["POLL_SECONDS", "AllyServer", "parse_http_address", "serve"]
 
@@ -71,7 +74,16 @@ def _error(text: str, structured: Optional[dict[str, Any]] = None) -> types.Call
 class _Call:
     """What one ``tools/call`` needs on the tool's thread: the session and its request."""
 
-    def __init__(self, session: ServerSession, request_id: Any, token: Any, masker: Masker):
+    def __init__(
+        self,
+        portal: BlockingPortal,
+        session: ServerSession,
+        request_id: Any,
+        token: Any,
+        masker: Masker,
+    ) -> None:
+        #: How the tool's threads (not anyio's) reach the event loop.
+        self.portal = portal
         self.session = session
         self.request_id = request_id
         self.token = token
@@ -88,7 +100,7 @@ class _Call:
         if event.phase == "output" or self.token is None or not event.message:
             return
         with contextlib.suppress(Exception):  # a closed session must not fail the build
-            anyio.from_thread.run(
+            self.portal.call(
                 self.session.send_progress_notification,
                 self.token,
                 float(next(self._count)),
@@ -97,19 +109,20 @@ class _Call:
                 self.request_id,
             )
 
-    def form(
-        self, schema: Mapping[str, Any], initial: Mapping[str, Any]
-    ) -> Optional[dict[str, Any]]:
-        """Ask the user through the client (MCP elicitation); ``None`` means cancelled."""
-        message, requested = form_request_schema(schema, initial)
-        title = message.splitlines()[0]
+    def form(self, request: FormRequest) -> Optional[dict[str, Any]]:
+        """Ask the user through the client (MCP elicitation); ``None`` means cancelled.
+
+        Called on the tool's thread; ally checks the answers against the form's fields.
+        """
+        message, requested = form_request_schema(request)
+        title = request.title
         if not self.can_elicit:
             self.notes.append(
                 f"ally: the form {title!r} was cancelled: this MCP client does not support "
                 "forms (elicitation)"
             )
             return None
-        result: types.ElicitResult = anyio.from_thread.run(
+        result: types.ElicitResult = self.portal.call(
             self.session.elicit_form,
             self.masker.text(message),
             self.masker.value(requested),
@@ -133,6 +146,7 @@ class AllyServer:
         )
         self.sessions: weakref.WeakSet[ServerSession] = weakref.WeakSet()
         self._tg: Optional[TaskGroup] = None
+        self._portal: Optional[BlockingPortal] = None
         self._builds = anyio.CapacityLimiter(max(1, catalog.build_host.settings.jobs))
         self._wake = anyio.Event()
         # The SDK's decorators are not typed; registering through them keeps its tool cache.
@@ -170,7 +184,8 @@ class AllyServer:
         except ToolError as exc:
             return _error(masker.text(str(exc)))
         token = ctx.meta.progressToken if ctx.meta is not None else None
-        call = _Call(session, ctx.request_id, token, masker)
+        assert self._portal is not None
+        call = _Call(self._portal, session, ctx.request_id, token, masker)
         try:
             return await self._run(entry, arguments, call)
         except AllyError as exc:
@@ -191,8 +206,8 @@ class AllyServer:
         bound = outcome.tool(entry.tool.name)
         cancel = threading.Event()
 
-        def invoke() -> Any:
-            return bound.call(arguments)
+        def invoke() -> ToolResult:
+            return bound.call(arguments, on_form=call.form, cancel=cancel)
 
         try:
             result = await anyio.to_thread.run_sync(invoke, abandon_on_cancel=True)
@@ -257,7 +272,8 @@ class AllyServer:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Background builds and polling for the lifetime of the block."""
-        async with anyio.create_task_group() as tg:
+        async with BlockingPortal() as portal, anyio.create_task_group() as tg:
+            self._portal = portal
             self._tg = tg
             await self.refresh()
             tg.start_soon(self.watch)
