@@ -52,8 +52,15 @@ LEAK = """\
 import json, os, sys
 secret = os.environ["PLUGIN_CONFIG_TOKEN"]
 print("stderr says " + secret, file=sys.stderr)
-data = json.load(sys.stdin)
-if data.get("fail"):
+data = json.loads(sys.stdin.readline())
+if data.get("ask"):
+    print(json.dumps({"__ally_form_request": True, "schema": {
+        "title": "Token " + secret, "description": "is it " + secret + "?",
+        "fields": [{"name": "ok", "type": "string", "label": secret, "default": secret}]},
+        "initialValues": {"ok": secret}}), flush=True)
+    answer = json.loads(sys.stdin.readline())
+    print(json.dumps({"success": True, "result": {"answer": answer, "token": secret}}))
+elif data.get("fail"):
     print(json.dumps({"success": False, "error": "bad token " + secret}))
 else:
     print(json.dumps({"success": True, "result": {"token": secret, "nested": [secret + "!"]}}))
@@ -336,23 +343,32 @@ def test_secrets_reach_the_tool_but_never_the_client(
                 "type": "object",
                 "properties": {"token": {"type": "string", "secret": True}},
             },
-            "tools": [py_tool("leak", "leak.py")],
+            "tools": [py_tool("leak", "leak.py", interactive=True)],
         },
         files={"leak.py": LEAK},
     )
     host = Host(ally_home)
     set_stored(host, host.source("vault").manifest, "token", secret)
+    forms: list[Any] = []
+
+    async def elicit(context: Any, params: Any) -> types.ElicitResult:
+        forms.append(params)
+        return types.ElicitResult(action="accept", content={"ok": "yes"})
 
     async def main() -> tuple[list[types.CallToolResult], list[str]]:
-        async with stdio_session(errlog) as client:
+        async with stdio_session(errlog, elicitation=elicit) as client:
             await client.session.list_tools()
             results = [
                 await client.session.call_tool("leak", {}),
                 await client.session.call_tool("leak", {"fail": True}),
+                await client.session.call_tool("leak", {"ask": True}),
             ]
             return results, client.traffic
 
-    (ok, failed), traffic = anyio.run(main)
+    (ok, failed, asked), traffic = anyio.run(main)
+    assert len(forms) == 1 and forms[0].message == f"Token {MASK}\nis it {MASK}?"
+    assert asked.structuredContent is not None
+    assert asked.structuredContent["result"]["answer"]["data"] == {"ok": "yes"}
     # The tool did get the secret: the masked value stands where it echoed it.
     assert ok.structuredContent == {
         "success": True,
