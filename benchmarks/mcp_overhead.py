@@ -73,6 +73,7 @@ def _rounds(
     )
     names = [*paths, "MCP (stdio)"]
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: list[float] = []
 
     async def main() -> None:
         with open(os.devnull, "w") as errlog:
@@ -87,6 +88,8 @@ def _rounds(
                     if result.isError:
                         raise SystemExit(f"MCP call failed: {result.content}")
 
+                server = _child_pid("mcp")
+                before = _cpu_seconds(server)
                 for i in range(warmup + calls):
                     order = names[i % len(names) :] + names[: i % len(names)]
                     for name in order:
@@ -97,9 +100,34 @@ def _rounds(
                             paths[name]()
                         if i >= warmup:
                             times[name].append(time.perf_counter() - start)
+                if server is not None:
+                    cpu.append((_cpu_seconds(server) - before) / (warmup + calls))
 
     anyio.run(main)
+    if cpu:
+        times["server CPU"] = cpu
     return times
+
+
+def _child_pid(word: str) -> int | None:
+    """A child of this process whose command line has ``word`` (Linux: /proc), else None."""
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and word.encode() in cmdline:
+            return int(entry.name)
+    return None
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of ``pid`` itself (not of its children)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(calls: int) -> dict[str, list[float]]:
@@ -151,7 +179,8 @@ def measure(calls: int) -> dict[str, list[float]]:
     os.environ.update(environ)  # BoundTool.call builds the tool's env from os.environ
     try:
         times = _rounds({"direct": direct, "ally API": api, "ally run": ally_run}, environ, calls)
-        return {k: times[k] for k in ("direct", "ally API", "MCP (stdio)", "ally run")}
+        order = ("direct", "ally API", "MCP (stdio)", "ally run", "server CPU")
+        return {k: times[k] for k in order if k in times}
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -178,13 +207,21 @@ def table(times: dict[str, list[float]], calls: int) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for name, values in times.items():
+        if name == "server CPU":
+            continue
         median = statistics.median(values)
         p90 = statistics.quantiles(values, n=10)[-1] if len(values) >= 2 else median
         over = "—" if name == "direct" else _fmt(overhead(name))
         lines.append(f"| {name} | {_fmt(median)} | {_fmt(p90)} | {over} | {median / base:.3g}x |")
     mcp = overhead("MCP (stdio)")
     mark = "\u2705" if mcp <= GOAL_MS / 1e3 else "\u274c"
-    lines += ["", f"- {mark} MCP per-call overhead \u2264 {GOAL_MS:g} ms: {_fmt(mcp)}", ""]
+    lines += ["", f"- {mark} MCP per-call overhead \u2264 {GOAL_MS:g} ms: {_fmt(mcp)}"]
+    if "server CPU" in times:
+        lines.append(
+            f"- CPU time of the `ally mcp serve` process per call (its own, not the tool's; "
+            f"independent of the machine's load): {_fmt(times['server CPU'][0])}"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
