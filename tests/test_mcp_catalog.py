@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 from ally_core.forms import FormRequest
 from ally_core.manifest import Tool
@@ -115,3 +118,18 @@ def test_form_fields_become_an_elicitation_schema() -> None:
         },
         "required": ["method"],
     }
+
+
+def test_without_the_sdk_serve_prints_one_line_saying_how_to_install_it(ally_home: Path) -> None:
+    # sys.modules["mcp"] = None makes `import mcp` fail as if the SDK were not installed.
+    code = (
+        "import sys; sys.modules['mcp'] = None\n"
+        "from ally_core.cli import main\n"
+        "sys.exit(main(['mcp', 'serve']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "ally: ally mcp serve needs the MCP SDK: pip install 'ally-core[mcp]' (Python >= 3.10)"
+    ]
