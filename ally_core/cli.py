@@ -528,6 +528,46 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_mcp_serve(args: argparse.Namespace) -> int:
+    from .mcp import INSTALL_HINT, sdk_missing
+
+    try:
+        from .mcp.server import serve
+    except ImportError as exc:
+        if not sdk_missing(exc):
+            raise
+        print(f"ally: {INSTALL_HINT}", file=sys.stderr)
+        return EXIT_ERROR
+    return serve(lambda: _host(args), plugins=args.plugin or (), http=args.http)
+
+
+def _add_mcp(sub: Any) -> None:
+    """``ally mcp serve``: the plugins' tools over the Model Context Protocol (docs/mcp.md)."""
+    p = sub.add_parser(
+        "mcp", help="serve plugins' tools to MCP clients", description=_add_mcp.__doc__
+    )
+    msub = p.add_subparsers(dest="mcp_command", metavar="ACTION", required=True)
+    s = msub.add_parser(
+        "serve",
+        help="serve every ready plugin's tools over MCP (stdio by default)",
+        description="Serve every ready plugin's tools over MCP: stdio by default, or "
+        "Streamable HTTP on a loopback address with a bearer token printed once to stderr.",
+    )
+    s.set_defaults(func=cmd_mcp_serve)
+    s.add_argument(
+        "--plugin",
+        action="append",
+        metavar="NAME",
+        help="serve this plugin (repeatable; default: all)",
+    )
+    s.add_argument(
+        "--http", metavar="127.0.0.1:PORT", help="Streamable HTTP on loopback, not stdio"
+    )
+    s.add_argument("--offline", action="store_true", help="never use the network")
+    s.add_argument("--installer", choices=["auto", "uv", "pip"], help="Python installer backend")
+    s.add_argument("-j", "--jobs", type=int, help="parallel builds")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ally", description="Isolated, cached, self-healing environments for plugins."
@@ -641,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", help="the plugin to bundle")
     p.add_argument("-o", "--output", help="archive path (default: ./NAME-VERSION.ally.tar.gz)")
+    _add_mcp(sub)
     return parser
 
 
