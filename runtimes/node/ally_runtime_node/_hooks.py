@@ -84,6 +84,8 @@ NAMES = ("node", "nodejs")
 ESM_HOOKS_RANGE = ">=20.6.0 || >=18.19.0 <19.0.0-0"
 _ESM_DIR = Path(__file__).parent / "esm"
 _ESM_FILES = ("register.mjs", "resolve-hooks.mjs")
+#: Replaced by the env directory in ``install_command`` (Code Ally's placeholder).
+ENV_PATH_PLACEHOLDER = "{envPath}"
 
 
 def _serves(spec: EnvSpec) -> bool:
@@ -206,6 +208,22 @@ def create_env(spec: EnvSpec, interpreter: Interpreter) -> Optional[EnvInfo]:
     )
 
 
+def _install_command(spec: EnvSpec, env: EnvInfo) -> tuple[list[str], Path]:
+    """The ``install_command`` to run, and where.
+
+    ``{envPath}`` becomes the env directory, as in Code Ally (``npm install --prefix
+    {envPath}``). Such a command says where to install, so it runs in the plugin directory as
+    Code Ally ran it: relative paths in it are the plugin's. One without ``{envPath}`` runs in
+    the env directory, so that npm never writes into the plugin. ``npm``, ``npx`` and ``node``
+    are the env's.
+    """
+    assert spec.install_command
+    argv = [arg.replace(ENV_PATH_PLACEHOLDER, str(env.path)) for arg in spec.install_command]
+    argv[0] = env.commands.get(argv[0], argv[0])
+    names_env = any(ENV_PATH_PLACEHOLDER in arg for arg in spec.install_command)
+    return argv, spec.plugin_dir if names_env else env.path
+
+
 @hookimpl
 def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
     if not _serves(spec):
@@ -224,10 +242,9 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
         # Without one npm would look for a project in the env's parent directories.
         (env.path / "package.json").write_text('{"private": true}\n', "utf-8")
     if spec.install_command:
-        argv = list(spec.install_command)
-        argv[0] = env.commands.get(argv[0], argv[0])
+        argv, cwd = _install_command(spec, env)
         spec.progress("install", f"Running {strip_credentials(' '.join(spec.install_command))}")
-        run_npm(spec, env, argv, "install_command")
+        run_npm(spec, env, argv, "install_command", cwd=cwd)
     elif artifacts is not None and (artifacts / LOCK_NAME).is_file():
         argv = _bundle.install_argv(spec, env, artifacts) + common + omit_args(dev)
         spec.progress("install", "Installing npm packages from the bundle")

@@ -119,12 +119,14 @@ def run_npm(
     *,
     timeout: Optional[float] = None,
     quiet: bool = False,
+    cwd: Optional[Path] = None,
 ) -> str:
-    """Run npm in the env dir with its output streamed as progress; a tidy error on failure."""
+    """Run npm (in the env dir unless ``cwd`` says otherwise) with its output streamed as
+    progress; a tidy error on failure."""
     try:
         return run_installer(
             argv,
-            cwd=env.path,
+            cwd=cwd or env.path,
             env=npm_environ(spec, env),
             timeout=timeout or spec.options.install_timeout,
             on_line=None if quiet else (lambda line: spec.progress("output", line)),

@@ -642,6 +642,56 @@ def test_install_command_runs_in_the_env_with_its_npm(host, make_plugin):
     assert tree(plugin) == before
 
 
+def test_install_command_env_path_placeholder_installs_into_the_env(
+    host, make_plugin, npm_tarballs, npm_env
+):
+    # Code Ally's form: the command names the env with {envPath} and runs in the plugin
+    # directory, so a tarball shipped with the plugin is found by its relative path.
+    (tarball,) = [t for t in npm_tarballs if t.name == "ally-cjs-lib-1.0.0.tgz"]
+    shipped = make_plugin(
+        "shipped",
+        {
+            "runtime": "node",
+            "dependencies": {
+                "install_command": "npm install --prefix {envPath} --no-audit --no-fund "
+                "./vendor/ally-cjs-lib-1.0.0.tgz"
+            },
+            "tools": [CJS_TOOL],
+        },
+        files=CJS_FILES,
+    )
+    (shipped / "vendor").mkdir()
+    shutil.copyfile(tarball, shipped / "vendor" / tarball.name)
+    # The other form: the plugin's package.json, installed from the registry into the env.
+    registry = node_plugin(
+        make_plugin,
+        "prefixed",
+        {"dependencies": {"ally-cjs-lib": "1.1.0"}},
+        CJS_FILES,
+        tools=[CJS_TOOL],
+        deps={"install_command": "npm install --prefix={envPath} --no-audit --no-fund"},
+    )
+    before = {p: tree(p) for p in (shipped, registry)}
+    for plugin in before:
+        for p in [plugin, *plugin.rglob("*")]:
+            p.chmod(p.stat().st_mode & ~0o222)  # npm must not write here
+    try:
+        outcomes = {o.name: o for o in host.load()}
+    finally:
+        for plugin in before:
+            for p in [plugin, *plugin.rglob("*")]:
+                p.chmod(p.stat().st_mode | 0o200)
+    for name, version in (("shipped", "1.0.0"), ("prefixed", "1.1.0")):
+        outcome = outcomes[name]
+        assert outcome.ready, outcome.reason
+        assert outcome.packages == {"ally-cjs-lib": version}
+        assert (outcome.env.path / "node_modules" / "ally-cjs-lib").is_dir()
+        assert outcome.tool("add").call({"a": 2, "b": 3}).result == {"sum": 5, "version": version}
+        assert not list(outcome.env.path.rglob("*{envPath}*"))
+    assert {p: tree(p) for p in before} == before
+    assert npm_env.tarball_requests() == ["/ally-cjs-lib/-/ally-cjs-lib-1.1.0.tgz"]
+
+
 def test_invalid_engines_range_is_reported(host, make_plugin):
     node_plugin(make_plugin, "typo", {"engines": {"node": ">= banana"}})
     (outcome,) = host.load()
