@@ -14,6 +14,7 @@ Env layout (``spec.env_dir``, in ally's env store; the plugin's directory is nev
     .ally/resolve-hooks.mjs     lets ``import "pkg"`` fall back to the env's node_modules
     .ally/bin/node              symlink to the node the env was built with (for ``#!`` lines)
     .ally/bin/npm, npx          that node running its own npm (npx looks in the env's bins)
+    .ally/installed-files.json  sha256 of every file below node_modules (see _record)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
@@ -63,6 +65,7 @@ from ._package import (
     registry_identity,
     run_scripts,
 )
+from ._record import verify_record, write_record
 from ._semver import satisfies
 
 __all__ = [
@@ -263,6 +266,7 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
     # npm creates no node_modules for a package.json without dependencies; the health check
     # expects one.
     (env.path / "node_modules").mkdir(exist_ok=True)
+    write_record(env.path)
     return InstallResult(packages=installed_packages(env.path), command=tuple(argv))
 
 
@@ -299,11 +303,25 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
         # Starts node the way tools do: proves the preloaded ESM hook still loads.
         ([env.interpreter.path, "-e", "0"], "node", env.env_vars),
     ]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ally-node-check") as pool:
+        # Hashing the installed files overlaps with npm ls and node starting.
+        changed = pool.submit(verify_record, env_dir)
+        problems += _run_checks(spec, env, checks)
+        files = changed.result()
+    if files is not None:
+        problems.append(Problem(files))
+    return Health(tuple(problems))
+
+
+def _run_checks(
+    spec: EnvSpec, env: EnvInfo, checks: Sequence[tuple[list[str], str, Mapping[str, str]]]
+) -> list[Problem]:
+    problems = []
     for argv, what, extra in checks:
         try:
             run_installer(
                 argv,
-                cwd=env_dir,
+                cwd=env.path,
                 env={**npm_environ(spec, env), **extra},
                 timeout=120,
                 what=what,
@@ -312,7 +330,7 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
             lines = without_noise(exc.stderr_tail).strip().splitlines()
             tail = " | ".join(line for line in lines[-3:] if line.strip())
             problems.append(Problem(f"{what} failed" + (f": {tail}" if tail else "")))
-    return Health(tuple(problems))
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------

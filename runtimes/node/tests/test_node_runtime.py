@@ -478,6 +478,55 @@ def test_broken_env_is_found_and_repaired(host, make_plugin):
     assert again.tool("add").call({"a": 2, "b": 2}).result == {"sum": 4, "version": "1.1.0"}
 
 
+def test_doctor_finds_files_deleted_or_edited_inside_packages_and_fix_rebuilds(
+    host, make_plugin
+):
+    node_plugin(
+        make_plugin,
+        "tampered",
+        {"dependencies": {"@ally-test/esm-lib": "^2.0.0"}},
+        CJS_FILES,
+        tools=[CJS_TOOL],
+    )
+    (outcome,) = host.load()
+    assert outcome.ready, outcome.reason
+    ((_, health),) = host.doctor()
+    assert health.ok, health.describe()
+    lib = outcome.env.path / "node_modules" / "ally-cjs-lib" / "index.js"
+    original = lib.read_bytes()
+    stat_before = lib.stat()
+
+    # An edit of the same size, with the old mtime put back: npm ls sees nothing.
+    edited = original.replace(b"a + b", b"a - b")
+    assert len(edited) == len(original) and edited != original
+    lib.write_bytes(edited)
+    os.utime(lib, ns=(stat_before.st_atime_ns, stat_before.st_mtime_ns))
+    assert outcome.tool("add").call({"a": 5, "b": 3}).result["sum"] == 2
+    ((_, health),) = host.doctor()
+    assert not health.ok
+    assert health.describe() == (
+        "1 installed file changed: node_modules/ally-cjs-lib/index.js was modified"
+    )
+    ((fixed, _),) = host.doctor(fix=True)
+    assert fixed.ready and fixed.action == "repaired", fixed.reason
+    assert fixed.tool("add").call({"a": 5, "b": 3}).result == {"sum": 8, "version": "1.1.0"}
+    ((_, health),) = host.doctor()
+    assert health.ok, health.describe()
+
+    # A file deleted from a package whose package.json is still there.
+    esm = Path("node_modules", "@ally-test", "esm-lib", "index.js")
+    (fixed.env.path / esm).unlink()
+    ((_, health),) = host.doctor()
+    assert health.describe() == (
+        "1 installed file changed: node_modules/@ally-test/esm-lib/index.js is missing"
+    )
+    ((again, _),) = host.doctor(fix=True)
+    assert again.ready and again.action == "repaired", again.reason
+    assert (again.env.path / esm).is_file()
+    ((_, health),) = host.doctor()
+    assert health.ok, health.describe()
+
+
 def test_install_scripts_run_unless_the_manifest_turns_them_off(host, make_plugin):
     tool = {"name": "ran", "command": "node", "args": ["ran.js"]}
     files = {
