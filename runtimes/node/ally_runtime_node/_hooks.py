@@ -13,7 +13,8 @@ Env layout (``spec.env_dir``, in ally's env store; the plugin's directory is nev
     .ally/register.mjs          preloaded with NODE_OPTIONS=--import: registers the ESM hook
     .ally/resolve-hooks.mjs     lets ``import "pkg"`` fall back to the env's node_modules
     .ally/bin/node              symlink to the node the env was built with (for ``#!`` lines)
-    .ally/bin/npm, npx          that node running its own npm (npx looks in the env's bins)
+    .ally/bin/npm, npx          that node running its own npm; npx runs the env's bins, offline
+    .ally/npx-cache/            npx's cache: always empty, so npx has nothing to install from
     .ally/installed-files.json  sha256 of every file below node_modules (see _record)
 """
 
@@ -52,6 +53,7 @@ from ._npm import (
     omit_args,
     run_npm,
     without_noise,
+    write_npx_script,
     write_script,
 )
 from ._package import (
@@ -187,11 +189,14 @@ def create_env(spec: EnvSpec, interpreter: Interpreter) -> Optional[EnvInfo]:
     write_script(bin_dir / "npm", [node, npm.npm_cli])
     commands = {"node": interpreter.path, "nodejs": interpreter.path, "npm": str(bin_dir / "npm")}
     if npm.npx_cli:
-        # npx only looks for bins in the project of its working directory (the plugin's),
-        # never on PATH: --prefix makes it look in the env's node_modules/.bin.
-        write_script(bin_dir / "npx", [node, npm.npx_cli, "--prefix", str(env_dir)])
+        # Runs what the env holds, never downloads; see write_npx_script.
+        write_npx_script(bin_dir / "npx", node, npm.npx_cli, env_dir)
         commands["npx"] = str(bin_dir / "npx")
-    env_vars = {"NODE_PATH": str(env_dir / "node_modules")}
+    env_vars = {
+        "NODE_PATH": str(env_dir / "node_modules"),
+        # `npm exec` (and an npx other than the env's) in a tool: never install a package.
+        "npm_config_yes": "false",
+    }
     esm = _esm_hooks_supported(interpreter.version)
     if esm:
         # A file: URL needs no quoting inside NODE_OPTIONS, even with spaces in the path.

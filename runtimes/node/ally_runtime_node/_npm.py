@@ -32,6 +32,7 @@ __all__ = [
     "npm_of",
     "omit_args",
     "run_npm",
+    "write_npx_script",
     "write_script",
 ]
 
@@ -68,6 +69,58 @@ def write_script(path: Path, argv: Sequence[str]) -> None:
     path.write_text(
         f'#!/bin/sh\n# written by ally-runtime-node\nexec {line} "$@"\n', encoding="utf-8"
     )
+    path.chmod(0o755)
+
+
+#: The env's npx (see :func:`write_npx_script`).
+_NPX_SCRIPT = """#!/bin/sh
+# written by ally-runtime-node: npx that runs what this env holds and never downloads
+env_dir=%(env_dir)s
+cmd=
+for arg do
+  case $arg in
+    -y|--yes|--yes=*|--no|--no-install|-q|--quiet) continue ;;
+  esac
+  cmd=$arg
+  break
+done
+case $cmd in
+  ''|-*|*@*@*|*:*|.*|~*) ;;
+  @*/*) [ -e "$env_dir/node_modules/$cmd" ] || missing=1 ;;
+  */*|*@*) ;;
+  *) [ -e "$env_dir/node_modules/.bin/$cmd" ] || [ -e "$env_dir/node_modules/$cmd" ] || missing=1 ;;
+esac
+if [ -n "$missing" ]; then
+  echo "npx: $cmd is not installed in this plugin's env: add the package that provides it" \\
+    "to package.json (npx never downloads packages when a tool runs)" >&2
+  exit 127
+fi
+exec %(npx)s "$@"
+"""
+#: What the env's npx passes to npm's, besides ``--prefix`` (npx looks for bins only in the
+#: project of its working directory, the plugin's, never on PATH) and ``--cache``: no network,
+#: no installing (a ``-y`` of the tool's comes later and wins, but offline with an empty cache
+#: there is nothing to install from), no log files. Each value follows a ``=``: npx takes an
+#: option it does not know as a switch to take the next word as its value.
+NPX_FLAGS = ("--offline", "--yes=false", "--logs-max=0", "--update-notifier=false")
+
+
+def write_npx_script(path: Path, node: str, npx_cli: str, env_dir: Path) -> None:
+    """The env's ``npx``: runs the env's bins and packages, and fails rather than download.
+
+    A plain name (``npx tsx``) that is neither a bin nor a package of the env is refused with
+    one line before npm starts. Everything else (versions, ``-p``, paths) is npm's to resolve,
+    offline and with an empty cache (``.ally/npx-cache``), so a package the env lacks is an
+    npm error (``ENOTCACHED``), never a download.
+    """
+    cache = env_dir / ".ally" / "npx-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    argv = [node, npx_cli, "--prefix", str(env_dir), f"--cache={cache}", *NPX_FLAGS]
+    text = _NPX_SCRIPT % {
+        "env_dir": shlex.quote(str(env_dir)),
+        "npx": " ".join(shlex.quote(a) for a in argv),
+    }
+    path.write_text(text, encoding="utf-8")
     path.chmod(0o755)
 
 

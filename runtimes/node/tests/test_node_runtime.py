@@ -275,6 +275,54 @@ def test_package_bins_run_by_name_and_through_npx(host, make_plugin):
     assert via_npx.result["cwd"] == str(outcome.plugin_dir)
 
 
+def test_npx_runs_only_what_the_env_holds_and_never_downloads(
+    ally_home, make_plugin, npm_env, monkeypatch
+):
+    # The tools see the registry, which holds ally-hello-bin: only the env's npx stands
+    # between a tool and a download of it.
+    monkeypatch.setenv(
+        "ALLY_PASS_ENV", "npm_config_registry npm_config_userconfig npm_config_globalconfig"
+    )
+    node_plugin(
+        make_plugin,
+        "frugal",
+        {"dependencies": {"ally-cjs-lib": "1.0.0"}},
+        tools=[
+            {"name": "plain", "command": "npx", "args": ["ally-hello"]},
+            {"name": "yes", "command": "npx", "args": ["--yes", "ally-hello"]},
+            {"name": "pinned", "command": "npx", "args": ["-y", "ally-hello-bin@1.0.0"]},
+            {"name": "exec", "command": "npm", "args": ["exec", "--", "ally-hello-bin@1.0.0"]},
+            {"name": "local", "command": "npx", "args": ["ally-cjs-lib@1.0.0"]},
+        ],
+    )
+    from ally_core import Host
+
+    (outcome,) = Host(ally_home).load()
+    assert outcome.ready, outcome.reason
+    npm_env.requests.clear()
+
+    def failure(name: str) -> str:
+        with pytest.raises(ToolError) as caught:
+            outcome.tool(name).call({})
+        return f"{caught.value} {caught.value.stderr}"
+
+    for name in ("plain", "yes"):
+        assert (
+            "npx: ally-hello is not installed in this plugin's env: add the package that "
+            "provides it to package.json (npx never downloads packages when a tool runs)"
+        ) in failure(name)
+    assert "ENOTCACHED" in failure("pinned")
+    # npx resolves a package of the env by name and version without the registry (this one
+    # has no bin, which is npm's own error).
+    assert "could not determine executable to run" in failure("local")
+    assert npm_env.requests == []
+    # `npm exec` asks the registry what the spec is, but installs nothing.
+    assert "npx canceled due to missing packages" in failure("exec")
+    assert npm_env.tarball_requests() == []
+    assert not (outcome.env.path / "node_modules" / "ally-hello-bin").exists()
+    assert list((outcome.env.path / ".ally" / "npx-cache").iterdir()) == []
+
+
 TS_TOOL = {
     "tool.ts": 'import { shout } from "@ally-test/esm-lib";\n'
     "interface Greeting {\n  text: string;\n}\n"
