@@ -52,7 +52,6 @@ from ._npm import (
     npm_of,
     omit_args,
     run_npm,
-    without_noise,
     write_npx_script,
     write_script,
 )
@@ -332,8 +331,7 @@ def _run_checks(
                 what=what,
             )
         except InstallFailed as exc:
-            lines = without_noise(exc.stderr_tail).strip().splitlines()
-            tail = " | ".join(line for line in lines[-3:] if line.strip())
+            tail = " | ".join(line for line in exc.stderr_tail.splitlines() if line.strip())
             problems.append(Problem(f"{what} failed" + (f": {tail}" if tail else "")))
     return problems
 

@@ -8,7 +8,6 @@ without the host's Node.js variables.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Optional
 from ally_core import (
     EnvInfo,
     EnvSpec,
-    InstallFailed,
     Interpreter,
     InterpreterNotFound,
     run_installer,
@@ -44,11 +42,6 @@ INSTALL_FLAGS = (
     "--no-update-notifier",
     "--progress=false",
     "--global=false",
-)
-#: Boilerplate npm prints with every error: dropped from the tail shown to the user.
-_NPM_NOISE = re.compile(
-    r"^npm (?:error|ERR!)(?: \d{3})?\s*$|A complete log of this run|Note that you can also "
-    r"install from a|tarball, folder, http url, or git url"
 )
 _FORCED_NPM_VARS = {"npm_config_global": "false", "npm_config_location": "project"}
 
@@ -175,22 +168,13 @@ def run_npm(
     cwd: Optional[Path] = None,
 ) -> str:
     """Run npm (in the env dir unless ``cwd`` says otherwise) with its output streamed as
-    progress; a tidy error on failure."""
-    try:
-        return run_installer(
-            argv,
-            cwd=cwd or env.path,
-            env=npm_environ(spec, env),
-            timeout=timeout or spec.options.install_timeout,
-            on_line=None if quiet else (lambda line: spec.progress("output", line)),
-            what=f"{spec.plugin_name}: {what}",
-        )
-    except InstallFailed as exc:
-        raise InstallFailed(
-            exc.message, command=exc.command, stderr_tail=without_noise(exc.stderr_tail)
-        ) from exc
-
-
-def without_noise(text: str) -> str:
-    """``text`` without the boilerplate lines npm prints with every error."""
-    return "\n".join(line for line in text.splitlines() if not _NPM_NOISE.search(line))
+    progress. A failure's reason carries npm's own error lines (``run_installer`` picks them
+    out of its boilerplate and usage help)."""
+    return run_installer(
+        argv,
+        cwd=cwd or env.path,
+        env=npm_environ(spec, env),
+        timeout=timeout or spec.options.install_timeout,
+        on_line=None if quiet else (lambda line: spec.progress("output", line)),
+        what=f"{spec.plugin_name}: {what}",
+    )

@@ -197,6 +197,36 @@ def test_failed_install_blocks_only_that_plugin_with_npms_error(host, make_plugi
     assert len([p for p in host.paths.store_dir.iterdir() if not p.name.startswith(".")]) == 2
 
 
+def test_out_of_sync_lock_is_reported_with_npms_cause_not_its_usage_help(
+    host, make_plugin, tmp_path
+):
+    # npm's lock for one dependency, beside a package.json that has gained a second one.
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "package.json").write_text(
+        json.dumps({"name": "stale", "dependencies": {"ally-cjs-lib": "1.0.0"}})
+    )
+    subprocess.run(
+        ["npm", "install", "--package-lock-only", "--no-audit", "--no-fund"],
+        cwd=scratch,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "npm_config_cache": str(tmp_path / "npm-cache")},
+    )
+    node_plugin(
+        make_plugin,
+        "stale",
+        {"dependencies": {"ally-cjs-lib": "1.0.0", "ally-hello-bin": "1.0.0"}},
+        {"package-lock.json": (scratch / "package-lock.json").read_text()},
+    )
+    (outcome,) = host.load()
+    assert outcome.status == "blocked"
+    assert outcome.reason.startswith("stale: npm ci failed (")
+    assert "are in sync. Please update your lock file" in outcome.reason
+    assert outcome.reason.endswith("npm error Missing: ally-hello-bin@1.0.0 from lock file")
+    assert "Usage" not in outcome.reason and "--install-links" not in outcome.reason
+
+
 def test_require_and_esm_import_work_with_a_read_only_plugin_dir(host, make_plugin):
     plugin = node_plugin(
         make_plugin,
