@@ -20,6 +20,7 @@ from ally_core import EnvSpec, InstallFailed, ManifestError, strip_credentials
 
 __all__ = [
     "LOCK_FILES",
+    "check_inside",
     "copy_inputs",
     "file_hash",
     "filter_npmrc",
@@ -211,9 +212,28 @@ def filter_npmrc(text: str) -> tuple[str, list[str]]:
     return "".join(f"{line}\n" for line in kept), dropped
 
 
+def check_inside(spec: EnvSpec, path: Path) -> None:
+    """Refuse ``path`` (a file the install reads beside package.json) when it is a symlink
+    leading out of the plugin directory: the env would depend on a file that is not the
+    plugin's (a lock, an ``.npmrc`` with credentials)."""
+    if not os.path.islink(path):
+        return
+    root = os.path.realpath(spec.plugin_dir)
+    target = os.path.realpath(path)
+    if os.path.commonpath([root, target]) != root:
+        rel = os.path.relpath(path, spec.plugin_dir)
+        raise InstallFailed(
+            f"{spec.plugin_name}: {rel} is a symlink to {target}, outside the plugin "
+            "directory; copy the file into the plugin"
+        )
+
+
 def copy_inputs(spec: EnvSpec) -> tuple[Optional[Path], bool]:
     """Write package.json, the lock and .npmrc into the env; return the lock and dirs flag."""
     assert spec.dependency_file is not None
+    folder = spec.dependency_file.parent
+    for path in (spec.dependency_file, folder / ".npmrc", *(folder / n for n in LOCK_FILES)):
+        check_inside(spec, path)
     data, has_dirs = _env_package_json(spec)
     env_dir = spec.env_dir
     (env_dir / "package.json").write_text(json.dumps(data, indent=2) + "\n", "utf-8")

@@ -736,6 +736,48 @@ def test_host_node_and_npm_settings_do_not_leak_into_the_env(
     assert not (tmp_path / "global-prefix").exists()
 
 
+@pytest.mark.parametrize("name", ["package-lock.json", "npm-shrinkwrap.json", ".npmrc"])
+def test_a_lock_or_npmrc_symlinked_from_outside_the_plugin_is_refused(
+    host, make_plugin, tmp_path, npm_env, name
+):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    content = (
+        f"registry={npm_env.url}\n"
+        if name == ".npmrc"
+        else json.dumps({"name": "linked", "lockfileVersion": 3, "packages": {}})
+    )
+    (outside / name).write_text(content)
+    plugin = node_plugin(make_plugin, "linked", {"dependencies": {"ally-cjs-lib": "1.0.0"}})
+    (plugin / name).symlink_to(outside / name)
+    # The same file through a symlink that stays inside the plugin is fine.
+    inside = node_plugin(make_plugin, "inside", {"dependencies": {"ally-cjs-lib": "1.0.0"}})
+    (inside / "kept").mkdir()
+    (inside / "kept" / ".npmrc").write_text(f"registry={npm_env.url}\n")
+    (inside / ".npmrc").symlink_to(Path("kept", ".npmrc"))
+    outcomes = {o.name: o for o in host.load()}
+    linked = outcomes["linked"]
+    assert linked.status == "blocked"
+    assert linked.reason == (
+        f"linked: {name} is a symlink to {outside / name}, outside the plugin directory; "
+        "copy the file into the plugin"
+    )
+    assert outcomes["inside"].ready, outcomes["inside"].reason
+
+
+def test_a_package_json_symlinked_from_outside_the_plugin_is_refused(host, make_plugin, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "package.json").write_text(json.dumps({"name": "x", "dependencies": {}}))
+    plugin = node_plugin(make_plugin, "linked", {})
+    (plugin / "package.json").unlink()
+    (plugin / "package.json").symlink_to(outside / "package.json")
+    (outcome,) = host.load()
+    assert outcome.status == "blocked"
+    assert "\n" not in outcome.reason
+    assert "$.dependencies.file: 'package.json' is outside the plugin directory" in outcome.reason
+
+
 def test_plugin_npmrc_gives_the_registry_and_nothing_else(host, make_plugin, monkeypatch, npm_env):
     monkeypatch.delenv("npm_config_registry")
     plugin = node_plugin(make_plugin, "own-registry", {"dependencies": {"ally-cjs-lib": "1.0.0"}})
