@@ -6,7 +6,7 @@ The public API. Everything not listed in ``__all__`` is internal.
 from __future__ import annotations
 
 from .__about__ import __version__
-from .config import IndexOptions, Settings
+from .config import IndexOptions, Settings, strip_credentials
 from .envs import (
     EnvInfo,
     EnvOptions,
@@ -76,4 +76,5 @@ __all__ = [
     "parse_manifest",
     "run_checks",
     "run_installer",
+    "strip_credentials",
 ]
