@@ -6,8 +6,10 @@ third-party runtime uses. Two installer backends:
 * ``uv`` (default when the ``uv`` binary is available): ``uv venv`` + ``uv pip install``, with
   one shared cache (hardlinks) under ally's cache dir.
 * ``pip``: ``virtualenv`` (Python API, app-data seeding) + ``pip install``, sharing pip's cache
-  under ally's cache dir. Always used when the manifest gives an ``install_command``, because
-  such commands expect ``pip`` inside the env.
+  under ally's cache dir.
+
+Either way every env has its own ``pip`` (seeded from a wheel on this machine, never from an
+index), so ``<env>/bin/pip`` and an ``install_command``'s ``{pip}`` act on that env.
 
 Heavy imports (virtualenv, packaging) happen inside the functions that need them, so that
 ``import ally_core`` and warm loads stay cheap.
@@ -490,6 +492,7 @@ def create_env(spec: EnvSpec, interpreter: Interpreter) -> Optional[EnvInfo]:
         return None
     backend = backend_for(spec)
     spec.progress("create", "Creating virtual environment")
+    has_pip = False
     if backend == "uv" and _is_running_base(interpreter):
         _stdlib_venv(spec)
     elif backend == "uv":
@@ -513,16 +516,34 @@ def create_env(spec: EnvSpec, interpreter: Interpreter) -> Optional[EnvInfo]:
             what="creating the venv",
         )
     else:
-        _virtualenv(spec, interpreter)
+        has_pip = _virtualenv(spec, interpreter)
     py = _env_python(spec.env_dir)
-    name = f"python{'.'.join(interpreter.version.split('.')[:2])}"
+    pip_data: dict[str, Any] = {}
+    if has_pip:
+        pass
+    elif backend == "uv" and not spec.install_command and os.name != "nt":
+        pip_data = _pip_launcher(spec, interpreter, py)
+    else:
+        _seed_pip(spec, interpreter, py)
+    short = ".".join(interpreter.version.split(".")[:2])
+    pip = str(spec.env_dir / BIN / ("pip.exe" if os.name == "nt" else "pip"))
     return EnvInfo(
         path=spec.env_dir,
         interpreter=interpreter,
         bin_dirs=(str(spec.env_dir / BIN),),
-        commands={"python": str(py), "python3": str(py), name: str(py)},
+        commands={
+            "python": str(py),
+            "python3": str(py),
+            f"python{short}": str(py),
+            # Every env has its own pip (the seed's ``<env>/bin/pip list`` check, Code
+            # Ally's ``{pip}``): these names never reach a pip outside the env.
+            "pip": pip,
+            "pip3": pip,
+            f"pip{short}": pip,
+        },
         env_vars={"VIRTUAL_ENV": str(spec.env_dir)},
-        data={"backend": backend},
+        # What the env holds before its dependencies: not reported as installed packages.
+        data={"backend": backend, "seeded": installed_packages(spec.env_dir), **pip_data},
     )
 
 
@@ -557,9 +578,15 @@ def _stdlib_venv(spec: EnvSpec) -> None:
         raise InstallFailed(f"creating the venv failed: {exc}") from exc
 
 
-def _virtualenv(spec: EnvSpec, interpreter: Interpreter) -> None:
+def _virtualenv(spec: EnvSpec, interpreter: Interpreter) -> bool:
+    """Create the env with virtualenv; whether virtualenv seeded pip into it.
+
+    virtualenv seeds pip only for the Pythons its embedded wheels support (3.9+ today); for
+    older ones the env is created bare and :func:`_seed_pip` gives it a pip.
+    """
     from virtualenv import cli_run
 
+    seeds = _embedded_pip(interpreter.version) is not None
     argv = [
         str(spec.env_dir),
         "--python",
@@ -570,7 +597,9 @@ def _virtualenv(spec: EnvSpec, interpreter: Interpreter) -> None:
         "--no-setuptools",
     ]
     app_data = _cache(spec, "virtualenv")
-    if app_data is not None:
+    if not seeds:
+        argv.append("--no-seed")
+    elif app_data is not None:
         # Seed pip as symlinks into virtualenv's app-data, which is compiled once per cache:
         # every later env skips copying pip and compiling ~450 modules on its first run.
         # (Deleting ally's cache breaks those envs' own pip; ally doctor reports it.)
@@ -579,8 +608,227 @@ def _virtualenv(spec: EnvSpec, interpreter: Interpreter) -> None:
         cli_run(argv, setup_logging=False, env=clean_environ())
     except (SystemExit, Exception) as exc:  # virtualenv reports CLI errors via SystemExit
         raise InstallFailed(
-            f"creating the virtualenv failed: {exc}", command=["virtualenv", *argv]
+            f"creating the virtualenv for Python {interpreter.version} failed: "
+            f"{_without_cli_advice(str(exc))}",
+            command=["virtualenv", *argv],
         ) from exc
+    return seeds
+
+
+def _without_cli_advice(message: str) -> str:
+    """virtualenv's message without its advice to pass virtualenv flags (ally users cannot)."""
+    parts = re.split(r"(?<=[.;:])\s+|\s+-\s+", message.strip())
+    kept = [p for p in parts if not re.search(r"(^|\s)--?[a-z]", p)]
+    return " ".join(kept).strip(" -;") or message.strip().splitlines()[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# pip inside every env
+
+
+@functools.lru_cache(maxsize=32)
+def _embedded_pip(version: str) -> Optional[Path]:
+    """The newest pip wheel embedded in virtualenv that supports Python ``version``.
+
+    Read from the wheels' metadata (``Requires-Python``) instead of importing virtualenv
+    (~0.1 s), which the uv backend does not otherwise need.
+    """
+    import zipfile
+
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    spec = importlib.util.find_spec("virtualenv")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    best: Optional[tuple[Version, Path]] = None
+    for root in spec.submodule_search_locations:
+        for wheel in Path(root, "seed", "wheels", "embed").glob("pip-*.whl"):
+            try:
+                wheel_version = Version(wheel.name.split("-")[1])
+                with zipfile.ZipFile(wheel) as zf:
+                    meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+                    text = zf.read(meta).decode("utf-8", "replace")
+            except (OSError, StopIteration, InvalidVersion, zipfile.BadZipFile):
+                continue
+            found = re.search(r"^Requires-Python:\s*(.+)$", text, re.MULTILINE)
+            try:
+                fits = found is None or SpecifierSet(found.group(1).strip()).contains(version)
+            except InvalidSpecifier:
+                fits = False
+            if fits and (best is None or wheel_version > best[0]):
+                best = (wheel_version, wheel)
+    return best[1] if best else None
+
+
+#: Asks an interpreter where its ensurepip keeps the pip wheel (Python 3.6+, also Debian's
+#: patched ensurepip that reads /usr/share/python-wheels).
+_ENSUREPIP_QUERY = (
+    "import glob, os, ensurepip\n"
+    "dirs = [os.path.join(os.path.dirname(ensurepip.__file__), '_bundled'),\n"
+    "        getattr(ensurepip, '_WHEEL_PKG_DIR', None) or '']\n"
+    "for d in dirs:\n"
+    "    for p in sorted(glob.glob(os.path.join(d, 'pip-*.whl'))) if d else ():\n"
+    "        print(p)\n"
+)
+
+
+def _ensurepip_wheel(env_python: Path) -> Optional[Path]:
+    """The pip wheel the interpreter's own ``ensurepip`` would install, if it has one."""
+    try:
+        out = subprocess.run(
+            [str(env_python), "-I", "-c", _ENSUREPIP_QUERY],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=clean_environ(),
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    from packaging.version import InvalidVersion, Version
+
+    def version(path: str) -> Version:
+        try:
+            return Version(os.path.basename(path).split("-")[1])
+        except (IndexError, InvalidVersion):
+            return Version("0")
+
+    wheels = [line for line in out.splitlines() if line.endswith(".whl")]
+    return Path(max(wheels, key=version)) if wheels else None
+
+
+def _pip_wheel(spec: EnvSpec, interpreter: Interpreter, env_python: Path) -> Path:
+    wheel = _embedded_pip(interpreter.version) or _ensurepip_wheel(env_python)
+    if wheel is None:
+        raise InstallFailed(
+            f"{spec.plugin_name}: no pip for Python {interpreter.version} at "
+            f"{interpreter.path}: ally's virtualenv has no pip wheel for it and it has no "
+            "ensurepip; use another Python (ALLY_PYTHON or runtime_version)"
+        )
+    return wheel
+
+
+#: Where a uv env keeps the pip wheel its ``bin/pip`` launcher runs.
+PIP_WHEEL_DIR = "ally-pip"
+
+_LAUNCHER = """#!/bin/sh
+# This env's pip, written by ally: pip's own code, run from the wheel beside this env by the
+# env's python, so it lists and changes this env (and reads pip's configuration as pip does).
+exec {python} {wheel}/pip "$@"
+"""
+
+
+def _pip_launcher(spec: EnvSpec, interpreter: Interpreter, env_python: Path) -> dict[str, Any]:
+    """Give a uv env ``bin/pip``: a launcher running pip from a wheel kept in the env.
+
+    Measured against installing pip into every env (uv, from the same local wheel): the
+    launcher adds ~1 ms and no disk (the wheel is hardlinked from ally's cache) to a build,
+    where installing pip adds 0.07-0.3 s (cold cache 0.12-0.3 s) and ~1000 files; pip runs
+    ~0.3 s slower from a wheel, which only its rare direct uses pay. It depends on nothing
+    but the env's own python and the wheel inside the env: upgrading ally, uv or virtualenv,
+    or deleting ally's cache, does not break it. The deep check verifies the wheel's hash.
+    """
+    import hashlib
+    import shlex
+
+    source = _pip_wheel(spec, interpreter, env_python)
+    target_dir = spec.env_dir / PIP_WHEEL_DIR
+    target_dir.mkdir()
+    target = target_dir / source.name
+    shared = _cache(spec, "python-seed")
+    try:
+        if shared is not None:
+            # One copy per cache (hardlinked into each env), made atomically: builds run
+            # in parallel. A cross-device home falls back to a plain copy below.
+            shared.mkdir(parents=True, exist_ok=True)
+            cached = shared / source.name
+            if not cached.is_file():
+                tmp = shared / f".{source.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+                shutil.copyfile(source, tmp)
+                os.replace(tmp, cached)
+            try:
+                os.link(cached, target)
+            except OSError:
+                shutil.copyfile(cached, target)
+        else:
+            shutil.copyfile(source, target)
+        digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        text = _LAUNCHER.format(python=shlex.quote(str(env_python)), wheel=shlex.quote(str(target)))
+        short = ".".join(interpreter.version.split(".")[:2])
+        for name in ("pip", "pip3", f"pip{short}"):
+            script = spec.env_dir / BIN / name
+            script.write_text(text, "utf-8")
+            script.chmod(0o755)
+    except OSError as exc:
+        raise InstallFailed(f"{spec.plugin_name}: writing the env's pip failed: {exc}") from exc
+    return {"pip_wheel": str(target), "pip_wheel_sha256": digest}
+
+
+def _check_pip_launcher(env: EnvInfo) -> Optional[Problem]:
+    import hashlib
+
+    wheel = env.data.get("pip_wheel")
+    if not wheel:
+        return None
+    try:
+        digest = hashlib.sha256(Path(wheel).read_bytes()).hexdigest()
+    except OSError:
+        return Problem(f"the env's pip is broken: {wheel} is missing")
+    if digest != env.data.get("pip_wheel_sha256"):
+        return Problem(f"the env's pip is broken: {wheel} was modified")
+    pip = env.commands.get("pip", "")
+    try:
+        launcher = Path(pip).read_text("utf-8", errors="replace")
+    except OSError:
+        return None  # a missing bin/pip is reported by the caller
+    if wheel not in launcher:
+        return Problem(f"the env's pip is broken: {pip} no longer runs {wheel}")
+    return None
+
+
+def _seed_pip(spec: EnvSpec, interpreter: Interpreter, env_python: Path) -> None:
+    """Install pip into the env from a wheel on this machine (never from an index).
+
+    The wheel virtualenv embeds for this Python, else the one the interpreter's own
+    ``ensurepip`` ships (Python 3.6-3.8, which current virtualenv releases no longer seed).
+    uv installs it in ~0.07 s (hardlinked from its cache); without uv, pip installs itself
+    from its own wheel. Used where the env's own commands need pip as a package
+    (``install_command`` may run ``python -m pip``) and where virtualenv seeds none.
+    """
+    wheel = _pip_wheel(spec, interpreter, env_python)
+    uv = _uv_bin_cached() if _uv_available() else None
+    if uv is not None:
+        argv = [
+            uv,
+            "pip",
+            "install",
+            "--python",
+            str(env_python),
+            "--no-config",
+            "--offline",
+            "--no-index",
+            "--no-deps",
+            "--quiet",
+            str(wheel),
+        ]
+        environ = _uv_environ(spec)
+    else:
+        argv = [
+            str(env_python),
+            str(wheel / "pip"),
+            "install",
+            "--isolated",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--quiet",
+            str(wheel),
+        ]
+        environ = clean_environ()
+    spec.run(argv, env=environ, what=f"installing pip {wheel.name.split('-')[1]} into the env")
 
 
 def _uv_environ(spec: EnvSpec) -> dict[str, str]:
@@ -626,7 +874,7 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
         shown = strip_credentials(" ".join(spec.install_command))
         spec.progress("install", f"Running {shown}")
         spec.run(argv, env=environ, what="install_command")
-        return InstallResult(packages=installed_packages(spec.env_dir), command=tuple(argv))
+        return InstallResult(packages=dependency_packages(env), command=tuple(argv))
     if spec.dependency_file is None:
         return InstallResult()
     backend = env.data.get("backend", "pip")
@@ -686,7 +934,7 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
     if offline and artifacts is None:
         what += " offline (no index: only the cache and find-links)"
     spec.run(argv, env=environ, what=what)
-    return InstallResult(packages=installed_packages(spec.env_dir), command=tuple(argv))
+    return InstallResult(packages=dependency_packages(env), command=tuple(argv))
 
 
 def _in_env(env: EnvInfo, name: str) -> Optional[str]:
@@ -726,6 +974,19 @@ def installed_packages(env_dir: Path) -> dict[str, str]:
         name, _, version = stem.partition("-")
         packages[name.lower().replace("_", "-")] = version
     return dict(sorted(packages.items()))
+
+
+def dependency_packages(env: EnvInfo, *, for_bundle: bool = False) -> dict[str, str]:
+    """The packages an install reports: the uv backend leaves out the pip it seeded.
+
+    The pip backend's env is "virtualenv + pip", and its pip has always been listed; a
+    bundle leaves it out on both backends (pip is seeded again from a local wheel on install).
+    """
+    seeded: Mapping[str, str] = env.data.get("seeded") or {"pip": "*"}
+    packages = installed_packages(env.path)
+    if env.data.get("backend") == "pip" and not for_bundle:
+        return packages
+    return {n: v for n, v in packages.items() if seeded.get(n) not in (v, "*")}
 
 
 def verify_records(env_dir: Path) -> list[str]:
@@ -791,7 +1052,15 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
         pending = pool.submit(run_checks, checks, cwd=spec.env_dir)
         missing = verify_records(spec.env_dir)
         metadata = pending.result()
-    problems = (Problem("installed files: " + " | ".join(missing[:5])),) if missing else ()
+    problems: tuple[Problem, ...] = (
+        (Problem("installed files: " + " | ".join(missing[:5])),) if missing else ()
+    )
+    pip = env.commands.get("pip")
+    if pip and not os.path.exists(pip):  # (envs built before every env had pip have no entry)
+        problems += (Problem(f"{pip} is missing (every env has its own pip)"),)
+    launcher = _check_pip_launcher(env)
+    if launcher is not None:
+        problems += (launcher,)
     return Health(problems + metadata.problems)
 
 
@@ -815,9 +1084,7 @@ def bundle_artifacts(spec: EnvSpec, env: EnvInfo, dest: Path) -> Optional[Mappin
         return None
     import hashlib
 
-    packages = installed_packages(env.path)
-    if env.data.get("backend") == "pip":
-        packages.pop("pip", None)  # seeded by virtualenv from its own wheel, not a dependency
+    packages = dependency_packages(env, for_bundle=True)
     lines = [f"{name}=={version}" for name, version in packages.items()]
     if lines:
         pins = dest / "pins.txt"
