@@ -1,16 +1,22 @@
-"""Every Python env has its own pip: the seed's ``<env>/bin/pip list`` check, on both
-installer backends."""
+"""Every Python env has its own pip: the seed's ``<env>/bin/pip list`` check, Code Ally's
+``{pip}`` placeholder in ``install_command``, on both installer backends.
+
+Code Ally replaced ``{pip}`` with ``<env>/bin/pip`` and ran the command through a shell; ally
+runs it without one, split like a shell would, in the plugin dir with the env activated.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from ally_core import Host
+from ally_core.runtimes.python import installed_packages
 
 BACKENDS = ["uv", "pip"]
 MAIN = (
@@ -54,6 +60,50 @@ def test_the_seeds_pip_list_check_lists_the_plugins_packages(
         assert outcome.packages == {"allydemo-greet": "1.0.0"}
         assert set(listed) == {"allydemo-greet"}
     assert outcome.env.commands["pip"] == str(outcome.env.path / "bin" / "pip")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pip_placeholder_in_install_command_installs_into_this_env(
+    backend, ally_home: Path, make_plugin, wheelhouse: Path, monkeypatch
+):
+    monkeypatch.setenv("ALLY_INSTALLER", backend)
+    command = f"{{pip}} install --no-index --find-links {wheelhouse} allydemo-greet==2.0.0"
+    make_plugin(
+        "placeholder",
+        {"runtime": "python3", "dependencies": {"install_command": command}, "tools": TOOLS},
+        {"main.py": MAIN},
+    )
+    (outcome,) = Host(ally_home).load()
+    assert outcome.ready, outcome.reason
+    assert outcome.env.data["backend"] == backend
+    assert installed_packages(outcome.env.path)["allydemo-greet"] == "2.0.0"
+    assert outcome.tool("v").call({}).result == "2.0.0"
+    # The env's pip ran, not one on PATH: the interpreter running the tests is untouched.
+    host_site = subprocess.run(
+        [sys.executable, "-c", "import importlib.util as u; print(u.find_spec('allydemo_greet'))"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert host_site.strip() == "None"
+
+
+def test_pip_placeholder_inside_a_word_is_replaced_too(
+    ally_home: Path, make_plugin, wheelhouse: Path
+):
+    # Code Ally replaced every "{pip}" in the command string, wherever it stood.
+    command = (
+        "python -c \"import subprocess, sys; sys.exit(subprocess.call(sys.argv[1].split('=')[1:]"
+        f" + ['install', '--no-index', '--find-links', {str(wheelhouse)!r}, 'allydemo-greet']))\""
+        " --pip={pip}"
+    )
+    make_plugin(
+        "inword",
+        {"runtime": "python3", "dependencies": {"install_command": command}, "tools": TOOLS},
+        {"main.py": MAIN},
+    )
+    (outcome,) = Host(ally_home).load()
+    assert outcome.ready, outcome.reason
+    assert "allydemo-greet" in installed_packages(outcome.env.path)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

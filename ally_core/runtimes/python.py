@@ -115,8 +115,6 @@ def _uv_available() -> bool:
 
 def backend_for(spec: EnvSpec) -> str:
     """``uv`` or ``pip`` for this spec (raises if ``uv`` is asked for but missing)."""
-    if spec.install_command:
-        return "pip"
     choice = spec.options.installer
     if choice == "pip":
         return "pip"
@@ -869,7 +867,9 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
     py = env.commands["python"]
     environ = clean_environ(path_prefix=env.bin_dirs, extra=dict(env.env_vars))
     if spec.install_command:
-        argv = list(spec.install_command)
+        # Code Ally's placeholder: ``{pip}`` is this env's own pip (every env has one).
+        pip = env.commands.get("pip") or str(Path(env.bin_dirs[0], "pip"))
+        argv = [word.replace("{pip}", pip) for word in spec.install_command]
         argv[0] = env.commands.get(argv[0]) or _in_env(env, argv[0]) or argv[0]
         shown = strip_credentials(" ".join(spec.install_command))
         spec.progress("install", f"Running {shown}")
