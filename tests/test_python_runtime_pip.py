@@ -152,7 +152,7 @@ def test_a_broken_pip_launcher_is_found_by_the_deep_check(
         wheel.unlink()  # (a hardlink: write a new file, never through the shared inode)
         wheel.write_bytes(bytes(data))
     else:
-        (outcome.env.path / "bin" / "pip").write_text("#!/bin/sh\nexec pip \"$@\"\n")
+        (outcome.env.path / "bin" / "pip").write_text('#!/bin/sh\nexec pip "$@"\n')
     ((_, health),) = host.doctor(["greeter"])
     assert not health.ok
     assert "the env's pip is broken" in health.describe()

@@ -1068,14 +1068,12 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
 # offline bundles
 
 
-def _pip_runner() -> list[str]:
-    """How to run pip with any interpreter: virtualenv's embedded pip wheel (works offline)."""
-    from virtualenv.seed.wheels.embed import get_embed_wheel
-
-    wheel = get_embed_wheel("pip", f"{sys.version_info[0]}.{sys.version_info[1]}")
-    if wheel is None:  # pragma: no cover - virtualenv always embeds pip
-        raise InstallFailed("virtualenv ships no pip wheel to download artifacts with")
-    return [str(wheel.path) + "/pip"]
+def _pip_runner(spec: EnvSpec, env: EnvInfo) -> list[str]:
+    """How to run a pip that works offline with the env's interpreter: pip from its wheel."""
+    wheel = env.data.get("pip_wheel")
+    if not wheel or not os.path.isfile(wheel):
+        wheel = str(_pip_wheel(spec, env.interpreter, Path(env.commands["python"])))
+    return [str(Path(wheel, "pip"))]
 
 
 @hookimpl
@@ -1092,7 +1090,7 @@ def bundle_artifacts(spec: EnvSpec, env: EnvInfo, dest: Path) -> Optional[Mappin
         spec.progress("bundle", f"Collecting {len(lines)} wheel(s)")
         argv = [
             env.commands["python"],
-            *_pip_runner(),
+            *_pip_runner(spec, env),
             "wheel",
             "--no-deps",
             "--disable-pip-version-check",
