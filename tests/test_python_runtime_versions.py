@@ -154,3 +154,70 @@ def test_a_plugin_on_the_oldest_accepted_python_can_be_bundled(
     with tarfile.open(archive) as tar:
         wheels = {Path(n).name for n in tar.getnames() if n.endswith(".whl")}
     assert wheels == {"allydemo_greet-1.0.0-py3-none-any.whl"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Python 2
+
+
+def _one_line_reason(outcome) -> str:
+    assert not outcome.ready
+    assert "\n" not in outcome.reason
+    return outcome.reason
+
+
+def test_ally_python_pointing_at_python_2_says_python_2_is_not_supported(
+    ally_home: Path, make_plugin
+):
+    python2 = _require("2")
+    make_plugin(
+        "legacy",
+        {"runtime": "python3", "dependencies": {"file": "requirements.txt"}, "tools": TOOLS},
+        {"requirements.txt": "allydemo-greet\n", "main.py": MAIN},
+    )
+    (outcome,) = Host(ally_home, settings={"python": python2}).load()
+    reason = _one_line_reason(outcome)
+    assert "Python 2 is not supported" in reason, reason
+    assert "not found" not in reason and "install one" not in reason
+
+
+@pytest.mark.parametrize("constraint", ["==2.7", "<3", "~=2.7", ">=2.6,<3.0"])
+def test_runtime_version_asking_for_python_2_says_python_2_is_not_supported(
+    constraint, ally_home: Path, make_plugin
+):
+    make_plugin(
+        "legacy",
+        {
+            "runtime": "python3",
+            "runtime_version": constraint,
+            "dependencies": {"file": "requirements.txt"},
+            "tools": TOOLS,
+        },
+        {"requirements.txt": "allydemo-greet\n", "main.py": MAIN},
+    )
+    (outcome,) = Host(ally_home).load()
+    reason = _one_line_reason(outcome)
+    assert "Python 2 is not supported" in reason, reason
+    assert "install one" not in reason
+
+
+def test_a_python_2_is_never_listed_as_a_candidate_that_was_found(
+    ally_home: Path, make_plugin, monkeypatch
+):
+    """A constraint no installed Python 3 meets still reads "not found", without 2.x."""
+    _require("2")
+    monkeypatch.setenv("PATH", f"{Path(_require('2')).parent}{os.pathsep}{os.environ['PATH']}")
+    make_plugin(
+        "future",
+        {
+            "runtime": "python3",
+            "runtime_version": ">=3.99",
+            "dependencies": {"file": "requirements.txt"},
+            "tools": TOOLS,
+        },
+        {"requirements.txt": "allydemo-greet\n", "main.py": MAIN},
+    )
+    (outcome,) = Host(ally_home).load()
+    reason = _one_line_reason(outcome)
+    assert "no Python satisfying runtime_version '>=3.99'" in reason
+    assert "2.7" not in reason

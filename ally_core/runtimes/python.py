@@ -347,8 +347,12 @@ _QUERY = (
     "import sys, json, platform; print(json.dumps({'executable': sys.executable, "
     "'base': getattr(sys, '_base_executable', sys.executable), "
     "'in_venv': sys.prefix != getattr(sys, 'base_prefix', sys.prefix), "
-    "'version': platform.python_version(), 'impl': sys.implementation.name}))"
+    "'version': platform.python_version(), "
+    "'impl': platform.python_implementation().lower()}))"
 )
+#: Flags for the query: ``-I`` (isolated) where it exists; Python 2 knows only ``-E -s``, and
+#: then runs in the file system root, so that no module of the current directory is read.
+_QUERY_FLAGS = (("-I", "-S"), ("-E", "-s", "-S"))
 
 
 def _signature(path: str) -> tuple[int, ...]:
@@ -369,16 +373,24 @@ def _make_interpreter(path: str, version: str) -> Interpreter:
 
 @functools.lru_cache(maxsize=64)
 def _query(path: str, signature: tuple[int, ...]) -> Optional[Interpreter]:
-    try:
-        out = subprocess.run(
-            [path, "-I", "-S", "-c", _QUERY],
-            capture_output=True,
-            timeout=30,
-            check=True,
-            env=clean_environ(),
-        ).stdout
-        info = json.loads(out)
-    except (OSError, subprocess.SubprocessError, ValueError):
+    info = None
+    for flags in _QUERY_FLAGS:
+        try:
+            out = subprocess.run(
+                [path, *flags, "-c", _QUERY],
+                capture_output=True,
+                timeout=30,
+                check=True,
+                env=clean_environ(),
+                cwd=None if "-I" in flags else os.path.abspath(os.sep),
+            ).stdout
+            info = json.loads(out)
+            break
+        except subprocess.CalledProcessError:
+            continue  # e.g. Python 2: "Unknown option: -I"
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return None
+    if not isinstance(info, dict):
         return None
     if info.get("impl") != "cpython" and info.get("impl") != "pypy":
         return None
@@ -416,7 +428,27 @@ def candidate_paths(environ: Mapping[str, str] | None = None) -> list[str]:
                 found.append(path)
     pyenv_root = environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
     found += sorted(glob.glob(os.path.join(pyenv_root, "versions", "*", "bin", "python3")))
+    # Python 2 is looked for only to say that it is not supported, instead of "not found".
+    for directory in environ.get("PATH", "").split(os.pathsep):
+        for name in ("python2", "python2.7"):
+            path = os.path.join(directory, name)
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                found.append(path)
+    found += sorted(glob.glob(os.path.join(pyenv_root, "versions", "2.*", "bin", "python2")))
     return list(dict.fromkeys(found))
+
+
+def _is_python2(version: str) -> bool:
+    return version.split(".")[0] == "2"
+
+
+def _asks_for_python2(specifier: Any) -> bool:
+    """Whether a ``runtime_version`` admits a Python 2 release and no Python 3 release."""
+    twos = [f"2.{minor}.{patch}" for minor in range(8) for patch in (0, 18, 99)]
+    threes = [f"3.{minor}.{patch}" for minor in range(100) for patch in (0, 99)]
+    return any(specifier.contains(v, prereleases=True) for v in twos) and not any(
+        specifier.contains(v, prereleases=True) for v in threes
+    )
 
 
 @hookimpl
@@ -446,6 +478,11 @@ def resolve_interpreter(spec: EnvSpec) -> Optional[Interpreter]:
                 f"{spec.plugin_name}: Python {spec.options.default_interpreter!r} (ALLY_PYTHON) "
                 "not found or not runnable"
             )
+        if _is_python2(interp.version):
+            raise InterpreterNotFound(
+                f"{spec.plugin_name}: Python {interp.version} at {interp.path} (ALLY_PYTHON): "
+                "Python 2 is not supported; point ALLY_PYTHON at a Python 3"
+            )
         if not fits(interp):
             raise InterpreterNotFound(
                 f"{spec.plugin_name}: Python {interp.version} at {interp.path} (ALLY_PYTHON) "
@@ -455,6 +492,11 @@ def resolve_interpreter(spec: EnvSpec) -> Optional[Interpreter]:
     running = _running_interpreter()
     if fits(running):
         return running
+    if specifier is not None and _asks_for_python2(specifier):
+        raise InterpreterNotFound(
+            f"{spec.plugin_name}: runtime_version {constraint!r} asks for Python 2: "
+            "Python 2 is not supported"
+        )
     seen: list[Interpreter] = []
     for path in candidate_paths():
         interp = query_interpreter(path)
@@ -462,8 +504,19 @@ def resolve_interpreter(spec: EnvSpec) -> Optional[Interpreter]:
             seen.append(interp)
     from packaging.version import Version
 
-    fitting = sorted((i for i in seen if fits(i)), key=lambda i: Version(i.version), reverse=True)
+    fitting = sorted(
+        (i for i in seen if fits(i) and not _is_python2(i.version)),
+        key=lambda i: Version(i.version),
+        reverse=True,
+    )
+    if not fitting and any(fits(i) for i in seen):
+        old = next(i for i in seen if fits(i))
+        raise InterpreterNotFound(
+            f"{spec.plugin_name}: only Python {old.version} at {old.path} satisfies "
+            f"runtime_version {constraint!r}: Python 2 is not supported"
+        )
     if not fitting:
+        seen = [i for i in seen if not _is_python2(i.version)]
         have = ", ".join(sorted({i.version for i in [running, *seen]})) or "none"
         raise InterpreterNotFound(
             f"{spec.plugin_name}: no Python satisfying runtime_version {constraint!r} found "
