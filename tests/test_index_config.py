@@ -536,3 +536,68 @@ def test_changing_only_the_index_password_does_not_rebuild(
         again = _load(ally_home, "uv")
     assert again.ready and again.action == "none"
     assert again.env.path == first.env.path
+
+
+# ---------------------------------------------------------------------------------------------
+# several indexes: weighed together, as pip does
+
+
+def _file_index(root: Path, wheels: list[Path]) -> str:
+    """A PEP 503 index as plain files under ``root`` (``simple/<project>/index.html``)."""
+    files = root / "files"
+    files.mkdir(parents=True)
+    projects: dict[str, list[Path]] = {}
+    for wheel in wheels:
+        copy = files / wheel.name
+        copy.write_bytes(wheel.read_bytes())
+        projects.setdefault(_normalize(wheel.name.split("-")[0]), []).append(copy)
+    for project, found in projects.items():
+        page = root / "simple" / project
+        page.mkdir(parents=True)
+        links = "".join(
+            f'<a href="../../files/{w.name}#sha256={hashlib.sha256(w.read_bytes()).hexdigest()}">'
+            f"{w.name}</a>\n"
+            for w in found
+        )
+        (page / "index.html").write_text(f"<html><body>\n{links}</body></html>\n", "utf-8")
+    listing = "".join(f'<a href="{p}/">{p}</a>\n' for p in sorted(projects))
+    (root / "simple" / "index.html").write_text(f"<html><body>\n{listing}</body></html>\n")
+    return (root / "simple").as_uri()
+
+
+@pytest.mark.parametrize("source", ["pip.conf", "config.toml", "pip.conf + config.toml"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_pin_only_the_main_index_has_resolves_although_an_extra_index_has_the_package(
+    backend, source, ally_home, make_plugin, wheels, tmp_path, monkeypatch
+):
+    """pip looks at every index for a package; uv's default stops at the first that has it."""
+    main = _file_index(tmp_path / "main", [wheels["alpha1"]])
+    extra = _file_index(tmp_path / "extra", [wheels["alpha2"]])
+    if source == "pip.conf":
+        _ally_index(ally_home)
+        conf = _pip_conf(tmp_path / "pip.conf", **{"index-url": main, "extra-index-url": extra})
+        monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    elif source == "config.toml":
+        _ally_index(ally_home, index_url=main, extra_index_urls=[extra])
+    else:  # the main index from pip's configuration, the extra one from ally's settings
+        conf = _pip_conf(tmp_path / "pip.conf", **{"index-url": main})
+        monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+        _ally_index(ally_home, extra_index_urls=[extra])
+    _plugin(make_plugin, "idxdemo-alpha==1.0.0\n")
+    outcome = _load(ally_home, backend)
+    assert outcome.ready, outcome.reason
+    assert outcome.packages["idxdemo-alpha"] == "1.0.0"
+    assert outcome.tool("version").call({}).result == "1.0.0"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_with_several_indexes_the_newest_version_of_all_of_them_wins(
+    backend, ally_home, make_plugin, wheels, tmp_path
+):
+    main = _file_index(tmp_path / "main", [wheels["alpha2"]])
+    extra = _file_index(tmp_path / "extra", [wheels["alpha1"]])
+    _ally_index(ally_home, index_url=main, extra_index_urls=[extra])
+    _plugin(make_plugin, "idxdemo-alpha\n")
+    outcome = _load(ally_home, backend)
+    assert outcome.ready, outcome.reason
+    assert outcome.packages["idxdemo-alpha"] == "2.0.0"

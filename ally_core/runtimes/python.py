@@ -337,6 +337,11 @@ def _index_args(index: IndexOptions, *, backend: str, offline: bool) -> list[str
         args += ["--cert", index.cert]
     if offline:
         args.append("--offline" if backend == "uv" else "--no-index")
+    if backend == "uv" and index.extra_index_urls and not index.no_index:
+        # pip weighs every index for each package; uv by default takes a package from the
+        # first index that has it (extra indexes before the main one), so a pin that only
+        # the main index satisfies fails. With one index both mean the same.
+        args += ["--index-strategy", "unsafe-best-match"]
     return args
 
 
