@@ -319,20 +319,64 @@ def _effective_index(
     )
 
 
-def _index_args(index: IndexOptions, *, backend: str, offline: bool) -> list[str]:
+#: Index options that may hold URLs, thus credentials: (attribute, option, pip's variable,
+#: uv's variable, how uv's variable separates several values). pip separates with spaces.
+_URL_OPTIONS = (
+    ("index_url", "--index-url", "PIP_INDEX_URL", "UV_INDEX_URL", " "),
+    ("extra_index_urls", "--extra-index-url", "PIP_EXTRA_INDEX_URL", "UV_EXTRA_INDEX_URL", " "),
+    ("find_links", "--find-links", "PIP_FIND_LINKS", "UV_FIND_LINKS", ","),
+    ("constraints", "--constraint", "PIP_CONSTRAINT", "UV_CONSTRAINT", " "),
+)
+#: uv's own index variables in ally's environment: not passed on (uv reads pip's settings
+#: through ally, as it reads no uv.toml), so that only what the env's identity holds counts.
+_UV_INDEX_VARS = (
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+    "UV_DEFAULT_INDEX",
+    "UV_INDEX",
+    "UV_FIND_LINKS",
+    "UV_NO_INDEX",
+    "UV_CONSTRAINT",
+    "UV_INDEX_STRATEGY",
+)
+
+
+def _has_credentials(value: str) -> bool:
+    return bool(strip_credentials(value) != value)
+
+
+def _index_args(
+    index: IndexOptions,
+    *,
+    backend: str,
+    offline: bool,
+    merged: Optional[IndexOptions] = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The installer's index options: (arguments, variables).
+
+    An option whose values hold credentials (``user:password@``) is passed as the installer's
+    variable instead of arguments: a process's command line is readable by every user
+    (``/proc/PID/cmdline``), its environment only by its owner. pip's variable replaces that
+    key of pip's own configuration, so for pip it holds ``merged`` (pip's configuration with
+    ``index`` laid over it); uv gets ``index`` whole, which is that already.
+    """
     args: list[str] = []
-    if index.index_url:
-        args += ["--index-url", index.index_url]
-    for url in index.extra_index_urls:
-        args += ["--extra-index-url", url]
-    for link in index.find_links:
-        args += ["--find-links", link]
+    variables: dict[str, str] = {}
+    for attr, option, pip_var, uv_var, uv_sep in _URL_OPTIONS:
+        value = getattr(index, attr)
+        values: tuple[str, ...] = (value,) if isinstance(value, str) else tuple(value or ())
+        if not any(_has_credentials(v) for v in values):
+            for v in values:
+                args += [option, v]
+        elif backend == "uv":
+            variables[uv_var] = uv_sep.join(values)
+        else:
+            full = getattr(merged or index, attr)
+            variables[pip_var] = " ".join((full,) if isinstance(full, str) else full)
     if index.no_index:
         args.append("--no-index")
     for host in index.trusted_hosts:
         args += ["--trusted-host" if backend == "pip" else "--allow-insecure-host", host]
-    for constraint in index.constraints:
-        args += ["--constraint", constraint]
     if index.cert and backend == "pip":
         args += ["--cert", index.cert]
     if offline:
@@ -342,7 +386,7 @@ def _index_args(index: IndexOptions, *, backend: str, offline: bool) -> list[str
         # first index that has it (extra indexes before the main one), so a pin that only
         # the main index satisfies fails. With one index both mean the same.
         args += ["--index-strategy", "unsafe-best-match"]
-    return args
+    return args, variables
 
 
 # ---------------------------------------------------------------------------------------------
@@ -950,6 +994,7 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
         spec.progress("install", f"Installing packages from {spec.dependency_file.name}")
     upgrade = ["--upgrade"] if spec.options.upgrade else []
     if backend == "uv":
+        index_args, index_vars = _index_args(index, backend="uv", offline=offline)
         argv = [
             _uv_bin_cached() or "uv",
             "pip",
@@ -960,13 +1005,22 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
             "-r",
             str(requirements),
             *upgrade,
-            *_index_args(index, backend="uv", offline=offline),
+            *index_args,
         ]
         environ = {
-            **environ,
+            **{k: v for k, v in environ.items() if k not in _UV_INDEX_VARS},
             **{k: v for k, v in _uv_environ(spec).items() if k.startswith(("UV_", "SSL_"))},
+            **index_vars,
         }
     else:
+        # pip reads its own config; only ally's [index] settings are added here.
+        index_args, index_vars = _index_args(
+            index if artifacts else spec.options.index,
+            backend="pip",
+            offline=offline,
+            merged=index,
+        )
+        environ = {**environ, **index_vars}
         argv = [
             py,
             "-m",
@@ -980,10 +1034,7 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
             "-r",
             str(requirements),
             *upgrade,
-            # pip reads its own config; only ally's [index] settings are added here.
-            *_index_args(
-                index if artifacts else spec.options.index, backend="pip", offline=offline
-            ),
+            *index_args,
         ]
         pip_cache = _cache(spec, "pip")
         if pip_cache is not None:
@@ -1146,6 +1197,12 @@ def bundle_artifacts(spec: EnvSpec, env: EnvInfo, dest: Path) -> Optional[Mappin
         pins = dest / "pins.txt"
         pins.write_text("\n".join(lines) + "\n", "utf-8")
         spec.progress("bundle", f"Collecting {len(lines)} wheel(s)")
+        index_args, index_vars = _index_args(
+            spec.options.index,
+            backend="pip",
+            offline=spec.options.offline,
+            merged=effective_index(spec.options.index),
+        )
         argv = [
             env.commands["python"],
             *_pip_runner(spec, env),
@@ -1157,12 +1214,12 @@ def bundle_artifacts(spec: EnvSpec, env: EnvInfo, dest: Path) -> Optional[Mappin
             str(dest),
             "-r",
             str(pins),
-            *_index_args(spec.options.index, backend="pip", offline=spec.options.offline),
+            *index_args,
         ]
         pip_cache = _cache(spec, "pip")
         if pip_cache is not None:
             argv += ["--cache-dir", str(pip_cache)]
-        spec.run(argv, env=clean_environ(), what="collecting wheels")
+        spec.run(argv, env=clean_environ(extra=index_vars), what="collecting wheels")
         pins.unlink()
     locked = []
     for wheel in sorted(dest.glob("*.whl")):
