@@ -40,6 +40,7 @@ from ..envs import EnvInfo, EnvOptions, EnvSpec, Health, InstallResult, Interpre
 from ..errors import InstallFailed, InterpreterNotFound
 from ..hookspecs import hookimpl
 from ..process import clean_environ, run_checks, run_installer
+from .python_requirements import Includes, scan_dependency_file, scan_requirement_strings
 
 __all__ = [
     "create_env",
@@ -57,11 +58,6 @@ NAMES = ("python3", "python")
 LOCK_NAME = "requirements.lock"
 BIN = "Scripts" if os.name == "nt" else "bin"
 EXE = "python.exe" if os.name == "nt" else "python"
-
-#: Lines of a requirements file that read other files of the plugin: such envs are not shared.
-_LOCAL_REF = re.compile(
-    r"^\s*(-r|-c|--requirement|--constraint|-e|--editable)?\s*(\.|/|file:)", re.MULTILINE
-)
 
 
 def _serves(spec: EnvSpec) -> bool:
@@ -144,7 +140,12 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
         else _index_identity(effective_index(spec.options.index)),
         "python": spec.options.default_interpreter,
     }
-    if spec.install_command or _reads_plugin_files(spec.dependency_file):
+    includes = _includes(spec)
+    _refuse_outside(spec, includes)
+    if includes.digests:
+        # Requirement and constraint files it includes: editing one rebuilds the env.
+        identity["includes"] = includes.digests
+    if spec.install_command or includes.local:
         # The install reads the plugin's own files: this env belongs to this plugin only.
         identity["plugin_dir"] = str(spec.plugin_dir)
     return identity
@@ -167,8 +168,9 @@ def env_context(runtime: str, options: EnvOptions) -> Optional[Mapping[str, Any]
 
 @hookimpl
 def identity_files(spec: EnvSpec) -> Optional[Sequence[Path]]:
-    # env_identity reads the dependency file only (which the core watches itself).
-    return [] if _serves(spec) else None
+    # Besides the dependency file (which the core watches itself), env_identity reads the
+    # files it includes.
+    return list(_includes(spec).files) if _serves(spec) else None
 
 
 @functools.lru_cache(maxsize=16)
@@ -176,23 +178,17 @@ def _index_identity(index: IndexOptions) -> Mapping[str, Any]:
     return index.identity()
 
 
-def _reads_plugin_files(dep_file: Optional[Path]) -> bool:
-    if dep_file is None or dep_file.name == "pyproject.toml":
-        return False
-    try:
-        st = os.stat(dep_file)
-    except OSError:
-        return False
-    return _scan_local_refs(str(dep_file), (st.st_size, st.st_mtime_ns, st.st_ino))
+def _includes(spec: EnvSpec) -> Includes:
+    """What the dependency file reads besides itself (see :mod:`.python_requirements`)."""
+    dep = spec.dependency_file
+    if dep is None or dep.name == "pyproject.toml":
+        return Includes()
+    return scan_dependency_file(dep, spec.plugin_dir)
 
 
-@functools.lru_cache(maxsize=1024)
-def _scan_local_refs(path: str, signature: tuple[int, ...]) -> bool:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return bool(_LOCAL_REF.search(fh.read()))
-    except OSError:
-        return False
+def _refuse_outside(spec: EnvSpec, includes: Includes) -> None:
+    if includes.problem:
+        raise InstallFailed(f"{spec.plugin_name}: {includes.problem}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -957,8 +953,12 @@ def _requirements_file(spec: EnvSpec) -> Path:
             raise ValueError("[project].dependencies must be a list of strings")
     except (OSError, ValueError) as exc:
         raise InstallFailed(f"{spec.plugin_name}: {dep.name}: {exc}") from exc
+    _refuse_outside(spec, scan_requirement_strings(deps, dep, spec.plugin_dir))
     out = spec.env_dir / "ally-requirements.txt"
-    out.write_text("\n".join(deps) + "\n", "utf-8")
+    # 0600: never copy what may be a private file's content into a file others can read.
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(deps) + "\n")
     return out
 
 
@@ -990,6 +990,7 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
         offline = True
         spec.progress("install", f"Installing packages from the bundle ({LOCK_NAME})")
     else:
+        _refuse_outside(spec, _includes(spec))
         requirements = _requirements_file(spec)
         spec.progress("install", f"Installing packages from {spec.dependency_file.name}")
     upgrade = ["--upgrade"] if spec.options.upgrade else []
