@@ -40,7 +40,13 @@ from ..envs import EnvInfo, EnvOptions, EnvSpec, Health, InstallResult, Interpre
 from ..errors import InstallFailed, InterpreterNotFound
 from ..hookspecs import hookimpl
 from ..process import clean_environ, run_checks, run_installer
-from .python_requirements import Includes, scan_dependency_file, scan_requirement_strings
+from .python_requirements import (
+    Includes,
+    dependency_groups,
+    pyproject_requirements,
+    scan_dependency_file,
+    scan_requirement_strings,
+)
 
 __all__ = [
     "create_env",
@@ -181,9 +187,38 @@ def _index_identity(index: IndexOptions) -> Mapping[str, Any]:
 def _includes(spec: EnvSpec) -> Includes:
     """What the dependency file reads besides itself (see :mod:`.python_requirements`)."""
     dep = spec.dependency_file
-    if dep is None or dep.name == "pyproject.toml":
+    if dep is None or spec.install_command:
         return Includes()
+    if dep.name == "pyproject.toml":
+        return scan_requirement_strings(_pyproject(spec), dep, spec.plugin_dir)
+    _groups(spec)
     return scan_dependency_file(dep, spec.plugin_dir)
+
+
+def _groups(spec: EnvSpec) -> tuple[str, ...]:
+    """``dependencies.groups``: PEP 735 groups to install from ``pyproject.toml``."""
+    try:
+        groups = dependency_groups(spec.dependency_options)
+    except ValueError as exc:
+        raise InstallFailed(f"{spec.plugin_name}: plugin.json: {exc}") from None
+    dep = spec.dependency_file
+    if groups and (dep is None or dep.name != "pyproject.toml"):
+        raise InstallFailed(
+            f"{spec.plugin_name}: plugin.json: $.dependencies.groups: dependency groups are "
+            f"read from a pyproject.toml; the dependency file is "
+            f"{dep.name if dep else 'not given'}"
+        )
+    return groups
+
+
+def _pyproject(spec: EnvSpec) -> list[str]:
+    """The requirement strings of the plugin's ``pyproject.toml`` (raises one line)."""
+    dep = spec.dependency_file
+    assert dep is not None
+    try:
+        return pyproject_requirements(dep, _groups(spec))
+    except ValueError as exc:
+        raise InstallFailed(f"{spec.plugin_name}: {dep.name}: {exc}") from None
 
 
 def _refuse_outside(spec: EnvSpec, includes: Includes) -> None:
@@ -942,17 +977,7 @@ def _requirements_file(spec: EnvSpec) -> Path:
     assert dep is not None
     if dep.name != "pyproject.toml":
         return dep
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-    try:
-        data = tomllib.loads(dep.read_text("utf-8"))
-        deps = data.get("project", {}).get("dependencies", [])
-        if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
-            raise ValueError("[project].dependencies must be a list of strings")
-    except (OSError, ValueError) as exc:
-        raise InstallFailed(f"{spec.plugin_name}: {dep.name}: {exc}") from exc
+    deps = _pyproject(spec)
     _refuse_outside(spec, scan_requirement_strings(deps, dep, spec.plugin_dir))
     out = spec.env_dir / "ally-requirements.txt"
     # 0600: never copy what may be a private file's content into a file others can read.
