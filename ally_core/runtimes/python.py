@@ -66,6 +66,11 @@ BIN = "Scripts" if os.name == "nt" else "bin"
 EXE = "python.exe" if os.name == "nt" else "python"
 
 
+#: What every env holds besides its packages. 2: its own pip (``bin/pip``). Envs of an older
+#: layout are rebuilt once, so that the promise holds for them too.
+ENV_LAYOUT = 2
+
+
 def _serves(spec: EnvSpec) -> bool:
     return spec.runtime in NAMES
 
@@ -136,6 +141,7 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
         return None
     backend = backend_for(spec)
     identity: dict[str, Any] = {
+        "layout": ENV_LAYOUT,
         # Not the installer's version: an env built by one uv or virtualenv is as good as
         # one built by the next, and upgrading ally-core must not rebuild every env. (Envs
         # built before this rule, whose keys held the version, are rebuilt once.)
@@ -164,6 +170,7 @@ def env_context(runtime: str, options: EnvOptions) -> Optional[Mapping[str, Any]
     # Everything env_identity reads besides the spec: with the spec's own fields (the
     # install_command, the artifacts dir, the dependency file's bytes) it determines the key.
     return {
+        "layout": ENV_LAYOUT,
         "runtime": __version__,
         "installer": options.installer,
         "uv": _uv_available(),
