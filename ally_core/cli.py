@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -414,12 +415,46 @@ def cmd_exec(args: argparse.Namespace) -> int:
     environ = clean_environ(
         path_prefix=env.bin_dirs if env else (), extra=dict(env.env_vars) if env else None
     )
-    if env is not None and command[0] in env.commands:
-        command[0] = env.commands[command[0]]
+    if env is not None:
+        command[0] = _exec_command(command[0], env, outcome.name, environ.get("PATH", ""))
     try:
         return subprocess.call(command, env=environ)
     except OSError as exc:
         raise ToolError(f"cannot run {command[0]}: {exc.strerror or exc}") from None
+
+
+#: Where ``ally exec`` takes a command the env lacks from: the system's own directories, never
+#: another environment (a venv's or pyenv's ``pip`` would change that environment instead).
+SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def _exec_command(name: str, env: Any, plugin: str, path: str) -> str:
+    """The program ``ally exec`` runs for ``name``: the env's own first, else a system tool."""
+    if os.sep in name:
+        return name  # a path: exactly what was asked for
+    if name in env.commands:
+        program = str(env.commands[name])
+        if not os.path.exists(program):
+            raise ToolError(
+                f"cannot run {name}: {program} is missing from {plugin}'s env "
+                f"(ally doctor --fix {plugin} rebuilds it)"
+            )
+        return program
+    for directory in env.bin_dirs:
+        program = os.path.join(directory, name)
+        if os.path.isfile(program) and os.access(program, os.X_OK):
+            return program
+    system = {os.path.realpath(d) for d in SYSTEM_DIRS}
+    for directory in path.split(os.pathsep):
+        program = os.path.join(directory, name)
+        if directory and os.path.isfile(program) and os.access(program, os.X_OK):
+            if os.path.realpath(directory) in system:
+                return program
+            raise ToolError(
+                f"cannot run {name}: {plugin}'s env has no {name}, and the one on PATH "
+                f"({program}) belongs to no system directory (give a path to run it anyway)"
+            )
+    raise ToolError(f"cannot run {name}: not in {plugin}'s env, nor a system tool on PATH")
 
 
 def cmd_runtimes(args: argparse.Namespace) -> int:
