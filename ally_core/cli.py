@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -259,6 +260,8 @@ def _read_input(args: argparse.Namespace) -> Any:
         return {}
     try:
         return json.loads(text)
+    except RecursionError:
+        raise ToolError("--input is nested too deeply", error_type="invalid_input") from None
     except ValueError as exc:
         raise ToolError(f"--input is not valid JSON: {exc}", error_type="invalid_input") from None
 
@@ -412,12 +415,46 @@ def cmd_exec(args: argparse.Namespace) -> int:
     environ = clean_environ(
         path_prefix=env.bin_dirs if env else (), extra=dict(env.env_vars) if env else None
     )
-    if env is not None and command[0] in env.commands:
-        command[0] = env.commands[command[0]]
+    if env is not None:
+        command[0] = _exec_command(command[0], env, outcome.name, environ.get("PATH", ""))
     try:
         return subprocess.call(command, env=environ)
     except OSError as exc:
         raise ToolError(f"cannot run {command[0]}: {exc.strerror or exc}") from None
+
+
+#: Where ``ally exec`` takes a command the env lacks from: the system's own directories, never
+#: another environment (a venv's or pyenv's ``pip`` would change that environment instead).
+SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def _exec_command(name: str, env: Any, plugin: str, path: str) -> str:
+    """The program ``ally exec`` runs for ``name``: the env's own first, else a system tool."""
+    if os.sep in name:
+        return name  # a path: exactly what was asked for
+    if name in env.commands:
+        program = str(env.commands[name])
+        if not os.path.exists(program):
+            raise ToolError(
+                f"cannot run {name}: {program} is missing from {plugin}'s env "
+                f"(ally doctor --fix {plugin} rebuilds it)"
+            )
+        return program
+    for directory in env.bin_dirs:
+        program = os.path.join(directory, name)
+        if os.path.isfile(program) and os.access(program, os.X_OK):
+            return program
+    system = {os.path.realpath(d) for d in SYSTEM_DIRS}
+    for directory in path.split(os.pathsep):
+        program = os.path.join(directory, name)
+        if directory and os.path.isfile(program) and os.access(program, os.X_OK):
+            if os.path.realpath(directory) in system:
+                return program
+            raise ToolError(
+                f"cannot run {name}: {plugin}'s env has no {name}, and the one on PATH "
+                f"({program}) belongs to no system directory (give a path to run it anyway)"
+            )
+    raise ToolError(f"cannot run {name}: not in {plugin}'s env, nor a system tool on PATH")
 
 
 def cmd_runtimes(args: argparse.Namespace) -> int:
@@ -524,6 +561,46 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     )
     print(str(path))
     return EXIT_OK
+
+
+def cmd_mcp_serve(args: argparse.Namespace) -> int:
+    from .mcp import INSTALL_HINT, sdk_missing
+
+    try:
+        from .mcp.server import serve
+    except ImportError as exc:
+        if not sdk_missing(exc):
+            raise
+        print(f"ally: {INSTALL_HINT}", file=sys.stderr)
+        return EXIT_ERROR
+    return serve(lambda: _host(args), plugins=args.plugin or (), http=args.http)
+
+
+def _add_mcp(sub: Any) -> None:
+    """``ally mcp serve``: the plugins' tools over the Model Context Protocol (docs/mcp.md)."""
+    p = sub.add_parser(
+        "mcp", help="serve plugins' tools to MCP clients", description=_add_mcp.__doc__
+    )
+    msub = p.add_subparsers(dest="mcp_command", metavar="ACTION", required=True)
+    s = msub.add_parser(
+        "serve",
+        help="serve every ready plugin's tools over MCP (stdio by default)",
+        description="Serve every ready plugin's tools over MCP: stdio by default, or "
+        "Streamable HTTP on a loopback address with a bearer token printed once to stderr.",
+    )
+    s.set_defaults(func=cmd_mcp_serve)
+    s.add_argument(
+        "--plugin",
+        action="append",
+        metavar="NAME",
+        help="serve this plugin (repeatable; default: all)",
+    )
+    s.add_argument(
+        "--http", metavar="127.0.0.1:PORT", help="Streamable HTTP on loopback, not stdio"
+    )
+    s.add_argument("--offline", action="store_true", help="never use the network")
+    s.add_argument("--installer", choices=["auto", "uv", "pip"], help="Python installer backend")
+    s.add_argument("-j", "--jobs", type=int, help="parallel builds")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -639,6 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", help="the plugin to bundle")
     p.add_argument("-o", "--output", help="archive path (default: ./NAME-VERSION.ally.tar.gz)")
+    _add_mcp(sub)
     return parser
 
 

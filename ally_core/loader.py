@@ -157,10 +157,13 @@ class BoundTool:
         on_output: Optional[Callable[[str, str], None]] = None,
         cancel: Optional[threading.Event] = None,
     ) -> ToolResult:
-        """Run the tool with ``arguments`` as its JSON input; see :func:`ally_core.tools.run_tool`.
+        """Run the tool with ``arguments`` as its JSON input; return its :class:`ToolResult`.
 
-        ``on_form`` answers an interactive tool's forms, ``on_output(stream, text)`` gets its
-        output live, and setting ``cancel`` kills it.
+        ``on_form`` answers an interactive tool's forms (return the values, or ``None`` to
+        cancel; without it every form is cancelled); ``on_output(stream, text)`` receives the
+        tool's stdout and stderr as they arrive; setting the ``cancel`` event kills the tool
+        (:class:`ToolError` with ``error_type`` ``"cancelled"``). Secret config values are
+        masked in every text of the result.
         """
         from .tools import run_tool
 

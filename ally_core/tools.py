@@ -362,7 +362,11 @@ def run_tool(
         raise ToolError(f"{plugin.name}: {exc}", error_type=exc.error_type) from None
     try:
         payload = json.dumps({} if arguments is None else arguments).encode()
-    except (TypeError, ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise ToolInputError(
+            f"{plugin.name}: tool {tool.name!r}: input is nested too deeply"
+        ) from None
+    except (TypeError, ValueError) as exc:
         raise ToolInputError(
             f"{plugin.name}: tool {tool.name!r}: input is not JSON: {exc}"
         ) from None
