@@ -7,6 +7,7 @@ is the worker's server, not this process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -806,3 +807,58 @@ def test_the_worker_started_after_a_build_serves_the_first_call(
         assert ready.pid == got["volatile"]["ppid"] and ready.calls == 1
         assert got["result"]["environ"]["DEMO_PASSED"] == "yes"
         assert starting.plugin == "probe"
+
+
+PARENT = r"""
+import json, os
+import allydemo_greet
+cmdline = open(f"/proc/{os.getppid()}/cmdline", "rb").read().split(b"\0")
+print(json.dumps({"success": True, "result": [c.decode() for c in cmdline if c]}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("warm_flag", [[], ["--no-warm-workers"]])
+def test_ally_mcp_serve_runs_python_tools_in_warm_workers(
+    make_plugin: Callable[..., Path], tmp_path: Path, warm_flag: list[str]
+) -> None:
+    pytest.importorskip("mcp")
+    import anyio
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    make_plugin(
+        "parent",
+        {
+            "runtime": "python3",
+            "dependencies": {"file": "requirements.txt"},
+            "tools": [{"name": "parent", "command": "python3", "args": ["parent.py"]}],
+        },
+        files={"requirements.txt": "allydemo-greet==1.0.0\n", "parent.py": PARENT},
+    )
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "ally_core.cli", "mcp", "serve", *warm_flag],
+        env=dict(os.environ),
+    )
+
+    async def main() -> list[Any]:
+        with open(tmp_path / "stderr", "w") as errlog:
+            async with contextlib.AsyncExitStack() as stack:
+                read, write = await stack.enter_async_context(stdio_client(params, errlog=errlog))
+                session = await stack.enter_async_context(ClientSession(read, write))
+                await session.initialize()
+                calls = []
+                for _ in range(2):  # the first one builds the env
+                    result = await session.call_tool("parent", {})
+                    assert not result.isError, result
+                    calls.append(result.structuredContent)
+                return calls
+
+    for reply in anyio.run(main):
+        assert reply is not None
+        parent = " ".join(reply["result"])
+        if warm_flag:
+            assert "mcp serve" in parent, parent
+        else:
+            assert "workers/server.py serve" in parent, parent
