@@ -86,6 +86,17 @@ def stand_in_wheel(dest: Path) -> Path:
     return build_wheel(dest, "standin-heavy", "1.0.0", files=files)
 
 
+def cpu_seconds(server: int | None) -> float:
+    """CPU time of this process and its reaped children, plus a worker server's own and
+    that of its reaped children (the forked calls)."""
+    t = os.times()
+    total = t.user + t.system + t.children_user + t.children_system
+    if server is not None:
+        fields = Path(f"/proc/{server}/stat").read_text().rpartition(")")[2].split()
+        total += sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -182,6 +193,7 @@ def run(home: Path, heavy: str, args: argparse.Namespace) -> int:
             "spawn": lambda name: outcomes[name].tool("run").call(inputs[name]),
             "worker": lambda name: warm_outcomes[name].tool("run").call(inputs[name]),
         }
+        cpu: dict[tuple[str, str], float] = {}
         for name in inputs:
             for call in contenders.values():
                 call(name)  # untimed warm-up
@@ -198,12 +210,20 @@ def run(home: Path, heavy: str, args: argparse.Namespace) -> int:
                     time.sleep(0.1)
                 else:
                     break
+            server = {i.plugin: i.pid for i in worker_host.workers.info()}[name]
+            assert server is not None
             for _ in range(args.calls):
                 for kind, call in contenders.items():
+                    c0 = cpu_seconds(server if kind == "worker" else None)
                     t0 = time.perf_counter()
                     result = call(name)
                     times.setdefault((name, kind), []).append(time.perf_counter() - t0)
+                    # The server reaps the call's process right after it exits.
+                    cpu[(name, kind)] = cpu.get((name, kind), 0.0) + (
+                        cpu_seconds(server if kind == "worker" else None) - c0
+                    )
                     assert result.success, result.error
+            assert {i.plugin: i.pid for i in worker_host.workers.info()}[name] == server
         infos = {i.plugin: i for i in worker_host.workers.info()}
         assert all(i.calls >= args.calls for i in infos.values()), infos
         preloaded = {name: len(info.imported) for name, info in infos.items()}
@@ -219,8 +239,11 @@ def run(home: Path, heavy: str, args: argparse.Namespace) -> int:
         spawn = median(times[(name, "spawn")])
         worker = median(times[(name, "worker")])
         ratio = worker / spawn
+        cpu_spawn = cpu[(name, "spawn")] / args.calls
+        cpu_worker = cpu[(name, "worker")] / args.calls
         rows.append(
             f"| {labels[name]} | {fmt(spawn)} | {fmt(worker)} | {ratio:.3f}x | "
+            f"{fmt(cpu_spawn)} | {fmt(cpu_worker)} | {cpu_worker / cpu_spawn:.3f}x | "
             f"{fmt(starts[name])} | {preloaded[name]} |"
         )
         if name == "heavy":
@@ -241,10 +264,13 @@ def run(home: Path, heavy: str, args: argparse.Namespace) -> int:
         "per-call cgroup when one can be made (root here). *Modules preloaded*: the "
         "modules the worker imported by name: those the tool imports at top level, then "
         "those its first calls imported lazily (the worker is replaced by one preloading "
-        "them, before timing starts).",
+        "them, before timing starts). *CPU*: the CPU time of a call, every process counted "
+        "(ally's, the tool's, and for a worker the server's own), which the machine's "
+        "load does not inflate as it does wall-clock times.",
         "",
-        "| tool | spawn | warm worker | ratio | worker start (preload) | modules preloaded |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| tool | spawn | warm worker | ratio | CPU, spawn | CPU, worker | CPU ratio "
+        "| worker start (preload) | modules preloaded |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         *(f"- {'✅' if ok else '❌'} {label}: {value}" for label, ok, value in goals),
