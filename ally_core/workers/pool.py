@@ -765,6 +765,7 @@ class WorkerPool:
             return WorkerInfo(plugin.name, "failed", reason=reason or "not supported here")
         fingerprint = _fingerprint(plan, str(plugin.env.path), _startup_environ(environ))
         key = str(plugin.plugin_dir)
+        old: Optional[_Worker] = None
         with self._lock:
             worker = self._workers.get(key)
             if worker is not None and worker.fingerprint == fingerprint and not worker.changed():
@@ -772,14 +773,15 @@ class WorkerPool:
                 fresh = False
             else:
                 old = self._workers.pop(key, None)
-                if old is not None:
-                    self._retire(old, "replaced")
+                self._rounds.pop(key, None)
                 self._failed.pop(key, None)
                 worker = _Worker(
                     self, plugin, plan, fingerprint, environ, hold=True, compile=compile
                 )
                 self._workers[key] = worker
                 fresh = True
+        if old is not None:
+            self._retire(old, "replaced")
         if fresh:
             threading.Thread(target=worker.start, name="ally-worker-start", daemon=True).start()
         if wait:
