@@ -730,16 +730,19 @@ def _pythons(spec: str) -> list[str]:
     return found
 
 
-@pytest.mark.skipif(not _pythons("==3.9.*"), reason="no Python 3.9 in ~/.pyenv/versions")
-def test_a_worker_runs_in_the_oldest_supported_python(
-    ally_home: Path, make_plugin: Callable[..., Path]
+@pytest.mark.parametrize("version", ["3.9", "3.13"])
+def test_a_worker_runs_in_the_oldest_and_newest_python(
+    ally_home: Path, make_plugin: Callable[..., Path], version: str
 ) -> None:
-    _plugin(make_plugin, "old", runtime_version="==3.9.*")
+    if not _pythons(f"=={version}.*"):
+        pytest.skip(f"no Python {version} in ~/.pyenv/versions")
+    _plugin(make_plugin, "old", runtime_version=f"=={version}.*")
     spawner = Host(ally_home)
     with Host(ally_home, warm_workers=STEADY) as host:
         (outcome,) = host.load()
         assert outcome.ready, outcome.reason
-        assert outcome.env is not None and outcome.env.interpreter.version.startswith("3.9")
+        assert outcome.env is not None
+        assert outcome.env.interpreter.version.startswith(f"{version}.")
         assert host.workers is not None
         assert host.workers.start(outcome).state == "ready"
         worker = _worker_pid(host)
