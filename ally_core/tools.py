@@ -432,7 +432,7 @@ def _warm_launcher(
     host: Host, plugin: PluginOutcome, tool: Tool, argv: list[str], environ: dict[str, str]
 ) -> Optional[Launcher]:
     """The host's warm workers (``Host(warm_workers=True)``, :mod:`ally_core.workers`)."""
-    pool = host.workers
+    pool = getattr(host, "workers", None)  # a host-like object without workers spawns
     if pool is None:
         return None
     return functools.partial(pool.launch, plugin, tool, argv, environ)
