@@ -127,8 +127,10 @@ def cmd_install(args: argparse.Namespace) -> int:
 
         host = _host(args)
         for archive in archives:
-            name = install_bundle(host, Path(archive))
-            args.names[args.names.index(archive)] = name
+            done = install_bundle(host, Path(archive), force=args.force)
+            if done.backup is not None:
+                print(f"{done.name}: the previous {done.plugin_dir} was moved to {done.backup}")
+            args.names[args.names.index(archive)] = done.name
     return _load(args, lambda host, rep: host.load(args.names or None, progress=rep))
 
 
@@ -426,6 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         metavar="NAME|ARCHIVE",
         help="plugins to install (default: all), or offline bundles (.ally.tar.gz) to unpack",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="let a bundle replace an existing plugin directory (the old one is kept as a backup)",
     )
     p = add(
         "update",
