@@ -357,20 +357,34 @@ def cmd_config(args: argparse.Namespace) -> int:
     if source.manifest is None:
         raise source.error or PluginNotFound(args.plugin)
     manifest = source.manifest
+    where = source.plugin_dir
     if action == "set":
-        pc.set_stored(host, manifest, args.key, args.value)
+        pc.set_stored(host, manifest, args.key, args.value, plugin_dir=where)
         shown = pc.MASK if args.key in pc.secret_keys(manifest) else args.value
         print(f"{manifest.name}: {args.key} = {shown}")
     elif action == "unset":
-        found = pc.unset_stored(host, manifest, args.key)
+        found = pc.unset_stored(host, manifest, args.key, plugin_dir=where)
         print(f"{manifest.name}: {args.key} {'removed' if found else 'was not set'}")
     else:
-        values = pc.mask_values(manifest, pc.load_stored(host, manifest.name))
+        values = pc.mask_values(manifest, pc.load_stored(host, manifest.name, where))
+        elsewhere = pc.stored_elsewhere(host, manifest.name, where)
         if args.json:
-            _emit({"plugin": manifest.name, "config": values})
+            _emit(
+                {
+                    "plugin": manifest.name,
+                    "dir": str(where),
+                    "config": values,
+                    "not_used": elsewhere,
+                }
+            )
         else:
             for key, value in sorted(values.items()):
                 print(f"{key} = {value}")
+            for other in elsewhere:
+                print(
+                    f"note: values stored for {other} are not used for {where} "
+                    "(config belongs to the directory it was set for)"
+                )
     return EXIT_OK
 
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from .errors import ConfigError, ToolInputError
+from .errors import ConfigError, PluginNotFound, ToolInputError
 from .manifest import Manifest, Tool
 from .paths import check_plugin_name
 
@@ -31,14 +32,18 @@ __all__ = [
     "config_schema",
     "load_stored",
     "mask_values",
+    "plugin_id",
     "resolve_config",
     "secret_keys",
     "set_stored",
+    "stored_elsewhere",
     "unset_stored",
     "validate_input",
 ]
 
 MASK = "********"
+
+log = logging.getLogger("ally")
 
 
 def config_schema(manifest: Manifest) -> Optional[dict[str, Any]]:
@@ -60,50 +65,210 @@ def mask_values(manifest: Optional[Manifest], values: Mapping[str, Any]) -> dict
     return {k: (MASK if k in secrets else v) for k, v in values.items()}
 
 
+#: Version of the stored config files: values are kept per plugin directory.
+STORE_FORMAT = 2
+
+
+def plugin_id(plugin_dir: str | os.PathLike[str]) -> str:
+    """What stored config is bound to: the real path of the plugin's directory."""
+    return os.path.realpath(plugin_dir)
+
+
 def _store_path(host: Host, name: str) -> Path:
     check_plugin_name(name, source="argument")
     return host.paths.config_dir / "plugin-config" / f"{name}.json"
 
 
-def load_stored(host: Host, name: str) -> dict[str, Any]:
+def _is_current(data: Any) -> bool:
+    return (
+        isinstance(data, dict)
+        and data.get("format") == STORE_FORMAT
+        and isinstance(data.get("dirs"), dict)
+        and all(isinstance(v, dict) for v in data["dirs"].values())
+    )
+
+
+def _read_file(host: Host, name: str) -> Optional[dict[str, Any]]:
+    """The stored file of ``name`` as it is (either format), or None if there is none."""
     path = _store_path(host, name)
     try:
         data = json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{name}: cannot read {path}: {exc}") from exc
+        return None
+    except (OSError, ValueError, RecursionError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        if isinstance(exc, RecursionError):
+            detail = "nested too deeply"
+        raise ConfigError(f"{name}: cannot read {path}: {detail}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{name}: {path}: expected a JSON object")
     return data
 
 
-def _write_stored(host: Host, name: str, data: Mapping[str, Any]) -> None:
+def _entry(data: Mapping[str, Any], pid: str) -> dict[str, Any]:
+    entry = data["dirs"].get(pid) or {}
+    values = entry.get("values")
+    return dict(values) if isinstance(values, dict) else {}
+
+
+def _sole_dir(host: Host, name: str) -> Optional[str]:
+    """The plugin directory declaring ``name`` if exactly one does (duplicates are blocked)."""
+    dirs = [
+        s.plugin_dir for s in host.discover() if s.manifest is not None and s.manifest.name == name
+    ]
+    return plugin_id(dirs[0]) if len(dirs) == 1 else None
+
+
+def _migrated(host: Host, name: str, data: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """A file of the format before directories (one flat object per name), bound to the
+    directory that declares ``name`` now, if exactly one does; else None (given to nobody)."""
+    pid = _sole_dir(host, name)
+    if pid is None:
+        return None
+    current = {"format": STORE_FORMAT, "plugin": name, "dirs": {pid: {"values": data}}}
+    try:
+        _write_file(host, name, current)
+    except ConfigError:
+        log.debug("%s: stored config not migrated (kept as it was)", name)
+    return current
+
+
+def load_stored(
+    host: Host, name: str, plugin_dir: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
+    """The values stored for the plugin ``name`` in ``plugin_dir`` (default: the one directory
+    declaring ``name``). Values stored for another directory are never returned."""
+    data = _read_file(host, name)
+    if data is None:
+        return {}
+    pid = plugin_id(plugin_dir) if plugin_dir is not None else _sole_dir(host, name)
+    if pid is None:
+        return {}
+    if not _is_current(data):
+        migrated = _migrated(host, name, data)
+        if migrated is None:
+            return {}
+        data = migrated
+    return _entry(data, pid)
+
+
+def stored_elsewhere(host: Host, name: str, plugin_dir: str | os.PathLike[str]) -> list[str]:
+    """The other directories the stored config of ``name`` holds values for (never used for
+    ``plugin_dir``: a plugin directory that moved or a second one declaring the same name)."""
+    data = _read_file(host, name)
+    if data is None or not _is_current(data):
+        return []
+    pid = plugin_id(plugin_dir)
+    return sorted(d for d, e in data["dirs"].items() if d != pid and e.get("values"))
+
+
+def _write_file(host: Host, name: str, data: Mapping[str, Any]) -> None:
     from .store import write_atomic
 
     path = _store_path(host, name)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode(), mode=0o600)
-    os.chmod(path, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode(), mode=0o600)
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        where = exc.filename or path
+        raise ConfigError(
+            f"{name}: cannot store config in {where}: {exc.strerror or exc}"
+        ) from None
 
 
-def set_stored(host: Host, manifest: Manifest, key: str, raw: str) -> Any:
-    """Store one value (validated against the manifest's config schema); return it typed."""
+def _update(
+    host: Host,
+    manifest: Manifest,
+    plugin_dir: str | os.PathLike[str] | None,
+    change: Callable[[dict[str, Any]], bool],
+) -> bool:
+    """Apply ``change`` to the values of the plugin's directory and store them (if it says
+    something changed), under a lock so that concurrent ``config set`` calls lose nothing."""
+    from filelock import FileLock
+
+    name = manifest.name
+    pid = plugin_id(plugin_dir) if plugin_dir is not None else _plugin_dir_of(host, name)
+    path = _store_path(host, name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = FileLock(str(path.with_name(".lock")))
+        lock.acquire()
+    except OSError as exc:
+        where = exc.filename or path.parent
+        raise ConfigError(
+            f"{name}: cannot store config in {where}: {exc.strerror or exc}"
+        ) from None
+    try:
+        data = _read_file(host, name)
+        if data is not None and not _is_current(data):
+            data = _migrated(host, name, data)
+            if data is None:
+                # Never overwrite values an older ally stored while it is unclear whose they are.
+                raise ConfigError(
+                    f"{name}: {path} holds config stored by an older ally for whichever "
+                    f"directory declared {name!r}; with no single such directory now it "
+                    "cannot be changed (remove the file to start afresh)"
+                )
+        if data is None:
+            data = {"format": STORE_FORMAT, "plugin": name, "dirs": {}}
+        values = _entry(data, pid)
+        if not change(values):
+            return False
+        if values:
+            data["dirs"][pid] = {"values": values}
+        else:
+            data["dirs"].pop(pid, None)
+        _write_file(host, name, data)
+        return True
+    finally:
+        lock.release()
+
+
+def _plugin_dir_of(host: Host, name: str) -> str:
+    source = host.source(name)
+    if source.manifest is None:
+        raise source.error or PluginNotFound(name)
+    return plugin_id(source.plugin_dir)
+
+
+def set_stored(
+    host: Host,
+    manifest: Manifest,
+    key: str,
+    raw: str,
+    *,
+    plugin_dir: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Store one value (validated against the manifest's config schema) for the plugin in
+    ``plugin_dir`` (default: the one directory declaring ``manifest.name``); return it typed."""
     value = _coerce(manifest, key, raw)
-    data = load_stored(host, manifest.name)
-    data[key] = value
-    _validate(manifest, data, partial=True)
-    _write_stored(host, manifest.name, data)
+
+    def change(values: dict[str, Any]) -> bool:
+        values[key] = value
+        _validate(manifest, values, partial=True)
+        return True
+
+    _update(host, manifest, plugin_dir, change)
     return value
 
 
-def unset_stored(host: Host, manifest: Manifest, key: str) -> bool:
-    data = load_stored(host, manifest.name)
-    if key not in data:
-        return False
-    del data[key]
-    _write_stored(host, manifest.name, data)
-    return True
+def unset_stored(
+    host: Host,
+    manifest: Manifest,
+    key: str,
+    *,
+    plugin_dir: str | os.PathLike[str] | None = None,
+) -> bool:
+    """Remove one stored value of the plugin in ``plugin_dir``; return whether it was set."""
+
+    def change(values: dict[str, Any]) -> bool:
+        return values.pop(key, _MISSING) is not _MISSING
+
+    return _update(host, manifest, plugin_dir, change)
+
+
+_MISSING = object()
 
 
 def _coerce(manifest: Manifest, key: str, raw: Any) -> Any:
@@ -173,7 +338,7 @@ def resolve_config(host: Host, plugin: PluginOutcome, given: Mapping[str, Any]) 
     for key, prop in (schema.get("properties") or {}).items():
         if isinstance(prop, dict) and "default" in prop:
             values[key] = prop["default"]
-    values.update(load_stored(host, manifest.name))
+    values.update(load_stored(host, manifest.name, plugin.plugin_dir))
     values.update({k: _coerce(manifest, k, v) for k, v in given.items()})
     _validate(manifest, values)
     return {k: _as_env(v) for k, v in values.items() if v is not None}
