@@ -26,6 +26,22 @@ JSON_VERSION = 1
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TOOL_FAILED, EXIT_BLOCKED = 0, 1, 2, 3, 4
 
 
+#: Secret values this command was given: masked in whatever it prints, errors included.
+_HIDDEN: list[str] = []
+
+
+def _hide(*values: str) -> None:
+    _HIDDEN.extend(v for v in values if v)
+
+
+def _masked(text: str) -> str:
+    if not _HIDDEN:
+        return text
+    from .plugin_config import mask_text
+
+    return mask_text(text, _HIDDEN)
+
+
 def _emit(data: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps({"ally": JSON_VERSION, **data}, indent=2, default=str) + "\n")
 
@@ -246,9 +262,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             reporter.close()
     if not outcome.ready:
         raise PluginNotFound(f"{outcome.name}: blocked: {outcome.reason}")
-    result = outcome.tool(args.tool).call(
-        arguments, timeout=args.timeout, config=_config_pairs(args.config)
-    )
+    pairs = _config_pairs(args.config)
+    from .plugin_config import secret_values
+
+    _hide(*secret_values(outcome.manifest, pairs))
+    result = outcome.tool(args.tool).call(arguments, timeout=args.timeout, config=pairs)
     print(json.dumps(result.to_json(), indent=2 if sys.stdout.isatty() else None))
     return EXIT_OK if result.success else EXIT_TOOL_FAILED
 
@@ -359,9 +377,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     manifest = source.manifest
     where = source.plugin_dir
     if action == "set":
-        pc.set_stored(host, manifest, args.key, args.value, plugin_dir=where)
-        shown = pc.MASK if args.key in pc.secret_keys(manifest) else args.value
-        print(f"{manifest.name}: {args.key} = {shown}")
+        key = pc.canonical_key(manifest, args.key)
+        if pc.is_secret(manifest, key):
+            _hide(args.value)
+        pc.set_stored(host, manifest, key, args.value, plugin_dir=where)
+        shown = pc.MASK if pc.is_secret(manifest, key) else args.value
+        print(f"{manifest.name}: {key} = {shown}")
     elif action == "unset":
         found = pc.unset_stored(host, manifest, args.key, plugin_dir=where)
         print(f"{manifest.name}: {args.key} {'removed' if found else 'was not set'}")
@@ -516,6 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_traceback() -> None:
+    import traceback
+
+    sys.stderr.write(_masked(traceback.format_exc()))
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -523,6 +550,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _HIDDEN.clear()
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -532,16 +560,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except AllyError as exc:
         if args.debug:
-            import traceback
-
-            traceback.print_exc()
-        print(f"ally: error: {exc}", file=sys.stderr)
+            _print_traceback()
+        print(_masked(f"ally: error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
         if args.debug:
-            raise
+            _print_traceback()
         print(
-            f"ally: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug)",
+            _masked(f"ally: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug)"),
             file=sys.stderr,
         )
         return EXIT_ERROR

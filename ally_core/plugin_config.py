@@ -16,7 +16,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -29,12 +29,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MASK",
+    "canonical_key",
     "config_schema",
+    "is_secret",
     "load_stored",
+    "mask_text",
     "mask_values",
     "plugin_id",
     "resolve_config",
     "secret_keys",
+    "secret_values",
     "set_stored",
     "stored_elsewhere",
     "unset_stored",
@@ -54,15 +58,60 @@ def config_schema(manifest: Manifest) -> Optional[dict[str, Any]]:
     return schema if isinstance(schema, dict) else None
 
 
-def secret_keys(manifest: Optional[Manifest]) -> set[str]:
+def _properties(manifest: Optional[Manifest]) -> dict[str, Any]:
     schema = config_schema(manifest) if manifest else None
-    props = (schema or {}).get("properties") or {}
+    props = (schema or {}).get("properties")
+    return props if isinstance(props, dict) else {}
+
+
+def secret_keys(manifest: Optional[Manifest]) -> set[str]:
+    """The config properties the manifest marks ``"secret": true``, as spelled there."""
+    props = _properties(manifest)
     return {k for k, v in props.items() if isinstance(v, dict) and v.get("secret") is True}
 
 
+def is_secret(manifest: Optional[Manifest], key: str) -> bool:
+    """Whether ``key`` is a secret, in any case: ``TOKEN`` and ``token`` both reach the tool as
+    ``PLUGIN_CONFIG_TOKEN``, so both are the ``token`` secret."""
+    wanted = key.upper()
+    return any(k.upper() == wanted for k in secret_keys(manifest))
+
+
+def canonical_key(manifest: Optional[Manifest], key: str) -> str:
+    """The property ``key`` names, spelled as the schema spells it (``TOKEN`` -> ``token``)
+    when exactly one property matches it case-insensitively; else ``key`` itself."""
+    props = _properties(manifest)
+    if key in props:
+        return key
+    matches = [k for k in props if k.upper() == key.upper()]
+    return matches[0] if len(matches) == 1 else key
+
+
 def mask_values(manifest: Optional[Manifest], values: Mapping[str, Any]) -> dict[str, Any]:
-    secrets = secret_keys(manifest)
-    return {k: (MASK if k in secrets else v) for k, v in values.items()}
+    """``values`` with every secret (in any case) shown as the mask."""
+    return {k: (MASK if is_secret(manifest, k) else v) for k, v in values.items()}
+
+
+def secret_values(manifest: Optional[Manifest], values: Mapping[str, Any]) -> list[str]:
+    """The secret values among ``values`` (config keys in any case, e.g. what
+    :func:`resolve_config` returned), as the strings a tool or a message could show them:
+    pass the result to :func:`mask_text`."""
+    return [_as_env(v) for k, v in values.items() if v is not None and is_secret(manifest, k)]
+
+
+def mask_text(text: str, secrets: Iterable[Any]) -> str:
+    """``text`` with every occurrence of each secret replaced by the mask: as it is, as Python
+    shows it (``repr``) and as JSON escapes it (a secret inside a JSON document). Longer
+    secrets are masked first, so one secret inside another leaves no part of either."""
+    forms: set[str] = set()
+    for value in secrets:
+        if value is None:
+            continue
+        plain = value if isinstance(value, str) else _as_env(value)
+        forms.update({plain, repr(value), json.dumps(plain)[1:-1], repr(plain)[1:-1]})
+    for shown in sorted((f for f in forms if f), key=len, reverse=True):
+        text = text.replace(shown, MASK)
+    return text
 
 
 #: Version of the stored config files: values are kept per plugin directory.
@@ -242,15 +291,25 @@ def set_stored(
 ) -> Any:
     """Store one value (validated against the manifest's config schema) for the plugin in
     ``plugin_dir`` (default: the one directory declaring ``manifest.name``); return it typed."""
+    key = canonical_key(manifest, key)
     value = _coerce(manifest, key, raw)
 
     def change(values: dict[str, Any]) -> bool:
+        _drop(values, key)
         values[key] = value
         _validate(manifest, values, partial=True)
         return True
 
     _update(host, manifest, plugin_dir, change)
     return value
+
+
+def _drop(values: dict[str, Any], key: str) -> bool:
+    """Remove ``key`` in every spelling that reaches the tool as the same variable."""
+    found = [k for k in values if k.upper() == key.upper()]
+    for k in found:
+        del values[k]
+    return bool(found)
 
 
 def unset_stored(
@@ -262,13 +321,7 @@ def unset_stored(
 ) -> bool:
     """Remove one stored value of the plugin in ``plugin_dir``; return whether it was set."""
 
-    def change(values: dict[str, Any]) -> bool:
-        return values.pop(key, _MISSING) is not _MISSING
-
-    return _update(host, manifest, plugin_dir, change)
-
-
-_MISSING = object()
+    return _update(host, manifest, plugin_dir, lambda values: _drop(values, key))
 
 
 def _coerce(manifest: Manifest, key: str, raw: Any) -> Any:
@@ -295,7 +348,7 @@ def _coerce(manifest: Manifest, key: str, raw: Any) -> Any:
             return json.loads(raw)
     except ValueError as exc:
         # The parser's message quotes the value: never for a secret.
-        detail = "invalid value" if key in secret_keys(manifest) else str(exc)
+        detail = "invalid value" if is_secret(manifest, key) else str(exc)
         raise ConfigError(f"{manifest.name}: config: {key}: {detail}") from None
     return raw
 
@@ -311,20 +364,17 @@ def _validate(manifest: Manifest, values: Mapping[str, Any], *, partial: bool = 
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(dict(values)), key=lambda e: list(e.absolute_path))
     if errors:
-        secrets = secret_keys(manifest)
         parts = []
         for error in errors:
             where = ".".join(str(p) for p in error.absolute_path)
             # Never echo a secret value back in an error message.
-            message = (
-                error.message
-                if not (error.absolute_path and error.absolute_path[0] in secrets)
-                else "invalid value"
-            )
+            first = error.absolute_path[0] if error.absolute_path else None
+            secret = isinstance(first, str) and is_secret(manifest, first)
+            message = "invalid value" if secret else error.message
             parts.append(f"{where}: {message}" if where else message)
         raise ConfigError(
             f"{manifest.name}: config: "
-            + _mask_text("; ".join(parts), [values[k] for k in secrets if k in values])
+            + mask_text("; ".join(parts), secret_values(manifest, values))
         )
 
 
@@ -338,19 +388,13 @@ def resolve_config(host: Host, plugin: PluginOutcome, given: Mapping[str, Any]) 
     for key, prop in (schema.get("properties") or {}).items():
         if isinstance(prop, dict) and "default" in prop:
             values[key] = prop["default"]
-    values.update(load_stored(host, manifest.name, plugin.plugin_dir))
-    values.update({k: _coerce(manifest, k, v) for k, v in given.items()})
+    for key, value in load_stored(host, manifest.name, plugin.plugin_dir).items():
+        values[canonical_key(manifest, key)] = value
+    for key, value in given.items():
+        key = canonical_key(manifest, key)
+        values[key] = _coerce(manifest, key, value)
     _validate(manifest, values)
     return {k: _as_env(v) for k, v in values.items() if v is not None}
-
-
-def _mask_text(text: str, secret_values: Sequence[Any]) -> str:
-    """``text`` with every secret value (as str and as repr) replaced by the mask."""
-    for value in secret_values:
-        for shown in {str(value), repr(value)}:
-            if shown:
-                text = text.replace(shown, MASK)
-    return text
 
 
 def _as_env(value: Any) -> str:
