@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MASK",
     "canonical_key",
+    "check_key",
     "config_schema",
     "is_secret",
     "load_stored",
@@ -321,17 +322,41 @@ def unset_stored(
 ) -> bool:
     """Remove one stored value of the plugin in ``plugin_dir``; return whether it was set."""
 
-    return _update(host, manifest, plugin_dir, lambda values: _drop(values, key))
+    key = canonical_key(manifest, key)
+
+    def change(values: dict[str, Any]) -> bool:
+        if not any(k.upper() == key.upper() for k in values):
+            check_key(manifest, key)  # not stored: a typo gets a guess, not "was not set"
+        return _drop(values, key)
+
+    return _update(host, manifest, plugin_dir, change)
+
+
+def check_key(manifest: Manifest, key: str) -> None:
+    """Refuse a key the plugin's config schema does not declare (with a guess), unless the
+    schema lets other keys in (``additionalProperties`` given and not false, or
+    ``patternProperties``)."""
+    schema = config_schema(manifest)
+    if schema is None:
+        raise ConfigError(f"{manifest.name}: declares no config, so it has no key {key!r}")
+    props = _properties(manifest)
+    if key in props:
+        return
+    extra = schema.get("additionalProperties", False)
+    if schema.get("patternProperties") or (extra is not False and "additionalProperties" in schema):
+        return
+    from .text import did_you_mean
+
+    known = ", ".join(sorted(props)) or "none"
+    raise ConfigError(
+        f"{manifest.name}: config: unknown key {key!r}{did_you_mean(key, props)} (known: {known})"
+    )
 
 
 def _coerce(manifest: Manifest, key: str, raw: Any) -> Any:
     """Turn a string given on a command line into the type the schema asks for."""
-    schema = config_schema(manifest) or {}
-    props = schema.get("properties") or {}
-    if props and key not in props and schema.get("additionalProperties") is False:
-        raise ConfigError(
-            f"{manifest.name}: config: unknown key {key!r} (known: {', '.join(sorted(props))})"
-        )
+    check_key(manifest, key)
+    props = _properties(manifest)
     if not isinstance(raw, str):
         return raw
     kind = (props.get(key) or {}).get("type") if isinstance(props.get(key), dict) else None

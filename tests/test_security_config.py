@@ -141,3 +141,120 @@ def test_secret_values_finds_secrets_by_any_case_from_resolved_config(
     assert resolved == {"token": SECRET, "retries": "2", "api_url": "http://127.0.0.1:9"}
     assert secret_values(outcome.manifest, resolved) == [SECRET]
     assert secret_values(outcome.manifest, {"ToKeN": "x"}) == ["x"]
+
+
+# ---------------------------------------------------------------------------------------------
+# unknown plugins and keys: a guess and a non-zero exit, nothing stored
+
+
+def test_config_for_an_unknown_plugin_fails_with_a_guess(ally_home: Path, make_plugin, ally_cli):
+    _plugin(make_plugin)
+    for args in (("set", "sfe", "token", SECRET), ("show", "safee"), ("unset", "Safe", "token")):
+        line = _fails(ally_cli("config", *args))
+        assert f"no plugin named {args[1]!r} (did you mean 'safe'?)" in line
+        assert SECRET not in line
+    assert not _store(ally_home).exists()
+    line = _fails(ally_cli("config", "set", "zzzzzz", "token", "x"))
+    assert "no plugin named 'zzzzzz' in" in line and "did you mean" not in line
+
+
+def test_config_set_with_an_unknown_key_fails_with_a_guess(ally_home: Path, make_plugin, ally_cli):
+    _plugin(make_plugin)
+    line = _fails(ally_cli("config", "set", "safe", "tokn", SECRET))
+    assert "unknown key 'tokn' (did you mean 'token'?) (known: api_url, retries, token)" in line
+    assert SECRET not in line
+    assert not _store(ally_home).exists()
+    line = _fails(ally_cli("config", "unset", "safe", "retires"))
+    assert "unknown key 'retires' (did you mean 'retries'?)" in line
+    # A known key that is not set is no error.
+    assert _ok(ally_cli("config", "unset", "safe", "retries")) == "safe: retries was not set\n"
+    line = _fails(ally_cli("run", "safe", "env", "--input", "{}", "--config", "api_ur=x"))
+    assert "unknown key 'api_ur' (did you mean 'api_url'?)" in line
+
+
+def test_config_set_for_a_plugin_without_config_fails(ally_home: Path, make_plugin, ally_cli):
+    _plugin(make_plugin, "plain", schema=None)
+    line = _fails(ally_cli("config", "set", "plain", "token", "x"))
+    assert "plain: declares no config, so it has no key 'token'" in line
+
+
+def test_a_schema_open_to_other_keys_accepts_them(ally_home: Path, make_plugin, ally_cli):
+    _plugin(make_plugin, schema={**SCHEMA, "additionalProperties": {"type": "string"}})
+    assert _ok(ally_cli("config", "set", "safe", "extra", "1")) == "safe: extra = 1\n"
+    env = json.loads(_ok(ally_cli("run", "safe", "env", "--input", "{}")))["result"]
+    assert env["PLUGIN_CONFIG_EXTRA"] == "1"
+
+
+# ---------------------------------------------------------------------------------------------
+# a config store that cannot be written: one line, the old values intact
+
+
+def test_config_set_where_the_store_directory_is_a_file_is_one_line(
+    ally_home: Path, make_plugin, ally_cli
+):
+    _plugin(make_plugin)
+    (ally_home / "plugin-config").write_text("a file, not a directory")
+    line = _fails(ally_cli("config", "set", "safe", "retries", "3"))
+    assert f"safe: cannot store config in {ally_home / 'plugin-config'}" in line
+    assert (ally_home / "plugin-config").read_text() == "a file, not a directory"
+
+
+@pytest.fixture
+def small_mount(ally_home: Path):
+    """``<home>/plugin-config`` on its own 1 MB tmpfs: ``mount(opts)`` (needs mount rights)."""
+    target = ally_home / "plugin-config"
+    target.mkdir()
+    mounted: list[str] = []
+
+    def mount(options: str) -> Path:
+        import subprocess
+
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True
+        )
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+        mounted.append(str(target))
+        return target
+
+    yield mount
+    import subprocess
+
+    for path in mounted:
+        subprocess.run(["umount", "-l", path], check=False)
+
+
+def test_config_set_on_a_full_disk_is_one_line_and_keeps_the_stored_values(
+    ally_home: Path, make_plugin, ally_cli, small_mount
+):
+    plugin = _plugin(make_plugin)
+    store = small_mount("size=1m")
+    _ok(ally_cli("config", "set", "safe", "token", SECRET))
+    before = (store / "safe.json").read_bytes()
+    fd = os.open(store / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    proc = ally_cli("config", "set", "safe", "api_url", "x" * 20000)
+    line = _fails(proc)
+    assert "safe: cannot store config in" in line and "No space left on device" in line
+    assert SECRET not in proc.stdout + proc.stderr
+    assert (store / "safe.json").read_bytes() == before
+    assert sorted(p.name for p in store.iterdir()) == [".lock", "filler", "safe.json"]
+    values = json.loads(before)["dirs"][os.path.realpath(plugin)]["values"]
+    assert values == {"token": SECRET}
+
+
+def test_config_set_on_a_read_only_disk_is_one_line(
+    ally_home: Path, make_plugin, ally_cli, small_mount
+):
+    _plugin(make_plugin)
+    small_mount("ro,size=1m")
+    line = _fails(ally_cli("config", "set", "safe", "retries", "3"))
+    assert "safe: cannot store config in" in line and "Read-only file system" in line
+    # Reading still works.
+    assert _ok(ally_cli("config", "show", "safe")) == ""
