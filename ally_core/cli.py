@@ -42,6 +42,15 @@ def _masked(text: str) -> str:
     return mask_text(text, _HIDDEN)
 
 
+def _say(text: str, file: Any = None) -> None:
+    """Print one line for people: secrets this command knows masked, and control characters
+    (escape sequences, carriage returns, bidirectional overrides) shown as escapes, so nothing
+    a plugin or tool wrote can rewrite the terminal."""
+    from .text import printable
+
+    print(printable(_masked(text)), file=file or sys.stdout)
+
+
 def _emit(data: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps({"ally": JSON_VERSION, **data}, indent=2, default=str) + "\n")
 
@@ -101,13 +110,13 @@ def _print_outcomes(outcomes: Sequence[Any]) -> None:
                 "repaired": f" (repaired: {o.repair_reason})",
                 "updated": " (updated)",
             }
-            print(f"\u2713 {o.name}: {tools}{extra.get(o.action, '')}")
+            _say(f"\u2713 {o.name}: {tools}{extra.get(o.action, '')}")
         elif o.status == "pending":
-            print(f"\u2026 {o.name}: {o.reason}")
+            _say(f"\u2026 {o.name}: {o.reason}")
         else:
-            print(f"\u2717 {o.name}: {o.reason}")
+            _say(f"\u2717 {o.name}: {o.reason}")
         for warning in o.warnings:
-            print(f"    warning: {warning}")
+            _say(f"    warning: {warning}")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -115,7 +124,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         _emit({"plugins": [_outcome_json(o) for o in outcomes]})
     elif not outcomes:
-        print("no plugins found")
+        _say("no plugins found")
     else:
         _print_outcomes(outcomes)
     return EXIT_OK
@@ -145,7 +154,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         for archive in archives:
             done = install_bundle(host, Path(archive), force=args.force)
             if done.backup is not None:
-                print(f"{done.name}: the previous {done.plugin_dir} was moved to {done.backup}")
+                _say(f"{done.name}: the previous {done.plugin_dir} was moved to {done.backup}")
             args.names[args.names.index(archive)] = done.name
     return _load(args, lambda host, rep: host.load(args.names or None, progress=rep))
 
@@ -166,7 +175,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     host = _host(args)
     for name in args.names:
         removed = host.remove(name)
-        print(f"removed the env of {name}" if removed else f"{name} has no env")
+        _say(f"removed the env of {name}" if removed else f"{name} has no env")
     return EXIT_OK
 
 
@@ -192,8 +201,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     for path, size, why in removed:
-        print(f"{'would remove' if args.dry_run else 'removed'} {path} ({_size(size)}): {why}")
-    print(f"{'would free' if args.dry_run else 'freed'} {_size(total)}")
+        _say(f"{'would remove' if args.dry_run else 'removed'} {path} ({_size(size)}): {why}")
+    _say(f"{'would free' if args.dry_run else 'freed'} {_size(total)}")
     return EXIT_OK
 
 
@@ -224,7 +233,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for outcome, health in reports:
             mark = "\u2713" if health.ok else "\u2717"
             fixed = " \u2192 repaired" if outcome.action == "repaired" else ""
-            print(f"{mark} {outcome.name}: {health.describe()}{fixed}")
+            _say(f"{mark} {outcome.name}: {health.describe()}{fixed}")
     bad = [o for o, h in reports if not h.ok and o.action != "repaired"]
     return EXIT_BLOCKED if bad else EXIT_OK
 
@@ -323,7 +332,7 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
         )
     else:
         for name, values in rows.items():
-            print(f"{name}: {', '.join(values)}  [{dists[name]}]")
+            _say(f"{name}: {', '.join(values)}  [{dists[name]}]")
     return EXIT_OK
 
 
@@ -364,10 +373,10 @@ def cmd_config(args: argparse.Namespace) -> int:
             return EXIT_OK
         for key, (var, _p, _d, doc) in SETTINGS.items():
             value = settings.values[key]
-            print(f"{key} = {value!r}  ({settings.sources[key]}; {var}: {doc})")
+            _say(f"{key} = {value!r}  ({settings.sources[key]}; {var}: {doc})")
         for key, value in paths.items():
             shown = ", ".join(map(str, value)) if isinstance(value, list) else value
-            print(f"{key}: {shown}")
+            _say(f"{key}: {shown}")
         return EXIT_OK
     from . import plugin_config as pc
 
@@ -382,10 +391,10 @@ def cmd_config(args: argparse.Namespace) -> int:
             _hide(args.value)
         pc.set_stored(host, manifest, key, args.value, plugin_dir=where)
         shown = pc.MASK if pc.is_secret(manifest, key) else args.value
-        print(f"{manifest.name}: {key} = {shown}")
+        _say(f"{manifest.name}: {key} = {shown}")
     elif action == "unset":
         found = pc.unset_stored(host, manifest, args.key, plugin_dir=where)
-        print(f"{manifest.name}: {args.key} {'removed' if found else 'was not set'}")
+        _say(f"{manifest.name}: {args.key} {'removed' if found else 'was not set'}")
     else:
         values = pc.mask_values(manifest, pc.load_stored(host, manifest.name, where))
         elsewhere = pc.stored_elsewhere(host, manifest.name, where)
@@ -400,9 +409,9 @@ def cmd_config(args: argparse.Namespace) -> int:
             )
         else:
             for key, value in sorted(values.items()):
-                print(f"{key} = {value}")
+                _say(f"{key} = {value}")
             for other in elsewhere:
-                print(
+                _say(
                     f"note: values stored for {other} are not used for {where} "
                     "(config belongs to the directory it was set for)"
                 )
@@ -416,7 +425,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     path = make_bundle(
         host, args.name, Path(args.output) if args.output else None, progress=_reporter(args)
     )
-    print(str(path))
+    _say(str(path))
     return EXIT_OK
 
 
@@ -540,7 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_traceback() -> None:
     import traceback
 
-    sys.stderr.write(_masked(traceback.format_exc()))
+    from .text import printable
+
+    for line in _masked(traceback.format_exc()).splitlines():
+        sys.stderr.write(printable(line) + "\n")
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -561,13 +573,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except AllyError as exc:
         if args.debug:
             _print_traceback()
-        print(_masked(f"ally: error: {exc}"), file=sys.stderr)
+        _say(f"ally: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
         if args.debug:
             _print_traceback()
-        print(
-            _masked(f"ally: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug)"),
+        _say(
+            f"ally: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug)",
             file=sys.stderr,
         )
         return EXIT_ERROR

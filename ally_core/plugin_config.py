@@ -332,10 +332,20 @@ def unset_stored(
     return _update(host, manifest, plugin_dir, change)
 
 
+def _check_key_text(manifest: Manifest, key: Any) -> None:
+    """A key becomes part of an environment variable's name (``PLUGIN_CONFIG_<KEY>``)."""
+    if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+        raise ConfigError(
+            f"{manifest.name}: config: invalid key {key!r}: a key reaches the tool as "
+            "PLUGIN_CONFIG_<KEY>, so it must be non-empty, without '=' or NUL"
+        )
+
+
 def check_key(manifest: Manifest, key: str) -> None:
     """Refuse a key the plugin's config schema does not declare (with a guess), unless the
     schema lets other keys in (``additionalProperties`` given and not false, or
     ``patternProperties``)."""
+    _check_key_text(manifest, key)
     schema = config_schema(manifest)
     if schema is None:
         raise ConfigError(f"{manifest.name}: declares no config, so it has no key {key!r}")
@@ -357,6 +367,8 @@ def _coerce(manifest: Manifest, key: str, raw: Any) -> Any:
     """Turn a string given on a command line into the type the schema asks for."""
     check_key(manifest, key)
     props = _properties(manifest)
+    if isinstance(raw, str) and "\0" in raw:
+        raise ConfigError(f"{manifest.name}: config: {key}: a value cannot contain a NUL byte")
     if not isinstance(raw, str):
         return raw
     kind = (props.get(key) or {}).get("type") if isinstance(props.get(key), dict) else None
@@ -371,6 +383,8 @@ def _coerce(manifest: Manifest, key: str, raw: Any) -> Any:
             return raw.lower() in {"true", "1", "yes"}
         if kind in {"array", "object"}:
             return json.loads(raw)
+    except RecursionError:
+        raise ConfigError(f"{manifest.name}: config: {key}: nested too deeply") from None
     except ValueError as exc:
         # The parser's message quotes the value: never for a secret.
         detail = "invalid value" if is_secret(manifest, key) else str(exc)
@@ -386,8 +400,23 @@ def _validate(manifest: Manifest, values: Mapping[str, Any], *, partial: bool = 
         schema = {k: v for k, v in schema.items() if k != "required"}
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(dict(values)), key=lambda e: list(e.absolute_path))
+    try:
+        validator = _validator(json.dumps(schema, sort_keys=True))
+        errors = sorted(validator.iter_errors(dict(values)), key=lambda e: list(e.absolute_path))
+    except jsonschema.SchemaError as exc:
+        raise ConfigError(
+            f"{manifest.name}: config: the plugin's config schema is invalid: "
+            + mask_text(exc.message, secret_values(manifest, values))
+        ) from None
+    except RecursionError:
+        raise ConfigError(
+            f"{manifest.name}: config: the config schema or a value is nested too deeply"
+        ) from None
+    except Exception as exc:  # e.g. a $ref that cannot be resolved
+        raise ConfigError(
+            f"{manifest.name}: config: the plugin's config schema cannot be used: "
+            f"{exc.__class__.__name__}"
+        ) from None
     if errors:
         parts = []
         for error in errors:
@@ -419,7 +448,16 @@ def resolve_config(host: Host, plugin: PluginOutcome, given: Mapping[str, Any]) 
         key = canonical_key(manifest, key)
         values[key] = _coerce(manifest, key, value)
     _validate(manifest, values)
-    return {k: _as_env(v) for k, v in values.items() if v is not None}
+    out = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        _check_key_text(manifest, key)
+        text = _as_env(value)
+        if "\0" in text:
+            raise ConfigError(f"{manifest.name}: config: {key}: a value cannot contain a NUL byte")
+        out[key] = text
+    return out
 
 
 def _as_env(value: Any) -> str:
@@ -454,7 +492,16 @@ def validate_input(plugin: str, tool: Tool, arguments: Any) -> None:
         raise ToolInputError(
             f"{plugin}: tool {tool.name!r}: its schema is invalid: {exc.message}"
         ) from None
-    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    except RecursionError:
+        raise ToolInputError(
+            f"{plugin}: tool {tool.name!r}: its schema is nested too deeply"
+        ) from None
+    try:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    except RecursionError:
+        raise ToolInputError(
+            f"{plugin}: tool {tool.name!r}: input or schema nested too deeply"
+        ) from None
     if error is not None:
         where = "$" + "".join(
             f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path

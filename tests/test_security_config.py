@@ -258,3 +258,146 @@ def test_config_set_on_a_read_only_disk_is_one_line(
     assert "safe: cannot store config in" in line and "Read-only file system" in line
     # Reading still works.
     assert _ok(ally_cli("config", "show", "safe")) == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# odd input: one line, never an internal error
+
+
+@pytest.fixture
+def main_in_process(ally_home: Path, capsys):
+    """``ally`` in this process, for arguments no ``exec`` can carry (a NUL byte)."""
+    import signal
+
+    from ally_core.cli import main
+
+    saved = signal.getsignal(signal.SIGTERM)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    yield run
+    signal.signal(signal.SIGTERM, saved)
+
+
+def _one_line(code: int, out: str, err: str) -> str:
+    assert code not in (0, None), out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ally: error: ") and "internal error" not in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("key", ["a=b", "=", "tok\0en", ""])
+def test_a_config_key_that_cannot_be_a_variable_name_is_one_line(
+    ally_home: Path, make_plugin, main_in_process, key: str
+):
+    _plugin(make_plugin, schema={**SCHEMA, "additionalProperties": True})
+    line = _one_line(*main_in_process("config", "set", "safe", key, "x"))
+    assert "invalid key" in line and "PLUGIN_CONFIG_<KEY>" in line
+    assert not _store(ally_home).exists()
+
+
+def test_a_declared_or_stored_key_with_equals_blocks_the_call_in_one_line(
+    ally_home: Path, make_plugin, ally_cli
+):
+    schema = {"type": "object", "properties": {"a=b": {"type": "string", "default": "x"}}}
+    _plugin(make_plugin, schema=schema)
+    line = _fails(ally_cli("run", "safe", "env", "--input", "{}"))
+    assert "invalid key 'a=b'" in line
+    # The same for a key stored by hand (or by an older ally).
+    _plugin(make_plugin, "other")
+    _write_old_store(ally_home, {"x=y": "1"}, name="other")
+    line = _fails(ally_cli("run", "other", "env", "--input", "{}"))
+    assert "invalid key 'x=y'" in line
+
+
+def test_nul_in_config_values_and_arguments_is_one_line(
+    ally_home: Path, make_plugin, main_in_process, ally_cli
+):
+    _plugin(make_plugin)
+    line = _one_line(*main_in_process("config", "set", "safe", "api_url", "http://a\0b"))
+    assert "api_url: a value cannot contain a NUL byte" in line
+    line = _one_line(*main_in_process("config", "set", "sa\0fe", "api_url", "x"))
+    assert "no plugin named 'sa\\x00fe'" in line
+    line = _one_line(
+        *main_in_process("run", "safe", "env", "--input", "{}", "--config", "api_url=a\0b")
+    )
+    assert "a value cannot contain a NUL byte" in line
+    assert not _store(ally_home).exists()
+    # A NUL stored by hand (JSON "\u0000") blocks the call in one line, too.
+    _write_old_store(ally_home, {"api_url": "a\0b"})
+    line = _fails(ally_cli("run", "safe", "env", "--input", "{}"))
+    assert "api_url: a value cannot contain a NUL byte" in line
+
+
+def _deep_schema(depth: int) -> dict[str, Any]:
+    node: dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        node = {"type": "object", "properties": {"x": node}}
+    return {"type": "object", "properties": {"token": {"type": "string"}, "deep": node}}
+
+
+def test_a_deeply_nested_config_schema_is_one_line(ally_home: Path, make_plugin, ally_cli):
+    _plugin(make_plugin, schema=_deep_schema(400))
+    listed = json.loads(_ok(ally_cli("list", "--json")))["plugins"]
+    assert listed[0]["status"] == "ready", listed
+    line = _fails(ally_cli("config", "set", "safe", "token", "x"))
+    assert "nested too deeply" in line
+    line = _fails(ally_cli("run", "safe", "env", "--input", "{}"))
+    assert "nested too deeply" in line
+
+
+def test_a_deeply_nested_config_value_is_one_line(ally_home: Path, make_plugin, main_in_process):
+    _plugin(make_plugin, schema={**SCHEMA, "properties": {"list": {"type": "array"}}})
+    deep = "[" * 100_000 + "]" * 100_000
+    line = _one_line(*main_in_process("config", "set", "safe", "list", deep))
+    assert "list: nested too deeply" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# control characters never reach the terminal
+
+RAW = ("\x1b", "\x07", "\x9b", "\u202e", "\r", "\x08")
+
+
+def test_names_and_messages_are_printed_without_control_characters(
+    ally_home: Path, make_plugin, ally_cli
+):
+    evil = "t\x1b[2J\x1b]0;pwned\x07\u202eevil\r\x08"
+    make_plugin(
+        "loud",
+        {
+            "config": {"type": "object", "properties": {"note": {"type": "string"}}},
+            "tools": [
+                {"name": evil, "command": "python3", "args": ["tool.py"]},
+                {"name": "shout", "command": "python3", "args": ["tool.py"]},
+            ],
+        },
+        {
+            "tool.py": "import sys\n"
+            "sys.stderr.write('\\x1b[31mred\\x1b]0;title\\x07\\u202ereversed\\r\\x9bX')\n"
+            "sys.exit(1)\n"
+        },
+    )
+    shown = _ok(ally_cli("list"))
+    assert "\\x1b[2J\\x1b]0;pwned\\x07\\u202eevil\\r\\x08" in shown
+    proc = ally_cli("run", "loud", "shout", "--input", "{}")
+    line = _fails(proc)
+    assert "\\x1b[31mred" in line and "\\u202ereversed" in line
+    _ok(ally_cli("config", "set", "loud", "note", "a\x1b[2Jb"))
+    shown += _ok(ally_cli("config", "show", "loud"))
+    assert "note = a\\x1b[2Jb" in shown
+    for char in RAW:
+        assert char not in shown + proc.stdout + proc.stderr, repr(char)
+
+
+def test_printable_escapes_every_control_and_invisible_format_character():
+    from ally_core.text import printable
+
+    assert printable("plain ✓ text é 漢字") == "plain ✓ text é 漢字"
+    assert printable("a\x1b[0mb\tc\nd\x7f\x9b\u200b\u2066\ufeff") == (
+        "a\\x1b[0mb\\tc\\nd\\x7f\\x9b\\u200b\\u2066\\ufeff"
+    )
