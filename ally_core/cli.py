@@ -349,7 +349,10 @@ def cmd_config(args: argparse.Namespace) -> int:
     host = _host(args)
     action = args.action
     if action is None:
+        from .plugin_config import secret_store
+
         settings = host.settings
+        store = secret_store(host)
         paths = {
             "home": host.paths.home,
             "plugin_dirs": list(host.paths.plugin_dirs),
@@ -368,6 +371,12 @@ def cmd_config(args: argparse.Namespace) -> int:
                         k: str(v) if not isinstance(v, list) else [str(x) for x in v]
                         for k, v in paths.items()
                     },
+                    "secrets": {
+                        "backend": store.backend,
+                        "available": store.available,
+                        "detail": store.detail,
+                        "reason": store.reason,
+                    },
                 }
             )
             return EXIT_OK
@@ -377,6 +386,11 @@ def cmd_config(args: argparse.Namespace) -> int:
         for key, value in paths.items():
             shown = ", ".join(map(str, value)) if isinstance(value, list) else value
             _say(f"{key}: {shown}")
+        if store.backend == "file":
+            where = f"0600 plain-text files in {store.detail}"
+        else:
+            where = f"the OS keyring ({store.detail})" if store.available else "none usable"
+        _say(f"secrets: {where}  ({store.reason})")
         return EXIT_OK
     from . import plugin_config as pc
 
@@ -396,7 +410,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         found = pc.unset_stored(host, manifest, args.key, plugin_dir=where)
         _say(f"{manifest.name}: {args.key} {'removed' if found else 'was not set'}")
     else:
-        values = pc.mask_values(manifest, pc.load_stored(host, manifest.name, where))
+        values = pc.stored_view(host, manifest, where)
         elsewhere = pc.stored_elsewhere(host, manifest.name, where)
         if args.json:
             _emit(

@@ -90,6 +90,12 @@ def _byte_size(text: str) -> int:
     return int(digits) * factor
 
 
+def _secrets_backend(text: str) -> str:
+    if text not in {"auto", "keyring", "file"}:
+        raise ValueError(f"expected one of auto, keyring, file; got {text!r}")
+    return text
+
+
 def _words(text: str) -> tuple[str, ...]:
     return tuple(w for w in text.replace(",", " ").split() if w)
 
@@ -136,6 +142,12 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any, str]] = {
         _byte_size,
         4 << 30,
         "most bytes one bundle may unpack in all",
+    ),
+    "secrets_backend": (
+        "ALLY_SECRETS_BACKEND",
+        _secrets_backend,
+        "auto",
+        "where secret plugin config is stored: auto (OS keyring if usable), keyring, file",
     ),
 }
 

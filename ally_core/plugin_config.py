@@ -12,13 +12,16 @@ the user only: ally does not use the OS keyring, so keep that file's directory p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import attrs
 
 from .errors import ConfigError, PluginNotFound, ToolInputError
 from .manifest import Manifest, Tool
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MASK",
+    "SecretStore",
     "canonical_key",
     "check_key",
     "config_schema",
@@ -39,9 +43,11 @@ __all__ = [
     "plugin_id",
     "resolve_config",
     "secret_keys",
+    "secret_store",
     "secret_values",
     "set_stored",
     "stored_elsewhere",
+    "stored_view",
     "unset_stored",
     "validate_input",
 ]
@@ -156,9 +162,107 @@ def _read_file(host: Host, name: str) -> Optional[dict[str, Any]]:
 
 
 def _entry(data: Mapping[str, Any], pid: str) -> dict[str, Any]:
+    """The values kept in the file for ``pid`` (not those in the OS keyring)."""
     entry = data["dirs"].get(pid) or {}
     values = entry.get("values")
     return dict(values) if isinstance(values, dict) else {}
+
+
+def _in_keyring(data: Mapping[str, Any], pid: str) -> list[str]:
+    """The keys of ``pid`` whose values are in the OS keyring."""
+    keys = (data["dirs"].get(pid) or {}).get("keyring")
+    return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
+
+
+# -- where secrets are kept -------------------------------------------------------------------
+
+
+@attrs.frozen
+class SecretStore:
+    """Where ``ally config set`` keeps secret values (see :func:`secret_store`)."""
+
+    #: ``"keyring"`` (the OS keyring, through the ``keyring`` package) or ``"file"``.
+    backend: str
+    #: Whether secrets can be stored there now.
+    available: bool
+    #: The keyring backend's class, or the file's location.
+    detail: str
+    #: Why this one: the ``secrets_backend`` setting and what was found.
+    reason: str
+
+
+def _keyring() -> tuple[Any, str]:
+    """The usable OS keyring backend and its name, or None and why there is none. keyring's
+    ``fail`` and ``null`` backends (what it picks when nothing real is there) do not count."""
+    try:
+        import keyring
+        from keyring.backends import chainer, fail, null
+    except ImportError as exc:
+        return None, f"the keyring package cannot be imported ({exc.name})"
+    try:
+        backend = keyring.get_keyring()
+    except Exception as exc:
+        return None, f"keyring failed to load a backend ({exc.__class__.__name__})"
+    kind = type(backend)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if isinstance(backend, (fail.Keyring, null.Keyring)) or (
+        isinstance(backend, chainer.ChainerBackend) and not backend.backends
+    ):
+        return None, f"no usable OS keyring ({name})"
+    return backend, name
+
+
+def secret_store(host: Host) -> SecretStore:
+    """Where secrets are kept for ``host``: the OS keyring when one is usable (setting
+    ``secrets_backend`` ``auto``, the default, or ``keyring``), else the 0600 file."""
+    mode = str(host.settings.values["secrets_backend"])
+    where = str(host.paths.config_dir / "plugin-config")
+    source = host.settings.sources["secrets_backend"]
+    setting = f"secrets_backend = {mode} ({source})"
+    if mode == "file":
+        return SecretStore("file", True, where, setting)
+    backend, name = _keyring()
+    if backend is not None:
+        return SecretStore("keyring", True, name, setting)
+    if mode == "keyring":
+        return SecretStore("keyring", False, name, f"{setting}, but {name}")
+    return SecretStore("file", True, where, f"{setting}: {name}")
+
+
+def _service(host: Host) -> str:
+    return f"ally plugin config {os.path.realpath(host.paths.config_dir)}"
+
+
+def _username(pid: str, key: str) -> str:
+    return json.dumps([pid, key], ensure_ascii=False)
+
+
+def _ring_call(name: str, what: str, call: Callable[[], Any], hide: Sequence[Any] = ()) -> Any:
+    try:
+        return call()
+    except Exception as exc:
+        detail = mask_text(f"{exc.__class__.__name__}: {exc}", hide)
+        raise ConfigError(f"{name}: OS keyring: cannot {what}: {detail}") from None
+
+
+def _ring_read(
+    host: Host, name: str, pid: str, keys: Sequence[str], backend: Any
+) -> dict[str, Any]:
+    """The values of ``keys`` in the keyring (a key whose entry is gone is left out)."""
+    out = {}
+    for key in keys:
+        text = _ring_call(
+            name,
+            f"read {key!r}",
+            functools.partial(backend.get_password, _service(host), _username(pid, key)),
+        )
+        if text is None:
+            continue
+        try:
+            out[key] = json.loads(text)
+        except (ValueError, RecursionError):
+            out[key] = text
+    return out
 
 
 def _sole_dir(host: Host, name: str) -> Optional[str]:
@@ -199,7 +303,36 @@ def load_stored(
         if migrated is None:
             return {}
         data = migrated
-    return _entry(data, pid)
+    values = _entry(data, pid)
+    in_keyring = _in_keyring(data, pid)
+    if in_keyring:
+        backend, why = _keyring()
+        if backend is None:
+            raise ConfigError(
+                f"{name}: config: {', '.join(map(repr, in_keyring))} "
+                f"{'is' if len(in_keyring) == 1 else 'are'} kept in the OS keyring, which is "
+                f"not usable now: {why} (set {'it' if len(in_keyring) == 1 else 'them'} again "
+                "to store in the file instead)"
+            )
+        values.update(_ring_read(host, name, pid, in_keyring, backend))
+    return values
+
+
+def stored_view(
+    host: Host, manifest: Manifest, plugin_dir: str | os.PathLike[str]
+) -> dict[str, Any]:
+    """The stored values of the plugin in ``plugin_dir`` as ``config show`` prints them:
+    secrets masked, and those in the OS keyring not read at all."""
+    data = _read_file(host, manifest.name)
+    if data is None:
+        return {}
+    pid = plugin_id(plugin_dir)
+    if not _is_current(data):
+        values = load_stored(host, manifest.name, plugin_dir)
+        return mask_values(manifest, values)
+    values = _entry(data, pid)
+    values.update(dict.fromkeys(_in_keyring(data, pid), MASK))
+    return mask_values(manifest, values)
 
 
 def stored_elsewhere(host: Host, name: str, plugin_dir: str | os.PathLike[str]) -> list[str]:
@@ -231,10 +364,12 @@ def _update(
     host: Host,
     manifest: Manifest,
     plugin_dir: str | os.PathLike[str] | None,
+    key: str,
     change: Callable[[dict[str, Any]], bool],
 ) -> bool:
-    """Apply ``change`` to the values of the plugin's directory and store them (if it says
-    something changed), under a lock so that concurrent ``config set`` calls lose nothing."""
+    """Apply ``change`` (about ``key``) to the values of the plugin's directory and store them
+    if it says something changed: secrets in the OS keyring when one is used, the rest in the
+    file. Under a lock, so that concurrent ``config set`` calls lose nothing."""
     from filelock import FileLock
 
     name = manifest.name
@@ -262,17 +397,79 @@ def _update(
                 )
         if data is None:
             data = {"format": STORE_FORMAT, "plugin": name, "dirs": {}}
-        values = _entry(data, pid)
-        if not change(values):
-            return False
-        if values:
-            data["dirs"][pid] = {"values": values}
+        return _apply(host, manifest, data, pid, key, change)
+    finally:
+        lock.release()
+
+
+def _apply(
+    host: Host,
+    manifest: Manifest,
+    data: dict[str, Any],
+    pid: str,
+    key: str,
+    change: Callable[[dict[str, Any]], bool],
+) -> bool:
+    name = manifest.name
+    store = secret_store(host)
+    in_keyring = _in_keyring(data, pid)
+    backend: Any = None
+    if store.backend == "keyring" or in_keyring:
+        backend = _keyring()[0]
+    ringed = _ring_read(host, name, pid, in_keyring, backend) if backend is not None else {}
+    # Keyring entries that cannot be read now stay where they are, unless this changes them.
+    unread = [k for k in in_keyring if k not in ringed and k.upper() != key.upper()]
+    values = {**_entry(data, pid), **ringed}
+    if not change(values):
+        return False
+    use_ring = store.backend == "keyring"
+    if use_ring and not store.available and any(is_secret(manifest, k) for k in values):
+        raise ConfigError(
+            f"{name}: config: cannot store a secret: {store.reason} "
+            "(set ALLY_SECRETS_BACKEND=file to keep secrets in the 0600 file)"
+        )
+    plain = {k: v for k, v in values.items() if not (use_ring and is_secret(manifest, k))}
+    secret = {k: v for k, v in values.items() if k not in plain}
+    # Keyring first: the file never names a keyring entry that is not there.
+    written: dict[str, Any] = {}
+    service = _service(host)
+    try:
+        for k, v in secret.items():
+            if k in ringed and ringed[k] == v:
+                continue
+            _ring_call(
+                name,
+                f"store {k!r}",
+                functools.partial(backend.set_password, service, _username(pid, k), json.dumps(v)),
+                hide=[v],
+            )
+            written[k] = ringed.get(k, _GONE)
+        entry: dict[str, Any] = {}
+        if plain:
+            entry["values"] = plain
+        if secret or unread:
+            entry["keyring"] = sorted({*secret, *unread})
+        if entry:
+            data["dirs"][pid] = entry
         else:
             data["dirs"].pop(pid, None)
         _write_file(host, name, data)
-        return True
-    finally:
-        lock.release()
+    except BaseException:
+        for k, old in written.items():  # put the keyring back as the file still says
+            with contextlib.suppress(Exception):
+                if old is _GONE:
+                    backend.delete_password(service, _username(pid, k))
+                else:
+                    backend.set_password(service, _username(pid, k), json.dumps(old))
+        raise
+    for k in set(ringed) - set(secret):
+        # Moved to the file, or removed: the keyring entry goes (best effort).
+        with contextlib.suppress(Exception):
+            backend.delete_password(service, _username(pid, k))
+    return True
+
+
+_GONE = object()
 
 
 def _plugin_dir_of(host: Host, name: str) -> str:
@@ -301,7 +498,7 @@ def set_stored(
         _validate(manifest, values, partial=True)
         return True
 
-    _update(host, manifest, plugin_dir, change)
+    _update(host, manifest, plugin_dir, key, change)
     return value
 
 
@@ -329,7 +526,7 @@ def unset_stored(
             check_key(manifest, key)  # not stored: a typo gets a guess, not "was not set"
         return _drop(values, key)
 
-    return _update(host, manifest, plugin_dir, change)
+    return _update(host, manifest, plugin_dir, key, change)
 
 
 def _check_key_text(manifest: Manifest, key: Any) -> None:
