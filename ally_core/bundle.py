@@ -38,7 +38,7 @@ from .paths import check_plugin_name
 from .store import now_iso
 
 if TYPE_CHECKING:
-    from .loader import Host, ProgressCallback
+    from .loader import Host, PluginOutcome, ProgressCallback
 
 __all__ = [
     "ARTIFACTS_DIR",
@@ -114,12 +114,26 @@ def make_bundle(
     progress: Optional[ProgressCallback] = None,
 ) -> Path:
     """Write the offline bundle of plugin ``name``; return the archive's path."""
-    import attrs
-
     outcome = host.ensure(name, progress=progress)
     if not outcome.ready or outcome.manifest is None:
         raise PluginNotFound(f"{name}: cannot bundle a blocked plugin: {outcome.reason}")
+    try:
+        return _make(host, outcome, output, progress)
+    except OSError as exc:
+        # shutil.Error (copying the source) holds one (src, dst, why) per file: the first.
+        first = exc.args[0][0] if isinstance(exc, shutil.Error) and exc.args[0] else None
+        detail = f"{first[2]} ({first[0]})" if first else f"{exc.strerror or exc}"
+        if not first and exc.filename:
+            detail += f" ({exc.filename})"
+        raise BundleError(f"{name}: cannot write the bundle: {detail}") from None
+
+
+def _make(
+    host: Host, outcome: PluginOutcome, output: Optional[Path], progress: Optional[ProgressCallback]
+) -> Path:
     manifest = outcome.manifest
+    assert manifest is not None
+    name = manifest.name
     version = manifest.version or "0"
     output = output or Path.cwd() / f"{manifest.name}-{version}.ally.tar.gz"
     with tempfile.TemporaryDirectory(prefix="ally-bundle-") as tmp:
@@ -458,7 +472,8 @@ def _unpack(
     plugins_root = host.paths.plugin_dirs[0]
     target = plugins_root / name
     for source in host.discover():
-        if source.name == name and source.plugin_dir != target:
+        declared = source.name if source.manifest else getattr(source.error, "plugin", None)
+        if declared == name and source.plugin_dir != target:
             raise BundleError(
                 f"{archive}: a plugin named {name!r} is already installed at "
                 f"{source.plugin_dir}; remove it first"

@@ -4,10 +4,14 @@ A manifest's ``config`` is a JSON-Schema-like object (``{"type": "object", "prop
 {...}, "required": [...]}``, or the same under ``config.schema``). A property with
 ``"secret": true`` is masked in every output of ally.
 
-Values come from, lowest to highest priority: the property's ``default``, the per-plugin
-config file (``ally config set``), and the values the host passes for one call. Stored values
-live in ``<config dir>/plugin-config/<name>.json`` with file mode 0600 — in plain text, readable by
-the user only: ally does not use the OS keyring, so keep that file's directory private.
+Values come from, lowest to highest priority: the property's ``default``, the values stored
+with ``ally config set``, and the values the host passes for one call. Stored values belong to
+the plugin's directory (its real path), never to another directory declaring the same name.
+They live in ``<config dir>/plugin-config/<name>.json`` (mode 0600), except secret values,
+which go to the OS keyring when one is usable (:func:`secret_store`).
+
+Secret keys match in any case (``TOKEN`` is the ``token`` secret): :func:`secret_values` and
+:func:`mask_text` are how every output of ally masks them.
 """
 
 from __future__ import annotations

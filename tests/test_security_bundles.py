@@ -470,3 +470,25 @@ def test_bundling_a_plugin_with_a_fifo_or_device_is_refused(
     assert str(special) in line
     assert ("FIFO" if kind == "fifo" else "character device") in line
     assert not archive.exists()
+
+
+def test_bundling_to_a_place_that_cannot_be_written_is_one_line(
+    make_plugin, ally_home: Path, tmp_path: Path
+):
+    make_plugin("tiny", {"version": "1", "tools": []}, {"main.py": "x = 1\n"})
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    line = _one_error_line(_cli(ally_home, "bundle", "tiny", "-o", str(blocker / "tiny.tar.gz")))
+    assert "tiny: cannot write the bundle" in line and str(blocker) in line
+
+
+def test_a_bundle_of_a_name_two_blocked_directories_declare_is_refused(
+    home: Path, tmp_path: Path
+):
+    for directory in ("a-one", "b-two"):
+        (home / "plugins" / directory).mkdir()
+        (home / "plugins" / directory / "plugin.json").write_text(json.dumps({"name": "tiny"}))
+    archive = make_archive(tmp_path / "tiny.tar.gz")
+    line = _one_error_line(_cli(home, "install", str(archive)))
+    assert "a plugin named 'tiny' is already installed at" in line
+    assert sorted(p.name for p in (home / "plugins").iterdir()) == ["a-one", "b-two"]
