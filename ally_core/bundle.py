@@ -222,12 +222,13 @@ def _rel_parts(name: str) -> Optional[list[str]]:
     return parts
 
 
-def _resolve(parts: list[str], links: dict[str, str], hops: int = 0) -> Optional[list[str]]:
+def _resolve(
+    parts: list[str], links: dict[str, str], budget: Optional[list[int]] = None
+) -> Optional[list[str]]:
     """Where ``parts`` (inside the unpacked archive) leads once every symlink among ``links``
     (every link of the archive, wherever it stands in it) is followed; None if it leaves the
-    archive's root or loops."""
-    if hops > _MAX_HOPS:
-        return None
+    archive's root, or follows more than 40 links in all (a loop), as the kernel's ELOOP."""
+    budget = [_MAX_HOPS] if budget is None else budget
     done: list[str] = []
     for i, part in enumerate(parts):
         if part in {"", "."}:
@@ -241,13 +242,13 @@ def _resolve(parts: list[str], links: dict[str, str], hops: int = 0) -> Optional
         target = links.get("/".join(done))
         if target is None:
             continue
-        if target.startswith(("/", "\\")) or "\\" in target:
+        budget[0] -= 1
+        if budget[0] < 0 or target.startswith(("/", "\\")) or "\\" in target:
             return None
-        hops += 1
-        base = _resolve(done[:-1] + target.split("/"), links, hops)
+        base = _resolve(done[:-1] + target.split("/"), links, budget)
         if base is None:
             return None
-        return _resolve(base + parts[i + 1 :], links, hops + 1)
+        return _resolve(base + parts[i + 1 :], links, budget)
     return done
 
 
@@ -355,8 +356,6 @@ def _lock_files(lock: Any) -> list[str]:
         packages = lock.get("packages")
         if isinstance(packages, list):
             names += [p["file"] for p in packages if isinstance(p, dict) and "file" in p]
-        elif packages is not None:
-            names.append(packages)
     return names
 
 

@@ -346,7 +346,9 @@ def stored_elsewhere(host: Host, name: str, plugin_dir: str | os.PathLike[str]) 
     if data is None or not _is_current(data):
         return []
     pid = plugin_id(plugin_dir)
-    return sorted(d for d, e in data["dirs"].items() if d != pid and e.get("values"))
+    return sorted(
+        d for d, e in data["dirs"].items() if d != pid and (e.get("values") or e.get("keyring"))
+    )
 
 
 def _write_file(host: Host, name: str, data: Mapping[str, Any]) -> None:
@@ -426,8 +428,13 @@ def _apply(
     values = {**_entry(data, pid), **ringed}
     if not change(values):
         return False
-    use_ring = store.backend == "keyring"
-    if use_ring and not store.available and any(is_secret(manifest, k) for k in values):
+    use_ring = store.backend == "keyring" and store.available
+    if (
+        store.backend == "keyring"
+        and not store.available
+        and is_secret(manifest, key)
+        and any(k.upper() == key.upper() for k in values)
+    ):
         raise ConfigError(
             f"{name}: config: cannot store a secret: {store.reason} "
             "(set ALLY_SECRETS_BACKEND=file to keep secrets in the 0600 file)"

@@ -150,6 +150,14 @@ def test_asking_for_the_keyring_without_one_refuses_secrets_in_one_line(
     # Values that are not secret are stored as ever.
     assert _ok(ally_cli("config", "set", "safe", "retries", "2", env=env)) == "safe: retries = 2\n"
     assert SECRET not in _store_text(ally_home)
+    # A secret already in the file (stored with secrets_backend = file) stays usable and does
+    # not stop other changes; setting it again is refused.
+    _ok(ally_cli("config", "set", "safe", "token", SECRET, env={"ALLY_SECRETS_BACKEND": "file"}))
+    assert _ok(ally_cli("config", "set", "safe", "retries", "3", env=env)) == "safe: retries = 3\n"
+    line = _fails(ally_cli("config", "set", "safe", "token", "tok-x", env=env))
+    assert "cannot store a secret" in line
+    ran = json.loads(_ok(ally_cli("run", "safe", "env", "--input", "{}", env=env)))["result"]
+    assert ran["PLUGIN_CONFIG_TOKEN"] == SECRET and ran["PLUGIN_CONFIG_RETRIES"] == "3"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -313,6 +313,17 @@ def test_symlinks_leading_out_of_the_plugin_or_looping_are_refused(
     _refused(home, archive, "symlink leaving the plugin")
 
 
+def test_links_that_would_be_followed_exponentially_often_are_refused_at_once(
+    home: Path, tmp_path: Path
+):
+    # l0 -> l1/l1, l1 -> l2/l2, ...: 2**30 links to follow. Like the kernel, ally gives up
+    # after 40 in all, instead of hanging.
+    links = [_link(f"plugin/l{i}", f"l{i + 1}/l{i + 1}") for i in range(30)]
+    archive = make_archive(tmp_path / "x.tar.gz", extra=[*links, _link("plugin/l30", ".")])
+    line = _one_error_line(_cli(home, "install", str(archive), timeout=60))
+    assert "symlink leaving the plugin" in line
+
+
 def test_a_member_behind_a_symlinked_directory_is_refused(home: Path, tmp_path: Path):
     # Listed and hashed like any file; on disk it would be written through the link.
     archive = make_archive(
