@@ -8,6 +8,7 @@ Without it this machine has no keyring: keyring's ``fail`` backend, as on a head
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -29,12 +30,21 @@ from ally_core.plugin_config import (
 
 SECRET = "tok-3b7d9f1a5c2e-KEYRINGSECRET"
 TESTS = Path(__file__).parent
+# Prints the SHA-256 of each PLUGIN_CONFIG_* it got: ally masks secret values in what a
+# tool returns, so the tool proves it got a value without showing it.
 ENV_TOOL = (
-    "import json, os, sys\n"
+    "import hashlib, json, os, sys\n"
     "json.load(sys.stdin)\n"
-    "print(json.dumps({'success': True, 'result': {k: v for k, v in os.environ.items()"
-    " if k.startswith('PLUGIN_CONFIG_')}}))\n"
+    "print(json.dumps({'success': True, 'result': {k: hashlib.sha256(v.encode()).hexdigest()"
+    " for k, v in os.environ.items() if k.startswith('PLUGIN_CONFIG_')}}))\n"
 )
+
+
+def _seen(value: str) -> str:
+    """What ENV_TOOL reports for ``value``."""
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
 SCHEMA = {
     "type": "object",
     "properties": {
@@ -157,7 +167,8 @@ def test_asking_for_the_keyring_without_one_refuses_secrets_in_one_line(
     line = _fails(ally_cli("config", "set", "safe", "token", "tok-x", env=env))
     assert "cannot store a secret" in line
     ran = json.loads(_ok(ally_cli("run", "safe", "env", "--input", "{}", env=env)))["result"]
-    assert ran["PLUGIN_CONFIG_TOKEN"] == SECRET and ran["PLUGIN_CONFIG_RETRIES"] == "3"
+    assert ran["PLUGIN_CONFIG_TOKEN"] == _seen(SECRET)
+    assert ran["PLUGIN_CONFIG_RETRIES"] == _seen("3")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +200,7 @@ def test_secrets_are_kept_in_the_keyring_and_only_there(
     outcome = host.ensure("safe")
     resolved = resolve_config(host, outcome, {})
     assert resolved == {"token": SECRET, "pin": "4321", "retries": "3"}
-    assert outcome.tool("env").call({}).result["PLUGIN_CONFIG_TOKEN"] == SECRET
+    assert outcome.tool("env").call({}).result["PLUGIN_CONFIG_TOKEN"] == _seen(SECRET)
 
     assert unset_stored(host, manifest, "token") is True
     assert SECRET not in in_process_keyring.read_text()
@@ -223,7 +234,7 @@ def test_the_cli_moves_secrets_into_the_keyring_and_tools_still_get_them(
     assert SECRET not in _store_text(ally_home)
     assert SECRET in ring_file.read_text()
     env = json.loads(_ok(ally_cli("run", "safe", "env", "--input", "{}", env=keyring_env)))
-    assert env["result"]["PLUGIN_CONFIG_TOKEN"] == SECRET
+    assert env["result"]["PLUGIN_CONFIG_TOKEN"] == _seen(SECRET)
     shown = _ok(ally_cli("config", "show", "safe", env=keyring_env))
     assert shown.splitlines() == ["retries = 2", "token = ********"]
 
@@ -234,7 +245,7 @@ def test_the_cli_moves_secrets_into_the_keyring_and_tools_still_get_them(
     # Setting it again without a keyring puts it in the file.
     _ok(ally_cli("config", "set", "safe", "token", "tok-new-value-0001"))
     env = json.loads(_ok(ally_cli("run", "safe", "env", "--input", "{}")))
-    assert env["result"]["PLUGIN_CONFIG_TOKEN"] == "tok-new-value-0001"
+    assert env["result"]["PLUGIN_CONFIG_TOKEN"] == _seen("tok-new-value-0001")
 
 
 def test_a_keyring_that_fails_to_store_is_one_line_and_changes_nothing(

@@ -7,6 +7,7 @@ operating system cannot carry the input, e.g. a NUL in an argument); tools are r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,12 +19,21 @@ from ally_core import Host
 
 SECRET = "tok-9c2e4a6b8d1f-CASESECRET"
 
+# Prints the SHA-256 of each PLUGIN_CONFIG_* it got: ally masks secret values in what a
+# tool returns, so the tool proves it got a value without showing it.
 ENV_TOOL = (
-    "import json, os, sys\n"
+    "import hashlib, json, os, sys\n"
     "json.load(sys.stdin)\n"
-    "print(json.dumps({'success': True, 'result': {k: v for k, v in os.environ.items()"
-    " if k.startswith('PLUGIN_CONFIG_')}}))\n"
+    "print(json.dumps({'success': True, 'result': {k: hashlib.sha256(v.encode()).hexdigest()"
+    " for k, v in os.environ.items() if k.startswith('PLUGIN_CONFIG_')}}))\n"
 )
+
+
+def _seen(value: str) -> str:
+    """What ENV_TOOL reports for ``value``."""
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -84,7 +94,7 @@ def test_a_stored_secret_in_another_case_is_masked_and_reaches_the_tool(
     data = _ok(ally_cli("config", "show", "safe", "--json"))
     assert json.loads(data)["config"] == {"TOKEN": "********", "retries": 2}
     env = json.loads(_ok(ally_cli("run", "safe", "env", "--input", "{}")))["result"]
-    assert env["PLUGIN_CONFIG_TOKEN"] == SECRET
+    assert env["PLUGIN_CONFIG_TOKEN"] == _seen(SECRET)
     assert SECRET not in shown + data
 
 
@@ -182,7 +192,7 @@ def test_a_schema_open_to_other_keys_accepts_them(ally_home: Path, make_plugin, 
     _plugin(make_plugin, schema={**SCHEMA, "additionalProperties": {"type": "string"}})
     assert _ok(ally_cli("config", "set", "safe", "extra", "1")) == "safe: extra = 1\n"
     env = json.loads(_ok(ally_cli("run", "safe", "env", "--input", "{}")))["result"]
-    assert env["PLUGIN_CONFIG_EXTRA"] == "1"
+    assert env["PLUGIN_CONFIG_EXTRA"] == _seen("1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,9 +395,10 @@ def test_names_and_messages_are_printed_without_control_characters(
     )
     shown = _ok(ally_cli("list"))
     assert "\\x1b[2J\\x1b]0;pwned\\x07\\u202eevil\\r\\x08" in shown
+    # The tool's failure is its result, as JSON (which escapes control characters).
     proc = ally_cli("run", "loud", "shout", "--input", "{}")
-    line = _fails(proc)
-    assert "\\x1b[31mred" in line and "\\u202ereversed" in line
+    assert proc.returncode == 3, proc.stderr
+    assert "\x1b[31mred" in json.loads(proc.stdout)["error"]
     _ok(ally_cli("config", "set", "loud", "note", "a\x1b[2Jb"))
     shown += _ok(ally_cli("config", "show", "loud"))
     assert "note = a\\x1b[2Jb" in shown

@@ -6,6 +6,7 @@ the environment it got.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,12 +17,21 @@ from ally_core import Host
 
 SECRET = "tok-5e1d7c3b9a2f-IDENTITYSECRET"
 
+# Prints the SHA-256 of each PLUGIN_CONFIG_* it got: ally masks secret values in what a
+# tool returns, so the tool proves it got a value without showing it.
 ENV_TOOL = (
-    "import json, os, sys\n"
+    "import hashlib, json, os, sys\n"
     "json.load(sys.stdin)\n"
-    "print(json.dumps({'success': True, 'result': {k: v for k, v in os.environ.items()"
-    " if k.startswith('PLUGIN_CONFIG_')}}))\n"
+    "print(json.dumps({'success': True, 'result': {k: hashlib.sha256(v.encode()).hexdigest()"
+    " for k, v in os.environ.items() if k.startswith('PLUGIN_CONFIG_')}}))\n"
 )
+
+
+def _seen(value: str) -> str:
+    """What ENV_TOOL reports for ``value``."""
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
 SCHEMA = {
     "type": "object",
     "properties": {
@@ -69,7 +79,7 @@ def test_a_secret_set_for_one_directory_is_never_given_to_another_of_the_same_na
 ):
     victim = _plugin(make_plugin, "safe", "safe")
     _ok(ally_cli("config", "set", "safe", "token", SECRET))
-    assert _env_of(ally_cli, "safe")["PLUGIN_CONFIG_TOKEN"] == SECRET
+    assert _env_of(ally_cli, "safe")["PLUGIN_CONFIG_TOKEN"] == _seen(SECRET)
 
     # The plugin goes away; another directory now declares its name.
     shutil.move(str(victim), str(tmp_path / "safe-elsewhere"))
@@ -85,10 +95,10 @@ def test_a_secret_set_for_one_directory_is_never_given_to_another_of_the_same_na
 
     # Its own value is its own; the first directory's value is kept for it.
     _ok(ally_cli("config", "set", "safe", "token", "tok-impostor"))
-    assert _env_of(ally_cli, "safe")["PLUGIN_CONFIG_TOKEN"] == "tok-impostor"
+    assert _env_of(ally_cli, "safe")["PLUGIN_CONFIG_TOKEN"] == _seen("tok-impostor")
     shutil.rmtree(impostor)
     shutil.move(str(tmp_path / "safe-elsewhere"), str(victim))
-    assert _env_of(ally_cli, "safe")["PLUGIN_CONFIG_TOKEN"] == SECRET
+    assert _env_of(ally_cli, "safe")["PLUGIN_CONFIG_TOKEN"] == _seen(SECRET)
 
 
 def test_two_directories_declaring_one_name_are_both_blocked_and_neither_gets_secrets(
@@ -124,7 +134,7 @@ def test_a_directory_name_never_addresses_another_plugin(ally_home: Path, make_p
     forecast = _plugin(make_plugin, "weather", "forecast")
     weather = _plugin(make_plugin, "zzz", "weather")
     _ok(ally_cli("config", "set", "weather", "token", SECRET))
-    assert _env_of(ally_cli, "weather")["PLUGIN_CONFIG_TOKEN"] == SECRET
+    assert _env_of(ally_cli, "weather")["PLUGIN_CONFIG_TOKEN"] == _seen(SECRET)
     assert "PLUGIN_CONFIG_TOKEN" not in _env_of(ally_cli, "forecast")
     stored = json.loads(_store(ally_home, "weather").read_text())
     assert list(stored["dirs"]) == [os.path.realpath(weather)]
@@ -151,7 +161,8 @@ def test_values_stored_by_the_previous_format_keep_working_for_their_plugin(
     os.chmod(old, 0o600)
 
     env = _env_of(ally_cli, "safe")
-    assert env["PLUGIN_CONFIG_TOKEN"] == SECRET and env["PLUGIN_CONFIG_RETRIES"] == "3"
+    assert env["PLUGIN_CONFIG_TOKEN"] == _seen(SECRET)
+    assert env["PLUGIN_CONFIG_RETRIES"] == _seen("3")
     # Now bound to the directory it was used by.
     data = json.loads(old.read_text())
     assert data["format"] == 2
