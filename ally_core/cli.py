@@ -412,7 +412,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def show_stderr(stream: str, text: str) -> None:
         if stream == "stderr":
-            sys.stderr.write(text)
+            # Line breaks and tabs as they are; every other control character escaped.
+            shown = "\n".join(
+                "\t".join(map(printable, line.split("\t"))) for line in text.split("\n")
+            )
+            sys.stderr.write(shown)
             sys.stderr.flush()
 
     result = tool.call(

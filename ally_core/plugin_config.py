@@ -21,7 +21,7 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -56,7 +56,7 @@ __all__ = [
     "validate_input",
 ]
 
-MASK = "********"
+from .text import MASK, mask_text
 
 log = logging.getLogger("ally")
 
@@ -108,21 +108,6 @@ def secret_values(manifest: Optional[Manifest], values: Mapping[str, Any]) -> li
     :func:`resolve_config` returned), as the strings a tool or a message could show them:
     pass the result to :func:`mask_text`."""
     return [_as_env(v) for k, v in values.items() if v is not None and is_secret(manifest, k)]
-
-
-def mask_text(text: str, secrets: Iterable[Any]) -> str:
-    """``text`` with every occurrence of each secret replaced by the mask: as it is, as Python
-    shows it (``repr``) and as JSON escapes it (a secret inside a JSON document). Longer
-    secrets are masked first, so one secret inside another leaves no part of either."""
-    forms: set[str] = set()
-    for value in secrets:
-        if value is None:
-            continue
-        plain = value if isinstance(value, str) else _as_env(value)
-        forms.update({plain, repr(value), json.dumps(plain)[1:-1], repr(plain)[1:-1]})
-    for shown in sorted((f for f in forms if f), key=len, reverse=True):
-        text = text.replace(shown, MASK)
-    return text
 
 
 #: Version of the stored config files: values are kept per plugin directory.

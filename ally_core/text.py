@@ -3,10 +3,41 @@
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["did_you_mean", "printable"]
+__all__ = ["MASK", "did_you_mean", "mask_text", "printable"]
+
+#: What a secret value is replaced with wherever ally shows text.
+MASK = "********"
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def mask_text(text: str, secrets: Iterable[Any]) -> str:
+    """``text`` with every occurrence of each secret replaced by the mask: as it is, as Python
+    shows it (``repr``) and as JSON escapes it (a secret inside a JSON document). Longer
+    secrets are masked first, so one secret inside another leaves no part of either."""
+    forms: set[str] = set()
+    for value in secrets:
+        if value is None:
+            continue
+        plain = _plain(value)
+        forms.update({plain, repr(value), json.dumps(plain)[1:-1], repr(plain)[1:-1]})
+    for shown in sorted((f for f in forms if f), key=len, reverse=True):
+        text = text.replace(shown, MASK)
+    return text
+
 
 # C0 and C1 controls (ESC starts terminal escape sequences, CR and BS overwrite what was
 # printed), DEL, and the Unicode format characters that reorder or hide text on screen
