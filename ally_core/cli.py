@@ -411,6 +411,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _hide(*secret_values(outcome.manifest, pairs))
 
     def show_stderr(stream: str, text: str) -> None:
+        from .text import printable
+
         if stream == "stderr":
             # Line breaks and tabs as they are; every other control character escaped.
             shown = "\n".join(
