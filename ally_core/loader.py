@@ -215,6 +215,23 @@ def _runtime_error(plugin: str, exc: Exception) -> InstallFailed:
     return InstallFailed(f"{plugin}: runtime error: {exc.__class__.__name__}: {exc}")
 
 
+def not_found_message(name: str, sources: Sequence[PluginSource], roots: Sequence[Path]) -> str:
+    """``no plugin named …``, with the plugin a directory of that name holds and a guess."""
+    from .text import did_you_mean
+
+    message = f"no plugin named {name!r}"
+    held = [s for s in sources if s.plugin_dir.name == name and s.manifest is not None]
+    if held:
+        assert held[0].manifest is not None
+        message += (
+            f": the directory {held[0].plugin_dir} holds the plugin {held[0].manifest.name!r}"
+            f" (did you mean {held[0].manifest.name!r}?)"
+        )
+    else:
+        message += did_you_mean(name, [s.name for s in sources])
+    return f"{message} in {', '.join(str(p) for p in roots)}"
+
+
 def _one_line(error: BaseException) -> str:
     return " | ".join(line for line in str(error).splitlines() if line.strip()) or (
         error.__class__.__name__
@@ -303,7 +320,7 @@ class Host:
     def discover(self) -> list[PluginSource]:
         """Every plugin directory in the plugin dirs, with its manifest or its error."""
         sources: list[PluginSource] = []
-        seen: dict[str, Path] = {}
+        declared: dict[str, list[Path]] = {}
         self._contexts = {}
         self._interpreters = {}
         for root in self.paths.plugin_dirs:
@@ -317,21 +334,27 @@ class Host:
                 source = self._read_source(root, entry.name)
                 if source is None:
                     continue
-                plugin_dir = source.plugin_dir
-                manifest = source.manifest
-                if manifest is not None and manifest.name in seen:
-                    source = PluginSource(
-                        plugin_dir,
-                        None,
-                        ManifestError(
-                            manifest.name,
-                            MANIFEST_NAME,
-                            [f"$.name: duplicate plugin name, also used by {seen[manifest.name]}"],
-                        ),
-                    )
-                elif manifest is not None:
-                    seen[manifest.name] = plugin_dir
+                if source.manifest is not None:
+                    declared.setdefault(source.manifest.name, []).append(source.plugin_dir)
                 sources.append(source)
+        # A plugin is its directory: two directories declaring one name are both blocked
+        # (neither may take the other's env, config or secrets), each naming the other.
+        for i, source in enumerate(sources):
+            manifest = source.manifest
+            if manifest is not None and len(holders := declared[manifest.name]) > 1:
+                others = ", ".join(str(d) for d in holders if d != source.plugin_dir)
+                sources[i] = PluginSource(
+                    source.plugin_dir,
+                    None,
+                    ManifestError(
+                        manifest.name,
+                        MANIFEST_NAME,
+                        [
+                            f"$.name: plugin name {manifest.name!r} is also declared by "
+                            f"{others}: rename one of them"
+                        ],
+                    ),
+                )
         # Plugins that are gone leave the index when it is next written.
         self.index.retain("keys", dirs := [str(s.plugin_dir) for s in sources])
         self.index.retain("manifests", [f"{d}{os.sep}{MANIFEST_NAME}" for d in dirs])
@@ -385,12 +408,18 @@ class Host:
         return source
 
     def source(self, name: str) -> PluginSource:
-        for source in self.discover():
-            if source.name == name or source.plugin_dir.name == name:
+        """The plugin named ``name`` in its manifest (a plugin that cannot be read: its
+        directory's name). A directory's name never stands for the plugin it holds."""
+        sources = self.discover()
+        for source in sources:
+            if source.name == name and source.manifest is not None:
                 return source
-        raise PluginNotFound(
-            f"no plugin named {name!r} in {', '.join(str(p) for p in self.paths.plugin_dirs)}"
-        )
+        for source in sources:
+            if source.manifest is None and (
+                source.name == name or getattr(source.error, "plugin", None) == name
+            ):
+                return source
+        raise PluginNotFound(not_found_message(name, sources, self.paths.plugin_dirs))
 
     # -- specs ---------------------------------------------------------------------------------
 
