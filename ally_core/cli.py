@@ -642,7 +642,12 @@ def cmd_mcp_serve(args: argparse.Namespace) -> int:
             raise
         print(f"ally: {INSTALL_HINT}", file=sys.stderr)
         return EXIT_ERROR
-    return serve(lambda: _host(args), plugins=args.plugin or (), http=args.http)
+    return serve(
+        lambda: _host(args),
+        plugins=args.plugin or (),
+        http=args.http,
+        warm_workers=not args.no_warm_workers,
+    )
 
 
 def _add_mcp(sub: Any) -> None:
@@ -670,6 +675,11 @@ def _add_mcp(sub: Any) -> None:
     s.add_argument("--offline", action="store_true", help="never use the network")
     s.add_argument("--installer", choices=["auto", "uv", "pip"], help="Python installer backend")
     s.add_argument("-j", "--jobs", type=int, help="parallel builds")
+    s.add_argument(
+        "--no-warm-workers",
+        action="store_true",
+        help="start a new interpreter for every Python tool call (no fork server per plugin)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import attrs
 import pluggy
@@ -57,6 +57,9 @@ from .warm_index import (
     identities,
     unchanged,
 )
+
+if TYPE_CHECKING:
+    from .workers import WorkerOptions, WorkerPool
 
 __all__ = ["BoundTool", "Host", "PluginOutcome", "PluginSource"]
 
@@ -250,6 +253,7 @@ class Host:
         settings: Mapping[str, Any] | None = None,
         environ: Mapping[str, str] | None = None,
         plugin_manager: pluggy.PluginManager | None = None,
+        warm_workers: bool | WorkerOptions = False,
     ) -> None:
         env = dict(os.environ if environ is None else environ)
         #: The directories of this home.
@@ -277,6 +281,26 @@ class Host:
         self._unsaved: set[str] = set()
         # Base interpreter path -> its (size, mtime, inode), once per discover() (once per load).
         self._interpreters: dict[str, Optional[tuple[int, int, int]]] = {}
+        #: Warm workers of Python tools (``warm_workers``), or ``None``; see :meth:`close`.
+        self.workers: Optional[WorkerPool] = None
+        if warm_workers:
+            from .workers import WorkerOptions, WorkerPool
+
+            options = warm_workers if isinstance(warm_workers, WorkerOptions) else None
+            self.workers = WorkerPool(options, pass_env=self.settings.pass_env)
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop this host's warm workers (and the tool calls running in them)."""
+        if self.workers is not None:
+            self.workers.close()
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- runtimes ------------------------------------------------------------------------------
 
@@ -942,9 +966,12 @@ class Host:
             action = "updated"
         elif repair and action == "built":
             action = "repaired"
-        return self._ready(
+        outcome = self._ready(
             source, env, action=action, repair_reason=repair, packages=marker.packages
         )
+        if self.workers is not None and action != "none":
+            self.workers.after_build(outcome)  # background bytecode compile, warm worker
+        return outcome
 
     def _build(
         self, spec: EnvSpec, key: str, *, reuse: bool, progress: ProgressCallback
