@@ -64,7 +64,7 @@ def _host(args: argparse.Namespace) -> Any:
         settings["offline"] = True
     if getattr(args, "installer", None):
         settings["installer"] = args.installer
-    if getattr(args, "jobs", None):
+    if getattr(args, "jobs", None) is not None:
         settings["jobs"] = args.jobs
     return Host(args.home, plugin_dirs=args.plugins_dir or (), settings=settings)
 
@@ -73,9 +73,34 @@ def _reporter(args: argparse.Namespace) -> Any:
     from .progress import make_reporter
 
     return make_reporter(
-        quiet=getattr(args, "quiet", False) or getattr(args, "json", False),
-        verbose=getattr(args, "verbose", False),
+        quiet=args.quiet or getattr(args, "json", False),
+        verbose=args.verbose,
     )
+
+
+def _note(args: argparse.Namespace, text: str) -> None:
+    """A line for people beside a command's result (stderr; none with ``-q``)."""
+    if not args.quiet:
+        _say(f"ally: {text}", file=sys.stderr)
+
+
+def _debug_causes(args: argparse.Namespace, outcomes: Sequence[Any]) -> None:
+    """With ``--debug``: the traceback of each error a runtime's hook raised, which the
+    outcome shows as a one-line ``runtime error`` (masked, on stderr)."""
+    if not args.debug:
+        return
+    import traceback
+
+    from .text import printable
+
+    for outcome in outcomes:
+        cause = getattr(outcome.error, "__cause__", None)
+        if cause is None:
+            continue
+        sys.stderr.write(f"ally: debug: {printable(outcome.name)}: the error of its runtime:\n")
+        for chunk in traceback.format_exception(type(cause), cause, cause.__traceback__):
+            for line in _masked(chunk).splitlines():
+                sys.stderr.write(printable(line) + "\n")
 
 
 def _tool_json(tool: Any) -> dict[str, Any]:
@@ -131,7 +156,7 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
         "env": str(outcome.env.path) if outcome.env else None,
         "action": outcome.action,
         "repair_reason": outcome.repair_reason or None,
-        "packages": dict(outcome.packages),
+        "packages": _packages_json(outcome.packages),
         "tools": [_tool_json(t) for t in specs],
         "agents": manifest.agents if manifest else [],
         "activationMode": manifest.activation_mode if manifest else None,
@@ -140,7 +165,12 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
     }
 
 
-def _print_outcomes(outcomes: Sequence[Any]) -> None:
+def _packages_json(packages: Any) -> dict[str, str]:
+    """Package name -> version, in name order whatever the runtime (case-insensitive)."""
+    return dict(sorted(packages.items(), key=lambda kv: (kv[0].lower(), kv[0])))
+
+
+def _print_outcomes(outcomes: Sequence[Any], *, quiet: bool = False) -> None:
     for o in outcomes:
         if o.ready:
             tools = ", ".join(t.name for t in o.tools) or "no tools"
@@ -156,18 +186,19 @@ def _print_outcomes(outcomes: Sequence[Any]) -> None:
             _say(f"\u2026 {o.name}: {o.reason}")
         else:
             _say(f"\u2717 {o.name}: {o.reason}")
-        for warning in o.warnings:
+        for warning in [] if quiet else o.warnings:
             _say(f"    warning: {warning}")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     outcomes = _host(args).status()
+    _debug_causes(args, outcomes)
     if args.json:
         _emit({"plugins": [_outcome_json(o) for o in outcomes]})
     elif not outcomes:
         _say("no plugins found")
     else:
-        _print_outcomes(outcomes)
+        _print_outcomes(outcomes, quiet=args.quiet)
     return EXIT_OK
 
 
@@ -179,10 +210,11 @@ def _load(args: argparse.Namespace, loader: Callable[[Any, Any], list[Any]]) -> 
     finally:
         if reporter is not None:
             reporter.close()
+    _debug_causes(args, outcomes)
     if args.json:
         _emit({"plugins": [_outcome_json(o) for o in outcomes]})
     else:
-        _print_outcomes(outcomes)
+        _print_outcomes(outcomes, quiet=args.quiet)
     return EXIT_OK if all(o.ready for o in outcomes) else EXIT_BLOCKED
 
 
@@ -195,27 +227,66 @@ def cmd_install(args: argparse.Namespace) -> int:
         for archive in archives:
             done = install_bundle(host, Path(archive), force=args.force)
             if done.backup is not None:
-                _say(f"{done.name}: the previous {done.plugin_dir} was moved to {done.backup}")
+                moved = f"the previous {done.plugin_dir} was moved to {done.backup}"
+                _note(args, f"{done.name}: {moved}")
             args.names[args.names.index(archive)] = done.name
     return _load(args, lambda host, rep: host.load(args.names or None, progress=rep))
 
 
 def _each(method: str, **kw: Any) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        return _load(
-            args,
-            lambda host, rep: [
-                getattr(host, method)(name, progress=rep, **kw) for name in args.names
-            ],
-        )
+        if bool(args.names) == args.all:
+            raise ConfigError(
+                f"ally {args.command}: give plugin names or --all"
+                if not args.names
+                else f"ally {args.command}: give plugin names or --all, not both"
+            )
+
+        def each(host: Any, rep: Any) -> list[Any]:
+            names = [s.name for s in host.discover()] if args.all else args.names
+            return [getattr(host, method)(name, progress=rep, **kw) for name in names]
+
+        return _load(args, each)
 
     return run
 
 
+def _check_removable(host: Any, names: Sequence[str]) -> None:
+    """Every name is a plugin, or the env pointer of one that is gone; else a guess."""
+    from .loader import not_found_message
+    from .paths import check_plugin_name
+
+    sources = None
+    for name in names:
+        check_plugin_name(name, source="argument")
+        if host.store.current(name) is not None or os.path.lexists(host.store.pointer(name)):
+            continue
+        sources = host.discover() if sources is None else sources
+        if not any(s.name == name for s in sources):
+            names_known = [*sources, *_gone_plugins(host, sources)]
+            raise PluginNotFound(not_found_message(name, names_known, host.paths.plugin_dirs))
+
+
+def _gone_plugins(host: Any, sources: Sequence[Any]) -> list[Any]:
+    """Stand-ins (name only) for plugins that are gone but still have an env pointer."""
+    from .loader import PluginSource
+
+    present = {s.name for s in sources}
+    return [
+        PluginSource(host.paths.envs_dir / n, None)
+        for n in sorted(host.store.pointers())
+        if n not in present
+    ]
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
     host = _host(args)
-    for name in args.names:
-        removed = host.remove(name)
+    _check_removable(host, args.names)
+    done = [(name, bool(host.remove(name))) for name in args.names]
+    if args.json:
+        _emit({"envs": [{"name": name, "removed": removed} for name, removed in done]})
+        return EXIT_OK
+    for name, removed in done:
         _say(f"removed the env of {name}" if removed else f"{name} has no env")
     return EXIT_OK
 
@@ -402,6 +473,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if reporter is not None:
             reporter.close()
+    _debug_causes(args, [outcome])
     if not outcome.ready:
         raise PluginNotFound(f"{outcome.name}: blocked: {outcome.reason}")
     tool = outcome.tool(args.tool)
@@ -432,7 +504,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         _emit({"plugin": outcome.name, "tool": tool.name, **_tool_result_json(result)})
     else:
         print(json.dumps(result.to_json(), indent=2 if sys.stdout.isatty() else None))
+        if not result.success:
+            _note(args, _failure_line(outcome.name, tool.name, result.error))
     return EXIT_OK if result.success else EXIT_TOOL_FAILED
+
+
+def _failure_line(plugin: str, tool: str, error: Optional[str]) -> str:
+    """What ``ally run`` says on stderr when a call failed: the plugin and tool, once."""
+    label = f"{plugin}: tool {tool!r}"
+    text = " ".join((error or "failed").split())
+    return text if text.startswith(label) else f"{label} failed: {text}"
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -440,13 +521,14 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
     from .process import clean_environ
 
-    command = list(args.command)
+    command = list(args.argv)
     if command and command[0] == "--":
         command = command[1:]
     if not command:
         raise ConfigError("ally exec: give a command after '--'")
     host = _host(args)
     outcome = host.ensure(args.plugin, progress=_reporter(args))
+    _debug_causes(args, [outcome])
     if not outcome.ready:
         raise PluginNotFound(f"{outcome.name}: blocked: {outcome.reason}")
     env = outcome.env
@@ -456,9 +538,38 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if env is not None:
         command[0] = _exec_command(command[0], env, outcome.name, environ.get("PATH", ""))
     try:
-        return subprocess.call(command, env=environ)
+        if not args.json:
+            return _exit_status(subprocess.call(command, env=environ))
+        done = subprocess.run(command, env=environ, capture_output=True)
     except OSError as exc:
-        raise ToolError(f"cannot run {command[0]}: {exc.strerror or exc}") from None
+        raise ToolError(f"{outcome.name}: cannot run {command[0]}: {exc.strerror or exc}") from None
+    _emit(
+        {
+            "plugin": outcome.name,
+            "env": str(env.path) if env else None,
+            "command": command,
+            "exit_code": done.returncode,
+            "stdout": done.stdout.decode("utf-8", "replace"),
+            "stderr": done.stderr.decode("utf-8", "replace"),
+        }
+    )
+    return _exit_status(done.returncode)
+
+
+def _exec_options(args: argparse.Namespace) -> None:
+    """``ally exec NAME --json -v -- CMD``: the options between the name and ``--`` are
+    ally's (everything after the plugin's name reaches ``args.argv`` unparsed)."""
+    if "--" not in args.argv or not args.argv[0].startswith("-") or args.argv[0] == "--":
+        return
+    split = args.argv.index("--")
+    head, tail = args.argv[:split], args.argv[split:]
+    _subcommands(build_parser())["exec"].parse_args([*head, args.plugin], namespace=args)
+    args.argv = tail
+
+
+def _exit_status(returncode: int) -> int:
+    """A child's exit status as a shell shows it: 128 + N for a child killed by signal N."""
+    return returncode if returncode >= 0 else 128 - returncode
 
 
 #: Where ``ally exec`` takes a command the env lacks from: the system's own directories, never
@@ -528,7 +639,10 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     from .schema import schema_text
 
-    sys.stdout.write(schema_text())
+    if args.json:
+        _emit({"schema": json.loads(schema_text())})
+    else:
+        sys.stdout.write(schema_text())
     return EXIT_OK
 
 
@@ -594,10 +708,17 @@ def cmd_config(args: argparse.Namespace) -> int:
             _hide(args.value)
         pc.set_stored(host, manifest, key, args.value, plugin_dir=where)
         shown = pc.MASK if pc.is_secret(manifest, key) else args.value
-        _say(f"{manifest.name}: {key} = {shown}")
+        if args.json:
+            stored = pc.stored_view(host, manifest, where).get(key, shown)
+            _emit({"plugin": manifest.name, "key": key, "value": stored})
+        else:
+            _say(f"{manifest.name}: {key} = {shown}")
     elif action == "unset":
         found = pc.unset_stored(host, manifest, args.key, plugin_dir=where)
-        _say(f"{manifest.name}: {args.key} {'removed' if found else 'was not set'}")
+        if args.json:
+            _emit({"plugin": manifest.name, "key": args.key, "removed": found})
+        else:
+            _say(f"{manifest.name}: {args.key} {'removed' if found else 'was not set'}")
     else:
         values = pc.stored_view(host, manifest, where)
         elsewhere = pc.stored_elsewhere(host, manifest.name, where)
@@ -614,9 +735,10 @@ def cmd_config(args: argparse.Namespace) -> int:
             for key, value in sorted(values.items()):
                 _say(f"{key} = {value}")
             for other in elsewhere:
-                _say(
+                _note(
+                    args,
                     f"note: values stored for {other} are not used for {where} "
-                    "(config belongs to the directory it was set for)"
+                    "(config belongs to the directory it was set for)",
                 )
     return EXIT_OK
 
@@ -625,10 +747,18 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     from .bundle import make_bundle
 
     host = _host(args)
-    path = make_bundle(
-        host, args.name, Path(args.output) if args.output else None, progress=_reporter(args)
-    )
-    _say(str(path))
+    reporter = _reporter(args)
+    try:
+        path = make_bundle(
+            host, args.name, Path(args.output) if args.output else None, progress=reporter
+        )
+    finally:
+        if reporter is not None:
+            reporter.close()
+    if args.json:
+        _emit({"plugin": args.name, "path": str(path.resolve()), "bytes": path.stat().st_size})
+    else:
+        _say(str(path))
     return EXIT_OK
 
 
@@ -650,11 +780,54 @@ def cmd_mcp_serve(args: argparse.Namespace) -> int:
     )
 
 
+QUIET_HELP = "print only results and errors: no progress, warnings or notes"
+VERBOSE_HELP = "also print what installers and tools write to stderr, and ally's debug log"
+
+
+def _verbosity(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """``-q``/``-v``, the same on every command (also before it: ``ally -q list``)."""
+    group = parser.add_mutually_exclusive_group()
+    # A sub-command's default must not overwrite what was given before the command.
+    default: Any = False if top else argparse.SUPPRESS
+    group.add_argument("-q", "--quiet", action="store_true", default=default, help=QUIET_HELP)
+    group.add_argument("-v", "--verbose", action="store_true", default=default, help=VERBOSE_HELP)
+
+
+def _json_flag(parser: argparse.ArgumentParser, **kw: Any) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output", **kw)
+
+
+def _setting_arg(key: str) -> Callable[[str], Any]:
+    """An option's type: the value checked by the rules (and with the message) of the
+    setting ``key``, so ``-j 0`` is refused as ``ALLY_JOBS=0`` is."""
+
+    def parse(text: str) -> Any:
+        from .config import SETTINGS
+
+        try:
+            return SETTINGS[key][1](text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = key
+    return parse
+
+
+def _build_options(parser: argparse.ArgumentParser) -> None:
+    """The options of commands that may build envs."""
+    parser.add_argument("--offline", action="store_true", help="never use the network")
+    parser.add_argument(
+        "--installer", choices=["auto", "uv", "pip"], help="Python installer backend"
+    )
+    parser.add_argument("-j", "--jobs", type=_setting_arg("jobs"), help="parallel builds")
+
+
 def _add_mcp(sub: Any) -> None:
     """``ally mcp serve``: the plugins' tools over the Model Context Protocol (docs/mcp.md)."""
     p = sub.add_parser(
         "mcp", help="serve plugins' tools to MCP clients", description=_add_mcp.__doc__
     )
+    _verbosity(p)
     msub = p.add_subparsers(dest="mcp_command", metavar="ACTION", required=True)
     s = msub.add_parser(
         "serve",
@@ -663,6 +836,7 @@ def _add_mcp(sub: Any) -> None:
         "Streamable HTTP on a loopback address with a bearer token printed once to stderr.",
     )
     s.set_defaults(func=cmd_mcp_serve)
+    _verbosity(s)
     s.add_argument(
         "--plugin",
         action="append",
@@ -672,14 +846,40 @@ def _add_mcp(sub: Any) -> None:
     s.add_argument(
         "--http", metavar="127.0.0.1:PORT", help="Streamable HTTP on loopback, not stdio"
     )
-    s.add_argument("--offline", action="store_true", help="never use the network")
-    s.add_argument("--installer", choices=["auto", "uv", "pip"], help="Python installer backend")
-    s.add_argument("-j", "--jobs", type=int, help="parallel builds")
+    _build_options(s)
     s.add_argument(
         "--no-warm-workers",
         action="store_true",
         help="start a new interpreter for every Python tool call (no fork server per plugin)",
     )
+
+
+def _add_config(sub: Any) -> None:
+    """``ally config [show|set|unset]``."""
+    p = sub.add_parser(
+        "config",
+        help="show settings, or show/set a plugin's config values",
+        description="show settings, or show/set a plugin's config values",
+    )
+    p.set_defaults(func=cmd_config)
+    _verbosity(p)
+    _json_flag(p)
+    csub = p.add_subparsers(dest="action", metavar="ACTION")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        c: argparse.ArgumentParser = csub.add_parser(name, help=help, description=help)
+        c.add_argument("plugin", help="the plugin's name")
+        _verbosity(c)
+        # SUPPRESS: `ally config --json show X` keeps the --json given before the action.
+        _json_flag(c, default=argparse.SUPPRESS)
+        return c
+
+    action("show", "show a plugin's stored config (secrets masked)")
+    c = action("set", "store a plugin config value")
+    c.add_argument("key", help="a property of the plugin's config schema")
+    c.add_argument("value", help="the value (converted to the schema's type)")
+    c = action("unset", "remove a stored plugin config value")
+    c.add_argument("key", help="the config key to remove")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -694,7 +894,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="another directory to discover plugins in (repeatable)",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks, also of runtimes' hook errors"
+    )
+    _verbosity(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(
@@ -706,16 +909,11 @@ def build_parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
+        _verbosity(p)
         if json_flag:
-            p.add_argument("--json", action="store_true", help="machine-readable output")
+            _json_flag(p)
         if build:
-            p.add_argument("--offline", action="store_true", help="never use the network")
-            p.add_argument(
-                "--installer", choices=["auto", "uv", "pip"], help="Python installer backend"
-            )
-            p.add_argument("-j", "--jobs", type=int, help="parallel builds")
-            p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-            p.add_argument("-v", "--verbose", action="store_true", help="show installer output")
+            _build_options(p)
         return p
 
     add("list", cmd_list, "list plugins and the state of their envs")
@@ -737,12 +935,14 @@ def build_parser() -> argparse.ArgumentParser:
         "re-resolve to the newest allowed versions; keep the old env on failure",
         build=True,
     )
-    p.add_argument("names", nargs="+", metavar="NAME", help="plugins to update")
+    p.add_argument("names", nargs="*", metavar="NAME", help="plugins to update")
+    p.add_argument("--all", action="store_true", help="update every plugin")
     p = add(
         "reinstall", _each("ensure", force=True), "rebuild plugins' envs from scratch", build=True
     )
-    p.add_argument("names", nargs="+", metavar="NAME", help="plugins to rebuild")
-    p = add("remove", cmd_remove, "remove plugins' envs (never their source)", json_flag=False)
+    p.add_argument("names", nargs="*", metavar="NAME", help="plugins to rebuild")
+    p.add_argument("--all", action="store_true", help="rebuild every plugin's env")
+    p = add("remove", cmd_remove, "remove plugins' envs (never their source)")
     p.add_argument("names", nargs="+", metavar="NAME", help="plugins whose env to remove")
     p = add("gc", cmd_gc, "delete envs no plugin uses, leftovers of killed builds, backups")
     p.add_argument("--dry-run", action="store_true", help="only show what would be removed")
@@ -765,43 +965,61 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="plugin config value for this call (repeatable)",
     )
-    p.add_argument("--timeout", type=float, help="seconds before the tool is killed")
+    p.add_argument(
+        "--timeout", type=_setting_arg("tool_timeout"), help="seconds before the tool is killed"
+    )
     p.add_argument(
         "--form-response",
         metavar="JSON",
         help="answer every form of an interactive tool with this object (over its defaults)",
     )
-    p = add("exec", cmd_exec, "run any command inside a plugin's env", json_flag=False, build=True)
+    p = add("exec", cmd_exec, "run any command inside a plugin's env", build=True)
     p.add_argument("plugin", help="the plugin whose env to use")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="command", help="-- COMMAND [ARGS...]")
     add("runtimes", cmd_runtimes, "list installed runtimes and what they serve")
-    add("schema", cmd_schema, "print the JSON Schema of plugin.json", json_flag=False)
-    p = add("config", cmd_config, "show settings, or show/set a plugin's config values")
-    csub = p.add_subparsers(dest="action", metavar="ACTION")
-    c = csub.add_parser("show", help="show a plugin's stored config (secrets masked)")
-    c.add_argument("plugin", help="the plugin's name")
-    # SUPPRESS: `ally config --json show X` keeps the --json given before the action.
-    c.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
-    )
-    c = csub.add_parser("set", help="store a plugin config value")
-    c.add_argument("plugin", help="the plugin's name")
-    c.add_argument("key", help="a property of the plugin's config schema")
-    c.add_argument("value", help="the value (converted to the schema's type)")
-    c = csub.add_parser("unset", help="remove a stored plugin config value")
-    c.add_argument("plugin", help="the plugin's name")
-    c.add_argument("key", help="the config key to remove")
+    add("schema", cmd_schema, "print the JSON Schema of plugin.json")
+    _add_config(sub)
     p = add(
         "bundle",
         cmd_bundle,
         "write an offline bundle: plugin + dependency artifacts + lock",
-        json_flag=False,
         build=True,
     )
     p.add_argument("name", help="the plugin to bundle")
     p.add_argument("-o", "--output", help="archive path (default: ./NAME-VERSION.ally.tar.gz)")
     _add_mcp(sub)
+    p = add("help", cmd_help, "show the help of a command (ally help run)", json_flag=False)
+    p.add_argument("topic", nargs="*", metavar="COMMAND", help="the command (default: all)")
     return parser
+
+
+def cmd_help(args: argparse.Namespace) -> int:
+    """``ally help [COMMAND [ACTION]]``: exactly what ``ally COMMAND [ACTION] --help`` prints."""
+    parser = build_parser()
+    target = parser
+    for word in args.topic:
+        sub: dict[str, argparse.ArgumentParser] = _subcommands(target)
+        if word not in sub:
+            from .text import did_you_mean
+
+            where = target.prog.removeprefix("ally").strip() or "ally"
+            raise UsageError(
+                f"no command {word!r}"
+                + (f" in {where!r}" if target is not parser else "")
+                + did_you_mean(word, sub)
+                + f" (commands: {', '.join(sub)})"
+            )
+        target = sub[word]
+    target.print_help()
+    return EXIT_OK
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-commands of ``parser`` by name (none for a leaf command)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def _print_traceback() -> None:
@@ -817,10 +1035,42 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+class UsageError(AllyError):
+    """Wrong use of the command line found after parsing (exit code 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+def _logging(args: argparse.Namespace) -> None:
+    """``-v``: ally's debug log on stderr; ``-q``: its warnings left out (errors remain)."""
+    if not (args.quiet or args.verbose):
+        return
+    import logging
+
+    class Lines(logging.Handler):
+        """Records as ``ally: LEVEL: message`` lines on stderr, masked and printable."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            _say(f"ally: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+    log = logging.getLogger("ally")
+    if args.verbose:
+        log.addHandler(Lines())
+        log.setLevel(logging.DEBUG)
+        log.propagate = False
+    else:
+        log.setLevel(logging.ERROR)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.func is cmd_exec:
+        _exec_options(args)
+    if args.quiet and args.verbose:
+        parser.error("argument -q/--quiet: not allowed with argument -v/--verbose")
     _HIDDEN.clear()
+    _logging(args)
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:

@@ -212,7 +212,11 @@ def _plain_file(relative: str, identity: Optional[list[Any]]) -> bool:
 
 
 def _runtime_error(plugin: str, exc: Exception) -> InstallFailed:
-    return InstallFailed(f"{plugin}: runtime error: {exc.__class__.__name__}: {exc}")
+    """A runtime's bug as the one-line error of its plugin; the original exception, with its
+    traceback, stays its ``__cause__`` (``ally --debug`` shows it)."""
+    error = InstallFailed(f"{plugin}: runtime error: {exc.__class__.__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def not_found_message(name: str, sources: Sequence[PluginSource], roots: Sequence[Path]) -> str:
@@ -232,10 +236,14 @@ def not_found_message(name: str, sources: Sequence[PluginSource], roots: Sequenc
     return f"{message} in {', '.join(str(p) for p in roots)}"
 
 
-def _one_line(error: BaseException) -> str:
-    return " | ".join(line for line in str(error).splitlines() if line.strip()) or (
+def _one_line(error: BaseException, plugin: str = "") -> str:
+    """``error`` as one line; without a leading ``"<plugin>: "``, as the reason of that
+    plugin's outcome, which carries its name already (a name is said once per message)."""
+    text = " | ".join(line for line in str(error).splitlines() if line.strip()) or (
         error.__class__.__name__
     )
+    prefix = f"{plugin}: "
+    return text[len(prefix) :] if plugin and text.startswith(prefix) else text
 
 
 class Host:
@@ -558,9 +566,7 @@ class Host:
         wanted = set(names) if names is not None else None
         sources = self.discover()
         if wanted is not None:
-            missing = wanted - {s.name for s in sources} - {s.plugin_dir.name for s in sources}
-            if missing:
-                raise PluginNotFound(f"no plugin named {', '.join(sorted(map(repr, missing)))}")
+            self._check_names(wanted, sources)
             sources = [s for s in sources if s.name in wanted or s.plugin_dir.name in wanted]
         outcomes: list[Optional[PluginOutcome]] = []
         cold: list[int] = []
@@ -617,10 +623,24 @@ class Host:
                 return warm
         return self._cold(source, progress or _silent, force=force or upgrade, upgrade=upgrade)
 
+    def _check_names(
+        self, names: Iterable[str], sources: Sequence[PluginSource], *, dirs: bool = True
+    ) -> None:
+        """Raise :class:`PluginNotFound`, with a guess, for names no plugin answers to
+        (``dirs``: a plugin's directory name counts as a name)."""
+        known = {s.name for s in sources} | (
+            {s.plugin_dir.name for s in sources} if dirs else set()
+        )
+        missing = sorted(set(names) - known)
+        if missing:
+            raise PluginNotFound(
+                "; ".join(not_found_message(n, sources, self.paths.plugin_dirs) for n in missing)
+            )
+
     def _blocked(
         self, source: PluginSource, error: AllyError, *, reason: str = "", **kw: Any
     ) -> PluginOutcome:
-        reason = reason or _one_line(error)
+        reason = reason or _one_line(error, source.name)
         return PluginOutcome(
             source.name,
             source.plugin_dir,
@@ -949,7 +969,7 @@ class Host:
                 # A runtime's bug blocks its plugin only (KeyboardInterrupt still propagates).
                 raise _runtime_error(manifest.name, exc) from exc
         except AllyError as exc:
-            reason = _one_line(exc)
+            reason = _one_line(exc, source.name)
             if current is not None and force:
                 # An update/reinstall failed: the previous env was never unpublished.
                 reason += " (the previous env is kept and still used)"
@@ -1106,7 +1126,10 @@ class Host:
         """Deep-check envs; with ``fix`` rebuild the broken ones."""
         wanted = set(names) if names else None
         reports = []
-        for source in self.discover():
+        sources = self.discover()
+        if wanted is not None:
+            self._check_names(wanted, sources, dirs=False)
+        for source in sources:
             if wanted is not None and source.name not in wanted:
                 continue
             outcome = self._warm(source)

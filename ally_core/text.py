@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["MASK", "did_you_mean", "mask_text", "printable"]
+__all__ = ["MASK", "did_you_mean", "mask_text", "printable", "version_key", "version_sorted"]
 
 #: What a secret value is replaced with wherever ally shows text.
 MASK = "********"
@@ -71,3 +71,19 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
         return f" (did you mean {lowered[word.lower()]!r}?)"
     close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
     return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+
+
+def version_key(text: str) -> tuple[int, Any, str]:
+    """A sort key comparing ``text`` as a version (``3.9`` before ``3.10``; PEP 440, which
+    also reads ``20.11.1`` and ``3.2.2``); strings that are no version sort last, as text."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return (0, Version(text), text)
+    except InvalidVersion:
+        return (1, None, text)
+
+
+def version_sorted(versions: Iterable[str]) -> list[str]:
+    """``versions`` without repeats, oldest first, compared as versions (:func:`version_key`)."""
+    return sorted(set(versions), key=version_key)

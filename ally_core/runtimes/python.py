@@ -604,7 +604,9 @@ def resolve_interpreter(spec: EnvSpec) -> Optional[Interpreter]:
         )
     if not fitting:
         seen = [i for i in seen if not _is_python2(i.version)]
-        have = ", ".join(sorted({i.version for i in [running, *seen]})) or "none"
+        from ..text import version_sorted
+
+        have = ", ".join(version_sorted(i.version for i in [running, *seen])) or "none"
         raise InterpreterNotFound(
             f"{spec.plugin_name}: no Python satisfying runtime_version {constraint!r} found "
             f"(found: {have}); install one or point ALLY_PYTHON at it"

@@ -255,6 +255,9 @@ def choose_node(spec: EnvSpec) -> Interpreter:
             ):
                 chosen = other
     if chosen is None:
+        from ally_core.text import version_key
+
+        seen.sort(key=lambda s: version_key(s.interpreter.version))
         found = ", ".join(f"{s.interpreter.version} at {s.interpreter.path}" for s in seen)
         raise InterpreterNotFound(
             f"{spec.plugin_name}: Node.js {info.interpreter.version} does not satisfy {failed}"

@@ -253,7 +253,9 @@ def find_ruby(spec: EnvSpec, environ: Mapping[str, str] | None = None) -> RubyIn
             )
     fitting = [c for c in candidates if _fits(specifier, c.interpreter.version)]
     if not fitting:
-        have = ", ".join(sorted({c.interpreter.version for c in candidates}))
+        from ally_core.text import version_sorted
+
+        have = ", ".join(version_sorted(c.interpreter.version for c in candidates))
         raise InterpreterNotFound(
             f"{spec.plugin_name}: no Ruby{constraint} found (found: {have}); install one "
             f"or point {RUBY_ENV_VAR} at it"
