@@ -988,9 +988,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the plugin to bundle")
     p.add_argument("-o", "--output", help="archive path (default: ./NAME-VERSION.ally.tar.gz)")
     _add_mcp(sub)
+    p = add(
+        "completion",
+        cmd_completion,
+        "print the shell completion script (commands, options, plugin and tool names)",
+        json_flag=False,
+    )
+    p.add_argument("shell", choices=["bash", "zsh", "fish"], help="the shell to complete for")
     p = add("help", cmd_help, "show the help of a command (ally help run)", json_flag=False)
     p.add_argument("topic", nargs="*", metavar="COMMAND", help="the command (default: all)")
     return parser
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from .completion import script
+
+    sys.stdout.write(script(args.shell))
+    return EXIT_OK
 
 
 def cmd_help(args: argparse.Namespace) -> int:
@@ -1063,6 +1077,11 @@ def _logging(args: argparse.Namespace) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["__complete"]:  # what a completion script asks on <TAB>
+        from .completion import main as complete
+
+        return complete(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.func is cmd_exec:

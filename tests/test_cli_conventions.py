@@ -14,7 +14,7 @@ import pytest
 
 from ally_core.cli import build_parser
 
-NO_JSON = {("help",), ("mcp",), ("mcp", "serve")}
+NO_JSON = {("help",), ("mcp",), ("mcp", "serve"), ("completion",)}
 
 GREET = {
     "runtime": "python3",
