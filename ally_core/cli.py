@@ -170,7 +170,8 @@ def _packages_json(packages: Any) -> dict[str, str]:
     return dict(sorted(packages.items(), key=lambda kv: (kv[0].lower(), kv[0])))
 
 
-def _print_outcomes(outcomes: Sequence[Any], *, quiet: bool = False) -> None:
+def _print_outcomes(outcomes: Sequence[Any], args: argparse.Namespace, host: Any) -> None:
+    warned = _warnings_to_show(outcomes, args, host)
     for o in outcomes:
         if o.ready:
             tools = ", ".join(t.name for t in o.tools) or "no tools"
@@ -186,19 +187,38 @@ def _print_outcomes(outcomes: Sequence[Any], *, quiet: bool = False) -> None:
             _say(f"\u2026 {o.name}: {o.reason}")
         else:
             _say(f"\u2717 {o.name}: {o.reason}")
-        for warning in [] if quiet else o.warnings:
+        for warning in o.warnings if o.name in warned else ():
             _say(f"    warning: {warning}")
+    hidden = sum(1 for o in outcomes if o.warnings and o.name not in warned)
+    if hidden and not args.quiet:
+        _note(args, f"{hidden} plugin(s) with warnings shown before (-v shows them again)")
+
+
+def _warnings_to_show(outcomes: Sequence[Any], args: argparse.Namespace, host: Any) -> set[str]:
+    """The plugins whose warnings to print: none with ``-q``, all with ``-v``, else those
+    not shown since their ``plugin.json`` or their warnings changed (remembered)."""
+    if args.quiet:
+        return set()
+    if args.verbose:
+        return {o.name for o in outcomes if o.warnings}
+    from .seen_warnings import SeenWarnings
+
+    seen = SeenWarnings(host.paths.state_dir)
+    new = {o.name for o in outcomes if seen.is_new(o.plugin_dir, o.warnings)}
+    seen.save()
+    return new
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    outcomes = _host(args).status()
+    host = _host(args)
+    outcomes = host.status()
     _debug_causes(args, outcomes)
     if args.json:
         _emit({"plugins": [_outcome_json(o) for o in outcomes]})
     elif not outcomes:
         _say("no plugins found")
     else:
-        _print_outcomes(outcomes, quiet=args.quiet)
+        _print_outcomes(outcomes, args, host)
     return EXIT_OK
 
 
@@ -214,7 +234,7 @@ def _load(args: argparse.Namespace, loader: Callable[[Any, Any], list[Any]]) -> 
     if args.json:
         _emit({"plugins": [_outcome_json(o) for o in outcomes]})
     else:
-        _print_outcomes(outcomes, quiet=args.quiet)
+        _print_outcomes(outcomes, args, host)
     return EXIT_OK if all(o.ready for o in outcomes) else EXIT_BLOCKED
 
 

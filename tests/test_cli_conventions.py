@@ -380,3 +380,45 @@ def test_debug_shows_the_traceback_of_a_hook_error(
     assert "Traceback (most recent call last)" in debug.stderr
     assert re.search(r"ally_runtime_boom\.py\", line \d+, in explode", debug.stderr)
     assert "RuntimeError: boom in boomy" in debug.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# warnings once per change
+
+
+def _warning_lines(proc: Any) -> list[str]:
+    assert proc.returncode == 0, proc.stderr
+    return [line for line in proc.stdout.splitlines() if line.startswith("    warning: ")]
+
+
+def test_manifest_warnings_are_shown_once_per_change(
+    ally_cli: Any, make_plugin: Any, ally_home: Path
+) -> None:
+    for name in ("a", "b", "c"):
+        make_plugin(name, {**PLAIN, "colour": "red"})
+    as_json = ally_cli("list", "--json")  # machines get every warning, and nothing is recorded
+    assert [p["warnings"] for p in json.loads(as_json.stdout)["plugins"]] == [
+        ["$.colour: unknown key (kept)"]
+    ] * 3
+    first = ally_cli("list")
+    assert _warning_lines(first) == ["    warning: $.colour: unknown key (kept)"] * 3
+    assert "with warnings shown before" not in first.stderr
+    again = ally_cli("list")
+    assert _warning_lines(again) == []
+    assert [line[0] for line in again.stdout.splitlines()] == ["\u26a0"] * 3
+    assert "ally: 3 plugin(s) with warnings shown before (-v shows them again)" in again.stderr
+    assert _warning_lines(ally_cli("install")) == []  # one memory for every command
+    assert len(_warning_lines(ally_cli("list", "-v"))) == 3
+    assert ally_cli("list", "-q").stderr == ""
+    for data in json.loads(ally_cli("list", "--json").stdout)["plugins"]:
+        assert data["warnings"] == ["$.colour: unknown key (kept)"]
+    # A changed plugin.json shows its warnings again, the others stay quiet.
+    make_plugin("b", {**PLAIN, "colour": "blue", "descripton": "x"})
+    changed = ally_cli("list")
+    assert _warning_lines(changed) == [
+        "    warning: $.colour: unknown key (kept)",
+        "    warning: $.descripton: unknown key (kept); did you mean 'description'?",
+    ]
+    assert _warning_lines(ally_cli("list")) == []
+    (state,) = (ally_home / "plugin-envs" / ".state").glob("seen-warnings.json")
+    assert state.stat().st_mode & 0o777 == 0o600
