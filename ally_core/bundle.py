@@ -34,7 +34,11 @@ import attrs
 
 from .errors import AllyError, PluginNotFound
 from .manifest import load_manifest
-from .paths import check_plugin_name
+
+# ARTIFACTS_DIR and artifacts_dir_of live in paths (every load asks; the archive modules
+# this module imports are for bundling only); artifacts_dir_of is re-exported here.
+from .paths import ARTIFACTS_DIR, check_plugin_name
+from .paths import artifacts_dir_of as artifacts_dir_of
 from .store import now_iso
 
 if TYPE_CHECKING:
@@ -50,8 +54,6 @@ __all__ = [
 ]
 
 BUNDLE_FORMAT = 1
-#: Directory inside a plugin holding the artifacts of the bundle it came from.
-ARTIFACTS_DIR = ".ally-bundle"
 #: Directory in a plugins dir where ``ally install --force ARCHIVE`` keeps replaced plugins.
 BACKUP_DIR = ".ally-backup"
 _SKIP = {".git", "__pycache__", "node_modules", ".venv", "venv", ".mypy_cache", ".pytest_cache"}
@@ -496,8 +498,3 @@ def _unpack(
             backup.rename(target)
         raise
     return InstalledBundle(name, target, backup)
-
-
-def artifacts_dir_of(plugin_dir: Path) -> Optional[Path]:
-    path = plugin_dir / ARTIFACTS_DIR
-    return path if os.path.isdir(path) else None

@@ -627,21 +627,15 @@ def _exec_command(name: str, env: Any, plugin: str, path: str) -> str:
 
 
 def cmd_runtimes(args: argparse.Namespace) -> int:
-    from importlib.metadata import PackageNotFoundError, version
-
     host = _host(args)
     rows: dict[str, list[str]] = {}
     for value, plugin in host.runtimes().items():
         rows.setdefault(plugin, []).append(value)
     from .plugin_manager import runtime_distributions
 
-    dists = runtime_distributions()
+    dists = runtime_distributions(host.index)
     for name in rows:
-        if name not in dists:
-            try:
-                dists[name] = f"ally-core {version('ally-core')} (built in)"
-            except PackageNotFoundError:  # pragma: no cover
-                dists[name] = "built in"
+        dists.setdefault(name, f"ally-core {__version__} (built in)")
     if args.json:
         _emit(
             {
@@ -902,8 +896,28 @@ def _add_config(sub: Any) -> None:
     c.add_argument("key", help="the config key to remove")
 
 
+def _terminal_width() -> int:
+    """What :func:`shutil.get_terminal_size` says, without importing shutil (and the
+    compression modules it imports) on every run: argparse asks on every ``add_argument``."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with its help formatter sized without :mod:`shutil`."""
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        return self.formatter_class(prog=self.prog, width=_terminal_width() - 2)  # type: ignore[call-arg]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ally", description="Isolated, cached, self-healing environments for plugins."
     )
     parser.add_argument("--version", action="version", version=f"ally {__version__}")

@@ -213,18 +213,22 @@ _EXPECTED: dict[Callable[[str], Any], str] = {
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        return {}  # the usual case: no TOML parser imported
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.9/3.10 only
         import tomli as tomllib
     try:
-        with path.open("rb") as fh:
-            data: dict[str, Any] = tomllib.load(fh)
-            return data
-    except FileNotFoundError:
-        return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    return data
 
 
 def load_settings(

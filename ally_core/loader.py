@@ -7,23 +7,18 @@ ready (with its tools) or blocked (with a one-line reason).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
-import shlex
 import stat
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import attrs
 import pluggy
 
-from .bundle import ARTIFACTS_DIR, artifacts_dir_of
 from .config import Settings, load_settings
 from .envs import EnvInfo, EnvOptions, EnvSpec, Health, Problem, ProgressEvent
 from .errors import (
@@ -44,11 +39,12 @@ from .manifest import (
     manifest_to_cache,
     manifest_warnings,
 )
-from .paths import AllyPaths, contained_path, relative_parts
+from .paths import ARTIFACTS_DIR, AllyPaths, artifacts_dir_of, contained_path, relative_parts
 from .plugin_manager import make_plugin_manager
 from .process import cancel_token
 from .replies import ToolResult
 from .store import MARKER, EnvStore, Marker, now_iso, store_errors
+from .text import log
 from .warm_index import (
     INDEX_NAME,
     LEGACY_NAMES,
@@ -64,8 +60,6 @@ if TYPE_CHECKING:
 __all__ = ["BoundTool", "Host", "PluginOutcome", "PluginSource"]
 
 ProgressCallback = Callable[[ProgressEvent], None]
-
-log = logging.getLogger("ally")
 
 
 def _silent(event: ProgressEvent) -> None:
@@ -211,6 +205,17 @@ def _plain_file(relative: str, identity: Optional[list[Any]]) -> bool:
     return identity is not None and len(identity) == 4 and relative_parts(relative) == [relative]
 
 
+def _context_digest(data: bytes) -> str:
+    """BLAKE2b of a runtime's env context: computed on every load, so without importing
+    :mod:`hashlib`, which loads OpenSSL (a few ms per ``ally`` run); the builtin module it
+    takes BLAKE2 from is used directly when it is there."""
+    try:
+        from _blake2 import blake2b
+    except ImportError:  # pragma: no cover - a Python built without it
+        from hashlib import blake2b
+    return blake2b(data, digest_size=32).hexdigest()
+
+
 def _runtime_error(plugin: str, exc: Exception) -> InstallFailed:
     """A runtime's bug as the one-line error of its plugin; the original exception, with its
     traceback, stays its ``__cause__`` (``ally --debug`` shows it)."""
@@ -268,12 +273,12 @@ class Host:
         self.paths = AllyPaths.from_env(home, plugin_dirs, env)
         #: Effective settings (defaults < config file < env vars < ``settings``).
         self.settings: Settings = load_settings(self.paths.config_file, env, settings)
-        #: The pluggy plugin manager with every enabled runtime registered.
-        self.pm = plugin_manager or make_plugin_manager(env)
-        #: Shortcut to ``pm.hook``: how ally calls the runtimes.
-        self.hook = self.pm.hook
         #: What warm loads derive from files, persisted for the next process.
         self.index = WarmIndex(self.paths.state_dir / INDEX_NAME)
+        #: The pluggy plugin manager with every enabled runtime registered.
+        self.pm = plugin_manager or make_plugin_manager(env, index=self.index)
+        #: Shortcut to ``pm.hook``: how ally calls the runtimes.
+        self.hook = self.pm.hook
         #: The env store under ``paths.envs_dir``.
         self.store = EnvStore(self.paths, index=self.index)
         self._failures: dict[str, tuple[str, float, str]] = {}
@@ -483,6 +488,8 @@ class Host:
         command: Optional[tuple[str, ...]] = None
         if deps.install_command:
             try:
+                import shlex
+
                 command = tuple(shlex.split(deps.install_command))
             except ValueError as exc:
                 problems.append(f"$.dependencies.install_command: {exc}")
@@ -530,6 +537,8 @@ class Host:
 
     def request_key(self, spec: EnvSpec) -> str:
         """Hash of everything the plugin declares about its env (cheap: no processes)."""
+        import hashlib
+
         digest = hashlib.sha256()
         dep_bytes = spec.dependency_file.read_bytes() if spec.dependency_file else b""
         identity = self.hook.env_identity(spec=spec)
@@ -582,6 +591,8 @@ class Host:
             def build(source: PluginSource) -> PluginOutcome:
                 with cancel_token(cancel):
                     return self._cold(source, progress)
+
+            from concurrent.futures import ThreadPoolExecutor
 
             pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ally-build")
             try:
@@ -874,7 +885,7 @@ class Host:
             return None
         plugins = sorted(name for name, _ in self.pm.list_name_plugin())
         payload = json.dumps([runtime, value, plugins], sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        return _context_digest(payload.encode())
 
     def _served_by_plugin(self) -> dict[str, list[str]]:
         """Registration name -> the ``runtime`` values its ``runtime_names`` declares."""
@@ -1002,6 +1013,8 @@ class Host:
             raise RuntimeNotFound(
                 f"{name}: no runtime resolved an interpreter for {spec.runtime!r}"
             )
+        import hashlib
+
         fingerprint = hashlib.sha256(
             f"{key}\0{interpreter.realpath or interpreter.path}\0{interpreter.version}".encode()
         ).hexdigest()

@@ -11,12 +11,16 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Optional
 
 import attrs
 
 from .errors import UnsafePath
 
-__all__ = ["AllyPaths", "check_plugin_name", "contained_path"]
+__all__ = ["ARTIFACTS_DIR", "AllyPaths", "artifacts_dir_of", "check_plugin_name", "contained_path"]
+
+#: Directory inside a plugin holding the artifacts of the bundle it came from.
+ARTIFACTS_DIR = ".ally-bundle"
 
 #: A plugin name becomes a directory name in the env store, so it is restricted to a safe set.
 PLUGIN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -138,3 +142,9 @@ def contained_path(base: Path, relative: str) -> Path | None:
     if os.path.commonpath([base_real, target]) != base_real:
         return None
     return Path(target)
+
+
+def artifacts_dir_of(plugin_dir: Path) -> Optional[Path]:
+    """The artifacts a bundle left in ``plugin_dir``, if it came from one."""
+    path = plugin_dir / ARTIFACTS_DIR
+    return path if os.path.isdir(path) else None

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -56,9 +55,7 @@ __all__ = [
     "validate_input",
 ]
 
-from .text import MASK, mask_text
-
-log = logging.getLogger("ally")
+from .text import MASK, log, mask_text
 
 
 def config_schema(manifest: Manifest) -> Optional[dict[str, Any]]:

@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["MASK", "did_you_mean", "mask_text", "printable", "version_key", "version_sorted"]
+__all__ = [
+    "MASK",
+    "did_you_mean",
+    "log",
+    "mask_text",
+    "printable",
+    "version_key",
+    "version_sorted",
+]
+
+
+class _Log:
+    """``logging.getLogger("ally")``, imported on first use: most commands log nothing, and
+    importing :mod:`logging` costs every ``ally`` run a few milliseconds."""
+
+    def __getattr__(self, name: str) -> Any:
+        import logging
+
+        return getattr(logging.getLogger("ally"), name)
+
+
+#: ally's logger (see :class:`_Log`).
+log: Any = _Log()
 
 #: What a secret value is replaced with wherever ally shows text.
 MASK = "********"
@@ -65,6 +86,8 @@ def printable(text: object) -> str:
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices`` (case-insensitive), or ``""``."""
+    import difflib
+
     options = sorted(set(choices))
     lowered = {c.lower(): c for c in options}
     if word.lower() in lowered and lowered[word.lower()] != word:

@@ -17,20 +17,17 @@ Heavy imports (virtualenv, packaging) happen inside the functions that need them
 
 from __future__ import annotations
 
-import configparser
 import functools
 import glob
 import importlib.util
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
@@ -253,6 +250,8 @@ def _pip_config_files(environ: Mapping[str, str]) -> list[Path]:
 
 def read_pip_config(environ: Mapping[str, str] | None = None) -> IndexOptions:
     """The index options pip would use: its config files, then ``PIP_*`` variables."""
+    import configparser
+
     environ = os.environ if environ is None else environ
     merged: dict[str, str] = {}
     for path in _pip_config_files(environ):
@@ -497,6 +496,8 @@ def query_interpreter(path: str) -> Optional[Interpreter]:
 
 
 def _running_interpreter() -> Interpreter:
+    import platform
+
     base = getattr(sys, "_base_executable", None) or sys.executable
     if not os.path.exists(base):  # pragma: no cover - unusual embedding
         base = sys.executable
@@ -1190,6 +1191,8 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
     else:
         argv = [py, "-m", "pip", "check", "--disable-pip-version-check"]
         check = ("pip check", argv, environ)
+    from concurrent.futures import ThreadPoolExecutor
+
     # The dependency check runs while this thread verifies the installed files.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ally-check") as pool:
         checks = [("env python", [py, "-c", "import encodings, site"], environ), check]
