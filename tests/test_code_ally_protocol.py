@@ -383,7 +383,7 @@ def test_output_callback_gets_stderr_while_the_tool_still_runs(
         if stream == "stderr" and "waiting for go" in text:
             go.touch()
 
-    result = _load(host, "live").tool("wait").call({"go": str(go)}, timeout=60, on_output=on_output)
+    result = _load(host, "live").tool("wait").call({"go": str(go)}, timeout=30, on_output=on_output)
     assert result.success and result.result == "went", result
     assert "".join(t for s, t in seen if s == "stderr") == "waiting for go\ngot go\n"
     assert "".join(t for s, t in seen if s == "stdout") == '{"success": true, "result": "went"}\n'
@@ -395,7 +395,7 @@ def test_ally_run_verbose_shows_the_tools_stderr_live(
 ) -> None:
     _waiter(make_plugin)
     go = tmp_path / "go"
-    argv = [sys.executable, "-m", "ally_core.cli", "run", "live", "wait", "-v", "--timeout", "60"]
+    argv = [sys.executable, "-m", "ally_core.cli", "run", "live", "wait", "-v", "--timeout", "30"]
     proc = subprocess.Popen(
         [*argv, "--input", json.dumps({"go": str(go)})],
         stdin=subprocess.DEVNULL,
@@ -474,7 +474,7 @@ def test_cancel_from_another_thread_kills_the_tool_and_its_child(
     pids = json.loads(pids_file.read_text())
     assert not any(_gone(p) for p in pids)
     cancel.set()
-    thread.join(60)
+    thread.join(30)
     assert not thread.is_alive()
     error = outcome.get("error")
     assert isinstance(error, ToolError), outcome
