@@ -8,9 +8,12 @@ read, so each test sees exactly what the tool got. Real processes throughout: th
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -352,3 +355,106 @@ def test_ally_run_without_a_terminal_cancels_and_says_so(make_plugin: Any, ally_
         "ally: forms: tool 'ask' asked the form 'Details'; cancelled "
         "(no terminal; answer it with --form-response JSON)\n"
     )
+
+
+class _Terminal:
+    """``ally run`` with a pseudo-terminal as stdin and stderr, stdout a pipe."""
+
+    def __init__(self, *args: str) -> None:
+        import pty
+
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ally_core.cli", *args],
+            stdin=slave,
+            stderr=slave,
+            stdout=subprocess.PIPE,
+        )
+        os.close(slave)
+        self.seen = b""
+
+    def expect(self, text: str, timeout: float = 30) -> None:
+        """Read the terminal until ``text`` was shown (or the CLI ended)."""
+        import select
+
+        want = text.encode()
+        deadline = time.monotonic() + timeout
+        while want not in self.seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                try:
+                    self.seen += os.read(self.master, 4096)
+                except OSError:  # the CLI closed the terminal
+                    break
+        assert want in self.seen, self.seen.decode(errors="replace")
+        self.seen = self.seen[self.seen.index(want) + len(want) :]
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def finish(self) -> tuple[int, str]:
+        stdout, _ = self.proc.communicate(timeout=60)
+        return self.proc.returncode, stdout.decode()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+        os.close(self.master)
+
+
+@pytest.fixture
+def terminal() -> Iterator[Callable[..., _Terminal]]:
+    """``terminal(*args)`` starts ``ally run``-like CLIs on terminals, ended at teardown."""
+    started: list[_Terminal] = []
+
+    def start(*args: str) -> _Terminal:
+        started.append(_Terminal(*args))
+        return started[-1]
+
+    yield start
+    for term in started:
+        term.close()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs a pseudo-terminal")
+def test_ally_run_on_a_terminal_asks_field_by_field_on_stderr(
+    make_plugin: Any, terminal: Any
+) -> None:
+    _asker(make_plugin)
+    forms = {"forms": [_form(initialValues={"name": "Grace"})]}
+    term = terminal("run", "forms", "ask", "--input", json.dumps(forms))
+    term.expect("Details: A few questions")
+    term.expect("Name [Grace]: ")
+    term.type("\n")  # keeps the initial value
+    term.expect("How many [1]: ")
+    term.type("11\n")
+    term.expect("n: must be at most 10")
+    term.expect("How many [1]: ")  # asked again, the default unchanged
+    term.type("4\n")
+    term.expect("  1. Red")
+    term.expect("  2. green")
+    term.expect("Colour [red]: ")
+    term.type("2\n")  # by number
+    term.expect("Flag [False]: ")
+    term.type("yes\n")
+    code, stdout = term.finish()
+    assert code == 0
+    # stdout holds the tool's reply and nothing else: no prompt.
+    assert json.loads(stdout) == {
+        "success": True,
+        "answers": [_ok({"name": "Grace", "n": 4, "color": "green", "flag": True})],
+    }
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs a pseudo-terminal")
+def test_ally_run_on_a_terminal_end_of_input_cancels_the_form(
+    make_plugin: Any, terminal: Any
+) -> None:
+    _asker(make_plugin)
+    term = terminal("run", "forms", "ask", "--input", json.dumps({"forms": [_form()]}))
+    term.expect("Name: ")
+    term.type("\x04")  # Ctrl-D
+    code, stdout = term.finish()
+    assert code == 0
+    assert json.loads(stdout) == {"success": True, "answers": [CANCELLED]}
