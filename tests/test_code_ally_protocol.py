@@ -491,7 +491,7 @@ def test_cancel_from_another_thread_kills_the_tool_and_its_child(
 
 SECRET = "sk-4e1b9c07d2f3-TOPSECRET"
 LEAKER = """\
-import json, os, sys
+import json, os, sys, time
 mode = sys.argv[1]
 key = os.environ["PLUGIN_CONFIG_API_KEY"]
 json.load(sys.stdin)
@@ -507,6 +507,13 @@ elif mode == "raw":
 elif mode == "exit":
     print(json.dumps({"success": True, "result": key}))
     sys.exit(5)
+elif mode == "split":  # the key in pieces, each flushed: live output sees them apart
+    for piece in (key[:5], key[5:12], key[12:] + " and more\\n"):
+        sys.stderr.write(piece)
+        sys.stderr.flush()
+        time.sleep(0.2)
+    sys.stderr.write("end with " + key[:3])
+    print(json.dumps({"success": True}))
 """
 VAULT = {
     "runtime": "python3",
@@ -521,7 +528,7 @@ VAULT = {
     },
     "tools": [
         {"name": mode, "command": "python3", "args": ["leak.py", mode]}
-        for mode in ("ok", "fail", "raw", "exit")
+        for mode in ("ok", "fail", "raw", "exit", "split")
     ],
 }
 
@@ -584,6 +591,30 @@ def test_secret_appears_in_no_output_of_ally_run(
             assert "********" in proc.stdout + proc.stderr
             if extra == ("-v",):
                 assert "using key ********" in proc.stderr
+
+
+def test_secret_written_in_pieces_is_masked_in_live_output(
+    host: Host, make_plugin: Any, ally_cli: Any
+) -> None:
+    make_plugin("vault", VAULT, files={"leak.py": LEAKER})
+    set_stored(host, host.source("vault").manifest, "api_key", SECRET)
+    chunks: list[str] = []
+    result = (
+        _load(host, "vault")
+        .tool("split")
+        .call(
+            {}, on_output=lambda stream, text: chunks.append(text) if stream == "stderr" else None
+        )
+    )
+    assert result.success
+    shown = "".join(chunks)
+    assert len(chunks) > 1
+    # Nothing is lost: the start of the key at the very end is shown once the call ends.
+    assert shown == result.stderr == f"using key ********\n******** and more\nend with {SECRET[:3]}"
+    proc = ally_cli("run", "vault", "split", "--input", "{}", "-v")
+    assert proc.returncode == 0, proc.stderr
+    _assert_no_secret(proc.stderr)
+    assert "******** and more" in proc.stderr
 
 
 def test_secret_stored_under_a_key_in_other_case_is_still_masked(
