@@ -240,6 +240,64 @@ def test_answers_are_validated_and_the_tool_is_told_which_field_is_wrong(
     }
 
 
+# The other field kinds and rules of Code Ally's form UI (ToolFormWizard).
+RICH: dict[str, Any] = {
+    "title": "Rich",
+    "fields": [
+        {"name": "info", "type": "label", "label": "Read this", "description": "then answer"},
+        {
+            "name": "tags",
+            "type": "choice",
+            "multiSelect": True,
+            "choices": [{"value": "a", "label": "A"}, {"value": "b", "label": "B"}],
+        },
+        {
+            "name": "kind",
+            "type": "choice",
+            "choices": [{"value": "x", "label": "X"}, {"value": "__other__", "label": "Other"}],
+        },
+        {"name": "note", "type": "textarea", "validation": {"minLength": 2, "maxLength": 5}},
+        {"name": "code", "type": "string", "validation": {"pattern": "^[A-Z]{3}$"}},
+    ],
+}
+RICH_ANSWER = {"tags": ["a", "b"], "kind": "my own", "note": "hey", "code": "ABC"}
+
+
+def test_multi_select_other_text_and_text_rules_are_accepted(host: Host, make_plugin: Any) -> None:
+    _asker(make_plugin)
+    tool = _tool(host)
+    result = tool.call({"forms": [{"schema": RICH}]}, timeout=30, on_form=lambda r: RICH_ANSWER)
+    assert result.reply["answers"] == [_ok(RICH_ANSWER)]
+    picked = {**RICH_ANSWER, "kind": "x", "tags": []}
+    result = tool.call({"forms": [{"schema": RICH}]}, timeout=30, on_form=lambda r: picked)
+    assert result.reply["answers"] == [_ok(picked)]
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ({"tags": "a"}, 'tags: expected a list of choices, got "a"'),
+        ({"tags": ["a", "z"]}, 'tags: "z" is not one of "a", "b"'),
+        ({"kind": "__other__"}, 'kind: "__other__" is not one of "x" or any other text'),
+        ({"kind": 3}, 'kind: 3 is not one of "x" or any other text'),
+        ({"note": "x"}, "note: must be at least 2 characters"),
+        ({"note": "toolong"}, "note: must be at most 5 characters"),
+        ({"code": "abc"}, "code: does not match the pattern '^[A-Z]{3}$'"),
+        ({"code": 5}, "code: expected a string, got 5"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_multi_select_other_text_and_text_rules_are_validated(
+    host: Host, make_plugin: Any, answer: dict[str, Any], problem: str
+) -> None:
+    _asker(make_plugin)
+    result = _tool(host).call(
+        {"forms": [{"schema": RICH}]}, timeout=30, on_form=lambda r: {**RICH_ANSWER, **answer}
+    )
+    (response,) = result.reply["answers"]
+    assert response["error"] == f"forms: form 'Rich': {problem}"
+
+
 def test_answers_typed_as_text_are_sent_with_the_fields_types(host: Host, make_plugin: Any) -> None:
     # What a prompt returns ("5", "yes") reaches the tool as a number and a boolean.
     _asker(make_plugin)
@@ -458,3 +516,28 @@ def test_ally_run_on_a_terminal_end_of_input_cancels_the_form(
     code, stdout = term.finish()
     assert code == 0
     assert json.loads(stdout) == {"success": True, "answers": [CANCELLED]}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs a pseudo-terminal")
+def test_ally_run_on_a_terminal_shows_labels_and_takes_several_choices(
+    make_plugin: Any, terminal: Any
+) -> None:
+    _asker(make_plugin)
+    term = terminal("run", "forms", "ask", "--input", json.dumps({"forms": [{"schema": RICH}]}))
+    term.expect("Read this: then answer")
+    term.expect("  2. B")
+    term.expect("tags: ")
+    term.type("1, b\n")  # by number and by value
+    term.expect("  2. Other")
+    term.expect("kind: ")
+    term.type("my own\n")  # the "Other" choice: any text
+    term.expect("note: ")
+    term.type("x\n")
+    term.expect("note: must be at least 2 characters")
+    term.expect("note: ")
+    term.type("hey\n")
+    term.expect("code: ")
+    term.type("ABC\n")
+    code, stdout = term.finish()
+    assert code == 0
+    assert json.loads(stdout) == {"success": True, "answers": [_ok(RICH_ANSWER)]}
