@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from ally_core import Host, ToolError, ToolResult
+from ally_core import ConfigError, Host, ToolError, ToolResult
 from ally_core.plugin_config import set_stored
 
 FIXTURES = Path(__file__).parent / "fixtures" / "code_ally"
@@ -793,6 +793,56 @@ def test_a_typo_says_did_you_mean_and_ally_list_marks_the_plugin(
     assert "\u26a0 typo: t, slow" in lines
     assert "\u2713 fine: u" in lines
     assert "    warning: $.dependecies: unknown key (kept); did you mean 'dependencies'?" in lines
+
+
+ENV_ECHO = """\
+import json, os, sys
+json.load(sys.stdin)
+print(json.dumps({k: v for k, v in os.environ.items() if k.startswith("PLUGIN_CONFIG_")}))
+"""
+
+
+def test_code_ally_config_format_is_read_as_the_json_schema_it_means(
+    host: Host, make_plugin: Any, ally_cli: Any
+) -> None:
+    # Code Ally's ConfigProperty: "required" on the property, types choice/filepath/directory.
+    config = {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "token": {"type": "string", "secret": True, "required": True},
+                "mode": {
+                    "type": "choice",
+                    "choices": [
+                        {"label": "Fast", "value": "fast"},
+                        {"label": "Slow", "value": "slow"},
+                    ],
+                    "default": "fast",
+                    "required": False,
+                },
+                "out": {"type": "directory", "description": "Where to write", "required": False},
+            },
+        }
+    }
+    make_plugin(
+        "styled",
+        {"config": config, "tools": [{"name": "env", "command": "python3", "args": ["e.py"]}]},
+        files={"e.py": ENV_ECHO},
+    )
+    tool = _load(host, "styled").tool("env")
+    with pytest.raises(ConfigError) as info:
+        tool.call({})
+    assert str(info.value) == "styled: config: 'token' is a required property"
+    proc = ally_cli("config", "set", "styled", "mode", "medium")
+    assert proc.returncode == 1
+    assert "mode: 'medium' is not one of ['fast', 'slow']" in proc.stderr
+    result = tool.call({}, config={"token": SECRET, "mode": "slow", "out": "/tmp"})
+    assert result.success, result.error
+    assert result.reply == {
+        "PLUGIN_CONFIG_TOKEN": SECRET,
+        "PLUGIN_CONFIG_MODE": "slow",
+        "PLUGIN_CONFIG_OUT": "/tmp",
+    }
 
 
 @pytest.mark.parametrize(
