@@ -415,14 +415,17 @@ class _MaskedOutput:
 
     def __init__(self, on_output: OutputCallback, secrets: Sequence[str]) -> None:
         self.on_output, self.secrets = on_output, [s for s in secrets if s]
+        # Each way mask_text recognises a secret: as it is, repr'd, JSON-escaped.
+        shown = {f for s in self.secrets for f in (s, repr(s), json.dumps(s)[1:-1])}
+        self.shown = sorted(shown, key=len, reverse=True)
         self.pending: dict[str, str] = {}
         self.lock = threading.Lock()
 
     def _held(self, text: str) -> int:
         """Length of the longest end of ``text`` that is the start of a secret."""
-        for size in range(min(len(text), max(map(len, self.secrets)) - 1), 0, -1):
+        for size in range(min(len(text), len(self.shown[0]) - 1), 0, -1):
             tail = text[-size:]
-            if any(s.startswith(tail) for s in self.secrets):
+            if any(s.startswith(tail) for s in self.shown):
                 return size
         return 0
 
