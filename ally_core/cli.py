@@ -333,7 +333,14 @@ def _form_answerer(args: argparse.Namespace) -> Callable[[Any], Any]:
 
 
 def _ask_form(request: Any) -> Any:
-    """Ask each field of ``request`` on the terminal; ``None`` when the user cancels."""
+    """Ask each field of ``request`` on the terminal; ``None`` when the user cancels.
+
+    Prompts go to stderr and answers come from stdin: stdout carries only the tool's reply.
+    A choice is answered by its number or its value (several, comma-separated, for a
+    ``multiSelect`` field); a ``label`` field is shown, not asked.
+    """
+    import attrs
+
     from .errors import ToolInputError
     from .forms import coerce_field, merged_values, validate_form_values
     from .text import printable
@@ -343,38 +350,57 @@ def _ask_form(request: Any) -> Any:
         f"{request.title}" + (f": {request.description}" if request.description else ""),
         file=sys.stderr,
     )
+    prefix = f"{request.plugin}: form {request.title!r}: "
     for field in request.fields:
         name = field["name"]
         label = field.get("label") or name
+        if field.get("type") == "label":
+            text = field.get("description")
+            _say(f"{label}: {text}" if isinstance(text, str) and text else label, file=sys.stderr)
+            continue
         choices = field.get("choices") if field.get("type") == "choice" else None
+        several = isinstance(choices, list) and field.get("multiSelect") is True
         if isinstance(choices, list):
             for i, choice in enumerate(choices, 1):
                 shown = (
                     choice.get("label", choice.get("value")) if isinstance(choice, dict) else choice
                 )
                 _say(f"  {i}. {shown}", file=sys.stderr)
+        # This field alone: the others are checked when their turn comes.
+        one_field = attrs.evolve(request, schema={**request.schema, "fields": [field]})
         while True:
             default = values.get(name)
+            if isinstance(default, list):
+                default = ", ".join(str(d) for d in default)
             prompt = f"{label}" + (f" [{default}]" if default not in (None, "") else "") + ": "
-            try:
-                typed = input(printable(prompt))
-            except EOFError:
+            sys.stderr.write(printable(prompt))
+            sys.stderr.flush()
+            line = sys.stdin.readline()
+            if not line:
                 return None
-            value: Any = typed if typed else default
-            if isinstance(choices, list) and isinstance(value, str) and value.isdigit():
-                index = int(value) - 1
-                if 0 <= index < len(choices):
-                    pick = choices[index]
-                    value = pick.get("value") if isinstance(pick, dict) else pick
-            values[name] = coerce_field(field, value)
+            typed = line.rstrip("\r\n")
+            value: Any = typed if typed else values.get(name)
+            if isinstance(choices, list) and isinstance(value, str):
+                picks = [p.strip() for p in value.split(",")] if several else [value]
+                picked = [_choice_of(choices, p) for p in picks if p]
+                value = picked if several else (picked[0] if picked else value)
+            value = coerce_field(field, value)
             try:
-                validate_form_values(request, {name: values[name]} if name in values else {})
+                validate_form_values(one_field, {name: value})
             except ToolInputError as exc:
-                if field.get("required") or values[name] not in (None, ""):
-                    _say(f"  {str(exc).rpartition(': ')[2] or exc}", file=sys.stderr)
-                    continue
+                _say(f"  {str(exc).removeprefix(prefix)}", file=sys.stderr)
+                continue
+            values[name] = value
             break
     return values
+
+
+def _choice_of(choices: list[Any], typed: str) -> Any:
+    """The value of the choice numbered ``typed``, else ``typed`` itself."""
+    if typed.isdigit() and 0 < int(typed) <= len(choices):
+        pick = choices[int(typed) - 1]
+        return pick.get("value") if isinstance(pick, dict) else pick
+    return typed
 
 
 def _tool_result_json(result: Any) -> dict[str, Any]:
