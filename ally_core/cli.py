@@ -254,10 +254,15 @@ def _each(method: str, **kw: Any) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
+    from .mcp_plugins.commands import remove_servers, split_names
+
     host = _host(args)
-    for name in args.names:
+    names, claude = split_names(host, args.names)
+    for name in names:
         removed = host.remove(name)
         _say(f"removed the env of {name}" if removed else f"{name} has no env")
+    for label, removed in remove_servers(host, claude):
+        _say(f"removed the env of {label}" if removed else f"{label} has no env")
     return EXIT_OK
 
 

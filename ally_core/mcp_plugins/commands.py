@@ -34,6 +34,7 @@ __all__ = [
     "ensure_plugins",
     "mcp_subparsers",
     "print_servers",
+    "remove_servers",
     "server_json",
     "split_names",
 ]
@@ -170,6 +171,15 @@ def ensure_plugins(
     """Make every server of ``plugins`` (``None``: of every Claude-style plugin) ready."""
     refs, broken = server_refs(host, plugins)
     return broken + ensure_servers(host, refs, force=force, upgrade=upgrade, progress=progress)
+
+
+def remove_servers(host: Host, plugins: Sequence[str]) -> list[tuple[str, bool]]:
+    """Remove the env pointers of every server of ``plugins`` (never their source, never an
+    env another server or plugin shares): ``(plugin/server, whether one existed)`` each."""
+    if not plugins:
+        return []
+    refs, _broken = server_refs(host, plugins)
+    return [(ref.label, host.store.unpublish(ref.pointer)) for ref in refs]
 
 
 def status_plugins(host: Host) -> list[ServerOutcome]:
