@@ -474,19 +474,7 @@ def _lock_node(
         parsed = npm_spec(package)
         assert parsed is not None
         dependencies[parsed[0]] = parsed[1]
-    package_json = (
-        json.dumps(
-            {
-                "name": "ally-mcp-server",
-                "version": "0.0.0",
-                "private": True,
-                "dependencies": dependencies,
-            },
-            indent=2,
-            sort_keys=True,
-        )
-        + "\n"
-    ).encode()
+    package_json = _package_json(dependencies)
     (work / "package.json").write_bytes(package_json)
     options = host.env_options()
     command = [
@@ -513,10 +501,28 @@ def _lock_node(
         )
     host.hook.install_deps(spec=spec, env=env)
     try:
-        lock = (work / "env" / "package-lock.json").read_bytes()
-    except OSError as exc:
-        raise InstallFailed(f"{ref.label}: npm wrote no package-lock.json") from exc
-    return {"package.json": package_json, "package-lock.json": lock}
+        lock = json.loads((work / "env" / "package-lock.json").read_bytes())
+        # The declared ranges and tags ("latest") become the versions npm chose, in the
+        # package.json and in the lock's root alike: a later npm ci (a repair, a bundle
+        # install offline) then has nothing left to look up.
+        exact = {name: lock["packages"][f"node_modules/{name}"]["version"] for name in dependencies}
+        lock["packages"][""]["dependencies"] = exact
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InstallFailed(f"{ref.label}: npm wrote no usable package-lock.json ({exc})") from exc
+    return {
+        "package.json": _package_json(exact),
+        "package-lock.json": (json.dumps(lock, indent=2) + "\n").encode(),
+    }
+
+
+def _package_json(dependencies: Mapping[str, str]) -> bytes:
+    data = {
+        "name": "ally-mcp-server",
+        "version": "0.0.0",
+        "private": True,
+        "dependencies": dict(dependencies),
+    }
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
 def write_pins(host: Host, ref: ServerRef, pins: Mapping[str, Any]) -> None:

@@ -58,6 +58,9 @@ EXIT_WINDOW = 5.0
 #: Bytes of a server's stderr kept for that line.
 _TAIL_BYTES = 4096
 
+#: Lines of a stack trace that say where, not what (Node's ``at f (file:1:2)``, Python's
+#: ``File "x.py", line 3``, Node's version footer): left out of the one-line summary.
+_STACK_FRAME = re.compile(r'\s*(?:at \S|File "|Node\.js v\d)')
 #: ``${NAME}`` and ``${NAME:-default}``, as Claude Code expands them in ``.mcp.json``.
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: What ``${CLAUDE_PLUGIN_ROOT}`` names: the plugin's directory.
@@ -262,7 +265,7 @@ def _relay(source: int, server_pid: int, label: str) -> None:  # pragma: no cove
                 lines = [
                     line.strip()
                     for line in tail.decode("utf-8", "replace").splitlines()
-                    if line.strip()
+                    if line.strip() and not _STACK_FRAME.match(line)
                 ]
                 shown = " | ".join(lines[-5:]) or "no output on stderr"
                 _say(f"{label} exited at once: {shown}")

@@ -85,7 +85,7 @@ def mcp_tarballs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "package.json": json.dumps(
                 {"name": "ally-mcp-lib", "version": "1.0.0", "main": "index.js"}
             ),
-            "index.js": SOURCES.NODE_LIB.replace("VERSION", "1.0.0"),
+            "index.js": SOURCES.NODE_LIB.replace("@VERSION@", "1.0.0"),
         }
     }
     for version in NODE_VERSIONS:
@@ -98,7 +98,7 @@ def mcp_tarballs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                     "dependencies": {"ally-mcp-lib": "^1.0.0"},
                 }
             ),
-            "cli.js": SOURCES.NODE_SERVER.replace("VERSION", version),
+            "cli.js": SOURCES.NODE_SERVER.replace("@VERSION@", version),
         }
     folders = []
     for (name, version), files in packages.items():

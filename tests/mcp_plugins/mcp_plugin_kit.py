@@ -156,12 +156,16 @@ def mcp_session(
     Desktop does), so the test sees what a host's server sees.
     """
     ClientSession, Parameters, stdio_client = _sdk()
+    if errlog is None:
+        import tempfile
+
+        errlog = Path(tempfile.mkdtemp(prefix="mcp-stderr-")) / "stderr"
 
     async def run() -> dict[str, Any]:
         params = Parameters(
             command=command, args=list(args), env=dict(env) if env is not None else None
         )
-        with open(errlog or os.devnull, "w") as err:
+        with open(errlog, "w") as err:
             async with (
                 stdio_client(params, errlog=err) as (read, write),
                 ClientSession(read, write) as session,
@@ -177,7 +181,12 @@ def mcp_session(
             "calls": results,
         }
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except BaseException as exc:
+        raise AssertionError(
+            f"the MCP session failed; the server's stderr:\n{errlog.read_text()}"
+        ) from exc
 
 
 def host_environ(home: Path) -> dict[str, str]:

@@ -68,10 +68,10 @@ if __name__ == "__main__":
 '''
 
 NODE_SERVER = r"""#!/usr/bin/env node
-// ally-mcp-demo VERSION: a tiny stdio MCP server for ally's tests.
+// ally-mcp-demo @VERSION@: a tiny stdio MCP server for ally's tests.
 const lib = require("ally-mcp-lib");
 const readline = require("readline");
-const VERSION = "VERSION";
+const SERVER_VERSION = "@VERSION@";
 const TOOLS = [
   { name: "greet", description: "Greets",
     inputSchema: { type: "object", properties: { who: { type: "string" } } } },
@@ -84,7 +84,7 @@ function handle(msg) {
   switch (msg.method) {
     case "initialize":
       return { protocolVersion: params.protocolVersion || "2025-06-18", capabilities: { tools: {} },
-               serverInfo: { name: "ally-mcp-demo", version: VERSION } };
+               serverInfo: { name: "ally-mcp-demo", version: SERVER_VERSION } };
     case "ping": return {};
     case "tools/list": return { tools: TOOLS };
     case "tools/call": {
@@ -116,4 +116,4 @@ readline.createInterface({ input: process.stdin }).on("line", (line) => {
 });
 """
 
-NODE_LIB = "exports.greet = (who) => 'hello ' + who + ' from ally-mcp-lib VERSION';\n"
+NODE_LIB = "exports.greet = (who) => 'hello ' + who + ' from ally-mcp-lib @VERSION@';\n"
