@@ -1200,7 +1200,8 @@ class Host:
         """
         from filelock import Timeout
 
-        from .mcp_plugins.servers import collect_state, pointer_names
+        from .mcp_plugins.discovery import pointer_names
+        from .mcp_plugins.servers import collect_state
         from .store import disk_usage
 
         # MCP servers' envs are published under names no plugin.json can take.

@@ -29,7 +29,9 @@ import attrs
 from ..bundle import ARTIFACTS_DIR, BUNDLE_FORMAT, BundleError, _copy_plugin, _sha256
 from ..errors import PluginNotFound
 from ..store import now_iso
-from .servers import BUNDLE_SUBDIR, ServerRef, ensure_servers, find_plugin, server_spec
+from .discovery import BUNDLE_SUBDIR, ServerRef, find_plugin
+from .servers import ensure_servers
+from .specs import server_spec
 
 if TYPE_CHECKING:
     from ..loader import Host, ProgressCallback

@@ -15,15 +15,15 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..envs import Health, Problem
+from .discovery import claude_plugin_names, server_refs
 from .servers import (
     ServerOutcome,
-    claude_plugin_names,
+    broken_outcome,
     ensure_server,
     ensure_servers,
-    server_refs,
-    server_spec,
     server_status,
 )
+from .specs import server_spec
 
 if TYPE_CHECKING:
     from ..loader import Host
@@ -126,7 +126,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     from .config import config_document
 
     host = _host(args)
-    refs, broken = server_refs(host, args.plugins or None)
+    refs, unreadable = server_refs(host, args.plugins or None)
+    broken = [broken_outcome(b) for b in unreadable]
     reporter = _reporter(args)
     try:
         outcomes = ensure_servers(host, refs, progress=reporter)
@@ -170,7 +171,9 @@ def ensure_plugins(
 ) -> list[ServerOutcome]:
     """Make every server of ``plugins`` (``None``: of every Claude-style plugin) ready."""
     refs, broken = server_refs(host, plugins)
-    return broken + ensure_servers(host, refs, force=force, upgrade=upgrade, progress=progress)
+    return [broken_outcome(b) for b in broken] + ensure_servers(
+        host, refs, force=force, upgrade=upgrade, progress=progress
+    )
 
 
 def remove_servers(host: Host, plugins: Sequence[str]) -> list[tuple[str, bool]]:
@@ -185,7 +188,7 @@ def remove_servers(host: Host, plugins: Sequence[str]) -> list[tuple[str, bool]]
 def status_plugins(host: Host) -> list[ServerOutcome]:
     """Every server's state, building nothing (``ally list``)."""
     refs, broken = server_refs(host)
-    return broken + [server_status(host, ref) for ref in refs]
+    return [broken_outcome(b) for b in broken] + [server_status(host, ref) for ref in refs]
 
 
 def server_json(outcome: ServerOutcome) -> dict[str, Any]:
@@ -237,7 +240,7 @@ def doctor_servers(
 ) -> list[tuple[ServerOutcome, Health]]:
     """Deep-check each server's env (and that its command is there); ``fix`` rebuilds."""
     refs, broken = server_refs(host, plugins)
-    reports = [(b, Health((Problem(b.reason, False),))) for b in broken]
+    reports = [(o, Health((Problem(o.reason, False),))) for o in map(broken_outcome, broken)]
     for ref in refs:
         outcome = server_status(host, ref)
         health = Health()

@@ -20,7 +20,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .servers import ServerOutcome, record_path, unique_keys
+from .discovery import record_path
+from .servers import ServerOutcome, unique_keys
 from .warm_launch import PLUGIN_ROOT_VAR
 
 __all__ = ["config_document", "config_entry"]

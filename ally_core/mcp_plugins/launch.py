@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Optional
 
 from ..errors import AllyError, PluginNotFound
-from .servers import ServerRef, ensure_server, find_plugin, record_path, server_status, state_dir
+from .discovery import ServerRef, find_plugin, record_path, state_dir
+from .servers import ensure_server, server_status
 from .warm_launch import exec_server, read_record, server_argv, server_environ
 
 if TYPE_CHECKING:
