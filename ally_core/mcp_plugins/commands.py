@@ -99,8 +99,16 @@ def add_mcp_commands(sub: Any) -> None:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from ..cli import _host
-    from .launch import host_arguments, launch
+    from ..paths import AllyPaths
+    from .discovery import record_file
+    from .launch import host_arguments, launch, start_record
+    from .warm_launch import read_record
 
+    # A ready server starts from its record: no Host, no runtime, no plugin read.
+    paths = AllyPaths.from_env(args.home, args.plugins_dir or ())
+    record = read_record(str(record_file(paths.envs_dir, args.plugin, args.server)))
+    if record is not None:
+        return start_record(record, f"{args.plugin}/{args.server}")
     return launch(
         _host(args),
         args.plugin,

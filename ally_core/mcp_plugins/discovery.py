@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Optional
 import attrs
 
 from ..errors import AllyError, ManifestError, PluginNotFound
-from .manifest import ClaudePlugin, McpServer, is_claude_plugin, load_claude_plugin
+from .manifest import (
+    ClaudePlugin,
+    McpServer,
+    is_claude_plugin,
+    load_claude_plugin,
+    server_slug,
+)
 
 if TYPE_CHECKING:
     from ..loader import Host
@@ -36,9 +42,14 @@ __all__ = [
 #: Where the servers' pins and launch records live, under ``envs_dir``.
 STATE_DIR = ".mcp"
 PINS = "pins.json"
-RECORD = "launch.json"
+RECORD = "launch.record"
 #: Directory of a bundled plugin holding each server's artifacts (``<slug>/`` below it).
 BUNDLE_SUBDIR = "mcp"
+
+
+def pointer_name(plugin: str, server: str) -> str:
+    """The store name of a server's env (and of its state directory)."""
+    return f"{plugin}+{server_slug(server)}"
 
 
 @attrs.frozen
@@ -68,7 +79,7 @@ class ServerRef:
     @property
     def pointer(self) -> str:
         """Its env's name in the store (``+`` keeps it apart from every plugin.json name)."""
-        return f"{self.plugin.name}+{self.server.slug}"
+        return pointer_name(self.plugin.name, self.server.name)
 
 
 def discover(host: Host) -> list[PluginEntry]:
@@ -163,6 +174,11 @@ def server_refs(
 
 def state_dir(host: Host, ref: ServerRef) -> Path:
     return host.paths.envs_dir / STATE_DIR / ref.pointer
+
+
+def record_file(envs_dir: Path, plugin: str, server: str) -> Path:
+    """Where a server's launch record is, from names alone (no plugin is read)."""
+    return envs_dir / STATE_DIR / pointer_name(plugin, server) / RECORD
 
 
 def record_path(host: Host, ref: ServerRef) -> Path:

@@ -74,10 +74,8 @@ class McpServer:
 
     @property
     def slug(self) -> str:
-        """The name as a store name: itself when it is safe, else a hash of it."""
-        if _SAFE_NAME.fullmatch(self.name):
-            return self.name
-        return "x" + hashlib.sha256(self.name.encode()).hexdigest()[:12]
+        """The name as a store name (see :func:`server_slug`)."""
+        return server_slug(self.name)
 
     def error(self, plugin: str) -> ManifestError:
         return ManifestError(plugin, self.source, list(self.problems))
@@ -103,6 +101,13 @@ class ClaudePlugin:
                 return server
         known = ", ".join(s.name for s in self.servers) or "none"
         raise PluginNotFound(f"{self.name}: no MCP server named {name!r} (servers: {known})")
+
+
+def server_slug(name: str) -> str:
+    """A server's name as a store name: itself when it is safe, else a hash of it."""
+    if _SAFE_NAME.fullmatch(name):
+        return name
+    return "x" + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 def is_claude_plugin(plugin_dir: Path) -> bool:

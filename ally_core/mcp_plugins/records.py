@@ -19,7 +19,7 @@ from ..errors import InstallFailed
 from ..store import Marker, write_atomic
 from .discovery import PINS, RECORD, ServerRef, state_dir
 from .launchers import Launcher
-from .warm_launch import RECORD_FORMAT, content_digest, file_identity
+from .warm_launch import RECORD_FORMAT, content_digest, dump_record, file_identity
 
 if TYPE_CHECKING:
     from ..loader import Host
@@ -174,7 +174,7 @@ def save_record(host: Host, ref: ServerRef, record: Mapping[str, Any]) -> bool:
     path = state_dir(host, ref) / RECORD
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(record, indent=1, sort_keys=True).encode())
+        write_atomic(path, dump_record(record))
     except OSError:
         return False
     return True

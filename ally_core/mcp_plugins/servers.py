@@ -193,6 +193,8 @@ def ensure_server(
                 spec = server_spec(host, ref, launcher, progress=report, pins=pins)
             assert spec is not None
             marker, action = host.ensure_env(spec, force=force or build_upgrade, progress=report)
+            if action in {"built", "repaired"} and launcher.runtime == "python":
+                _compile_bytecode(ref, marker, report, spec.options.install_timeout)
             if pins is not None:
                 write_pins(host, ref, pins)
             if upgrade and action in {"built", "shared", "repaired"}:
@@ -201,6 +203,34 @@ def ensure_server(
     except AllyError as exc:
         report(ProgressEvent(ref.pointer, "failed", str(exc)))
         return _blocked(ref, exc, launcher=launcher)
+
+
+def _compile_bytecode(
+    ref: ServerRef, marker: Marker, report: ProgressCallback, timeout: float
+) -> None:
+    """Compile a new Python env's modules now, not on the server's first start.
+
+    A host waits for that start, often with a timeout, and uv installs without bytecode: a
+    big server's first import would compile hundreds of modules. Best effort: a file that
+    does not compile (a template, a module for another Python) is left to its import.
+    """
+    import glob
+
+    from ..process import clean_environ, run_installer
+
+    python = marker.env.commands.get("python")
+    sites = sorted(glob.glob(os.path.join(marker.env.path, "lib", "*", "site-packages")))
+    if not python or not sites:
+        return
+    report(ProgressEvent(ref.pointer, "compile", "Compiling bytecode for a fast first start"))
+    with contextlib.suppress(InstallFailed):
+        run_installer(
+            [python, "-m", "compileall", "-q", "-j", "0", *sites],
+            cwd=marker.env.path,
+            env=clean_environ(),
+            timeout=timeout,
+            what=f"{ref.label}: compiling bytecode",
+        )
 
 
 def ensure_servers(

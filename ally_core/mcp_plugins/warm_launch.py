@@ -7,7 +7,7 @@ A host starts an MCP server on every session, and waits for it. ``ally mcp confi
 
 Run that way, Python never imports the ``ally_core`` package (whose import alone takes longer
 than the whole start should): a warm start is an interpreter start, one JSON read, a few
-``stat`` calls and an ``exec``. The record (``<envs_dir>/.mcp/<server>/launch.json``) is
+``stat`` calls and an ``exec``. The record (``<envs_dir>/.mcp/<server>/launch.record``) is
 written by ``ally install``, ``ally mcp config`` and ``ally mcp launch`` once the server's env
 is ready. It holds the server's command line and environment *templates*, and the identities
 (size, mtime, inode, ctime) of every file they were derived from: the plugin's manifest and
@@ -23,25 +23,31 @@ where index and registry settings take effect.
 
 This module also holds what the full launch path shares with it: ``${VAR}`` expansion
 (:func:`expand`), the server's environment (:func:`server_environ`) and the ``exec`` with its
-watcher (:func:`exec_server`). It uses the standard library only.
+watcher (:func:`exec_server`). It imports only built-in modules (no ``re``, ``json``,
+``typing`` or ``signal``: each would cost a warm start milliseconds), and the record is
+``marshal`` data, as ally's warm index is: it loads without a parser to import.
 """
 
 from __future__ import annotations
 
-import json
+# The C module behind ``signal``, which itself imports enum (milliseconds at every start).
+import _signal  # type: ignore[import-not-found]
+import marshal
 import os
-import re
 import select
-import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any, Optional
 
 __all__ = [
     "EXIT_WINDOW",
     "RECORD_FORMAT",
     "content_digest",
+    "dump_record",
     "exec_server",
     "expand",
     "file_identity",
@@ -52,6 +58,9 @@ __all__ = [
 
 #: Version of the launch record's shape; a record of another format is ignored.
 RECORD_FORMAT = 1
+#: The record file's first line: format and Python (marshal data is read by the Python that
+#: wrote it; another one takes the full path and writes its own).
+RECORD_HEADER = f"ally-launch-record {RECORD_FORMAT} {sys.implementation.cache_tag}\n".encode()
 #: A server whose stderr closes within this many seconds of its start "exited at once": one
 #: line with its stderr tail follows its own output.
 EXIT_WINDOW = 5.0
@@ -60,9 +69,7 @@ _TAIL_BYTES = 4096
 
 #: Lines of a stack trace that say where, not what (Node's ``at f (file:1:2)``, Python's
 #: ``File "x.py", line 3``, Node's version footer): left out of the one-line summary.
-_STACK_FRAME = re.compile(r'\s*(?:at \S|File "|Node\.js v\d)')
-#: ``${NAME}`` and ``${NAME:-default}``, as Claude Code expands them in ``.mcp.json``.
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_STACK_FRAMES = ("at ", 'File "', "Node.js v")
 #: What ``${CLAUDE_PLUGIN_ROOT}`` names: the plugin's directory.
 PLUGIN_ROOT_VAR = "CLAUDE_PLUGIN_ROOT"
 
@@ -81,20 +88,40 @@ def expand(
     to ``missing``. ``$VAR`` without braces is left alone, as both hosts do.
     """
 
-    def one(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
+    if "${" not in text:
+        return text
+    out = []
+    i = 0
+    while True:
+        start = text.find("${", i)
+        end = text.find("}", start + 2) if start >= 0 else -1
+        if end < 0:
+            out.append(text[i:])
+            return "".join(out)
+        name, colon_dash, default = text[start + 2 : end].partition(":-")
+        if not _is_name(name):
+            out.append(text[i : start + 2])  # not a reference: "${" stays as written
+            i = start + 2
+            continue
+        out.append(text[i:start])
+        i = end + 1
         if name == PLUGIN_ROOT_VAR:
-            return root if root is not None else match.group(0)
+            out.append(root if root is not None else text[start:i])
+            continue
         value = environ.get(name)
         if value:
-            return value
-        if default is not None:
-            return default
-        if value is None and missing is not None and name not in missing:
+            out.append(value)
+        elif colon_dash:
+            out.append(default)
+        elif value is None and missing is not None and name not in missing:
             missing.append(name)
-        return ""
 
-    return _VAR.sub(one, text) if "${" in text else text
+
+def _is_name(text: str) -> bool:
+    """``[A-Za-z_][A-Za-z0-9_]*``, without ``re``."""
+    return (
+        bool(text) and text.isascii() and not text[0].isdigit() and text.replace("_", "a").isalnum()
+    )
 
 
 def file_identity(path: str, *, follow: bool = True) -> Optional[list[int]]:
@@ -129,7 +156,12 @@ def read_record(path: str) -> Optional[dict[str, Any]]:
     """
     try:
         with open(path, "rb") as fh:
-            record = json.loads(fh.read())
+            data = fh.read()
+        if not data.startswith(RECORD_HEADER):
+            return None
+        # ally's own file in its own store, as trusted as the envs around it (so is the
+        # warm index, in the same format).
+        record = marshal.loads(data[len(RECORD_HEADER) :])  # noqa: S302
         if record.get("format") != RECORD_FORMAT:
             return None
         for watched, identity, digest in record["watch"]:
@@ -142,9 +174,14 @@ def read_record(path: str) -> Optional[dict[str, Any]]:
                 return None
         if not isinstance(record["argv"], list) or not record["argv"]:
             return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def dump_record(record: Mapping[str, Any]) -> bytes:
+    """The bytes of a record file (plain data only: str, int, None, lists and dicts)."""
+    return RECORD_HEADER + marshal.dumps(dict(record))
 
 
 def server_environ(
@@ -231,8 +268,8 @@ def exec_server(argv: Sequence[str], env: Mapping[str, str], label: str) -> int:
     # What subprocess does for a child (restore_signals): Python ignores SIGPIPE and SIGXFSZ,
     # and an ignored signal stays ignored across exec.
     for name in ("SIGPIPE", "SIGXFSZ"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        if hasattr(_signal, name):
+            _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
     try:
         os.execve(exe, list(argv), dict(env))  # noqa: S606 - replacing ourselves is the point
     except OSError as exc:
@@ -249,7 +286,7 @@ def _relay(source: int, server_pid: int, label: str) -> None:  # pragma: no cove
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     os.close(devnull)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the server's
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # a terminal's Ctrl-C is the server's
     deadline = time.monotonic() + EXIT_WINDOW
     tail = b""
     while True:
@@ -265,7 +302,7 @@ def _relay(source: int, server_pid: int, label: str) -> None:  # pragma: no cove
                 lines = [
                     line.strip()
                     for line in tail.decode("utf-8", "replace").splitlines()
-                    if line.strip() and not _STACK_FRAME.match(line)
+                    if line.strip() and not line.lstrip().startswith(_STACK_FRAMES)
                 ]
                 shown = " | ".join(lines[-5:]) or "no output on stderr"
                 _say(f"{label} exited at once: {shown}")

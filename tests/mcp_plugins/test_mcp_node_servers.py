@@ -163,7 +163,7 @@ def test_a_ready_npx_server_starts_with_the_registry_gone(home, registry, ally_l
     registry.stop()
     unreachable = {"npm_config_registry": "http://127.0.0.1:9/"}
     assert ally_launch("demo", "js", env=unreachable)["version"] == "1.0.0"
-    (home / "plugin-envs" / ".mcp" / "demo+js" / "launch.json").unlink()
+    (home / "plugin-envs" / ".mcp" / "demo+js" / "launch.record").unlink()
     # The full path with the registry's address dead: checks, builds nothing, starts.
     assert ally_launch("demo", "js")["version"] == "1.0.0"
     assert len(store_envs(home)) == 1

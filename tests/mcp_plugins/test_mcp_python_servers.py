@@ -55,6 +55,9 @@ def test_install_pins_the_server_and_launch_answers_initialize(home, ally_launch
     assert f"\u2713 demo/py: MCP server, uvx {PY_PACKAGE} [{PY_PACKAGE} 1.0.0] (installed)" in out
     # Resolved once, every package pinned: allydemo-greet>=1.0 chose the newest, 2.0.0.
     assert lock_text(home, "demo+py") == "allydemo-greet==2.0.0\nallydemo-mcp==1.0.0\n"
+    # Compiled at install: the host's first start does not wait for it.
+    site = next(env_of(home, "demo+py").glob("lib/python*/site-packages"))
+    assert list((site / "__pycache__").glob("allydemo_mcp.*.pyc"))
     result = ally_launch(
         "demo",
         "py",
@@ -138,10 +141,10 @@ def test_a_ready_server_starts_with_the_network_cut(home, index_dir, ally_launch
     shutil.rmtree(index_dir)  # no index, no wheel anywhere
     shutil.rmtree(home / "cache")  # and no package cache
     assert ally_launch("demo", "py")["version"] == "1.0.0"  # from the launch record
-    (state(home, "demo+py") / "launch.json").unlink()
+    (state(home, "demo+py") / "launch.record").unlink()
     assert ally_launch("demo", "py")["version"] == "1.0.0"  # the full path: checks, no build
     assert env_of(home, "demo+py") == env
-    assert (state(home, "demo+py") / "launch.json").is_file()  # and the record is back
+    assert (state(home, "demo+py") / "launch.record").is_file()  # and the record is back
 
 
 def test_launch_builds_a_missing_env_with_progress_on_stderr_only(home, ally_launch, tmp_path):
@@ -380,3 +383,19 @@ def test_a_broken_plugin_blocks_only_itself(home):
         "\u2717 bad/py: bad: .mcp.json: $.mcpServers.py.args: expected a list of strings"
         in result.stdout
     )
+
+
+def test_a_warm_start_through_the_record_imports_nothing_of_ally(home, tmp_path):
+    write_claude_plugin(home, "demo", {"py": PY_SERVER_ENTRY})
+    installed(ally("install"))
+    entry = json.loads(ally("mcp", "config", "--via-launch").stdout)["mcpServers"]["py"]
+    command, args = entry["command"], ["-X", "importtime", *entry["args"]]
+    errlog = tmp_path / "stderr"
+    assert mcp_session(command, args, host_environ(home), errlog=errlog)["version"] == "1.0.0"
+    imported = [line.rpartition("|")[2].strip() for line in errlog.read_text().splitlines()]
+    assert "select" in imported  # the launcher's own imports were seen
+    assert not [m for m in imported if m.startswith("ally_core") or m in {"json", "re", "typing"}]
+    # And a stale record hands over to ally, which imports it.
+    (home / "plugins" / "demo" / ".mcp.json").write_text(json.dumps({"py": PY_SERVER_ENTRY}))
+    assert mcp_session(command, args, host_environ(home), errlog=errlog)["version"] == "1.0.0"
+    assert "ally_core.loader" in errlog.read_text()
