@@ -171,6 +171,7 @@ def mcp_session(
                 ClientSession(read, write) as session,
             ):
                 init = await asyncio.wait_for(session.initialize(), timeout)
+                tools = [t.name for t in (await session.list_tools()).tools]
                 results = []
                 for name, arguments in calls:
                     reply = await session.call_tool(name, dict(arguments))
@@ -179,6 +180,7 @@ def mcp_session(
             "server": init.serverInfo.name,
             "version": init.serverInfo.version,
             "calls": results,
+            "tools": tools,
         }
 
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -371,6 +372,11 @@ def test_list_and_install_json_describe_servers(home):
     )
     assert done["command"][0].endswith(f"/bin/{PY_PACKAGE}")
     assert os.path.isdir(done["env"])
+    # The CLI reference documents exactly these keys.
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "reference" / "cli.md").read_text()
+    examples = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", docs, re.S)]
+    (documented,) = [e["mcp_servers"][0] for e in examples if "mcp_servers" in e]
+    assert set(documented) == set(done) == set(listed)
 
 
 def test_a_broken_plugin_blocks_only_itself(home):
