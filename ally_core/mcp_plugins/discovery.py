@@ -140,13 +140,23 @@ def claude_plugin_names(host: Host) -> set[str]:
 
 
 def pointer_names(host: Host) -> set[str]:
-    """The store names of every declared server's env (what ``ally gc`` keeps)."""
-    return {
-        ServerRef(entry.plugin, server).pointer
-        for entry in discover(host)
-        if entry.plugin is not None
-        for server in entry.plugin.servers
-    }
+    """The store names of every declared server's env (what ``ally gc`` keeps).
+
+    A plugin that cannot be read right now (a typo being fixed) keeps what its servers have:
+    every pointer and state directory named ``<its name>+…``.
+    """
+    names = set()
+    unreadable = []
+    for entry in discover(host):
+        if entry.plugin is None:
+            unreadable.append(f"{entry.name}+")
+            continue
+        names |= {ServerRef(entry.plugin, server).pointer for server in entry.plugin.servers}
+    if unreadable:
+        state = host.paths.envs_dir / STATE_DIR
+        existing = [*host.store.pointers(), *(os.listdir(state) if state.is_dir() else ())]
+        names |= {n for n in existing if n.startswith(tuple(unreadable))}
+    return names
 
 
 def server_refs(

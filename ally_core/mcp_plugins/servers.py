@@ -96,8 +96,7 @@ def broken_outcome(entry: PluginEntry) -> ServerOutcome:
 def _server_lock(host: Host, ref: ServerRef) -> Iterator[None]:
     """One resolve-and-build of a server at a time, across processes (a second launch waits,
     then finds the env ready)."""
-    key = "mcp-" + hashlib.sha256(ref.pointer.encode()).hexdigest()[:16]
-    lock = host.store.lock(key)
+    lock = host.store.lock(_lock_key(ref.pointer))
     from filelock import Timeout
 
     with store_errors("cannot take the server's lock"):
@@ -150,13 +149,18 @@ def server_status(host: Host, ref: ServerRef) -> ServerOutcome:
     try:
         spec = server_spec(host, ref, launcher)
         if spec is None:
-            return _outcome(ref, "pending", reason="not installed", launcher=launcher)
+            failure = host.store.last_failure(ref.pointer)
+            reason = f"install failed: {failure.get('reason')}" if failure else "not installed"
+            return _outcome(ref, "pending", reason=reason, launcher=launcher)
         marker, reason = host.current_env(spec)
     except AllyError as exc:
         return _blocked(ref, exc, launcher=launcher)
     except OSError as exc:
         return _blocked(ref, InstallFailed(f"{ref.label}: {exc}"), launcher=launcher)
     if marker is None:
+        failure = host.store.last_failure(ref.pointer)
+        if failure and reason == "not installed":
+            reason = f"install failed: {failure.get('reason')}"
         return _outcome(ref, "pending", reason=reason, launcher=launcher)
     return _finish(host, ref, launcher, marker, "none")
 
@@ -199,10 +203,13 @@ def ensure_server(
                 write_pins(host, ref, pins)
             if upgrade and action in {"built", "shared", "repaired"}:
                 action = "updated"
+            host.store.clear_failure(ref.pointer)
             return _finish(host, ref, launcher, marker, action)
     except AllyError as exc:
-        report(ProgressEvent(ref.pointer, "failed", str(exc)))
-        return _blocked(ref, exc, launcher=launcher)
+        outcome = _blocked(ref, exc, launcher=launcher)
+        report(ProgressEvent(ref.pointer, "failed", outcome.reason))
+        host.store.record_failure(ref.pointer, "", outcome.reason)  # for `ally list`
+        return outcome
 
 
 def _compile_bytecode(
@@ -283,43 +290,50 @@ def _finish(
 
 def collect_state(host: Host, keep: set[str], *, dry_run: bool) -> list[tuple[Path, int, str]]:
     """Remove what ``.mcp/`` holds for servers that are gone, locks no pins name, and scratch
-    directories of killed resolves. Returns ``(path, bytes, why)`` for each."""
-    from ..store import disk_usage
+    directories of killed resolves. Returns ``(path, bytes, why)`` for each.
+
+    Each server's directory is cleaned under its lock: a resolve or build running now (which
+    holds it) is skipped, since the lock it is building from is not in ``pins.json`` yet.
+    """
+    from filelock import Timeout
 
     root = host.paths.envs_dir / STATE_DIR
     removed: list[tuple[Path, int, str]] = []
     if not root.is_dir():
         return removed
     for folder in sorted(root.iterdir()):
-        if folder.name not in keep:
-            removed.append((folder, disk_usage(folder), "MCP server is gone"))
-            continue
         try:
-            pins = json.loads((folder / PINS).read_bytes())
-            current = pins.get("lock") if isinstance(pins, dict) else None
-        except (OSError, ValueError):
-            current = None
-        for item in sorted(folder.iterdir()):
-            if item.is_dir() and item.name != current:
-                removed.append((item, disk_usage(item), "lock no pins name"))
-    if not dry_run:
-        for path, _size, _why in removed:
-            # A resolve running now holds its server's lock: leave its scratch dir.
-            if path.name.startswith(".resolve-") and _busy(host, path.parent.name):
-                continue
-            shutil.rmtree(path, ignore_errors=True)
+            lock = host.store.lock(_lock_key(folder.name), timeout=0)
+            with contextlib.nullcontext() if dry_run else lock:
+                found = _leftovers(folder, keep)
+                for path, _size, _why in [] if dry_run else found:
+                    shutil.rmtree(path, ignore_errors=True)
+        except Timeout:
+            continue
+        removed += found
     return removed
 
 
-def _busy(host: Host, pointer: str) -> bool:
-    from filelock import Timeout
+def _leftovers(folder: Path, keep: set[str]) -> list[tuple[Path, int, str]]:
+    from ..store import disk_usage
 
-    key = "mcp-" + hashlib.sha256(pointer.encode()).hexdigest()[:16]
+    if folder.name not in keep:
+        return [(folder, disk_usage(folder), "MCP server is gone")]
     try:
-        with host.store.lock(key, timeout=0):
-            return False
-    except Timeout:
-        return True
+        pins = json.loads((folder / PINS).read_bytes())
+        current = pins.get("lock") if isinstance(pins, dict) else None
+    except (OSError, ValueError):
+        current = None
+    return [
+        (item, disk_usage(item), "lock no pins name")
+        for item in sorted(folder.iterdir())
+        if item.is_dir() and item.name != current
+    ]
+
+
+def _lock_key(pointer: str) -> str:
+    """The name of a server's lock (one resolve-and-build at a time, across processes)."""
+    return "mcp-" + hashlib.sha256(pointer.encode()).hexdigest()[:16]
 
 
 def unique_keys(outcomes: list[ServerOutcome]) -> dict[str, ServerOutcome]:

@@ -405,3 +405,31 @@ def test_a_warm_start_through_the_record_imports_nothing_of_ally(home, tmp_path)
     (home / "plugins" / "demo" / ".mcp.json").write_text(json.dumps({"py": PY_SERVER_ENTRY}))
     assert mcp_session(command, args, host_environ(home), errlog=errlog)["version"] == "1.0.0"
     assert "ally_core.loader" in errlog.read_text()
+
+
+def test_a_package_that_cannot_be_resolved_blocks_that_server_with_the_reason(home):
+    write_claude_plugin(
+        home,
+        "demo",
+        {"gone": {"command": "uvx", "args": ["no-such-package"]}, "ok": PY_SERVER_ENTRY},
+    )
+    result = ally("install")
+    assert result.returncode == 4
+    assert "\u2713 demo/ok: MCP server" in result.stdout
+    (line,) = [x for x in result.stdout.splitlines() if "demo/gone" in x]
+    assert line.startswith("\u2717 demo/gone: demo/gone: resolving no-such-package failed")
+    assert "no-such-package" in line.partition("failed")[2]  # uv's own words follow
+    listed = ally("list").stdout
+    assert "\u2026 demo/gone: install failed: demo/gone: resolving no-such-package failed" in listed
+    launched = subprocess.run(
+        [sys.executable, "-m", "ally_core.cli", "mcp", "launch", "demo", "gone"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=host_environ(home),
+        timeout=120,
+    )
+    assert (launched.returncode, launched.stdout) == (4, "")
+    assert launched.stderr.splitlines()[-1].startswith(
+        "ally: error: demo/gone: resolving no-such-package failed"
+    )
