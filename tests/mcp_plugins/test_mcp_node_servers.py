@@ -216,3 +216,27 @@ def test_doctor_finds_a_broken_node_env_and_fix_repairs_it(home, ally_launch):
     assert ally_launch("demo", "js", calls=[("greet", {"who": "x"})])["calls"] == [
         "hello x from ally-mcp-lib 1.0.0"
     ]
+
+
+def test_gc_during_a_build_keeps_the_lock_it_builds_from(home, registry, ally_launch):
+    write_claude_plugin(home, "demo", {"js": NODE_SERVER_ENTRY})
+    registry.server.hold.set()
+    first = _start_launch(home)
+    try:
+        _wait(registry.server.tarball_requested, "the build to download")
+        # Resolved, building: the new lock is on disk, pins.json does not name it yet.
+        gone = json.loads(installed(ally("gc", "--json")).stdout)["removed"]
+        assert [r for r in gone if "/.mcp/" in r["path"]] == []
+        registry.server.hold.clear()
+        registry.server.release.set()
+        first.stdin.write(b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}\n')
+        first.stdin.flush()
+        assert json.loads(first.stdout.readline()) == {"jsonrpc": "2.0", "id": 1, "result": {}}
+    finally:
+        first.stdin.close()
+        try:
+            first.wait(30)
+        finally:
+            first.kill()
+    (home / "plugin-envs" / ".mcp" / "demo+js" / "launch.record").unlink()
+    assert ally_launch("demo", "js")["version"] == "1.0.0"  # the full path finds its lock
