@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -106,7 +107,7 @@ def build_detached(host: Host, ref: ServerRef, builder_args: Sequence[str]) -> i
     it ends. Returns its exit code (0: the env is ready)."""
     folder = state_dir(host, ref)
     folder.mkdir(parents=True, exist_ok=True)
-    log = folder / f".build-{os.getpid()}.log"
+    log = folder / f".build-{os.getpid()}-{secrets.token_hex(4)}.log"
     argv = [
         sys.executable,
         "-m",
@@ -116,18 +117,22 @@ def build_detached(host: Host, ref: ServerRef, builder_args: Sequence[str]) -> i
         ref.plugin.name,
         ref.server.name,
     ]
-    with open(log, "wb") as out:
+    # Two opens, two file offsets: the builder appends at its own, this process reads at its.
+    writer = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+    reader = open(log, "rb")  # noqa: SIM115 - read while the builder writes
+    # Nobody else needs the log by its name: unlinked before the builder starts, it vanishes
+    # with the last process that has it open (a launcher killed now leaves nothing behind).
+    log.unlink()
+    try:
         builder = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
-            stdout=out,
+            stdout=writer,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    reader = open(log, "rb")  # noqa: SIM115 - read while the builder writes
-    # Nobody else needs the log by its name: once both ends have it open it is unlinked, so
-    # a launcher killed now leaves nothing behind while the builder goes on.
-    log.unlink()
+    finally:
+        os.close(writer)
     try:
         while True:
             done = builder.poll() is not None

@@ -93,7 +93,7 @@ def broken_outcome(entry: PluginEntry) -> ServerOutcome:
 
 
 @contextlib.contextmanager
-def _server_lock(host: Host, ref: ServerRef) -> Iterator[None]:
+def _server_lock(host: Host, ref: ServerRef, report: ProgressCallback) -> Iterator[None]:
     """One resolve-and-build of a server at a time, across processes (a second launch waits,
     then finds the env ready)."""
     lock = host.store.lock(_lock_key(ref.pointer))
@@ -103,6 +103,8 @@ def _server_lock(host: Host, ref: ServerRef) -> Iterator[None]:
         try:
             lock.acquire(timeout=0)
         except Timeout:
+            message = f"Waiting for another process installing '{ref.label}'..."
+            report(ProgressEvent(ref.pointer, "waiting", message))
             lock.acquire()
     try:
         yield
@@ -186,7 +188,7 @@ def ensure_server(
         return _finish(host, ref, launcher, None, "none")
     report = labelled(ref, progress or no_progress)
     try:
-        with _server_lock(host, ref):
+        with _server_lock(host, ref, report):
             # A pinned env is built from its lock as it is: never with --upgrade (npm would
             # drop the lock); updating it means resolving again.
             build_upgrade = upgrade and not launcher.pinned
