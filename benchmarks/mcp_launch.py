@@ -253,7 +253,9 @@ def table(times: dict[str, dict[str, list[float]]], info: Mapping[str, object], 
         f"start to the `initialize` answer: median and min over {rounds} rounds (every path "
         "once per round, order rotated each round; the cold ones in the first "
         f"{info['cold_rounds']} rounds, with an empty cache of their own each time); *adds* = "
-        "the median over rounds of (the path's time - the same round's direct start). "
+        "the median over rounds of (the path's time - the same round's direct start); *adds "
+        "(fastest)* = the path's fastest start - the fastest direct start (what it costs on "
+        "an undisturbed machine). "
         "`ally install` of the three servers (cold, in parallel): "
         f"{_fmt(float(info['install']))}.",
         "",
@@ -265,15 +267,17 @@ def table(times: dict[str, dict[str, list[float]]], info: Mapping[str, object], 
         lines += [
             f"`{runner} {package}`:",
             "",
-            "| path | median | min | adds | ratio |",
-            "|---|---:|---:|---:|---:|",
+            "| path | median | min | adds | adds (fastest) | ratio |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for name, values in paths.items():
             median = statistics.median(values)
             adds = statistics.median(a - b for a, b in zip(values, paths["direct"]))
             over = "—" if name == "direct" else _fmt(adds)
+            fastest = "—" if name == "direct" else _fmt(min(values) - min(paths["direct"]))
             lines.append(
-                f"| {name} | {_fmt(median)} | {_fmt(min(values))} | {over} | {median / base:.3g}x |"
+                f"| {name} | {_fmt(median)} | {_fmt(min(values))} | {over} | {fastest} | "
+                f"{median / base:.3g}x |"
             )
             if name == "ally (warm launcher)":
                 worst = max(worst, adds)

@@ -230,11 +230,8 @@ def print_servers(outcomes: Sequence[ServerOutcome]) -> None:
             what = o.launcher.describe() if o.launcher else o.reason or o.transport
             pinned = ""
             if o.launcher is not None and o.launcher.pinned and o.marker is not None:
-                names = {
-                    p.split("==")[0].rpartition("@")[0] or p.split("==")[0]
-                    for p in o.launcher.packages
-                }
-                versions = [f"{n} {v}" for n, v in o.packages.items() if n in names]
+                names = o.launcher.package_names()
+                versions = [f"{n} {o.packages[n]}" for n in names if n in o.packages]
                 pinned = f" [{', '.join(versions)}]" if versions else ""
             print(f"\u2713 {o.label}: MCP server, {what}{pinned}{extra.get(o.action, '')}")
         elif o.status == "pending":

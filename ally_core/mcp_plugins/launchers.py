@@ -105,6 +105,23 @@ class Launcher:
         data = [self.kind, list(self.packages), self.python]
         return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
 
+    def package_names(self) -> list[str]:
+        """The names of the packages a runner was asked for (as ``ally list`` shows them)."""
+        if self.kind == "npx":
+            return [parsed[0] for p in self.packages if (parsed := npm_spec(p))]
+        if self.kind != "uvx":
+            return []
+        from packaging.requirements import InvalidRequirement, Requirement
+        from packaging.utils import canonicalize_name
+
+        names = []
+        for text in self.packages:
+            try:
+                names.append(str(canonicalize_name(Requirement(text).name)))
+            except InvalidRequirement:
+                continue  # a URL of --from: its name is known only once installed
+        return names
+
     def describe(self) -> str:
         if self.kind == "uvx":
             return "uvx " + " ".join(self.packages)
