@@ -95,7 +95,13 @@ def _compile_python(
 ) -> bytes:
     """``uv pip compile`` of the requirements for the interpreter the env will be built with."""
     from ..process import run_installer
-    from ..runtimes.python import _index_args, _uv_bin_cached, _uv_environ, effective_index
+    from ..runtimes.python import (
+        _UV_INDEX_VARS,
+        _index_args,
+        _uv_bin_cached,
+        _uv_environ,
+        effective_index,
+    )
 
     spec = _base_spec(host, ref, launcher, work, progress=progress)
     interpreter = host.hook.resolve_interpreter(spec=spec)
@@ -104,6 +110,11 @@ def _compile_python(
         raise InstallFailed(f"{ref.label}: pinning uvx packages needs uv and a Python")
     (work / "requirements.in").write_text("\n".join(launcher.packages) + "\n", "utf-8")
     options = spec.options
+    # As the Python runtime's own uv install: its index options (credentials as variables,
+    # never on the command line), none of the host's UV_* index variables.
+    index_args, index_vars = _index_args(
+        effective_index(options.index), backend="uv", offline=options.offline
+    )
     argv = [
         uv,
         "pip",
@@ -116,12 +127,16 @@ def _compile_python(
         "--no-annotate",
         "--quiet",
         *(["--upgrade", "--refresh"] if upgrade else []),
-        *_index_args(effective_index(options.index), backend="uv", offline=options.offline),
+        *index_args,
     ]
+    environ = {
+        **{k: v for k, v in _uv_environ(spec).items() if k not in _UV_INDEX_VARS},
+        **index_vars,
+    }
     out = run_installer(
         argv,
         cwd=work,
-        env=_uv_environ(spec),
+        env=environ,
         timeout=options.install_timeout,
         on_line=lambda line: progress(ProgressEvent(ref.label, "output", line)),
         what=f"{ref.label}: resolving {' '.join(launcher.packages)}",
