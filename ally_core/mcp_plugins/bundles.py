@@ -58,7 +58,7 @@ def make_server_bundle(
     servers: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ally-bundle-") as tmp:
         stage = Path(tmp)
-        _copy_plugin(plugin.plugin_dir, stage / "plugin")
+        _copy_plugin(plugin.plugin_dir, stage / "plugin", plugin.name)
         for outcome in outcomes:
             launcher, marker, ref = outcome.launcher, outcome.marker, outcome.ref
             if launcher is None or marker is None or ref is None:

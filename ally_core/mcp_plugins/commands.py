@@ -130,7 +130,7 @@ def _ally_args(args: argparse.Namespace, host: Host) -> list[str]:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from ..cli import _host, _reporter
+    from ..cli import _host, _reporter, _say
     from .config import config_document
 
     host = _host(args)
@@ -148,7 +148,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
     problems = [*broken, *(o for o in outcomes if not o.ready)]
     for outcome in problems:
-        print(f"ally: {outcome.label}: {outcome.reason}", file=sys.stderr)
+        _say(f"ally: {outcome.label}: {outcome.reason}", file=sys.stderr)
     return EXIT_BLOCKED if problems else EXIT_OK
 
 
@@ -219,6 +219,8 @@ def server_json(outcome: ServerOutcome) -> dict[str, Any]:
 
 
 def print_servers(outcomes: Sequence[ServerOutcome]) -> None:
+    from ..cli import _say  # names and reasons come from plugins: shown escaped
+
     extra = {
         "built": " (installed)",
         "shared": " (shared env)",
@@ -233,11 +235,11 @@ def print_servers(outcomes: Sequence[ServerOutcome]) -> None:
                 names = o.launcher.package_names()
                 versions = [f"{n} {o.packages[n]}" for n in names if n in o.packages]
                 pinned = f" [{', '.join(versions)}]" if versions else ""
-            print(f"\u2713 {o.label}: MCP server, {what}{pinned}{extra.get(o.action, '')}")
+            _say(f"\u2713 {o.label}: MCP server, {what}{pinned}{extra.get(o.action, '')}")
         elif o.status == "pending":
-            print(f"\u2026 {o.label}: {o.reason}")
+            _say(f"\u2026 {o.label}: {o.reason}")
         else:
-            print(f"\u2717 {o.label}: {o.reason}")
+            _say(f"\u2717 {o.label}: {o.reason}")
 
 
 def doctor_servers(

@@ -54,7 +54,9 @@ def host_arguments(
 
 
 def _say(text: str) -> None:
-    sys.stderr.write(f"ally: {text}\n")
+    from ..text import printable
+
+    sys.stderr.write(f"ally: {printable(text)}\n")
     sys.stderr.flush()
 
 

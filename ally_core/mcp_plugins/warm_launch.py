@@ -226,6 +226,9 @@ def _which(command: str, path: str) -> Optional[str]:
 
 
 def _say(text: str) -> None:
+    # Names come from plugins: control characters are shown as escapes, never sent to a
+    # terminal (as ally_core.text.printable does, which this module cannot import).
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     try:
         os.write(2, f"ally: {text}\n".encode("utf-8", "replace"))
     except OSError:
