@@ -161,32 +161,57 @@ def _print_outcomes(outcomes: Sequence[Any]) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    outcomes = _host(args).status()
+    from .mcp_plugins.commands import print_servers, status_plugins
+
+    host = _host(args)
+    outcomes = host.status()
+    servers = status_plugins(host)
     if args.json:
-        _emit({"plugins": [_outcome_json(o) for o in outcomes]})
-    elif not outcomes:
+        _emit({"plugins": [_outcome_json(o) for o in outcomes], **_servers_json(servers)})
+    elif not outcomes and not servers:
         _say("no plugins found")
     else:
         _print_outcomes(outcomes)
+        print_servers(servers)
     return EXIT_OK
 
 
-def _load(args: argparse.Namespace, loader: Callable[[Any, Any], list[Any]]) -> int:
+def _servers_json(servers: Sequence[Any]) -> dict[str, Any]:
+    """The ``mcp_servers`` key of an output: only when Claude-style plugins were involved."""
+    from .mcp_plugins.commands import server_json
+
+    return {"mcp_servers": [server_json(o) for o in servers]} if servers else {}
+
+
+def _load(
+    args: argparse.Namespace,
+    loader: Callable[[Any, Any], list[Any]],
+    servers: Optional[list[Any]] = None,
+) -> int:
+    """Run ``loader(host, reporter)`` and print its outcomes (then, if the loader filled
+    ``servers``, the MCP servers' outcomes)."""
     host = _host(args)
     reporter = _reporter(args)
+    servers = servers if servers is not None else []
     try:
         outcomes = loader(host, reporter)
     finally:
         if reporter is not None:
             reporter.close()
     if args.json:
-        _emit({"plugins": [_outcome_json(o) for o in outcomes]})
+        _emit({"plugins": [_outcome_json(o) for o in outcomes], **_servers_json(servers)})
     else:
+        from .mcp_plugins.commands import print_servers
+
         _print_outcomes(outcomes)
-    return EXIT_OK if all(o.ready for o in outcomes) else EXIT_BLOCKED
+        print_servers(servers)
+    ready = all(o.ready for o in outcomes) and all(s.ready for s in servers)
+    return EXIT_OK if ready else EXIT_BLOCKED
 
 
 def cmd_install(args: argparse.Namespace) -> int:
+    from .mcp_plugins.commands import ensure_plugins, split_names
+
     archives = [n for n in args.names if n.endswith((".tar.gz", ".tgz", ".ally"))]
     if archives:
         from .bundle import install_bundle
@@ -197,26 +222,47 @@ def cmd_install(args: argparse.Namespace) -> int:
             if done.backup is not None:
                 _say(f"{done.name}: the previous {done.plugin_dir} was moved to {done.backup}")
             args.names[args.names.index(archive)] = done.name
-    return _load(args, lambda host, rep: host.load(args.names or None, progress=rep))
+    servers: list[Any] = []
+
+    def install(host: Any, rep: Any) -> list[Any]:
+        # Claude-style plugins' MCP servers too (all of them when no name is given).
+        names, claude = split_names(host, args.names)
+        outcomes = host.load(names or None, progress=rep) if names or not args.names else []
+        servers.extend(
+            ensure_plugins(host, claude or None, progress=rep) if claude or not args.names else []
+        )
+        return list(outcomes)
+
+    return _load(args, install, servers)
 
 
 def _each(method: str, **kw: Any) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        return _load(
-            args,
-            lambda host, rep: [
-                getattr(host, method)(name, progress=rep, **kw) for name in args.names
-            ],
-        )
+        from .mcp_plugins.commands import ensure_plugins, split_names
+
+        servers: list[Any] = []
+
+        def each(host: Any, rep: Any) -> list[Any]:
+            names, claude = split_names(host, args.names)
+            if claude:
+                servers.extend(ensure_plugins(host, claude, progress=rep, **kw))
+            return [getattr(host, method)(name, progress=rep, **kw) for name in names]
+
+        return _load(args, each, servers)
 
     return run
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
+    from .mcp_plugins.commands import remove_servers, split_names
+
     host = _host(args)
-    for name in args.names:
+    names, claude = split_names(host, args.names)
+    for name in names:
         removed = host.remove(name)
         _say(f"removed the env of {name}" if removed else f"{name} has no env")
+    for label, removed in remove_servers(host, claude):
+        _say(f"removed the env of {label}" if removed else f"{label} has no env")
     return EXIT_OK
 
 
@@ -248,10 +294,22 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from .mcp_plugins.commands import doctor_servers, server_json, split_names
+
     host = _host(args)
     reporter = _reporter(args) if args.fix else None
+    names, claude = split_names(host, args.names)
     try:
-        reports = host.doctor(args.names or None, fix=args.fix, progress=reporter)
+        reports = (
+            host.doctor(names or None, fix=args.fix, progress=reporter)
+            if names or not args.names
+            else []
+        )
+        servers = (
+            doctor_servers(host, claude or None, fix=args.fix, progress=reporter)
+            if claude or not args.names
+            else []
+        )
     finally:
         if reporter is not None:
             reporter.close()
@@ -267,16 +325,29 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                         ],
                     }
                     for o, h in reports
-                ]
+                ],
+                **(
+                    {"mcp_servers": [{**server_json(o), **_health_json(h)} for o, h in servers]}
+                    if servers
+                    else {}
+                ),
             }
         )
     else:
-        for outcome, health in reports:
+        for outcome, health in [*reports, *servers]:
             mark = "\u2713" if health.ok else "\u2717"
             fixed = " \u2192 repaired" if outcome.action == "repaired" else ""
-            _say(f"{mark} {outcome.name}: {health.describe()}{fixed}")
-    bad = [o for o, h in reports if not h.ok and o.action != "repaired"]
+            name = getattr(outcome, "label", None) or outcome.name
+            _say(f"{mark} {name}: {health.describe()}{fixed}")
+    bad = [o for o, h in [*reports, *servers] if not h.ok and o.action != "repaired"]
     return EXIT_BLOCKED if bad else EXIT_OK
+
+
+def _health_json(health: Any) -> dict[str, Any]:
+    return {
+        "healthy": health.ok,
+        "problems": [{"message": p.message, "repairable": p.repairable} for p in health.problems],
+    }
 
 
 def _read_input(args: argparse.Namespace) -> Any:
@@ -649,8 +720,15 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     from .bundle import make_bundle
+    from .mcp_plugins.commands import split_names
 
     host = _host(args)
+    if split_names(host, [args.name])[1]:
+        from .mcp_plugins.bundles import make_server_bundle
+
+        output = Path(args.output) if args.output else None
+        _say(str(make_server_bundle(host, args.name, output, progress=_reporter(args))))
+        return EXIT_OK
     path = make_bundle(
         host, args.name, Path(args.output) if args.output else None, progress=_reporter(args)
     )
@@ -678,10 +756,10 @@ def cmd_mcp_serve(args: argparse.Namespace) -> int:
 
 def _add_mcp(sub: Any) -> None:
     """``ally mcp serve``: the plugins' tools over the Model Context Protocol (docs/mcp.md)."""
-    p = sub.add_parser(
-        "mcp", help="serve plugins' tools to MCP clients", description=_add_mcp.__doc__
-    )
-    msub = p.add_subparsers(dest="mcp_command", metavar="ACTION", required=True)
+    from .mcp_plugins.commands import mcp_subparsers
+
+    # One `ally mcp` group for serve (here) and launch/config (docs/mcp-plugins.md).
+    msub = mcp_subparsers(sub)
     s = msub.add_parser(
         "serve",
         help="serve every ready plugin's tools over MCP (stdio by default)",
@@ -827,6 +905,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the plugin to bundle")
     p.add_argument("-o", "--output", help="archive path (default: ./NAME-VERSION.ally.tar.gz)")
     _add_mcp(sub)
+    from .mcp_plugins.commands import add_mcp_commands
+
+    add_mcp_commands(sub)
     return parser
 
 

@@ -617,6 +617,53 @@ class Host:
                 return warm
         return self._cold(source, progress or _silent, force=force or upgrade, upgrade=upgrade)
 
+    # -- envs no plugin.json declares (MCP servers' envs) ---------------------------------------
+
+    def current_env(self, spec: EnvSpec) -> tuple[Optional[Marker], str]:
+        """The marker of the env published as ``spec.plugin_name``, if it can be used as is;
+        else ``None`` and why not. Starts no process.
+
+        For envs made with :meth:`ensure_env` (``ally_core.mcp_plugins`` gives each MCP server
+        one): the same checks as a plugin's warm load.
+        """
+        current = self.store.current(spec.plugin_name)
+        if current is None:
+            return None, "not installed"
+        env_dir, marker = current
+        problem = self.cheap_problem(attrs.evolve(spec, env_dir=env_dir), marker)
+        if problem is None and marker.request_key != self.request_key(spec):
+            problem = "dependencies changed"
+        return (marker, "") if problem is None else (None, problem)
+
+    def ensure_env(
+        self, spec: EnvSpec, *, force: bool = False, progress: ProgressCallback | None = None
+    ) -> tuple[Marker, str]:
+        """Make the env of ``spec`` ready and publish it as ``spec.plugin_name``.
+
+        What :meth:`ensure` does for a plugin, for an env described by a spec alone: the same
+        store, fingerprint lock, sharing of identical envs, health check and marker-last
+        publish. ``force`` builds a new env beside the current one (with
+        ``spec.options.upgrade`` for newest versions); the current one stays published if the
+        build fails. Returns the env's marker and what was done: ``"none"`` (it was ready),
+        ``"built"``, ``"shared"`` or ``"repaired"``. Raises :class:`AllyError`.
+        """
+        repair = ""
+        if not force:
+            marker, repair = self.current_env(spec)
+            if marker is not None:
+                return marker, "none"
+            if repair == "not installed":
+                repair = ""
+        try:
+            _env, marker, action = self._build(
+                spec, self.request_key(spec), reuse=not force, progress=progress or _silent
+            )
+        except AllyError:
+            raise
+        except Exception as exc:  # a runtime's bug, worded like a plugin's
+            raise _runtime_error(spec.plugin_name, exc) from exc
+        return marker, "repaired" if repair and action == "built" else action
+
     def _blocked(
         self, source: PluginSource, error: AllyError, *, reason: str = "", **kw: Any
     ) -> PluginOutcome:
@@ -1153,10 +1200,13 @@ class Host:
         """
         from filelock import Timeout
 
+        from .mcp_plugins.discovery import pointer_names
+        from .mcp_plugins.servers import collect_state
         from .store import disk_usage
 
-        plugins = {s.name for s in self.discover()}
-        removed: list[tuple[Path, int, str]] = []
+        # MCP servers' envs are published under names no plugin.json can take.
+        plugins = {s.name for s in self.discover()} | pointer_names(self)
+        removed: list[tuple[Path, int, str]] = collect_state(self, plugins, dry_run=dry_run)
         with store_errors("gc"):
             for name in sorted(self.store.pointers()):
                 if name not in plugins:
