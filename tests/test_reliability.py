@@ -71,8 +71,29 @@ def _check_pointer(home: Path, name: str, *, must_exist: bool) -> Optional[Path]
     assert target.parent == _store(home), target
     marker = json.loads((target / ".installed").read_text())
     assert marker["plugin"] and marker["fingerprint"].startswith(target.name.split("-")[0])
-    assert (target / "bin" / "python").exists()
+    check = subprocess.run(
+        [str(target / "bin" / "python"), "-c", "import allydemo_shout, allydemo_greet"],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, (target, check.stderr)
     return target
+
+
+def _check_marked_envs(home: Path) -> None:
+    """A reader's view of the store: every env with a marker is complete (another plugin with
+    the same dependencies would start using it without a build), whether a pointer names it
+    or not. Complete: the packages the marker promises import in the env's python."""
+    store = _store(home)
+    for env in sorted(store.iterdir()) if store.is_dir() else []:
+        if not (env / ".installed").is_file():
+            continue
+        check = subprocess.run(
+            [str(env / "bin" / "python"), "-c", "import allydemo_shout, allydemo_greet"],
+            capture_output=True,
+            text=True,
+        )
+        assert check.returncode == 0, (env, check.stderr)
 
 
 def _load_and_call(home: Path, name: str = "greeter"):
@@ -232,7 +253,10 @@ def test_kill_9_at_any_point_never_publishes_a_half_env(ally_home: Path, make_pl
         # 0: the CLI finished in the instant between the last look and the signal.
         expected = (0, -signal.SIGKILL) if sent else (0,)
         assert proc.returncode in expected, (where, proc.stderr)
+        # What a reader sees: no pointer or one to a complete env, and no env with a marker
+        # that is not complete.
         _check_pointer(ally_home, "greeter", must_exist=updating)
+        _check_marked_envs(ally_home)
         leftovers = [p for p in _unfinished(ally_home) if p.is_dir()]
         interrupted_mid_build += bool(leftovers)
 
