@@ -327,20 +327,24 @@ def test_next_cold_build_removes_leftovers_of_a_killed_build(
     assert _unfinished(ally_home) == []
 
 
-@pytest.mark.parametrize("command", ["install", "run"])
+@pytest.mark.parametrize("command", ["install", "run", "reinstall"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_interrupted_cli_cleans_up_everything_it_started(
     ally_home: Path, make_plugin, command: str, sig: int
 ):
     _greeter(make_plugin)
-    argv = (
-        _cli("install", "greeter")
-        if command == "install"
-        else _cli("run", "greeter", "hello", "--input", "{}")
-    )
+    argv = {
+        "install": _cli("install", "greeter"),
+        "run": _cli("run", "greeter", "hello", "--input", "{}"),
+        "reinstall": _cli("reinstall", "greeter"),
+    }[command]
     stages = STAGES[:3]
     sent_count = 0
     for where, stage in stages:
+        previous = None
+        if command == "reinstall":
+            subprocess.run(_cli("install", "-q", "greeter"), check=True, timeout=300)
+            previous = _check_pointer(ally_home, "greeter", must_exist=True)
         sent, proc = _signal_at_stage(argv, ally_home, stage, sig)
         # 0 only if the CLI finished in the instant between the last look and the signal.
         assert proc.returncode in ((130, 0) if sent else (0,)), (where, proc.stderr)
@@ -350,8 +354,13 @@ def test_interrupted_cli_cleans_up_everything_it_started(
         # Nothing to clean after it: no half env, no trash, no stray link, no installer.
         assert _unfinished(ally_home) == [], where
         assert _processes_mentioning(str(ally_home)) == [], where
-        _check_pointer(ally_home, "greeter", must_exist=False)
-        _load_and_call(ally_home)
+        pointer = _check_pointer(ally_home, "greeter", must_exist=previous is not None)
+        _check_marked_envs(ally_home)
+        outcome = _load_and_call(ally_home)
+        if previous is not None and proc.returncode == 130:
+            # An interrupted reinstall: the previous env stayed published and is used as is.
+            assert pointer == previous, where
+            assert outcome.action == "none" and outcome.env.path == previous, where
         _reset(ally_home)
     assert sent_count >= 2
 
