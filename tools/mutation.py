@@ -1,0 +1,305 @@
+"""Mutation testing of ally's safety-critical code with cosmic-ray (``tox -e mutation``).
+
+Each *target* is a module, or some functions of one, mapped to the test files that guard it.
+For every mutant (one small change: ``<`` to ``<=``, ``and`` to ``or``, a ``True`` to ``False``,
+a statement removed...) cosmic-ray writes the mutated module **to the file on disk**, runs the
+target's tests (``pytest -x``, so a killed mutant costs its first failing test only) and puts
+the file back. Because the file itself changes, the ``ally`` CLI processes, tool processes and
+real installers that the tests start run the mutant too: that is why cosmic-ray and not
+mutmut 3, whose mutants live in trampolines that only code imported by the pytest process
+reaches (a function called only in a subprocess is reported "no tests" and never run).
+
+Usage (from the repository root; it edits files of the working tree while it runs, so run it
+in a checkout nobody is editing, and ``git checkout ally_core`` if it is killed mid-mutant)::
+
+    python tools/mutation.py --list                  # the targets and their tests
+    python tools/mutation.py replies config.strip_credentials
+    python tools/mutation.py store --since main      # only mutants on lines changed since main
+    python tools/mutation.py store --fresh           # forget earlier results of the target
+
+Sessions are kept in ``.mutation/<target>.sqlite`` and resumed (a run stopped half-way goes on
+where it was); they start afresh when the module changed. The summary of each target (killed,
+survived, and every survivor with its diff) is printed and written to ``.mutation/<target>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / ".mutation"
+
+
+@dataclass(frozen=True)
+class Target:
+    module: str
+    #: pytest arguments: test files (missing ones are left out: other branches add some),
+    #: options such as ``-k``.
+    tests: Sequence[str]
+    #: Only mutants inside these functions (``name`` or ``Class.name``); empty: the whole module.
+    functions: Sequence[str] = ()
+    #: Seconds one test run may take before the mutant counts as killed (by a hang).
+    timeout: float = 900.0
+    note: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+TARGETS: dict[str, Target] = {
+    "config.strip_credentials": Target(
+        "ally_core/config.py",
+        ["tests/test_index_config.py", "-k", "credentials or password"],
+        functions=("strip_credentials", "IndexOptions.identity"),
+        timeout=600,
+    ),
+    "replies": Target(
+        "ally_core/replies.py",
+        ["tests/test_tools.py", "tests/test_tool_safety.py", "tests/test_security_config.py"],
+        timeout=600,
+    ),
+    "tools": Target(
+        "ally_core/tools.py",
+        [
+            "tests/test_tools.py",
+            "tests/test_tool_safety.py",
+            "tests/test_containment.py",
+            "tests/test_security_config.py",
+        ],
+    ),
+    "store": Target(
+        "ally_core/store.py",
+        [
+            "tests/test_store.py",
+            "tests/test_publish_guarantees.py",
+            "tests/test_concurrency.py",
+            "tests/test_lifecycle.py",
+            "tests/test_reliability.py",
+        ],
+        timeout=1800,
+    ),
+    "loader.publish": Target(
+        "ally_core/loader.py",
+        [
+            "tests/test_publish_guarantees.py",
+            "tests/test_store.py",
+            "tests/test_lifecycle.py",
+            "tests/test_concurrency.py",
+            "tests/test_reliability.py",
+        ],
+        functions=(
+            "Host._cold",
+            "Host._build",
+            "Host._reuse",
+            "Host._build_into",
+            "Host.cheap_problem",
+            "Host.remove",
+            "Host.gc",
+        ),
+        timeout=1800,
+    ),
+    "bundle": Target(
+        "ally_core/bundle.py",
+        ["tests/test_bundle.py", "tests/test_security_bundles.py"],
+    ),
+    "plugin_config": Target(
+        "ally_core/plugin_config.py",
+        [
+            "tests/test_plugin_config_guarantees.py",
+            "tests/test_tool_safety.py",
+            "tests/test_security_config.py",
+        ],
+    ),
+    "process": Target(
+        "ally_core/process.py",
+        [
+            "tests/test_process.py",
+            "tests/test_python_checks.py",
+            "tests/test_reliability.py",
+            "-k",
+            "not interpreter and not disk and not read_only",
+        ],
+        timeout=1800,
+    ),
+    "python.health": Target(
+        "ally_core/runtimes/python.py",
+        ["tests/test_store.py", "tests/test_python_checks.py", "tests/test_publish_guarantees.py"],
+        functions=("health_check", "pyvenv_cfg_problem", "verify_records"),
+    ),
+}
+
+
+def _pytest_args(target: Target) -> list[str]:
+    args = list(target.tests)
+    return [a for a in args if not a.startswith("tests/") or (ROOT / a).exists()]
+
+
+def _test_command(target: Target) -> str:
+    args = ["-x", "-q", *_pytest_args(target)]
+    return shlex.join([sys.executable, "-m", "pytest", *args])
+
+
+def _function_lines(module: Path, names: Iterable[str]) -> list[tuple[int, int]]:
+    """(first, last) line of each function named ``name`` or ``Class.name`` in ``module``."""
+    tree = ast.parse(module.read_text("utf-8"))
+    spans: dict[str, tuple[int, int]] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = prefix + child.name
+                if not isinstance(child, ast.ClassDef):
+                    first = min([child.lineno, *(d.lineno for d in child.decorator_list)])
+                    spans[name] = (first, child.end_lineno or child.lineno)
+                visit(child, name + ".")
+
+    visit(tree, "")
+    missing = [n for n in names if n not in spans]
+    if missing:
+        raise SystemExit(f"{module}: no function named {', '.join(missing)}")
+    return [spans[n] for n in names]
+
+
+def _changed_lines(module: str, since: str) -> set[int]:
+    """Lines of ``module`` added or changed since the git revision ``since``."""
+    diff = subprocess.run(
+        ["git", "diff", "-U0", since, "--", module],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines: set[int] = set()
+    for match in re.finditer(r"^@@ -\S+ \+(\d+)(?:,(\d+))? @@", diff, re.MULTILINE):
+        start, count = int(match.group(1)), int(match.group(2) or 1)
+        lines.update(range(start, start + count))
+    return lines
+
+
+def _cosmic_ray(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "cosmic_ray.cli", *args], cwd=ROOT, check=True)
+
+
+def _session(name: str, target: Target, *, fresh: bool, since: str | None) -> Path:
+    """The target's cosmic-ray session, initialised (and filtered) unless it can be resumed."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    WORK.mkdir(exist_ok=True)
+    config, db, stamp = (WORK / f"{name}{ext}" for ext in (".toml", ".sqlite", ".json"))
+    source = (ROOT / target.module).read_bytes()
+    identity = {
+        "module": hashlib.sha256(source).hexdigest(),
+        "command": _test_command(target),
+        "functions": list(target.functions),
+        "since": since,
+    }
+    if not fresh and db.exists() and stamp.exists() and json.loads(stamp.read_text()) == identity:
+        return db  # resumed: cosmic-ray only runs what is still pending
+    config.write_text(
+        "[cosmic-ray]\n"
+        f"module-path = {json.dumps(target.module)}\n"
+        f"timeout = {target.timeout}\n"
+        "excluded-modules = []\n"
+        f"test-command = {json.dumps(_test_command(target))}\n"
+        "\n[cosmic-ray.distributor]\n"
+        'name = "local"\n'
+    )
+    db.unlink(missing_ok=True)
+    _cosmic_ray("init", str(config), str(db))
+    spans = _function_lines(ROOT / target.module, target.functions) if target.functions else []
+    changed = _changed_lines(target.module, since) if since else None
+    lines = source.decode("utf-8").splitlines()
+    skipped = WorkResult(worker_outcome=WorkerOutcome.SKIPPED)
+    with use_db(str(db), WorkDB.Mode.open) as work_db:
+        skip = []
+        for item in work_db.pending_work_items:
+            (mutation,) = item.mutations
+            first, last = mutation.start_pos[0], mutation.end_pos[0]
+            text = "\n".join(lines[first - 1 : last])
+            if (
+                (spans and not any(a <= first and last <= b for a, b in spans))
+                or (changed is not None and not changed & set(range(first, last + 1)))
+                or "pragma: no mutate" in text
+            ):
+                skip.append(item.job_id)
+        work_db.set_multiple_results(skip, skipped)
+    stamp.write_text(json.dumps(identity))
+    return db
+
+
+def _summary(name: str, target: Target, db: Path) -> str:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    counts = {"killed": 0, "survived": 0, "incompetent": 0, "skipped": 0, "pending": 0}
+    survivors = []
+    with use_db(str(db), WorkDB.Mode.open) as work_db:
+        counts["pending"] = sum(1 for _ in work_db.pending_work_items)
+        for item, result in work_db.completed_work_items:
+            if result.worker_outcome == WorkerOutcome.SKIPPED:
+                counts["skipped"] += 1
+            elif result.test_outcome == TestOutcome.SURVIVED:
+                counts["survived"] += 1
+                (mutation,) = item.mutations
+                survivors.append((mutation.start_pos[0], mutation.operator_name, result.diff))
+            elif result.test_outcome == TestOutcome.KILLED:
+                counts["killed"] += 1
+            else:
+                counts["incompetent"] += 1
+    tested = counts["killed"] + counts["survived"]
+    score = f"{100 * counts['killed'] / tested:.0f} %" if tested else "-"
+    out = [
+        f"## {name} ({target.module}"
+        + (f": {', '.join(target.functions)}" if target.functions else "")
+        + ")",
+        "",
+        f"tests: `pytest -x {' '.join(_pytest_args(target))}`",
+        "",
+        " | ".join(f"{k} {v}" for k, v in counts.items()) + f" | killed/tested {score}",
+    ]
+    for line, operator, diff in sorted(survivors):
+        diff_text = (diff or "").strip()
+        out += ["", f"- survived: line {line}, {operator}", "", "```diff", diff_text, "```"]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("targets", nargs="*", metavar="TARGET", help="default: every target")
+    parser.add_argument("--list", action="store_true", help="list the targets and their tests")
+    parser.add_argument("--fresh", action="store_true", help="forget earlier results")
+    parser.add_argument("--since", metavar="REV", help="only lines changed since git REV")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, target in TARGETS.items():
+            scope = f" ({', '.join(target.functions)})" if target.functions else ""
+            print(f"{name}: {target.module}{scope}\n    pytest -x {' '.join(_pytest_args(target))}")
+        return 0
+    unknown = [t for t in args.targets if t not in TARGETS]
+    if unknown:
+        parser.error(f"unknown target(s) {', '.join(unknown)}; --list shows them")
+    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    survived = 0
+    for name in args.targets or list(TARGETS):
+        target = TARGETS[name]
+        db = _session(name, target, fresh=args.fresh, since=args.since)
+        _cosmic_ray("exec", str(WORK / f"{name}.toml"), str(db))
+        text = _summary(name, target, db)
+        (WORK / f"{name}.md").write_text(text)
+        print(text)
+        survived += text.count("- survived:")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
