@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -82,3 +84,17 @@ def processes() -> Iterator[Processes]:
     watched = Processes()
     yield watched
     watched.kill_leftovers()
+
+
+@pytest.fixture
+def unprivileged() -> list[str]:
+    """A command prefix that runs a command as root minus the capabilities that ignore file
+    modes (``setpriv``), so that ``chmod -w`` means something; skips where that is impossible."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv to run a process that respects file permissions")
+    prefix = [setpriv, "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+    probe = subprocess.run([*prefix, "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.decode().strip()}")
+    return prefix

@@ -542,23 +542,11 @@ def test_full_disk_fails_with_one_clear_line_and_keeps_the_working_env(
     assert _unfinished(ally_home) == []
 
 
-def _without_dac_override() -> list[str]:
-    """A prefix that runs a command as root minus the capabilities that ignore file modes."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None or os.geteuid() != 0:
-        pytest.skip("needs root and setpriv to run a process that respects file permissions")
-    prefix = [setpriv, "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
-    probe = subprocess.run([*prefix, "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.decode().strip()}")
-    return prefix
-
-
 @pytest.mark.parametrize("read_only", ["whole env store", "env dirs only"])
 def test_read_only_store_fails_with_one_clear_line_and_keeps_the_working_env(
-    ally_home: Path, make_plugin, read_only: str
+    ally_home: Path, make_plugin, read_only: str, unprivileged: list[str]
 ):
-    prefix = _without_dac_override()
+    prefix = unprivileged
     _greeter(make_plugin)
     subprocess.run(_cli("install", "-q", "greeter"), check=True, timeout=300)
     working = _check_pointer(ally_home, "greeter", must_exist=True)
@@ -601,11 +589,11 @@ def test_read_only_store_fails_with_one_clear_line_and_keeps_the_working_env(
 
 
 def test_failing_to_record_the_backup_never_leaves_the_plugin_without_a_working_env(
-    ally_home: Path, make_plugin
+    ally_home: Path, make_plugin, unprivileged: list[str]
 ):
     # The backup link (.state/<name>.previous) is written after the pointer is swapped; if
     # that write fails, the plugin must still point at a complete env (old or new).
-    prefix = _without_dac_override()
+    prefix = unprivileged
     _greeter(make_plugin)
     subprocess.run(_cli("install", "-q", "greeter"), check=True, timeout=300)
     state = ally_home / "plugin-envs" / ".state"

@@ -205,3 +205,37 @@ def test_a_damaged_pyvenv_cfg_is_found_by_doctor_and_repaired_by_fix(
     assert "include-system-site-packages = false" in (env / "pyvenv.cfg").read_text()
     ran = _cli("run", "greeter", "version", "--input", "{}", "-q")
     assert json.loads(ran.stdout)["result"] == "1.0.0", ran.stderr
+
+
+def test_a_read_only_plugin_directory_is_never_written_to(
+    ally_home: Path, make_plugin, unprivileged: list[str]
+):
+    """Envs, locks, caches and state live in ally's own directories: a plugin installed
+    read-only builds, runs, is checked, rebuilt and bundled (the bundle written elsewhere)."""
+    plugin = _greeter(make_plugin)
+    before = sorted((p.relative_to(plugin), p.stat().st_mtime_ns) for p in plugin.rglob("*"))
+    modes = {p: p.stat().st_mode for p in [plugin, *plugin.rglob("*")]}
+    for path, mode in modes.items():
+        path.chmod(mode & ~0o222)
+    try:
+        for args in (
+            ("install", "-q", "greeter"),
+            ("run", "greeter", "version", "--input", "{}", "-q"),
+            ("list",),
+            ("doctor",),
+            ("reinstall", "-q", "greeter"),
+            ("bundle", "greeter", "-o", str(ally_home / "greeter.bundle.tar.gz")),
+        ):
+            proc = subprocess.run(
+                [*unprivileged, sys.executable, "-m", "ally_core.cli", *args],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                stdin=subprocess.DEVNULL,
+            )
+            assert proc.returncode == 0, (args, proc.stdout + proc.stderr)
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+    after = sorted((p.relative_to(plugin), p.stat().st_mtime_ns) for p in plugin.rglob("*"))
+    assert after == before

@@ -398,6 +398,7 @@ def host_env(monkeypatch) -> dict[str, str]:
         **HOST_SECRETS,
         "LANG": "C.UTF-8",
         "LC_TIME": "C",
+        "LC_NOT_A_LOCALE": "lookalike-host-secret",  # starts with LC_, is no locale variable
         "HOME": os.environ.get("HOME") or "/root",
         "PYTHONPATH": "/nonexistent/host/pythonpath",
     }
@@ -436,6 +437,7 @@ def test_tool_sees_a_minimal_environment_without_host_secrets(
     assert env["HOME"] == host_env["HOME"]
     assert env["LANG"] == "C.UTF-8"
     assert env["LC_TIME"] == "C"
+    assert "LC_NOT_A_LOCALE" not in env
     assert env["PLUGIN_CONFIG_TOKEN"] == SECRET
     assert env["PLUGIN_CONFIG_API_URL"] == "https://api.example.invalid"
     assert env["ALLY_PLUGIN_NAME"] == "safe"
