@@ -64,7 +64,12 @@ TARGETS: dict[str, Target] = {
     ),
     "replies": Target(
         "ally_core/replies.py",
-        ["tests/test_tools.py", "tests/test_tool_safety.py", "tests/test_security_config.py"],
+        [
+            "tests/test_replies.py",
+            "tests/test_tools.py",
+            "tests/test_tool_safety.py",
+            "tests/test_security_config.py",
+        ],
         timeout=600,
     ),
     "tools": Target(
