@@ -16,6 +16,7 @@ in a checkout nobody is editing, and ``git checkout ally_core`` if it is killed 
     python tools/mutation.py replies config.strip_credentials
     python tools/mutation.py store --since main      # only mutants on lines changed since main
     python tools/mutation.py store --fresh           # forget earlier results of the target
+    python tools/mutation.py --hand                  # the hand-written mutants of issue 17
 
 Sessions are kept in ``.mutation/<target>.sqlite`` and resumed (a run stopped half-way goes on
 where it was); they start afresh when the module changed. The summary of each target (killed,
@@ -141,6 +142,231 @@ TARGETS: dict[str, Target] = {
         functions=("health_check", "pyvenv_cfg_problem", "verify_records"),
     ),
 }
+
+
+@dataclass(frozen=True)
+class Hand:
+    """A mutant cosmic-ray's operators cannot make (a statement removed, moved or replaced),
+    written by hand: ``(file, old text, new text)`` edits and the tests that must kill it."""
+
+    what: str
+    edits: Sequence[tuple[str, str, str]]
+    tests: Sequence[str]
+
+
+_BUILD = "        try:\n            try:\n                env, marker, action = self._build("
+_DEEP = "        health = self.hook.health_check(spec=spec, env=env, deep=True) or Health()\n"
+_MARKER = "        self.store.write_marker(spec.env_dir, marker)\n        return env, marker"
+_PUBLISH = "                self.store.publish(name, env_dir)\n"
+_GUARD = "        if (\n            head != self.store_dir.name\n"
+_CURRENT = (
+    '        return self._marker_at(f"{self._store_dir_str}{os.sep}{tail}{os.sep}{MARKER}", tail)'
+)
+
+#: The mutants issue 17 found surviving, and the promises it found untested.
+HAND: dict[str, Hand] = {
+    "deep-check-ignored": Hand(
+        "a build failing its deep health check is published anyway",
+        [("ally_core/loader.py", _DEEP + "        if not health.ok:", _DEEP + "        if False:")],
+        ["tests/test_publish_guarantees.py", "-k", "deep_check"],
+    ),
+    "swap-unlink-then-rename": Hand(
+        "the pointer swap made non-atomic: unlink, then rename",
+        [
+            (
+                "ally_core/store.py",
+                "            try:\n                os.replace(link, pointer)",
+                "            try:\n                if os.path.lexists(pointer):\n"
+                "                    os.unlink(pointer)\n                os.replace(link, pointer)",
+            )
+        ],
+        ["tests/test_publish_guarantees.py", "-k", "swapped"],
+    ),
+    "publish-before-marker": Hand(
+        "the pointer swapped before the marker is written",
+        [
+            ("ally_core/loader.py", _MARKER, "        return env, marker"),
+            (
+                "ally_core/loader.py",
+                _PUBLISH,
+                _PUBLISH + "                self.store.write_marker(env_dir, marker)\n",
+            ),
+        ],
+        ["tests/test_publish_guarantees.py", "-k", "kill_9"],
+    ),
+    "marker-before-install": Hand(
+        "the marker written first, before the packages are installed",
+        [
+            ("ally_core/loader.py", _MARKER, "        return env, marker"),
+            (
+                "ally_core/loader.py",
+                "        result = self.hook.install_deps(spec=spec, env=env)\n",
+                "        self.store.write_marker(spec.env_dir, Marker(fingerprint=fingerprint, "
+                "request_key=key, runtime=spec.runtime, env=env, created_at=now_iso(), "
+                "plugin=spec.plugin_name))\n"
+                "        result = self.hook.install_deps(spec=spec, env=env)\n",
+            ),
+        ],
+        ["tests/test_reliability.py", "-k", "kill_9_at_any"],
+    ),
+    "pointer-follows-anything": Hand(
+        "the store follows any pointer, not only .store/<dir>",
+        [
+            ("ally_core/store.py", _GUARD, _GUARD.replace("if (", "if False and (")),
+            (
+                "ally_core/store.py",
+                _CURRENT,
+                "        return self._marker_at(os.path.join(self._root_str, target, MARKER), "
+                "Path(os.path.normpath(os.path.join(self._root_str, target))))",
+            ),
+        ],
+        ["tests/test_store.py", "-k", "pointer"],
+    ),
+    "pointer-guard-removed": Hand(
+        "the .store/<dir> check of a pointer removed",
+        [("ally_core/store.py", _GUARD, _GUARD.replace("if (", "if False and ("))],
+        ["tests/test_store.py", "-k", "pointer"],
+    ),
+    "discard-anywhere": Hand(
+        "discard() deletes outside .store",
+        [
+            (
+                "ally_core/store.py",
+                "        if env_dir.parent != self.store_dir or env_dir.is_symlink():",
+                "        if False:",
+            )
+        ],
+        ["tests/test_store.py", "-k", "discard"],
+    ),
+    "pyvenv-cheap-check-removed": Hand(
+        "the pyvenv.cfg cheap check removed",
+        [
+            (
+                "ally_core/runtimes/python.py",
+                '    if not os.path.isfile(f"{spec.env_dir}{os.sep}pyvenv.cfg"):',
+                "    if False:",
+            )
+        ],
+        ["tests/test_store.py", "-k", "pyvenv"],
+    ),
+    "pyvenv-content-unchecked": Hand(
+        "the deep check no longer reads pyvenv.cfg",
+        [("ally_core/runtimes/python.py", "    if cfg is not None:", "    if False:")],
+        ["tests/test_store.py", "-k", "pyvenv"],
+    ),
+    "config-dir-0755": Hand(
+        "the plugin-config directory created 0755",
+        [
+            (
+                "ally_core/plugin_config.py",
+                "parents=True, exist_ok=True, mode=0o700)",
+                "parents=True, exist_ok=True, mode=0o755)",
+            )
+        ],
+        ["tests/test_plugin_config_guarantees.py"],
+    ),
+    "strip-credentials-disabled": Hand(
+        "strip_credentials returns its input",
+        [
+            (
+                "ally_core/config.py",
+                'so they are never shown."""\n',
+                'so they are never shown."""\n    return value\n',
+            )
+        ],
+        ["tests/test_index_config.py", "-k", "credentials or password"],
+    ),
+    "reinstall-unpublishes-first": Hand(
+        "a reinstall removes the pointer before it builds",
+        [
+            (
+                "ally_core/loader.py",
+                _BUILD,
+                "        if force and current is not None:\n"
+                "            self.store.unpublish(manifest.name)\n" + _BUILD,
+            )
+        ],
+        ["tests/test_reliability.py", "-k", "interrupted_cli and reinstall"],
+    ),
+    "no-pythonioencoding": Hand(
+        "tools no longer get PYTHONIOENCODING=utf-8",
+        [("ally_core/tools.py", '    out.setdefault("PYTHONIOENCODING", "utf-8")\n', "")],
+        ["tests/test_tools.py", "-k", "non_ascii"],
+    ),
+    "tool-args-through-a-shell": Hand(
+        "a tool's argv run through /bin/sh -c",
+        [
+            (
+                "ally_core/tools.py",
+                "        proc = subprocess.Popen(\n            argv,\n",
+                "        proc = subprocess.Popen(\n"
+                "            ['/bin/sh', '-c', ' '.join(argv)],\n",
+            )
+        ],
+        ["tests/test_tools.py", "-k", "metacharacters"],
+    ),
+    "installer-inherits-stdin": Hand(
+        "installers inherit ally's stdin",
+        [
+            (
+                "ally_core/process.py",
+                "            env=dict(env),\n            stdin=subprocess.DEVNULL,\n",
+                "            env=dict(env),\n",
+            )
+        ],
+        ["tests/test_process.py", "-k", "stdin"],
+    ),
+    "group-kill-leader-only": Hand(
+        "a timeout kills the process, not its group",
+        [("ally_core/process.py", "os.killpg(proc.pid, sig)", "os.kill(proc.pid, sig)")],
+        ["tests/test_process.py", "tests/test_tools.py", "-k", "timeout or children"],
+    ),
+    "locale-prefix": Hand(
+        "any LC_* host variable reaches tools",
+        [
+            (
+                "ally_core/tools.py",
+                "k in wanted or k in LOCALE_VARS",
+                "k in wanted or k[:3] == 'LC_'",
+            )
+        ],
+        ["tests/test_tool_safety.py", "-k", "minimal_environment"],
+    ),
+}
+
+
+def _hand(names: Sequence[str]) -> int:
+    """Apply each hand-written mutant in turn, run its tests, put the files back."""
+    unknown = [n for n in names if n not in HAND]
+    if unknown:
+        raise SystemExit(f"unknown hand mutant(s) {', '.join(unknown)}; --list shows them")
+    survived = 0
+    for name in names or list(HAND):
+        mutant = HAND[name]
+        originals: dict[Path, str] = {}
+        try:
+            for file, old, new in mutant.edits:
+                path = ROOT / file
+                text = path.read_text("utf-8")
+                originals.setdefault(path, text)
+                if text.count(old) != 1:
+                    print(
+                        f"{name}: does not apply any more ({file} changed): "
+                        "update tools/mutation.py"
+                    )
+                    survived += 1
+                    break
+                path.write_text(text.replace(old, new), "utf-8")
+            else:
+                args = [sys.executable, "-m", "pytest", "-x", "-q", *mutant.tests]
+                proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+                verdict = "killed" if proc.returncode not in (0, 5) else "SURVIVED"
+                survived += verdict != "killed"
+                print(f"{name}: {verdict} ({mutant.what}) by: pytest -x {' '.join(mutant.tests)}")
+        finally:
+            for path, text in originals.items():
+                path.write_text(text, "utf-8")
+    return 1 if survived else 0
 
 
 def _pytest_args(target: Target) -> list[str]:
@@ -284,12 +510,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the targets and their tests")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results")
     parser.add_argument("--since", metavar="REV", help="only lines changed since git REV")
+    parser.add_argument(
+        "--hand",
+        action="store_true",
+        help="run the hand-written mutants (TARGETs are their names; default: all)",
+    )
     args = parser.parse_args(argv)
     if args.list:
         for name, target in TARGETS.items():
             scope = f" ({', '.join(target.functions)})" if target.functions else ""
             print(f"{name}: {target.module}{scope}\n    pytest -x {' '.join(_pytest_args(target))}")
+        print("\nhand-written mutants (--hand):")
+        for name, mutant in HAND.items():
+            print(f"{name}: {mutant.what}\n    pytest -x {' '.join(mutant.tests)}")
         return 0
+    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    if args.hand:
+        return _hand(args.targets)
     unknown = [t for t in args.targets if t not in TARGETS]
     if unknown:
         parser.error(f"unknown target(s) {', '.join(unknown)}; --list shows them")
