@@ -48,6 +48,9 @@ class Target:
     #: pytest arguments: test files (missing ones are left out: other branches add some),
     #: options such as ``-k``.
     tests: Sequence[str]
+    #: Fast tests (no processes) run first on every mutant; only the mutants they leave alive
+    #: are run against ``tests``.
+    quick: Sequence[str] = ()
     #: Only mutants inside these functions (``name`` or ``Class.name``); empty: the whole module.
     functions: Sequence[str] = ()
     #: Seconds one test run may take before the mutant counts as killed (by a hang).
@@ -66,11 +69,11 @@ TARGETS: dict[str, Target] = {
     "replies": Target(
         "ally_core/replies.py",
         [
-            "tests/test_replies.py",
             "tests/test_tools.py",
             "tests/test_tool_safety.py",
             "tests/test_security_config.py",
         ],
+        quick=["tests/test_replies.py"],
         timeout=600,
     ),
     "tools": Target(
@@ -369,13 +372,12 @@ def _hand(names: Sequence[str]) -> int:
     return 1 if survived else 0
 
 
-def _pytest_args(target: Target) -> list[str]:
-    args = list(target.tests)
-    return [a for a in args if not a.startswith("tests/") or (ROOT / a).exists()]
+def _pytest_args(tests: Sequence[str]) -> list[str]:
+    return [a for a in tests if not a.startswith("tests/") or (ROOT / a).exists()]
 
 
-def _test_command(target: Target) -> str:
-    args = ["-x", "-q", *_pytest_args(target)]
+def _test_command(tests: Sequence[str]) -> str:
+    args = ["-x", "-q", *_pytest_args(tests)]
     return shlex.join([sys.executable, "-m", "pytest", *args])
 
 
@@ -420,8 +422,22 @@ def _cosmic_ray(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "cosmic_ray.cli", *args], cwd=ROOT, check=True)
 
 
-def _session(name: str, target: Target, *, fresh: bool, since: str | None) -> Path:
-    """The target's cosmic-ray session, initialised (and filtered) unless it can be resumed."""
+def _key(item: object) -> str:
+    (mutation,) = item.mutations  # type: ignore[attr-defined]
+    return f"{mutation.operator_name}#{mutation.occurrence}"
+
+
+def _session(
+    name: str,
+    target: Target,
+    tests: Sequence[str],
+    *,
+    fresh: bool,
+    since: str | None,
+    only: Sequence[str] | None = None,
+) -> Path:
+    """A cosmic-ray session of ``target`` run with ``tests`` (only the mutants ``only`` names,
+    if given), initialised (and filtered) unless it can be resumed."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
@@ -430,9 +446,10 @@ def _session(name: str, target: Target, *, fresh: bool, since: str | None) -> Pa
     source = (ROOT / target.module).read_bytes()
     identity = {
         "module": hashlib.sha256(source).hexdigest(),
-        "command": _test_command(target),
+        "command": _test_command(tests),
         "functions": list(target.functions),
         "since": since,
+        "only": sorted(only) if only is not None else None,
     }
     if not fresh and db.exists() and stamp.exists() and json.loads(stamp.read_text()) == identity:
         return db  # resumed: cosmic-ray only runs what is still pending
@@ -441,7 +458,7 @@ def _session(name: str, target: Target, *, fresh: bool, since: str | None) -> Pa
         f"module-path = {json.dumps(target.module)}\n"
         f"timeout = {target.timeout}\n"
         "excluded-modules = []\n"
-        f"test-command = {json.dumps(_test_command(target))}\n"
+        f"test-command = {json.dumps(_test_command(tests))}\n"
         "\n[cosmic-ray.distributor]\n"
         'name = "local"\n'
     )
@@ -458,7 +475,8 @@ def _session(name: str, target: Target, *, fresh: bool, since: str | None) -> Pa
             first, last = mutation.start_pos[0], mutation.end_pos[0]
             text = "\n".join(lines[first - 1 : last])
             if (
-                (spans and not any(a <= first and last <= b for a, b in spans))
+                (only is not None and _key(item) not in only)
+                or (spans and not any(a <= first and last <= b for a, b in spans))
                 or (changed is not None and not changed & set(range(first, last + 1)))
                 or "pragma: no mutate" in text
             ):
@@ -468,7 +486,8 @@ def _session(name: str, target: Target, *, fresh: bool, since: str | None) -> Pa
     return db
 
 
-def _summary(name: str, target: Target, db: Path) -> str:
+def _results(db: Path) -> tuple[dict[str, int], list[tuple[int, str, str, str]]]:
+    """Counts of a session, and its survivors as (line, operator, key, diff)."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
@@ -482,25 +501,46 @@ def _summary(name: str, target: Target, db: Path) -> str:
             elif result.test_outcome == TestOutcome.SURVIVED:
                 counts["survived"] += 1
                 (mutation,) = item.mutations
-                survivors.append((mutation.start_pos[0], mutation.operator_name, result.diff))
+                line, op = mutation.start_pos[0], mutation.operator_name
+                survivors.append((line, op, _key(item), result.diff or ""))
             elif result.test_outcome == TestOutcome.KILLED:
                 counts["killed"] += 1
             else:
                 counts["incompetent"] += 1
+    return counts, survivors
+
+
+def _run(name: str, target: Target, *, fresh: bool, since: str | None) -> str:
+    """Run the target's mutants (quick tests first, if any); its summary in Markdown."""
+    stages = [(name, target.quick or target.tests)]
+    db = _session(name, target, stages[0][1], fresh=fresh, since=since)
+    _cosmic_ray("exec", str(WORK / f"{name}.toml"), str(db))
+    counts, survivors = _results(db)
+    if target.quick and survivors and not counts["pending"]:
+        only = [key for _, _, key, _ in survivors]
+        full = f"{name}.full"
+        db = _session(full, target, target.tests, fresh=fresh, since=since, only=only)
+        _cosmic_ray("exec", str(WORK / f"{full}.toml"), str(db))
+        counts2, survivors = _results(db)
+        counts["killed"] += counts2["killed"]
+        counts["incompetent"] += counts2["incompetent"]
+        counts["survived"] = counts2["survived"]
+        counts["pending"] = counts2["pending"]
     tested = counts["killed"] + counts["survived"]
     score = f"{100 * counts['killed'] / tested:.0f} %" if tested else "-"
+    scope = f": {', '.join(target.functions)}" if target.functions else ""
+    tests = " ".join(_pytest_args(target.tests))
+    if target.quick:
+        tests = f"{' '.join(_pytest_args(target.quick))}, then for survivors {tests}"
     out = [
-        f"## {name} ({target.module}"
-        + (f": {', '.join(target.functions)}" if target.functions else "")
-        + ")",
+        f"## {name} ({target.module}{scope})",
         "",
-        f"tests: `pytest -x {' '.join(_pytest_args(target))}`",
+        f"tests: `pytest -x` {tests}",
         "",
         " | ".join(f"{k} {v}" for k, v in counts.items()) + f" | killed/tested {score}",
     ]
-    for line, operator, diff in sorted(survivors):
-        diff_text = (diff or "").strip()
-        out += ["", f"- survived: line {line}, {operator}", "", "```diff", diff_text, "```"]
+    for line, operator, _, diff in sorted(survivors):
+        out += ["", f"- survived: line {line}, {operator}", "", "```diff", diff.strip(), "```"]
     return "\n".join(out) + "\n"
 
 
@@ -519,7 +559,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         for name, target in TARGETS.items():
             scope = f" ({', '.join(target.functions)})" if target.functions else ""
-            print(f"{name}: {target.module}{scope}\n    pytest -x {' '.join(_pytest_args(target))}")
+            quick = " ".join(_pytest_args(target.quick))
+            tests = " ".join(_pytest_args(target.tests))
+            first = f"{quick}, then " if quick else ""
+            print(f"{name}: {target.module}{scope}\n    pytest -x {first}{tests}")
         print("\nhand-written mutants (--hand):")
         for name, mutant in HAND.items():
             print(f"{name}: {mutant.what}\n    pytest -x {' '.join(mutant.tests)}")
@@ -530,13 +573,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [t for t in args.targets if t not in TARGETS]
     if unknown:
         parser.error(f"unknown target(s) {', '.join(unknown)}; --list shows them")
-    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
     survived = 0
     for name in args.targets or list(TARGETS):
-        target = TARGETS[name]
-        db = _session(name, target, fresh=args.fresh, since=args.since)
-        _cosmic_ray("exec", str(WORK / f"{name}.toml"), str(db))
-        text = _summary(name, target, db)
+        text = _run(name, TARGETS[name], fresh=args.fresh, since=args.since)
         (WORK / f"{name}.md").write_text(text)
         print(text)
         survived += text.count("- survived:")
