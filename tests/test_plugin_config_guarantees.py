@@ -29,6 +29,8 @@ def _config_set(umask: int, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         stdin=subprocess.DEVNULL,
         preexec_fn=lambda: os.umask(umask),
+        # The file is what is checked (a usable OS keyring would take the secret instead).
+        env={**os.environ, "ALLY_SECRETS_BACKEND": "file"},
     )
 
 

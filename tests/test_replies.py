@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from ally_core.replies import (
-    MASK,
     QUOTE_LIMIT,
     TAIL_LIMIT,
     ToolResult,
@@ -22,6 +21,7 @@ from ally_core.replies import (
     mask_value,
     parse_json_reply,
 )
+from ally_core.text import MASK
 
 
 def read(stdout: str, stderr: str = "", code: int = 0) -> ToolResult:
