@@ -222,3 +222,40 @@ def test_to_json_of_a_result_without_a_reply():
     assert ToolResult(True, result=3).to_json() == {"success": True, "result": 3}
     assert ToolResult(True).to_json() == {"success": True}
     assert ToolResult(False, error="e").to_json() == {"success": False, "error": "e"}
+
+
+# -- what the first mutation run of this module left alive ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stdout", "error"),
+    [
+        ("", "p: tool 't' exited with code -9 and produced no output"),
+        ("not json", "p: tool 't' exited with code -9: not json"),
+        ('{"success": true}', "p: tool 't' exited with code -9 after a success reply"),
+        ('{"success": false, "error": "own"}', "own (exit code -9)"),
+    ],
+)
+def test_a_tool_killed_by_a_signal_failed_whatever_it_printed(stdout: str, error: str):
+    """A negative exit code is a signal (-9: SIGKILL): never a success."""
+    got = read(stdout, code=-9)
+    assert not got.success and got.exit_code == -9
+    assert got.error is not None and got.error.startswith(error), got.error
+    assert got.error_type == ("tool_error" if "own" in stdout else "exit_code")
+
+
+def test_interpret_reply_takes_every_argument_by_keyword():
+    got = interpret_reply(stdout='{"a": 1}', stderr="", exit_code=0, label="x", duration=2.0)
+    assert got.success and got.data == {"a": 1} and got.duration == 2.0
+
+
+def test_a_results_secrets_are_not_in_its_repr():
+    result = ToolResult(True, result="ok", secrets=("hunter2-secret",))
+    assert "hunter2-secret" not in repr(result)
+    assert result == ToolResult(True, result="ok")  # secrets are not part of what it says
+
+
+def test_the_stderr_kept_is_the_last_4000_characters_as_documented():
+    stderr = "".join(chr(ord("a") + i % 26) for i in range(5000))
+    assert read('{"success": true}', stderr=stderr).stderr == stderr[-4000:]
+    assert read("", stderr=stderr[:4000]).stderr == stderr[:4000]

@@ -383,3 +383,20 @@ def test_a_tool_printing_non_ascii_gets_utf_8_even_in_the_c_locale(
     assert result.result == "h\u00e9llo \u2713"
     # The host's own value wins when it is passed on purpose.
     assert result.reply["encoding"] == ("utf-8" if how == "default" else "ascii")
+
+
+def test_a_tool_killed_by_a_signal_after_a_success_reply_failed(host: Host, make_plugin: Any):
+    plugin(
+        make_plugin,
+        "crasher",
+        [{"name": "t", "command": "python3", "args": ["t.py"]}],
+        {
+            "t.py": "import json, os, signal, sys\njson.load(sys.stdin)\n"
+            "print(json.dumps({'success': True, 'result': 'half done'}), flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n"
+        },
+    )
+    result = load_one(host, "crasher").tool("t").call({})
+    assert not result.success and result.exit_code == -9, result
+    assert result.error_type == "exit_code"
+    assert result.error is not None and "exited with code -9 after a success reply" in result.error
