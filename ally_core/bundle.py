@@ -139,6 +139,8 @@ def _make(
     with tempfile.TemporaryDirectory(prefix="ally-bundle-") as tmp:
         stage = Path(tmp)
         _copy_plugin(outcome.plugin_dir, stage / "plugin", manifest.name)
+        # The copy keeps the plugin's modes: a plugin installed read-only is staged writable.
+        (stage / "plugin").chmod((stage / "plugin").stat().st_mode | stat.S_IRWXU)
         artifacts = stage / "plugin" / ARTIFACTS_DIR
         artifacts.mkdir()
         lock: Any = None

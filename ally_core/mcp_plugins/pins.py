@@ -95,25 +95,20 @@ def _compile_python(
 ) -> bytes:
     """``uv pip compile`` of the requirements for the interpreter the env will be built with."""
     from ..process import run_installer
-    from ..runtimes.python import (
-        _UV_INDEX_VARS,
-        _index_args,
-        _uv_bin_cached,
-        _uv_environ,
-        effective_index,
-    )
+    from ..runtimes.python.index import UV_INDEX_VARS, effective_index
+    from ..runtimes.python.uv_backend import UvBackend, uv_bin, uv_environ
 
     spec = _base_spec(host, ref, launcher, work, progress=progress)
     interpreter = host.hook.resolve_interpreter(spec=spec)
-    uv = _uv_bin_cached()
+    uv = uv_bin()
     if interpreter is None or uv is None:
         raise InstallFailed(f"{ref.label}: pinning uvx packages needs uv and a Python")
     (work / "requirements.in").write_text("\n".join(launcher.packages) + "\n", "utf-8")
     options = spec.options
     # As the Python runtime's own uv install: its index options (credentials as variables,
     # never on the command line), none of the host's UV_* index variables.
-    index_args, index_vars = _index_args(
-        effective_index(options.index), backend="uv", offline=options.offline
+    index_args, index_vars = UvBackend().index_args(
+        effective_index(options.index), offline=options.offline
     )
     argv = [
         uv,
@@ -130,7 +125,7 @@ def _compile_python(
         *index_args,
     ]
     environ = {
-        **{k: v for k, v in _uv_environ(spec).items() if k not in _UV_INDEX_VARS},
+        **{k: v for k, v in uv_environ(spec).items() if k not in UV_INDEX_VARS},
         **index_vars,
     }
     out = run_installer(

@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 from ...envs import EnvInfo, EnvSpec, Health, Problem
 from ...process import clean_environ, run_checks
@@ -92,6 +93,31 @@ def verify_records(env_dir: Path) -> list[str]:
     return bad
 
 
+def pyvenv_cfg_problem(env_dir: Path) -> Optional[str]:
+    """What is wrong with ``env_dir/pyvenv.cfg``, or ``None``.
+
+    Python reads it at every start: without ``home`` it may not find its standard library, and
+    without ``include-system-site-packages = false`` the base interpreter's packages leak into
+    the env (the default when the key is missing). The deep check reads it; the cheap check on
+    every load only ``stat``s it.
+    """
+    try:
+        with open(env_dir / "pyvenv.cfg", encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        return f"pyvenv.cfg is unreadable: {exc.strerror or exc}"
+    keys = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep:
+            keys[key.strip().lower()] = value.strip().lower()
+    if not keys.get("home"):
+        return "pyvenv.cfg is damaged: it names no home interpreter"
+    if keys.get("include-system-site-packages") != "false":
+        return "pyvenv.cfg is damaged: the base interpreter's packages would leak into the env"
+    return None
+
+
 def check_env(spec: EnvSpec, env: EnvInfo, deep: bool) -> Health:
     """The env's health: a few ``stat``s (warm), or also its interpreter, its dependency
     metadata, its installed files and its pip (``deep``)."""
@@ -104,6 +130,9 @@ def check_env(spec: EnvSpec, env: EnvInfo, deep: bool) -> Health:
         return Health((Problem("pyvenv.cfg is missing"),))
     if not deep:
         return Health()
+    cfg = pyvenv_cfg_problem(spec.env_dir)
+    if cfg is not None:
+        return Health((Problem(cfg),))
     environ = clean_environ(path_prefix=env.bin_dirs, extra=dict(env.env_vars))
     check = fastest_available().check_command(spec, py, environ)
     # The dependency check runs while this thread verifies the installed files.
