@@ -114,6 +114,12 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any, str]] = {
         "seconds a failed install is not retried within one process",
     ),
     "python": ("ALLY_PYTHON", str, None, "default base interpreter for Python plugins"),
+    "manifest_max_bytes": (
+        "ALLY_MANIFEST_MAX_BYTES",
+        _positive_int,
+        1024 * 1024,
+        "max size of a plugin.json; a larger one blocks its plugin unread",
+    ),
 }
 
 
@@ -162,6 +168,10 @@ class Settings:
     @property
     def retry_after(self) -> float:
         return float(self.values["retry_after"])
+
+    @property
+    def manifest_max_bytes(self) -> int:
+        return int(self.values["manifest_max_bytes"])
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

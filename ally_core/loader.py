@@ -192,6 +192,55 @@ def _runtime_error(plugin: str, exc: Exception) -> InstallFailed:
     return InstallFailed(f"{plugin}: runtime error: {exc.__class__.__name__}: {exc}")
 
 
+#: How deeply the values of a ``plugin.json`` may nest (objects and arrays). Deeper ones block
+#: the plugin: every later step (caching, schemas, JSON output) stays far from Python's
+#: recursion limit.
+MAX_MANIFEST_DEPTH = 100
+
+
+def _too_deep(manifest: Manifest) -> Optional[str]:
+    """The JSON path of a part of ``manifest`` nested deeper than :data:`MAX_MANIFEST_DEPTH`.
+
+    Iterative: a value too deep for recursion is measured without any.
+    """
+    roots: list[tuple[str, Any]] = [
+        ("$.author", manifest.author),
+        ("$.config", manifest.config),
+        *((f"$.{k}", v) for k, v in manifest.extra.items()),
+    ]
+    if manifest.dependencies is not None:
+        roots += [(f"$.dependencies.{k}", v) for k, v in manifest.dependencies.extra.items()]
+    for i, tool in enumerate(manifest.tools):
+        roots.append((f"$.tools[{i}].schema", tool.schema))
+        roots += [(f"$.tools[{i}].{k}", v) for k, v in tool.extra.items()]
+    for where, root in roots:
+        # The root value sits one level inside plugin.json's object (two inside a tool).
+        stack: list[tuple[Any, int]] = [(root, where.count(".") + where.count("["))]
+        while stack:
+            value, depth = stack.pop()
+            if isinstance(value, dict):
+                children: Iterable[Any] = value.values()
+            elif isinstance(value, (list, tuple)):
+                children = value
+            else:
+                continue
+            if depth >= MAX_MANIFEST_DEPTH:
+                return where
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _manifest_failure(exc: BaseException) -> str:
+    """One line for an unexpected error while loading a manifest."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to load"
+    if isinstance(exc, MemoryError):
+        return "too large to load"
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        return "invalid JSON: a number has too many digits"
+    return f"cannot be loaded: {exc.__class__.__name__}: {_one_line(exc)}"
+
+
 def _one_line(error: BaseException) -> str:
     return " | ".join(line for line in str(error).splitlines() if line.strip()) or (
         error.__class__.__name__
@@ -294,7 +343,11 @@ class Host:
         return sources
 
     def _read_source(self, root: Path, name: str) -> Optional[PluginSource]:
-        """The manifest of ``root/name`` (cached while ``plugin.json`` is unchanged)."""
+        """The manifest of ``root/name`` (cached while ``plugin.json`` is unchanged).
+
+        Whatever goes wrong with one manifest (too large, too deep, not loadable, not
+        cacheable) blocks that plugin alone, with one line: never the discovery of others.
+        """
         # f-strings, not os.path.join (a Python function): this runs for every plugin on
         # every load, and ``name`` is a directory entry's name. (A root that ends with a
         # separator, "/" or "D:\\", is joined as os.path.join would.)
@@ -303,7 +356,7 @@ class Host:
         path = f"{directory}{os.sep}{MANIFEST_NAME}"
         try:
             st = os.stat(path)
-        except OSError:
+        except (OSError, ValueError):
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
@@ -312,33 +365,58 @@ class Host:
         if cached is not None and cached.identity == identity:
             if path in self._unsaved and cached.manifest is not None and _settled(identity):
                 # Parsed while plugin.json was fresh; now it can go into the index.
-                self.index.put("manifests", path, identity, manifest_to_cache(cached.manifest))
+                self._cache_manifest(path, identity, cached.manifest)
                 self._unsaved.discard(path)
             return cached
         plugin_dir = root / name
+        try:
+            source = self._parse_source(plugin_dir, path, identity)
+        except ManifestError as exc:
+            source = PluginSource(plugin_dir, None, exc, identity=identity)
+        except Exception as exc:  # one manifest never stops the others
+            error = ManifestError(name, MANIFEST_NAME, [_manifest_failure(exc)])
+            source = PluginSource(plugin_dir, None, error, identity=identity)
+        with self._lock:
+            self._sources[path] = source
+        return source
+
+    def _parse_source(self, plugin_dir: Path, path: str, identity: list[int]) -> PluginSource:
+        """Read, validate and cache one manifest (:meth:`_read_source` contains any error)."""
+        limit = self.settings.manifest_max_bytes
+        if identity[0] > limit:
+            # Checked before reading: a huge file costs one stat, on every load.
+            raise ManifestError(
+                plugin_dir.name,
+                MANIFEST_NAME,
+                [
+                    f"is {identity[0]} bytes, larger than the limit of {limit} bytes "
+                    "(setting manifest_max_bytes, ALLY_MANIFEST_MAX_BYTES)"
+                ],
+            )
         manifest: Optional[Manifest] = None
         data = self.index.get("manifests", path, identity)
         if data is not None:
             try:
                 manifest = manifest_from_cache(data)
-            except (TypeError, KeyError, ValueError):
+            except Exception:  # a malformed entry is a miss
                 manifest = None
         if manifest is None:
-            try:
-                manifest = load_manifest(plugin_dir)
-            except ManifestError as exc:
-                source = PluginSource(plugin_dir, None, exc, identity=identity)
-                with self._lock:
-                    self._sources[path] = source
-                return source
+            manifest = load_manifest(plugin_dir, max_bytes=limit)
+            deep = _too_deep(manifest)
+            if deep is not None:
+                raise ManifestError(
+                    manifest.name,
+                    MANIFEST_NAME,
+                    [f"{deep}: nested more than {MAX_MANIFEST_DEPTH} levels deep"],
+                )
             if _settled(identity):
-                self.index.put("manifests", path, identity, manifest_to_cache(manifest))
+                self._cache_manifest(path, identity, manifest)
             else:
                 self._unsaved.add(path)
-        source = PluginSource(plugin_dir, manifest, identity=identity)
-        with self._lock:
-            self._sources[path] = source
-        return source
+        return PluginSource(plugin_dir, manifest, identity=identity)
+
+    def _cache_manifest(self, path: str, identity: list[int], manifest: Manifest) -> None:
+        self.index.put("manifests", path, identity, manifest_to_cache(manifest))
 
     def source(self, name: str) -> PluginSource:
         for source in self.discover():
