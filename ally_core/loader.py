@@ -36,6 +36,7 @@ from .errors import (
 )
 from .manifest import (
     MANIFEST_NAME,
+    Dependencies,
     Manifest,
     Tool,
     load_manifest,
@@ -458,12 +459,16 @@ class Host:
         progress: ProgressCallback = _silent,
         upgrade: bool = False,
     ) -> EnvSpec:
-        """Validate the parts of ``manifest`` that need the file system and the runtimes."""
-        assert manifest.runtime is not None and manifest.dependencies is not None
+        """Validate the parts of ``manifest`` that need the file system and the runtimes.
+
+        A manifest with a ``runtime`` and no ``dependencies`` gets the spec of an empty env:
+        its tools run on the runtime's interpreter, never on whatever is first on ``PATH``.
+        """
+        assert manifest.runtime is not None
         problems: list[str] = []
         if manifest.runtime not in self.runtimes():
             raise self._unknown_runtime(manifest)
-        deps = manifest.dependencies
+        deps = manifest.dependencies or Dependencies()
         dep_file: Optional[Path] = None
         if deps.file:
             dep_file = contained_path(plugin_dir, deps.file)
@@ -494,7 +499,11 @@ class Host:
             plugin_dir,
             dep_file,
             command,
-            self.env_options(upgrade=upgrade, artifacts_dir=artifacts_dir_of(plugin_dir)),
+            self.env_options(
+                upgrade=upgrade,
+                # Nothing to install: the empty env stays the one every such plugin shares.
+                artifacts_dir=artifacts_dir_of(plugin_dir) if manifest.dependencies else None,
+            ),
             env_dir=env_dir,
             progress=progress,
         )
@@ -511,7 +520,8 @@ class Host:
         progress: ProgressCallback = _silent,
     ) -> EnvSpec:
         """The spec of a manifest whose dependency file and command were validated."""
-        assert manifest.runtime is not None and manifest.dependencies is not None
+        assert manifest.runtime is not None
+        extra = manifest.dependencies.extra if manifest.dependencies else {}
         return EnvSpec(
             runtime=manifest.runtime,
             plugin_name=manifest.name,
@@ -520,7 +530,7 @@ class Host:
             dependency_file=dependency_file,
             install_command=install_command,
             runtime_version=manifest.runtime_version,
-            dependency_options=dict(manifest.dependencies.extra),
+            dependency_options=dict(extra),
             options=options,
             reporter=progress,
         )
@@ -652,11 +662,7 @@ class Host:
         return outcome
 
     def _ready_without_env(self, source: PluginSource) -> PluginOutcome:
-        """A plugin without dependencies: ready at once, if its runtime is known at all."""
-        manifest = source.manifest
-        assert manifest is not None
-        if manifest.runtime is not None and manifest.runtime not in self.runtimes():
-            return self._blocked(source, self._unknown_runtime(manifest))
+        """A plugin without a runtime: its tools run plain commands, ready at once."""
         return self._ready(source, None)
 
     def _unknown_runtime(self, manifest: Manifest) -> RuntimeNotFound:
@@ -675,7 +681,7 @@ class Host:
             assert source.error is not None
             return self._blocked(source, source.error)
         manifest = source.manifest
-        if manifest.dependencies is None:
+        if manifest.runtime is None:
             return self._ready_without_env(source)
         try:
             spec, key = self._spec_and_key(source)
@@ -712,13 +718,12 @@ class Host:
         read once per Host: a host picks up changes to those by creating a new :class:`Host`.
         """
         manifest = source.manifest
-        assert manifest is not None and manifest.dependencies is not None
+        assert manifest is not None
+        deps = manifest.dependencies
         plugin_dir = str(source.plugin_dir)
         signature: list[Any] = [
-            entry_identity(os.path.join(plugin_dir, manifest.dependencies.file))
-            if manifest.dependencies.file
-            else None,
-            os.path.isdir(f"{plugin_dir}{os.sep}{ARTIFACTS_DIR}"),
+            entry_identity(os.path.join(plugin_dir, deps.file)) if deps and deps.file else None,
+            deps is not None and os.path.isdir(f"{plugin_dir}{os.sep}{ARTIFACTS_DIR}"),
         ]
         context = self._context(manifest.runtime)
         cached = self._keys.get(plugin_dir)
@@ -782,14 +787,14 @@ class Host:
         (another build of ally, a damaged file) is a miss, never an error.
         """
         manifest = source.manifest
-        assert manifest is not None and manifest.runtime and manifest.dependencies
+        assert manifest is not None and manifest.runtime
         try:
             dep, command, watch = entry["dependency_file"], entry["install_command"], entry["watch"]
             key = entry["key"]
             if not isinstance(key, str) or not unchanged(watch):
                 return None
             dep_file = None
-            name = manifest.dependencies.file
+            name = manifest.dependencies.file if manifest.dependencies else None
             if name and _plain_file(name, signature[0]):
                 if dep != f"{source.plugin_dir}{os.sep}{name}":
                     return None
@@ -924,7 +929,7 @@ class Host:
         if manifest is None:
             assert source.error is not None
             return self._blocked(source, source.error)
-        if manifest.dependencies is None:
+        if manifest.runtime is None:
             return self._ready_without_env(source)
         try:
             spec = self.spec_for(manifest, source.plugin_dir, progress=progress, upgrade=upgrade)

@@ -558,6 +558,8 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
     if not _serves(spec):
         return None
     if spec.dependency_file is None and not spec.install_command:
+        # A plugin without dependencies: an empty env, whose node tools run on.
+        (env.path / "node_modules").mkdir(exist_ok=True)
         return InstallResult()
     dev = include_dev(spec)
     # --global=false: neither an npm_config_global of the host nor an npmrc may send the
