@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -105,8 +106,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load(args: argparse.Namespace, loader: Callable[[Any, Any], list[Any]]) -> int:
-    host = _host(args)
+def _load(
+    args: argparse.Namespace, loader: Callable[[Any, Any], list[Any]], host: Any = None
+) -> int:
+    host = host or _host(args)
     reporter = _reporter(args)
     try:
         outcomes = loader(host, reporter)
@@ -120,16 +123,58 @@ def _load(args: argparse.Namespace, loader: Callable[[Any, Any], list[Any]]) -> 
     return EXIT_OK if all(o.ready for o in outcomes) else EXIT_BLOCKED
 
 
-def cmd_install(args: argparse.Namespace) -> int:
-    archives = [n for n in args.names if n.endswith((".tar.gz", ".tgz", ".ally"))]
-    if archives:
+def _looks_like_path(text: str) -> bool:
+    return (
+        os.sep in text
+        or (os.altsep is not None and os.altsep in text)
+        or text.startswith(("~", "."))
+    )
+
+
+def is_bundle(path: Path) -> bool:
+    """Whether ``path`` is an ally bundle: a tar archive (any compression, any file name)
+    with a ``bundle.json`` at its top."""
+    import tarfile
+
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if os.path.normpath(member.name) == "bundle.json":
+                    return True
+    except (tarfile.TarError, OSError, EOFError, ValueError):
+        return False
+    return False
+
+
+def _install_target(host: Any, arg: str) -> str:
+    """The plugin name ``ally install ARG`` means: a name, or a directory or bundle path
+    (a directory is remembered, a bundle unpacked into the plugins dir)."""
+    path = Path(arg).expanduser()
+    if not _looks_like_path(arg):
+        sources = host.discover()
+        known = {s.name for s in sources} | {s.plugin_dir.name for s in sources}
+        if arg in known or not os.path.lexists(path):
+            return arg
+    if path.is_dir():
+        return str(host.add_plugin_dir(path).name)
+    if path.is_file() and path.name == "plugin.json":
+        return str(host.add_plugin_dir(path.parent).name)
+    if path.is_file():
+        if not is_bundle(path):
+            raise ConfigError(
+                f"{arg}: neither a plugin directory (with plugin.json) nor an ally bundle "
+                "(a tar archive with bundle.json)"
+            )
         from .bundle import install_bundle
 
-        host = _host(args)
-        for archive in archives:
-            name = install_bundle(host, Path(archive))
-            args.names[args.names.index(archive)] = name
-    return _load(args, lambda host, rep: host.load(args.names or None, progress=rep))
+        return str(install_bundle(host, path))
+    raise PluginNotFound(f"{arg}: no such plugin, directory or bundle")
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    host = _host(args)
+    names = [_install_target(host, arg) for arg in args.names]
+    return _load(args, lambda _host, rep: host.load(names or None, progress=rep), host=host)
 
 
 def _each(method: str, **kw: Any) -> Callable[[argparse.Namespace], int]:
@@ -424,8 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "names",
         nargs="*",
-        metavar="NAME|ARCHIVE",
-        help="plugins to install (default: all), or offline bundles (.ally.tar.gz) to unpack",
+        metavar="NAME|PATH",
+        help="plugins to install (default: all): names, plugin directories (remembered) "
+        "or offline bundles (any file name)",
     )
     p = add(
         "update",

@@ -15,7 +15,7 @@ import shlex
 import stat
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -47,7 +47,7 @@ from .manifest import (
 from .paths import AllyPaths, contained_path, relative_parts
 from .plugin_manager import make_plugin_manager
 from .process import cancel_token
-from .store import MARKER, EnvStore, Marker, now_iso, store_errors
+from .store import MARKER, EnvStore, Marker, now_iso, store_errors, write_atomic
 from .warm_index import (
     INDEX_NAME,
     LEGACY_NAMES,
@@ -58,6 +58,9 @@ from .warm_index import (
 )
 
 __all__ = ["BoundTool", "Host", "PluginOutcome", "PluginSource"]
+
+#: The plugin directories ``ally install PATH`` remembered, in ``<envs_dir>/.state``.
+LINKS_NAME = "plugin-dirs.json"
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
@@ -265,10 +268,22 @@ class Host:
         plugin_manager: pluggy.PluginManager | None = None,
     ) -> None:
         env = dict(os.environ if environ is None else environ)
-        #: The directories of this home.
-        self.paths = AllyPaths.from_env(home, plugin_dirs, env)
+        paths = AllyPaths.from_env(home, plugin_dirs, env)
         #: Effective settings (defaults < config file < env vars < ``settings``).
-        self.settings: Settings = load_settings(self.paths.config_file, env, settings)
+        self.settings: Settings = load_settings(paths.config_file, env, settings)
+        # The plugin_dirs setting (config.toml, ALLY_PLUGIN_DIRS) adds to --plugins-dir.
+        # Relative entries of config.toml are relative to its directory.
+        base = (
+            paths.config_dir
+            if self.settings.sources.get("plugin_dirs") == str(paths.config_file)
+            else Path.cwd()
+        )
+        extra = [base / Path(p).expanduser() for p in self.settings.plugin_dirs]
+        unique = dict.fromkeys(
+            Path(os.path.normpath(p.absolute())) for p in (*paths.plugin_dirs, *extra)
+        )
+        #: The directories of this home.
+        self.paths = attrs.evolve(paths, plugin_dirs=tuple(unique))
         #: The pluggy plugin manager with every enabled runtime registered.
         self.pm = plugin_manager or make_plugin_manager(env)
         #: Shortcut to ``pm.hook``: how ally calls the runtimes.
@@ -290,6 +305,8 @@ class Host:
         self._unsaved: set[str] = set()
         # Base interpreter path -> its (size, mtime, inode), once per discover() (once per load).
         self._interpreters: dict[str, Optional[tuple[int, int, int]]] = {}
+        # The remembered plugin dirs and the identity of the file they were read from.
+        self._links: Optional[tuple[tuple[int, ...], list[Path]]] = None
 
     # -- runtimes ------------------------------------------------------------------------------
 
@@ -312,36 +329,103 @@ class Host:
         seen: dict[str, Path] = {}
         self._contexts = {}
         self._interpreters = {}
+        for root, name in self._candidates():
+            source = self._read_source(root, name)
+            if source is None:
+                continue
+            plugin_dir = source.plugin_dir
+            manifest = source.manifest
+            if manifest is not None and manifest.name in seen:
+                source = PluginSource(
+                    plugin_dir,
+                    None,
+                    ManifestError(
+                        manifest.name,
+                        MANIFEST_NAME,
+                        [f"$.name: duplicate plugin name, also used by {seen[manifest.name]}"],
+                    ),
+                )
+            elif manifest is not None:
+                seen[manifest.name] = plugin_dir
+            sources.append(source)
+        # Plugins that are gone leave the index when it is next written.
+        self.index.retain("keys", dirs := [str(s.plugin_dir) for s in sources])
+        self.index.retain("manifests", [f"{d}{os.sep}{MANIFEST_NAME}" for d in dirs])
+        return sources
+
+    def _candidates(self) -> Iterator[tuple[Path, str]]:
+        """``(root, name)`` of every directory that may hold a plugin, in discovery order:
+        the entries of each plugin dir (sorted, no dot names), then the remembered ones."""
         for root in self.paths.plugin_dirs:
             try:
                 entries = sorted(os.scandir(root), key=lambda e: e.name)
             except OSError:
                 continue
             for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                source = self._read_source(root, entry.name)
-                if source is None:
-                    continue
-                plugin_dir = source.plugin_dir
-                manifest = source.manifest
-                if manifest is not None and manifest.name in seen:
-                    source = PluginSource(
-                        plugin_dir,
-                        None,
-                        ManifestError(
-                            manifest.name,
-                            MANIFEST_NAME,
-                            [f"$.name: duplicate plugin name, also used by {seen[manifest.name]}"],
-                        ),
-                    )
-                elif manifest is not None:
-                    seen[manifest.name] = plugin_dir
-                sources.append(source)
-        # Plugins that are gone leave the index when it is next written.
-        self.index.retain("keys", dirs := [str(s.plugin_dir) for s in sources])
-        self.index.retain("manifests", [f"{d}{os.sep}{MANIFEST_NAME}" for d in dirs])
-        return sources
+                if not entry.name.startswith("."):
+                    yield root, entry.name
+        roots = set(self.paths.plugin_dirs)
+        for plugin_dir in self.linked_dirs():
+            if plugin_dir.parent not in roots:
+                yield plugin_dir.parent, plugin_dir.name
+
+    # -- plugin directories installed by path --------------------------------------------------
+
+    @property
+    def _links_file(self) -> Path:
+        return self.paths.state_dir / LINKS_NAME
+
+    def linked_dirs(self) -> list[Path]:
+        """Plugin directories ``ally install PATH`` remembered (see :meth:`add_plugin_dir`)."""
+        path = self._links_file
+        try:
+            st = os.stat(path)
+        except OSError:
+            return []
+        identity = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        if self._links is not None and self._links[0] == identity:
+            return list(self._links[1])
+        try:
+            data = json.loads(path.read_bytes())
+            dirs = [Path(d) for d in data["dirs"] if isinstance(d, str) and os.path.isabs(d)]
+        except (OSError, ValueError, TypeError, KeyError):
+            dirs = []
+        self._links = (identity, dirs)
+        return list(dirs)
+
+    def _write_links(self, change: Callable[[list[Path]], list[Path]]) -> None:
+        with store_errors("cannot record the plugin directories"):
+            self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+            with self.store.lock("plugin-dirs"):
+                dirs = change(self.linked_dirs())
+                data = json.dumps({"dirs": [str(d) for d in dirs]}, indent=2).encode()
+                write_atomic(self._links_file, data)
+        self._links = None
+
+    def add_plugin_dir(self, path: str | os.PathLike[str]) -> PluginSource:
+        """Make the plugin in directory ``path`` known to this home, for good.
+
+        A directory outside the plugin dirs is remembered in the env store's state, so later
+        loads, ``list``, ``run`` and ``gc`` of any process see it (until :meth:`remove`).
+        Raises if ``path`` holds no ``plugin.json`` or its manifest is invalid.
+        """
+        plugin_dir = Path(os.path.normpath(Path(path).expanduser().absolute()))
+        if not (plugin_dir / MANIFEST_NAME).is_file():
+            raise PluginNotFound(f"{path}: not a plugin directory (no {MANIFEST_NAME})")
+        source = self._read_source(plugin_dir.parent, plugin_dir.name)
+        if source is None or source.manifest is None:
+            raise (source.error if source is not None and source.error else None) or (
+                PluginNotFound(f"{path}: cannot read {MANIFEST_NAME}")
+            )
+        if plugin_dir.parent not in set(self.paths.plugin_dirs):
+            self._write_links(lambda dirs: dirs if plugin_dir in dirs else [*dirs, plugin_dir])
+        return source
+
+    def forget_plugin_dirs(self, dirs: Iterable[Path]) -> None:
+        """Stop remembering these plugin directories (their files are never touched)."""
+        gone = set(dirs)
+        if gone & set(self.linked_dirs()):
+            self._write_links(lambda known: [d for d in known if d not in gone])
 
     def _read_source(self, root: Path, name: str) -> Optional[PluginSource]:
         """The manifest of ``root/name`` (cached while ``plugin.json`` is unchanged).
@@ -1022,6 +1106,7 @@ class Host:
             progress(ProgressEvent(name, "start", f"Installing dependencies for '{name}'..."))
             try:
                 env, marker = self._build_into(built, key, fingerprint, interpreter)
+                self.store.record_origin(name, spec.plugin_dir)
                 self.store.publish(name, env_dir)
             except BaseException:
                 published = self.store.current(name)
@@ -1048,6 +1133,7 @@ class Host:
             or self.cheap_problem(attrs.evolve(spec, env_dir=found[0]), found[1]) is not None
         ):
             return None
+        self.store.record_origin(spec.plugin_name, spec.plugin_dir)
         self.store.publish(spec.plugin_name, found[0])
         if not os.path.isfile(found[0] / MARKER):
             # gc took it between find and publish: build (or wait for gc to give it back).
@@ -1142,12 +1228,32 @@ class Host:
         return reports
 
     def remove(self, name: str) -> bool:
-        """Remove a plugin's env pointer (never its source). Returns whether one existed."""
+        """Remove a plugin's env pointer (never its source). Returns whether one existed.
+
+        A plugin directory :meth:`add_plugin_dir` remembered for ``name`` is forgotten.
+        """
         from .paths import check_plugin_name
 
         check_plugin_name(name, source="argument")
+        self.forget_plugin_dirs(
+            d
+            for d in self.linked_dirs()
+            if d.name == name
+            or ((source := self._read_source(d.parent, d.name)) is not None and source.name == name)
+        )
         self.store.clear_failure(name)
         return self.store.unpublish(name)
+
+    def _still_installed(self, name: str) -> bool:
+        """Whether the directory ``name``'s env was published for still holds that plugin."""
+        origin = self.store.origin(name)
+        if origin is None:
+            return False
+        source = self._read_source(origin.parent, origin.name)
+        if source is None:
+            return False
+        # A manifest that cannot be read right now is still a plugin there.
+        return source.manifest is None or source.manifest.name == name
 
     def _state_files(self, pattern: str) -> list[Path]:
         state = self.paths.state_dir
@@ -1165,11 +1271,21 @@ class Host:
         plugins = {s.name for s in self.discover()}
         removed: list[tuple[Path, int, str]] = []
         with store_errors("gc"):
+            gone_dirs = [d for d in self.linked_dirs() if not (d / MANIFEST_NAME).is_file()]
+            removed += [(d, 0, "remembered plugin directory is gone") for d in gone_dirs]
+            if gone_dirs and not dry_run:
+                self.forget_plugin_dirs(gone_dirs)
             for name in sorted(self.store.pointers()):
-                if name not in plugins:
-                    removed.append((self.store.pointer(name), 0, f"plugin {name!r} is gone"))
-                    if not dry_run:
-                        self.store.unpublish(name)
+                if name in plugins:
+                    continue
+                if self._still_installed(name):
+                    # In a directory this process does not look in (another --plugins-dir,
+                    # ALLY_PLUGIN_DIRS of another shell): its env stays.
+                    plugins.add(name)
+                    continue
+                removed.append((self.store.pointer(name), 0, f"plugin {name!r} is gone"))
+                if not dry_run:
+                    self.store.unpublish(name)
             for backup in self._state_files("*.previous"):
                 removed.append((backup, 0, "backup from an update"))
                 if not dry_run:

@@ -7,6 +7,7 @@ Layout under ``envs_dir`` (``<home>/plugin-envs``)::
     .locks/<fp16>.lock          build lock of one fingerprint (beside the envs, not inside)
     .state/<name>.failed.json   the last failed install of a plugin
     .state/<name>.previous      the env a plugin used before its last update (a backup)
+    .state/<name>.origin        the plugin directory whose env <name> points at
     .state/warm-index.<py>.bin  what warm loads derived from files (see warm_index.py)
     <name> -> .store/<...>      per-plugin pointer (a symlink, swapped atomically)
 
@@ -307,6 +308,24 @@ class EnvStore:
                 with contextlib.suppress(OSError):
                     self._set_backup(name, previous[0])
 
+    def record_origin(self, name: str, origin: Path) -> None:
+        """Remember the plugin directory ``name``'s env is published for: ``gc`` keeps the
+        pointer while that directory still holds the plugin, even where it does not look."""
+        if self.origin(name) == origin:
+            return
+        # A hint for gc only: a store whose state cannot be written still publishes.
+        with contextlib.suppress(OSError):
+            self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.paths.state_dir / f"{name}.origin", str(origin).encode("utf-8"))
+
+    def origin(self, name: str) -> Optional[Path]:
+        """The plugin directory ``name``'s env was last published for, if recorded."""
+        try:
+            text = (self.paths.state_dir / f"{name}.origin").read_text("utf-8")
+        except (OSError, ValueError):
+            return None
+        return Path(text) if os.path.isabs(text) else None
+
     def _set_backup(self, name: str, env_dir: Path) -> None:
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
         link = _temp_link(self.paths.state_dir, name)
@@ -321,8 +340,9 @@ class EnvStore:
             if pointer.is_symlink():
                 pointer.unlink()
                 removed = True
-            with contextlib.suppress(FileNotFoundError):
-                (self.paths.state_dir / f"{name}.previous").unlink()
+            for suffix in (".previous", ".origin"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.paths.state_dir / f"{name}{suffix}").unlink()
         return removed
 
     def discard(self, env_dir: Path, *, unless_used: bool = False) -> bool:
