@@ -193,7 +193,16 @@ def cmd_remove(args: argparse.Namespace) -> int:
     host = _host(args)
     for name in args.names:
         removed = host.remove(name)
-        print(f"removed the env of {name}" if removed else f"{name} has no env")
+        if removed.deleted:
+            print(f"removed the env of {name} (freed {_size(removed.freed)})")
+        elif removed:
+            print(f"removed the env of {name}")
+        else:
+            print(f"{name} has no env")
+        for env_dir in removed.shared:
+            print(f"    kept {env_dir}: other plugins use it")
+        for plugin_dir in removed.forgot:
+            print(f"    forgot the plugin directory {plugin_dir} (its files are untouched)")
     return EXIT_OK
 
 
@@ -484,7 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
         "reinstall", _each("ensure", force=True), "rebuild plugins' envs from scratch", build=True
     )
     p.add_argument("names", nargs="+", metavar="NAME", help="plugins to rebuild")
-    p = add("remove", cmd_remove, "remove plugins' envs (never their source)", json_flag=False)
+    p = add(
+        "remove",
+        cmd_remove,
+        "remove plugins' envs, unless other plugins share them (never their source)",
+        json_flag=False,
+    )
     p.add_argument("names", nargs="+", metavar="NAME", help="plugins whose env to remove")
     p = add("gc", cmd_gc, "delete envs no plugin uses, leftovers of killed builds, backups")
     p.add_argument("--dry-run", action="store_true", help="only show what would be removed")

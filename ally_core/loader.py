@@ -57,7 +57,7 @@ from .warm_index import (
     unchanged,
 )
 
-__all__ = ["BoundTool", "Host", "PluginOutcome", "PluginSource"]
+__all__ = ["BoundTool", "Host", "PluginOutcome", "PluginSource", "Removal"]
 
 #: The plugin directories ``ally install PATH`` remembered, in ``<envs_dir>/.state``.
 LINKS_NAME = "plugin-dirs.json"
@@ -159,6 +159,28 @@ class BoundTool:
         return run_tool(
             self.host, self.plugin, self.spec, arguments, timeout=timeout, config=config
         )
+
+
+@attrs.frozen
+class Removal:
+    """What :meth:`Host.remove` did. True when the plugin had an env pointer."""
+
+    name: str
+    #: Whether the plugin had an env pointer.
+    pointer: bool
+    #: Env directories deleted, with the bytes they held.
+    deleted: tuple[tuple[Path, int], ...] = ()
+    #: Env directories kept because another plugin uses them.
+    shared: tuple[Path, ...] = ()
+    #: Remembered plugin directories forgotten (their files are untouched).
+    forgot: tuple[Path, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.pointer
+
+    @property
+    def freed(self) -> int:
+        return sum(size for _path, size in self.deleted)
 
 
 def _pending(source: PluginSource, reason: str) -> PluginOutcome:
@@ -1227,22 +1249,58 @@ class Host:
             reports.append((outcome, health))
         return reports
 
-    def remove(self, name: str) -> bool:
-        """Remove a plugin's env pointer (never its source). Returns whether one existed.
+    def remove(self, name: str) -> Removal:
+        """Remove a plugin's env (never its source): its pointer, and the env itself unless
+        another plugin uses it. Returns a :class:`Removal`, true if a pointer existed.
 
+        The env it used before its last update (the backup) and other copies of the same
+        env go too, so a later install builds afresh: damage in the old env is never reused.
         A plugin directory :meth:`add_plugin_dir` remembered for ``name`` is forgotten.
         """
+        from filelock import Timeout
+
         from .paths import check_plugin_name
+        from .store import disk_usage
 
         check_plugin_name(name, source="argument")
-        self.forget_plugin_dirs(
+        forgot = [
             d
             for d in self.linked_dirs()
             if d.name == name
             or ((source := self._read_source(d.parent, d.name)) is not None and source.name == name)
-        )
+        ]
+        self.forget_plugin_dirs(forgot)
         self.store.clear_failure(name)
-        return self.store.unpublish(name)
+        with store_errors(f"cannot remove the env of {name!r}"):
+            envs = [
+                env
+                for env in (
+                    self.store.pointers().get(name),
+                    self.store.backup(name),
+                )
+                if env is not None and env.parent == self.store.store_dir.resolve()
+            ]
+            fingerprints = {m.fingerprint for e in envs if (m := self.store.read_marker(e))}
+            existed = self.store.unpublish(name)
+            for fingerprint in fingerprints:
+                envs += [e.resolve() for e, _m in self.store.find_all(fingerprint)]
+            deleted: list[tuple[Path, int]] = []
+            shared: list[Path] = []
+            for env in dict.fromkeys(envs):
+                env_dir = self.store.store_dir / env.name
+                try:
+                    with self.store.lock(env.name.split("-", 1)[0], timeout=0):
+                        if env in set(self.store.pointers().values()):
+                            shared.append(env_dir)
+                            continue
+                        size = disk_usage(env_dir) if env_dir.is_dir() else 0
+                        if self.store.discard(env_dir, unless_used=True):
+                            deleted.append((env_dir, size))
+                        elif env_dir.is_dir():
+                            shared.append(env_dir)
+                except Timeout:
+                    continue  # a build of this very env is running: it publishes it anew
+        return Removal(name, existed, tuple(deleted), tuple(shared), tuple(forgot))
 
     def _still_installed(self, name: str) -> bool:
         """Whether the directory ``name``'s env was published for still holds that plugin."""

@@ -282,6 +282,23 @@ class EnvStore:
                 best = (env_dir, marker)
         return best
 
+    def find_all(self, fingerprint: str) -> list[tuple[Path, Marker]]:
+        """Every published env with exactly this fingerprint."""
+        found = []
+        for env_dir in sorted(self.store_dir.glob(f"{fingerprint[:16]}-*")):
+            marker = self.read_marker(env_dir)
+            if marker is not None and marker.fingerprint == fingerprint:
+                found.append((env_dir, marker))
+        return found
+
+    def backup(self, name: str) -> Optional[Path]:
+        """The env ``name`` used before its last update or reinstall, if recorded."""
+        link = self.paths.state_dir / f"{name}.previous"
+        try:
+            return (link.parent / os.readlink(link)).resolve()
+        except OSError:
+            return None
+
     def write_marker(self, env_dir: Path, marker: Marker) -> None:
         data = json.dumps(_CONVERTER.unstructure(marker), indent=2, sort_keys=True).encode()
         with store_errors(f"cannot write {env_dir / MARKER}"):

@@ -300,12 +300,36 @@ def test_remove_drops_only_the_env_pointer_never_the_plugin_source(
     source = _tree(plugin)
     proc = ally_cli("remove", "greeter")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "removed the env of greeter"
+    assert proc.stdout.startswith("removed the env of greeter (freed ")
     assert not os.path.lexists(ally_home / "plugin-envs" / "greeter")
     assert _tree(plugin) == source
     assert ally_cli("remove", "greeter").stdout.strip() == "greeter has no env"
     listed = _json(ally_cli("list", "--json"))["greeter"]
     assert listed["status"] == "pending" and listed["reason"] == "not installed"
+    assert _run_tool(ally_cli).endswith("2.0.0")
+
+
+def test_remove_deletes_the_env_and_its_backup_so_a_following_install_builds_afresh(
+    ally_home: Path, make_plugin, ally_cli
+):
+    _greeter(make_plugin)
+    assert _run_tool(ally_cli).endswith("2.0.0")
+    assert ally_cli("reinstall", "greeter", "-q").returncode == 0
+    env = (ally_home / "plugin-envs" / "greeter").resolve()
+    backup = (ally_home / "plugin-envs" / ".state" / "greeter.previous").resolve()
+    assert env != backup and len(_published(ally_home)) == 2
+    # Damage the cheap check does not see: a module of the env deleted.
+    (module,) = env.glob("lib/python*/site-packages/allydemo_greet.py")
+    module.unlink()
+    proc = ally_cli("remove", "greeter")
+    assert proc.returncode == 0, proc.stderr
+    assert not env.exists() and not backup.exists()
+    assert _published(ally_home) == []
+    assert proc.stdout.startswith("removed the env of greeter (freed ")
+    proc = ally_cli("install", "greeter", "--json")
+    assert proc.returncode == 0, proc.stderr
+    again = _json(proc)["greeter"]
+    assert again["action"] == "built" and Path(again["env"]) not in {env, backup}
     assert _run_tool(ally_cli).endswith("2.0.0")
 
 
@@ -359,7 +383,13 @@ def test_removing_one_of_two_plugins_sharing_an_env_keeps_the_other_working(
     outcomes = _json(proc)
     assert outcomes["first"]["env"] == outcomes["second"]["env"]
     shared = Path(outcomes["second"]["env"])
-    assert ally_cli("remove", "first").returncode == 0
+    proc = ally_cli("remove", "first")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "removed the env of first",
+        f"    kept {shared}: other plugins use it",
+    ]
+    assert shared.is_dir()
     for child in sorted(first.rglob("*"), reverse=True):
         child.unlink() if child.is_file() else child.rmdir()
     first.rmdir()
