@@ -64,6 +64,7 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
         "env": str(outcome.env.path) if outcome.env else None,
         "action": outcome.action,
         "repair_reason": outcome.repair_reason or None,
+        "stale": outcome.stale,
         "packages": dict(outcome.packages),
         "tools": [{"name": t.name, "description": t.spec.description} for t in outcome.tools]
         if outcome.tools
@@ -78,7 +79,11 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
 
 def _print_outcomes(outcomes: Sequence[Any]) -> None:
     for o in outcomes:
-        if o.ready:
+        if o.ready and o.reason:
+            # Ready on the env published before a rebuild that failed: say so, and why.
+            tools = ", ".join(t.name for t in o.tools) or "no tools"
+            print(f"! {o.name}: {tools}; {o.reason}")
+        elif o.ready:
             tools = ", ".join(t.name for t in o.tools) or "no tools"
             extra = {
                 "built": " (installed)",
@@ -120,7 +125,9 @@ def _load(
         _emit({"plugins": [_outcome_json(o) for o in outcomes]})
     else:
         _print_outcomes(outcomes)
-    return EXIT_OK if all(o.ready for o in outcomes) else EXIT_BLOCKED
+    # A plugin kept on its previous env is usable, but not what was asked for.
+    done = all(o.ready and not o.stale and o.action != "failed" for o in outcomes)
+    return EXIT_OK if done else EXIT_BLOCKED
 
 
 def _looks_like_path(text: str) -> bool:
@@ -298,6 +305,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             reporter.close()
     if not outcome.ready:
         raise PluginNotFound(f"{outcome.name}: blocked: {outcome.reason}")
+    if outcome.reason:
+        print(f"ally: warning: {outcome.name}: {outcome.reason}", file=sys.stderr)
     result = outcome.tool(args.tool).call(
         arguments, timeout=args.timeout, config=_config_pairs(args.config)
     )

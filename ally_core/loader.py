@@ -98,6 +98,8 @@ class _KeyEntry:
     key: str
     #: Whether it is in the warm index (files changed in the last seconds are not, yet).
     saved: bool = False
+    #: What the key was computed from (``None`` when it came from the warm index).
+    inputs: Optional[dict[str, Any]] = None
 
 
 @attrs.define
@@ -119,6 +121,9 @@ class PluginOutcome:
     action: str = "none"
     #: Why an existing env was rebuilt.
     repair_reason: str = ""
+    #: Ready on an env built for earlier inputs (a changed dependency file, another
+    #: interpreter setting…) because the build for the current ones failed: ``reason`` says why.
+    stale: bool = False
     packages: Mapping[str, str] = attrs.field(factory=dict)
     error: Optional[AllyError] = attrs.field(default=None, repr=False)
 
@@ -265,6 +270,82 @@ def _manifest_failure(exc: BaseException) -> str:
     if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
         return "invalid JSON: a number has too many digits"
     return f"cannot be loaded: {exc.__class__.__name__}: {_one_line(exc)}"
+
+
+def _key_of(inputs: Mapping[str, Any]) -> str:
+    """The request key of :meth:`Host.request_inputs` (as it always was: a sha256 of the
+    sorted JSON)."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+#: What each of an env's inputs is called when it changes (others by their key).
+_INPUT_LABELS = {
+    "runtime": "runtime",
+    "dependency_file": "dependency file",
+    "install_command": "install_command",
+    "runtime_version": "runtime_version",
+    "dependency_options": "dependencies options",
+    "artifacts_dir": "bundle artifacts",
+}
+#: Keys of the runtimes' env_identity, as a user knows them.
+_IDENTITY_LABELS = {
+    "backend": "installer",
+    "python": "interpreter (ALLY_PYTHON)",
+    "index": "package index settings",
+    "plugin_dir": "plugin directory",
+    "node": "node",
+    "registry": "registry settings",
+    "locks": "lock file",
+    "npmrc": ".npmrc",
+    "dev": "devDependencies setting",
+    "scripts": "install scripts setting",
+}
+
+
+def _shown(value: Any) -> Optional[str]:
+    """A short rendering of a changed scalar input, ``None`` for structured ones."""
+    if value is None:
+        return "unset"
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return value if len(value) <= 120 else value[:117] + "..."
+    return None
+
+
+def _changed(label: str, old: Any, new: Any) -> str:
+    before, after = _shown(old), _shown(new)
+    if before is None or after is None:
+        return f"{label} changed"
+    return f"{label} changed ({before} \u2192 {after})"
+
+
+def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """What differs between an env's recorded inputs and the current ones, in words:
+    ``"requirements.txt changed"``, ``"installer changed (uv → pip)"``…"""
+    if not old:
+        return "dependencies or settings changed (the env does not record its inputs)"
+    changes: list[str] = []
+    if old.get("dependency_file") != new.get("dependency_file"):
+        changes.append(
+            _changed("dependency file", old.get("dependency_file"), new.get("dependency_file"))
+        )
+    elif old.get("dependency_sha256") != new.get("dependency_sha256"):
+        changes.append(f"{new.get('dependency_file') or 'dependency file'} changed")
+    for key, label in _INPUT_LABELS.items():
+        if key != "dependency_file" and old.get(key) != new.get(key):
+            changes.append(_changed(label, old.get(key), new.get(key)))
+    before: dict[str, Any] = old["identity"] if isinstance(old.get("identity"), dict) else {}
+    after: dict[str, Any] = new["identity"] if isinstance(new.get("identity"), dict) else {}
+    for key in sorted(set(before) | set(after), key=lambda k: (k not in _IDENTITY_LABELS, k)):
+        if before.get(key) != after.get(key):
+            label = _IDENTITY_LABELS.get(key, f"{new.get('runtime') or 'runtime'} {key}")
+            changes.append(_changed(label, before.get(key), after.get(key)))
+    known = {"dependency_sha256", "identity", *_INPUT_LABELS}
+    for key in sorted((set(old) | set(new)) - known):
+        if old.get(key) != new.get(key):
+            changes.append(_changed(key, old.get(key), new.get(key)))
+    return "; ".join(changes) or "dependencies changed"
 
 
 def _one_line(error: BaseException) -> str:
@@ -643,7 +724,13 @@ class Host:
 
     def request_key(self, spec: EnvSpec) -> str:
         """Hash of everything the plugin declares about its env (cheap: no processes)."""
-        digest = hashlib.sha256()
+        return _key_of(self.request_inputs(spec))
+
+    def request_inputs(self, spec: EnvSpec) -> dict[str, Any]:
+        """What :meth:`request_key` hashes, as plain JSON data: the env's inputs.
+
+        Each env's marker keeps them, so a rebuild can say what changed.
+        """
         dep_bytes = spec.dependency_file.read_bytes() if spec.dependency_file else b""
         identity = self.hook.env_identity(spec=spec)
         request = {
@@ -658,8 +745,8 @@ class Host:
             else None,
             "identity": identity,
         }
-        digest.update(json.dumps(request, sort_keys=True, default=str).encode())
-        return digest.hexdigest()
+        plain: dict[str, Any] = json.loads(json.dumps(request, sort_keys=True, default=str))
+        return plain
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -767,6 +854,50 @@ class Host:
         outcome.tools = [BoundTool(self, outcome, tool) for tool in manifest.tools]
         return outcome
 
+    def _kept(
+        self, source: PluginSource, marker: Marker, failure: str, *, stale: bool, **kw: Any
+    ) -> PluginOutcome:
+        """Ready on the env published before a rebuild that failed with ``failure``.
+
+        ``stale``: that env was built for other inputs than the plugin's current ones.
+        """
+        return self._ready(
+            source,
+            marker.env,
+            packages=marker.packages,
+            reason=f"{failure} (the previous env is kept and still used)",
+            stale=stale,
+            **kw,
+        )
+
+    def _failure(self, name: str, key: str, *, recent: bool) -> Optional[str]:
+        """The reason the last build of ``name`` for exactly ``key`` failed, if it did.
+
+        ``recent``: only a failure younger than ``retry_after`` (a load retries older ones).
+        Failures of other inputs (an earlier dependency file, another ALLY_PYTHON) are never
+        reported: they say nothing about the current ones.
+        """
+        remembered = self._recent_failure(name, key)
+        if remembered is not None:
+            return remembered
+        record = self.store.last_failure(name)
+        if not record or record.get("request_key") != key:
+            return None
+        reason = record.get("reason")
+        if not isinstance(reason, str):
+            return None
+        if recent:
+            import datetime
+
+            try:
+                at = datetime.datetime.fromisoformat(str(record.get("at")))
+                age = (datetime.datetime.now(datetime.timezone.utc) - at).total_seconds()
+            except (TypeError, ValueError):
+                return None
+            if not 0 <= age < self.settings.retry_after:
+                return None
+        return reason
+
     def _ready_without_env(self, source: PluginSource) -> PluginOutcome:
         """A plugin without a runtime: its tools run plain commands, ready at once."""
         return self._ready(source, None)
@@ -805,9 +936,16 @@ class Host:
         except Exception as exc:  # a runtime's bug in env_identity blocks its plugin only
             return self._blocked(source, _runtime_error(manifest.name, exc))
         current = self.store.current(manifest.name)
-        if current is None or current[1].request_key != key:
+        if current is None:
             return None
         marker = current[1]
+        if marker.request_key != key:
+            # A rebuild for exactly these inputs failed a moment ago: the previous env keeps
+            # serving the plugin (if it still works) until retry_after has passed.
+            failure = self._failure(manifest.name, key, recent=True)
+            if failure is None or self.cheap_problem(spec, marker) is not None:
+                return None
+            return self._kept(source, marker, failure, stale=True)
         if self.cheap_problem(spec, marker) is not None:
             return None
         return self._ready(source, marker.env, packages=marker.packages)
@@ -856,12 +994,22 @@ class Host:
             # Identities first, then the key: a file edited meanwhile is seen next time.
             files = self.hook.identity_files(spec=spec) if context else None
             watch = identities(map(str, files or ()))
-            key = self.request_key(spec)
+            inputs = self.request_inputs(spec)
+            key = _key_of(inputs)
             if context is not None and self._context_now(manifest.runtime) != context:
                 # The outside inputs changed while the key was computed: which ones the key
                 # saw is unknown, so it is used once and not remembered.
                 return spec, key
-        entry = _KeyEntry(source, signature, context, watch, spec, key, saved=indexed is not None)
+        entry = _KeyEntry(
+            source,
+            signature,
+            context,
+            watch,
+            spec,
+            key,
+            saved=indexed is not None,
+            inputs=None if indexed is not None else inputs,
+        )
         if not entry.saved and index_id and self._save_key(plugin_dir, index_id, entry):
             entry = attrs.evolve(entry, saved=True)
         with self._lock:
@@ -1039,26 +1187,37 @@ class Host:
             return self._ready_without_env(source)
         try:
             spec = self.spec_for(manifest, source.plugin_dir, progress=progress, upgrade=upgrade)
-            key = self.request_key(spec)
+            inputs = self.request_inputs(spec)
+            key = _key_of(inputs)
         except AllyError as exc:
             return self._blocked(source, exc)
         except Exception as exc:  # a runtime's bug in env_identity blocks its plugin only
             return self._blocked(source, _runtime_error(manifest.name, exc))
+        current = self.store.current(manifest.name)
+        # The published env, if it can be used as is: it keeps serving the plugin when a
+        # rebuild fails (an update, a reinstall, a changed dependency file).
+        previous: Optional[Marker] = None
+        repair = ""
+        if current is not None:
+            env_dir, marker = current
+            problem = self.cheap_problem(attrs.evolve(spec, env_dir=env_dir), marker)
+            previous = marker if problem is None else None
+            if not force:
+                # The most specific reason first: a vanished interpreter also changes the
+                # key when it was chosen by a setting (ALLY_PYTHON).
+                repair = problem or (
+                    describe_change(marker.inputs, inputs) if marker.request_key != key else ""
+                )
         remembered = None if force else self._recent_failure(manifest.name, key)
         if remembered is not None:
+            if previous is not None:
+                return self._kept(source, previous, remembered, stale=True)
             return self._blocked(source, InstallFailed(remembered))
-        current = self.store.current(manifest.name)
-        repair = ""
-        if current is not None and not force:
-            env_dir, marker = current
-            # The most specific reason first: a vanished interpreter also changes the key
-            # when it was chosen by a setting (ALLY_PYTHON).
-            repair = self.cheap_problem(attrs.evolve(spec, env_dir=env_dir), marker) or (
-                "dependencies changed" if marker.request_key != key else ""
-            )
         try:
             try:
-                env, marker, action = self._build(spec, key, reuse=not force, progress=progress)
+                env, marker, action = self._build(
+                    spec, key, inputs, reuse=not force, progress=progress
+                )
             except AllyError:
                 raise
             except Exception as exc:
@@ -1066,13 +1225,19 @@ class Host:
                 raise _runtime_error(manifest.name, exc) from exc
         except AllyError as exc:
             reason = _one_line(exc)
-            if current is not None and force:
-                # An update/reinstall failed: the previous env was never unpublished.
-                reason += " (the previous env is kept and still used)"
-            else:
+            if previous is None or previous.request_key != key:
+                # Remembered for these inputs: until they change (or retry_after passes),
+                # loads do not build again, and `list` says why.
                 with self._lock:
                     self._failures[manifest.name] = (key, time.monotonic(), reason)
                 self.store.record_failure(manifest.name, key, reason)
+            if previous is not None:
+                # The previous env was never unpublished: it keeps serving the plugin.
+                kept = self._kept(
+                    source, previous, reason, stale=previous.request_key != key, action="failed"
+                )
+                progress(ProgressEvent(manifest.name, "failed", kept.reason))
+                return kept
             progress(ProgressEvent(manifest.name, "failed", reason))
             return self._blocked(source, exc, action="failed", reason=reason)
         with self._lock:
@@ -1087,7 +1252,13 @@ class Host:
         )
 
     def _build(
-        self, spec: EnvSpec, key: str, *, reuse: bool, progress: ProgressCallback
+        self,
+        spec: EnvSpec,
+        key: str,
+        inputs: Mapping[str, Any],
+        *,
+        reuse: bool,
+        progress: ProgressCallback,
     ) -> tuple[EnvInfo, Marker, str]:
         name = spec.plugin_name
         interpreter = self.hook.resolve_interpreter(spec=spec)
@@ -1127,7 +1298,7 @@ class Host:
             built = attrs.evolve(spec, env_dir=env_dir)
             progress(ProgressEvent(name, "start", f"Installing dependencies for '{name}'..."))
             try:
-                env, marker = self._build_into(built, key, fingerprint, interpreter)
+                env, marker = self._build_into(built, key, inputs, fingerprint, interpreter)
                 self.store.record_origin(name, spec.plugin_dir)
                 self.store.publish(name, env_dir)
             except BaseException:
@@ -1164,7 +1335,12 @@ class Host:
         return found[1].env, found[1], action
 
     def _build_into(
-        self, spec: EnvSpec, key: str, fingerprint: str, interpreter: Any
+        self,
+        spec: EnvSpec,
+        key: str,
+        inputs: Mapping[str, Any],
+        fingerprint: str,
+        interpreter: Any,
     ) -> tuple[EnvInfo, Marker]:
         env = self.hook.create_env(spec=spec, interpreter=interpreter)
         if env is None:
@@ -1186,6 +1362,7 @@ class Host:
             packages=dict(result.packages) if result else {},
             created_at=now_iso(),
             plugin=spec.plugin_name,
+            inputs=dict(inputs),
         )
         self.store.write_marker(spec.env_dir, marker)
         return env, marker
@@ -1194,22 +1371,43 @@ class Host:
 
     def status(self) -> list[PluginOutcome]:
         """Every plugin's state without building anything (for ``ally list``)."""
-        outcomes = []
-        for source in self.discover():
-            warm = self._warm(source)
-            if warm is None:
-                failure = self.store.last_failure(source.name)
-                reason = (
-                    f"install failed: {failure['reason']}"
-                    if failure
-                    else "not installed"
-                    if self.store.current(source.name) is None
-                    else "needs rebuild"
-                )
-                warm = _pending(source, reason)
-            outcomes.append(warm)
+        outcomes = [self._warm(source) or self._explain(source) for source in self.discover()]
         self._save_index()
         return outcomes
+
+    def _explain(self, source: PluginSource) -> PluginOutcome:
+        """The state of a plugin :meth:`_warm` cannot make ready, and why, judged with the
+        current inputs only (no process; nothing is built)."""
+        manifest = source.manifest
+        assert manifest is not None
+        try:
+            spec, key = self._spec_and_key(source)
+        except Exception as exc:  # _warm reported it already; here it is only a reason
+            return _pending(source, _one_line(exc))
+        failure = self._failure(manifest.name, key, recent=False)
+        current = self.store.current(manifest.name)
+        if current is None:
+            if failure is not None:
+                return _pending(source, f"install failed: {failure}")
+            if os.path.lexists(self.store.pointer(manifest.name)):
+                return _pending(source, "needs rebuild: its env is missing or incomplete")
+            return _pending(source, "not installed")
+        marker = current[1]
+        problem = self.cheap_problem(spec, marker)
+        if problem is not None:
+            if failure is not None:
+                return _pending(source, f"install failed: {failure}")
+            return _pending(source, f"needs rebuild: {problem}")
+        if failure is not None:
+            # What a load does within retry_after, and again after a retry that fails.
+            return self._kept(source, marker, failure, stale=True)
+        entry = self._keys.get(str(source.plugin_dir))
+        inputs = entry.inputs if entry is not None and entry.spec is spec else None
+        try:
+            inputs = inputs if inputs is not None else self.request_inputs(spec)
+        except Exception as exc:  # a runtime's bug: the state is still known
+            return _pending(source, f"needs rebuild ({_one_line(exc)})")
+        return _pending(source, f"needs rebuild: {describe_change(marker.inputs, inputs)}")
 
     def doctor(
         self,
@@ -1224,11 +1422,9 @@ class Host:
         for source in self.discover():
             if wanted is not None and source.name not in wanted:
                 continue
-            outcome = self._warm(source)
-            if outcome is None:
-                reason = "env not installed or out of date"
-                health = Health((Problem(reason),))
-                outcome = _pending(source, reason)
+            outcome = self._warm(source) or self._explain(source)
+            if outcome.status == "pending":
+                health = Health((Problem(outcome.reason),))
             elif outcome.env is None:
                 health = Health() if outcome.ready else Health((Problem(outcome.reason, False),))
             else:

@@ -64,6 +64,9 @@ class Marker:
     created_at: str = ""
     plugin: str = ""
     format: int = MARKER_FORMAT
+    #: What the request key was computed from (``Host.request_inputs``): a later rebuild
+    #: names what changed. Empty in markers of older versions of ally.
+    inputs: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 def _make_converter() -> cattrs.Converter:
@@ -128,6 +131,7 @@ def _marker_from_json(data: Any, env_dir: Optional[Path] = None) -> Marker:
         created_at=str(data.get("created_at", "")),
         plugin=str(data.get("plugin", "")),
         format=int(data["format"]),
+        inputs=dict(inputs) if type(inputs := data.get("inputs")) is dict else {},
     )
 
 
