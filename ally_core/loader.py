@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shlex
 import stat
 import threading
@@ -308,13 +309,21 @@ def _shown(value: Any) -> Optional[str]:
         return "unset"
     if isinstance(value, (bool, int, float)):
         return json.dumps(value)
-    if isinstance(value, str):
+    if isinstance(value, str) and not _DIGEST.fullmatch(value):
         return value if len(value) <= 120 else value[:117] + "..."
     return None
 
 
+#: A file's hash, as runtimes put it into an identity: never worth showing.
+_DIGEST = re.compile(r"[0-9a-f]{32,}")
+
+
 def _changed(label: str, old: Any, new: Any) -> str:
     before, after = _shown(old), _shown(new)
+    if old is None and after is None:
+        return f"{label} added"
+    if new is None and before is None:
+        return f"{label} removed"
     if before is None or after is None:
         return f"{label} changed"
     return f"{label} changed ({before} \u2192 {after})"
