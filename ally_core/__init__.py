@@ -6,7 +6,7 @@ The public API. Everything not listed in ``__all__`` is internal.
 from __future__ import annotations
 
 from .__about__ import __version__
-from .config import IndexOptions, Settings
+from .config import IndexOptions, Settings, strip_credentials
 from .envs import (
     EnvInfo,
     EnvOptions,
@@ -30,6 +30,7 @@ from .errors import (
     ToolInputError,
     UnsafePath,
 )
+from .forms import FormRequest
 from .hookspecs import hookimpl, hookspec
 from .loader import BoundTool, Host, PluginOutcome, PluginSource
 from .manifest import Dependencies, Manifest, Tool, load_manifest, parse_manifest
@@ -45,6 +46,7 @@ __all__ = [
     "EnvOptions",
     "EnvSpec",
     "EnvStoreError",
+    "FormRequest",
     "Health",
     "Host",
     "IndexOptions",
@@ -74,4 +76,5 @@ __all__ = [
     "parse_manifest",
     "run_checks",
     "run_installer",
+    "strip_credentials",
 ]

@@ -53,26 +53,65 @@ def _reporter(args: argparse.Namespace) -> Any:
     )
 
 
+def _tool_json(tool: Any) -> dict[str, Any]:
+    """What a host needs to advertise one tool (so it never parses plugin.json itself)."""
+    return {
+        "name": tool.name,
+        "description": tool.description,
+        "schema": tool.schema or {"type": "object", "properties": {}},
+        "interactive": tool.interactive,
+        "requiresConfirmation": tool.requires_confirmation,
+        "visible_to": tool.visible_to,
+        "subtext": tool.subtext,
+        "display_name": tool.display_name,
+        "usageGuidance": tool.usage_guidance,
+        "timeout": tool.timeout,
+    }
+
+
+def _config_schema_json(manifest: Any) -> Optional[dict[str, Any]]:
+    """The plugin's config schema, with the defaults of secret properties masked."""
+    from .plugin_config import MASK, config_schema
+
+    schema = config_schema(manifest)
+    if not schema:
+        return None
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        return dict(schema)
+    masked = {
+        k: (
+            {**v, "default": MASK}
+            if isinstance(v, dict) and v.get("secret") is True and "default" in v
+            else v
+        )
+        for k, v in props.items()
+    }
+    return {**schema, "properties": masked}
+
+
 def _outcome_json(outcome: Any) -> dict[str, Any]:
+    manifest = outcome.manifest
+    specs = (
+        [t.spec for t in outcome.tools] if outcome.tools else (manifest.tools if manifest else [])
+    )
     return {
         "name": outcome.name,
         "dir": str(outcome.plugin_dir),
         "status": outcome.status,
         "reason": outcome.reason or None,
-        "runtime": outcome.manifest.runtime if outcome.manifest else None,
-        "version": outcome.manifest.version if outcome.manifest else None,
+        "runtime": manifest.runtime if manifest else None,
+        "version": manifest.version if manifest else None,
+        "description": manifest.description if manifest else None,
         "env": str(outcome.env.path) if outcome.env else None,
         "action": outcome.action,
         "repair_reason": outcome.repair_reason or None,
         "stale": outcome.stale,
         "packages": dict(outcome.packages),
-        "tools": [{"name": t.name, "description": t.spec.description} for t in outcome.tools]
-        if outcome.tools
-        else (
-            [{"name": t.name, "description": t.description} for t in outcome.manifest.tools]
-            if outcome.manifest
-            else []
-        ),
+        "tools": [_tool_json(t) for t in specs],
+        "agents": manifest.agents if manifest else [],
+        "activationMode": manifest.activation_mode if manifest else None,
+        "config_schema": _config_schema_json(manifest) if manifest else None,
         "warnings": outcome.warnings,
     }
 
@@ -91,7 +130,8 @@ def _print_outcomes(outcomes: Sequence[Any]) -> None:
                 "repaired": f" (repaired: {o.repair_reason})",
                 "updated": " (updated)",
             }
-            print(f"\u2713 {o.name}: {tools}{extra.get(o.action, '')}")
+            mark = "\u26a0" if o.warnings else "\u2713"
+            print(f"{mark} {o.name}: {tools}{extra.get(o.action, '')}")
         elif o.status == "pending":
             print(f"\u2026 {o.name}: {o.reason}")
         else:
@@ -280,6 +320,8 @@ def _read_input(args: argparse.Namespace) -> Any:
         return {}
     try:
         return json.loads(text)
+    except RecursionError:
+        raise ToolError("--input is nested too deeply", error_type="invalid_input") from None
     except ValueError as exc:
         raise ToolError(f"--input is not valid JSON: {exc}", error_type="invalid_input") from None
 
@@ -292,6 +334,95 @@ def _config_pairs(pairs: Sequence[str]) -> dict[str, str]:
             raise ConfigError(f"--config expects KEY=VALUE, got {pair!r}")
         out[key] = value
     return out
+
+
+def _form_answerer(args: argparse.Namespace) -> Callable[[Any], Any]:
+    """How ``ally run`` answers an interactive tool's forms: ``--form-response``, else field
+    by field on a terminal, else a cancel that says so."""
+    from .forms import merged_values
+
+    given: Optional[dict[str, Any]] = None
+    if args.form_response is not None:
+        try:
+            given = json.loads(args.form_response)
+        except ValueError as exc:
+            raise ConfigError(f"--form-response is not valid JSON: {exc}") from None
+        if not isinstance(given, dict):
+            raise ConfigError("--form-response must be a JSON object")
+
+    def answer(request: Any) -> Any:
+        if given is not None:
+            return merged_values(request, given)
+        if sys.stdin.isatty() and sys.stderr.isatty():
+            return _ask_form(request)
+        print(
+            f"ally: {request.plugin}: tool {request.tool!r} asked the form "
+            f"{request.title!r}; cancelled (no terminal; answer it with --form-response JSON)",
+            file=sys.stderr,
+        )
+        return None
+
+    return answer
+
+
+def _ask_form(request: Any) -> Any:
+    """Ask each field of ``request`` on the terminal; ``None`` when the user cancels."""
+    from .errors import ToolInputError
+    from .forms import coerce_field, merged_values, validate_form_values
+
+    values = merged_values(request)
+    print(
+        f"{request.title}" + (f": {request.description}" if request.description else ""),
+        file=sys.stderr,
+    )
+    for field in request.fields:
+        name = field["name"]
+        label = field.get("label") or name
+        choices = field.get("choices") if field.get("type") == "choice" else None
+        if isinstance(choices, list):
+            for i, choice in enumerate(choices, 1):
+                shown = (
+                    choice.get("label", choice.get("value")) if isinstance(choice, dict) else choice
+                )
+                print(f"  {i}. {shown}", file=sys.stderr)
+        while True:
+            default = values.get(name)
+            prompt = f"{label}" + (f" [{default}]" if default not in (None, "") else "") + ": "
+            try:
+                typed = input(prompt)
+            except EOFError:
+                return None
+            value: Any = typed if typed else default
+            if isinstance(choices, list) and isinstance(value, str) and value.isdigit():
+                index = int(value) - 1
+                if 0 <= index < len(choices):
+                    pick = choices[index]
+                    value = pick.get("value") if isinstance(pick, dict) else pick
+            values[name] = coerce_field(field, value)
+            try:
+                validate_form_values(request, {name: values[name]} if name in values else {})
+            except ToolInputError as exc:
+                if field.get("required") or values[name] not in (None, ""):
+                    print(f"  {str(exc).rpartition(': ')[2] or exc}", file=sys.stderr)
+                    continue
+            break
+    return values
+
+
+def _tool_result_json(result: Any) -> dict[str, Any]:
+    return {
+        "success": result.success,
+        "reply": result.reply,
+        "data": result.data,
+        "message": result.message,
+        "result": result.result,
+        "error": result.error,
+        "error_type": result.error_type,
+        "exit_code": result.exit_code,
+        "logs": result.logs,
+        "stderr": result.stderr,
+        "duration": round(result.duration, 6),
+    }
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -307,10 +438,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise PluginNotFound(f"{outcome.name}: blocked: {outcome.reason}")
     if outcome.reason:
         print(f"ally: warning: {outcome.name}: {outcome.reason}", file=sys.stderr)
-    result = outcome.tool(args.tool).call(
-        arguments, timeout=args.timeout, config=_config_pairs(args.config)
-    )
-    print(json.dumps(result.to_json(), indent=2 if sys.stdout.isatty() else None))
+    tool = outcome.tool(args.tool)
+
+    def show_stderr(stream: str, text: str) -> None:
+        if stream == "stderr":
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+    result = tool.call(
+        arguments,
+        timeout=args.timeout,
+        config=_config_pairs(args.config),
+        on_form=_form_answerer(args) if tool.spec.interactive else None,
+        on_output=show_stderr if args.verbose else None,
+    ).masked()
+    if args.json:
+        _emit({"plugin": outcome.name, "tool": tool.name, **_tool_result_json(result)})
+    else:
+        print(json.dumps(result.to_json(), indent=2 if sys.stdout.isatty() else None))
     return EXIT_OK if result.success else EXIT_TOOL_FAILED
 
 
@@ -332,12 +477,46 @@ def cmd_exec(args: argparse.Namespace) -> int:
     environ = clean_environ(
         path_prefix=env.bin_dirs if env else (), extra=dict(env.env_vars) if env else None
     )
-    if env is not None and command[0] in env.commands:
-        command[0] = env.commands[command[0]]
+    if env is not None:
+        command[0] = _exec_command(command[0], env, outcome.name, environ.get("PATH", ""))
     try:
         return subprocess.call(command, env=environ)
     except OSError as exc:
         raise ToolError(f"cannot run {command[0]}: {exc.strerror or exc}") from None
+
+
+#: Where ``ally exec`` takes a command the env lacks from: the system's own directories, never
+#: another environment (a venv's or pyenv's ``pip`` would change that environment instead).
+SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def _exec_command(name: str, env: Any, plugin: str, path: str) -> str:
+    """The program ``ally exec`` runs for ``name``: the env's own first, else a system tool."""
+    if os.sep in name:
+        return name  # a path: exactly what was asked for
+    if name in env.commands:
+        program = str(env.commands[name])
+        if not os.path.exists(program):
+            raise ToolError(
+                f"cannot run {name}: {program} is missing from {plugin}'s env "
+                f"(ally doctor --fix {plugin} rebuilds it)"
+            )
+        return program
+    for directory in env.bin_dirs:
+        program = os.path.join(directory, name)
+        if os.path.isfile(program) and os.access(program, os.X_OK):
+            return program
+    system = {os.path.realpath(d) for d in SYSTEM_DIRS}
+    for directory in path.split(os.pathsep):
+        program = os.path.join(directory, name)
+        if directory and os.path.isfile(program) and os.access(program, os.X_OK):
+            if os.path.realpath(directory) in system:
+                return program
+            raise ToolError(
+                f"cannot run {name}: {plugin}'s env has no {name}, and the one on PATH "
+                f"({program}) belongs to no system directory (give a path to run it anyway)"
+            )
+    raise ToolError(f"cannot run {name}: not in {plugin}'s env, nor a system tool on PATH")
 
 
 def cmd_runtimes(args: argparse.Namespace) -> int:
@@ -446,6 +625,46 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_mcp_serve(args: argparse.Namespace) -> int:
+    from .mcp import INSTALL_HINT, sdk_missing
+
+    try:
+        from .mcp.server import serve
+    except ImportError as exc:
+        if not sdk_missing(exc):
+            raise
+        print(f"ally: {INSTALL_HINT}", file=sys.stderr)
+        return EXIT_ERROR
+    return serve(lambda: _host(args), plugins=args.plugin or (), http=args.http)
+
+
+def _add_mcp(sub: Any) -> None:
+    """``ally mcp serve``: the plugins' tools over the Model Context Protocol (docs/mcp.md)."""
+    p = sub.add_parser(
+        "mcp", help="serve plugins' tools to MCP clients", description=_add_mcp.__doc__
+    )
+    msub = p.add_subparsers(dest="mcp_command", metavar="ACTION", required=True)
+    s = msub.add_parser(
+        "serve",
+        help="serve every ready plugin's tools over MCP (stdio by default)",
+        description="Serve every ready plugin's tools over MCP: stdio by default, or "
+        "Streamable HTTP on a loopback address with a bearer token printed once to stderr.",
+    )
+    s.set_defaults(func=cmd_mcp_serve)
+    s.add_argument(
+        "--plugin",
+        action="append",
+        metavar="NAME",
+        help="serve this plugin (repeatable; default: all)",
+    )
+    s.add_argument(
+        "--http", metavar="127.0.0.1:PORT", help="Streamable HTTP on loopback, not stdio"
+    )
+    s.add_argument("--offline", action="store_true", help="never use the network")
+    s.add_argument("--installer", choices=["auto", "uv", "pip"], help="Python installer backend")
+    s.add_argument("-j", "--jobs", type=int, help="parallel builds")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ally", description="Isolated, cached, self-healing environments for plugins."
@@ -517,8 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "run",
         cmd_run,
-        "run a plugin's tool with JSON input; print its JSON result",
-        json_flag=False,
+        "run a plugin's tool with JSON input; print its JSON reply",
         build=True,
     )
     p.add_argument("plugin", help="the plugin's name")
@@ -532,6 +750,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="plugin config value for this call (repeatable)",
     )
     p.add_argument("--timeout", type=float, help="seconds before the tool is killed")
+    p.add_argument(
+        "--form-response",
+        metavar="JSON",
+        help="answer every form of an interactive tool with this object (over its defaults)",
+    )
     p = add("exec", cmd_exec, "run any command inside a plugin's env", json_flag=False, build=True)
     p.add_argument("plugin", help="the plugin whose env to use")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
@@ -561,6 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", help="the plugin to bundle")
     p.add_argument("-o", "--output", help="archive path (default: ./NAME-VERSION.ally.tar.gz)")
+    _add_mcp(sub)
     return parser
 
 

@@ -54,7 +54,8 @@ class InterpreterNotFound(AllyError):
 class InstallFailed(AllyError):
     """Creating an environment or installing dependencies failed.
 
-    ``command`` is the failing command line and ``stderr_tail`` the last lines it printed.
+    ``command`` is the failing command line and ``stderr_tail`` the lines of its output that
+    say why (see :func:`ally_core.process.error_lines`).
     """
 
     def __init__(self, message: str, *, command: Sequence[str] = (), stderr_tail: str = "") -> None:

@@ -35,6 +35,7 @@ from .errors import (
     RuntimeNotFound,
     UnsafePath,
 )
+from .forms import FormCallback
 from .manifest import (
     MANIFEST_NAME,
     Dependencies,
@@ -48,6 +49,7 @@ from .manifest import (
 from .paths import AllyPaths, contained_path, relative_parts
 from .plugin_manager import make_plugin_manager
 from .process import cancel_token
+from .replies import ToolResult
 from .store import MARKER, EnvStore, Marker, now_iso, store_errors, write_atomic
 from .warm_index import (
     INDEX_NAME,
@@ -158,12 +160,30 @@ class BoundTool:
         *,
         timeout: float | None = None,
         config: Mapping[str, str] | None = None,
-    ) -> Any:
-        """Run the tool with ``arguments`` as its JSON input; return a ``ToolResult``."""
+        on_form: Optional[FormCallback] = None,
+        on_output: Optional[Callable[[str, str], None]] = None,
+        cancel: Optional[threading.Event] = None,
+    ) -> ToolResult:
+        """Run the tool with ``arguments`` as its JSON input; return its :class:`ToolResult`.
+
+        ``on_form`` answers an interactive tool's forms (return the values, or ``None`` to
+        cancel; without it every form is cancelled); ``on_output(stream, text)`` receives the
+        tool's stdout and stderr as they arrive; setting the ``cancel`` event kills the tool
+        (:class:`ToolError` with ``error_type`` ``"cancelled"``). Secret config values are
+        masked in every text of the result.
+        """
         from .tools import run_tool
 
         return run_tool(
-            self.host, self.plugin, self.spec, arguments, timeout=timeout, config=config
+            self.host,
+            self.plugin,
+            self.spec,
+            arguments,
+            timeout=timeout,
+            config=config,
+            on_form=on_form,
+            on_output=on_output,
+            cancel=cancel,
         )
 
 
@@ -294,6 +314,7 @@ _IDENTITY_LABELS = {
     "python": "interpreter (ALLY_PYTHON)",
     "index": "package index settings",
     "plugin_dir": "plugin directory",
+    "includes": "included requirement files",
     "node": "node",
     "registry": "registry settings",
     "locks": "lock file",

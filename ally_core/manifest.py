@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -34,11 +34,11 @@ __all__ = [
 
 MANIFEST_NAME = "plugin.json"
 
-#: Keys Code Ally plugins carry that ally keeps without interpreting (no warning).
+#: Keys Code Ally's host read from a plugin.json (its ``PluginManifest``) or that package
+#: manifests commonly carry: ally keeps them without a warning.
 KNOWN_EXTRA_KEYS = frozenset(
     {
         "$schema",
-        "config",
         "activationMode",
         "agents",
         "visible_to",
@@ -54,18 +54,41 @@ KNOWN_EXTRA_KEYS = frozenset(
         "category",
     }
 )
+#: Keys of Code Ally's ``ToolDefinition`` (and common extras) kept without a warning.
 KNOWN_TOOL_EXTRA_KEYS = frozenset(
     {
+        "display_name",
+        "interactive",
         "requiresConfirmation",
         "requires_confirmation",
         "subtext",
-        "visible_to",
+        "usageGuidance",
         "usage_guidance",
+        "visible_to",
         "type",
         "category",
         "examples",
     }
 )
+#: Fields of Code Ally's ``AgentDefinition`` (``$.agents[i]``).
+AGENT_KEYS = frozenset(
+    {
+        "name",
+        "description",
+        "system_prompt_file",
+        "tools",
+        "model",
+        "temperature",
+        "reasoning_effort",
+        "usage_guidelines",
+        "requirements",
+        "visible_from_agents",
+        "can_delegate_to_agents",
+        "can_see_agents",
+    }
+)
+#: A tool timeout at least this large is probably milliseconds, as Code Ally read it.
+MILLISECONDS_HINT = 1000
 
 
 @attrs.frozen
@@ -90,6 +113,39 @@ class Tool:
     timeout: Optional[float] = None
     extra: Mapping[str, Any] = attrs.field(factory=dict)
 
+    @property
+    def interactive(self) -> bool:
+        """Code Ally's ``interactive``: the tool may ask forms (see :mod:`ally_core.forms`)."""
+        return self.extra.get("interactive") is True
+
+    @property
+    def requires_confirmation(self) -> bool:
+        """Code Ally's ``requiresConfirmation``: a host asks the user before running it."""
+        value = self.extra.get("requiresConfirmation", self.extra.get("requires_confirmation"))
+        return value is True
+
+    @property
+    def visible_to(self) -> Optional[list[str]]:
+        """Code Ally's ``visible_to``: the agents that see the tool (``None``: all)."""
+        value = self.extra.get("visible_to")
+        return list(value) if isinstance(value, list) else None
+
+    @property
+    def subtext(self) -> Optional[str]:
+        """Code Ally's ``subtext``: a display template with ``{param}`` placeholders."""
+        value = self.extra.get("subtext")
+        return value if isinstance(value, str) else None
+
+    @property
+    def display_name(self) -> Optional[str]:
+        value = self.extra.get("display_name")
+        return value if isinstance(value, str) else None
+
+    @property
+    def usage_guidance(self) -> Optional[str]:
+        value = self.extra.get("usageGuidance", self.extra.get("usage_guidance"))
+        return value if isinstance(value, str) else None
+
 
 @attrs.frozen
 class Manifest:
@@ -109,6 +165,18 @@ class Manifest:
 
     def tool(self, name: str) -> Tool | None:
         return next((t for t in self.tools if t.name == name), None)
+
+    @property
+    def activation_mode(self) -> str:
+        """Code Ally's ``activationMode``: ``"always"`` (default) or ``"tagged"``."""
+        value = self.extra.get("activationMode")
+        return value if isinstance(value, str) else "always"
+
+    @property
+    def agents(self) -> list[dict[str, Any]]:
+        """Code Ally's agent definitions (``$.agents``), as written."""
+        value = self.extra.get("agents")
+        return [a for a in value if isinstance(a, dict)] if isinstance(value, list) else []
 
 
 def _strict(kind: type, label: str) -> Callable[[Any, Any], Any]:
@@ -236,6 +304,7 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[str]:
             problems.append("$.dependencies: needs 'file' or 'install_command'")
         if not data.get("runtime"):
             problems.append("$.runtime: required when 'dependencies' is given")
+    problems.extend(_extra_type_problems(data))
     tools = data.get("tools")
     if isinstance(tools, list):
         seen: set[str] = set()
@@ -260,14 +329,105 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+_BOOL_TOOL_KEYS = ("interactive", "requiresConfirmation", "requires_confirmation")
+_STR_TOOL_KEYS = ("subtext", "display_name", "usageGuidance", "usage_guidance")
+
+
+def _extra_type_problems(data: Mapping[str, Any]) -> list[str]:
+    """Type rules of the Code Ally keys ally reads (kept in ``extra``)."""
+    problems = []
+    mode = data.get("activationMode")
+    if mode is not None and mode not in ("always", "tagged"):
+        problems.append(f"$.activationMode: expected 'always' or 'tagged', got {mode!r}")
+    agents = data.get("agents")
+    if agents is not None:
+        if not isinstance(agents, list):
+            problems.append(f"$.agents: expected a list of agents, got {_json_type(agents)}")
+        else:
+            for i, agent in enumerate(agents):
+                if not isinstance(agent, dict):
+                    problems.append(f"$.agents[{i}]: expected an object, got {_json_type(agent)}")
+                elif not isinstance(agent.get("name"), str) or not agent.get("name"):
+                    problems.append(f"$.agents[{i}].name: required field missing")
+    tools = data.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        if not isinstance(tool, dict):
+            continue
+        for key in _BOOL_TOOL_KEYS:
+            if key in tool and not isinstance(tool[key], bool):
+                problems.append(
+                    f"$.tools[{i}].{key}: expected a boolean, got {_json_type(tool[key])}"
+                )
+        for key in _STR_TOOL_KEYS:
+            if key in tool and not isinstance(tool[key], str):
+                problems.append(
+                    f"$.tools[{i}].{key}: expected a string, got {_json_type(tool[key])}"
+                )
+        visible = tool.get("visible_to")
+        if visible is not None and not (
+            isinstance(visible, list) and all(isinstance(v, str) for v in visible)
+        ):
+            problems.append(f"$.tools[{i}].visible_to: expected a list of strings")
+    return problems
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """Whether ``a`` becomes ``b`` by one insertion, deletion, substitution or swap of
+    neighbours (case ignored: ``Dependencies`` is ``dependencies``)."""
+    a, b = a.lower(), b.lower()
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        if len(diff) == 1:
+            return True
+        i = diff[0]
+        return len(diff) == 2 and diff[1] == i + 1 and a[i] == b[i + 1] and a[i + 1] == b[i]
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    i = next((k for k in range(len(short)) if short[k] != long[k]), len(short))
+    return short[i:] == long[i + 1 :]
+
+
+def _unknown(key: str, known: Iterable[str]) -> str:
+    near = [k for k in sorted(known) if _one_edit_apart(key, k)]
+    return f"unknown key (kept); did you mean {near[0]!r}?" if near else "unknown key (kept)"
+
+
+_MANIFEST_KEYS = frozenset(a.name for a in attrs.fields(Manifest)) - {"extra"} | KNOWN_EXTRA_KEYS
+_TOOL_KEYS = frozenset(a.name for a in attrs.fields(Tool)) - {"extra"} | KNOWN_TOOL_EXTRA_KEYS
+_DEPENDENCY_KEYS = frozenset(a.name for a in attrs.fields(Dependencies)) - {"extra"}
+
+
 def manifest_warnings(manifest: Manifest) -> list[str]:
-    """Unknown keys, which are kept but probably typos."""
-    warnings = [f"$.{k}: unknown key (kept)" for k in manifest.extra if k not in KNOWN_EXTRA_KEYS]
+    """Unknown keys (kept, but probably typos: one edit from a known key says which), and
+    a tool timeout that looks like Code Ally's milliseconds."""
+    warnings = [
+        f"$.{k}: {_unknown(k, _MANIFEST_KEYS)}" for k in manifest.extra if k not in _MANIFEST_KEYS
+    ]
+    deps = manifest.dependencies
+    if deps is not None:
+        warnings.extend(
+            f"$.dependencies.{k}: unknown key (kept); did you mean {near!r}?"
+            for k in deps.extra
+            for near in [next((n for n in sorted(_DEPENDENCY_KEYS) if _one_edit_apart(k, n)), "")]
+            if near and k != near
+        )
     for i, tool in enumerate(manifest.tools):
         warnings.extend(
-            f"$.tools[{i}].{k}: unknown key (kept)"
+            f"$.tools[{i}].{k}: {_unknown(k, _TOOL_KEYS)}"
             for k in tool.extra
-            if k not in KNOWN_TOOL_EXTRA_KEYS
+            if k not in _TOOL_KEYS
+        )
+        if tool.timeout is not None and tool.timeout >= MILLISECONDS_HINT:
+            warnings.append(
+                f"$.tools[{i}].timeout: {tool.timeout:g} is read as seconds "
+                f"(Code Ally read milliseconds: write {tool.timeout / 1000:g} for the same limit)"
+            )
+    for i, agent in enumerate(manifest.agents):
+        warnings.extend(
+            f"$.agents[{i}].{k}: {_unknown(k, AGENT_KEYS)}" for k in agent if k not in AGENT_KEYS
         )
     return warnings
 

@@ -216,11 +216,20 @@ def validate_input(plugin: str, tool: Tool, arguments: Any) -> None:
     data = {} if arguments is None else arguments
     try:
         validator = _validator(json.dumps(tool.schema, sort_keys=True))
+    except RecursionError:
+        raise ToolInputError(
+            f"{plugin}: tool {tool.name!r}: its schema is nested too deeply"
+        ) from None
     except jsonschema.SchemaError as exc:
         raise ToolInputError(
             f"{plugin}: tool {tool.name!r}: its schema is invalid: {exc.message}"
         ) from None
-    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    try:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    except RecursionError:
+        raise ToolInputError(
+            f"{plugin}: tool {tool.name!r}: input or schema is nested too deeply to check"
+        ) from None
     if error is not None:
         where = "$" + "".join(
             f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path

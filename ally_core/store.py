@@ -394,7 +394,11 @@ class EnvStore:
         with contextlib.suppress(OSError):
             self.paths.state_dir.mkdir(parents=True, exist_ok=True)
             data = {"request_key": request_key, "reason": reason, "at": now_iso()}
-            write_atomic(self.paths.state_dir / f"{name}.failed.json", json.dumps(data).encode())
+            # 0600: the reason quotes installer output, which may quote files only the
+            # user can read.
+            write_atomic(
+                self.paths.state_dir / f"{name}.failed.json", json.dumps(data).encode(), 0o600
+            )
 
     def clear_failure(self, name: str) -> None:
         with contextlib.suppress(OSError):

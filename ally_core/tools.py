@@ -16,7 +16,9 @@ A tool process gets:
 
 from __future__ import annotations
 
+import codecs
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -24,22 +26,41 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Optional
+from typing import IO, TYPE_CHECKING, Any, Callable, Optional
 
 import attrs
 
-from .errors import ToolError
+from .containment import CallScope, open_scope
+from .errors import ToolError, ToolInputError
+from .forms import (
+    FormCallback,
+    FormRequest,
+    extract_form_request,
+    form_response,
+    validate_form_values,
+)
 from .manifest import Tool
 from .process import _wait_then_set, kill_process_group
+from .replies import ToolResult, interpret_reply, mask_text
 
 if TYPE_CHECKING:
     from .envs import EnvInfo
     from .loader import Host, PluginOutcome
 
-__all__ = ["PASSED_VARS", "ToolResult", "build_command", "run_tool", "tool_environ"]
+__all__ = [
+    "PASSED_VARS",
+    "FormRequest",
+    "ToolResult",
+    "build_command",
+    "mask_text",
+    "run_tool",
+    "tool_environ",
+]
 
-#: Host variables a tool sees (plus ``LC_*``, the runtime's own, ``ALLY_PASS_ENV`` names and
-#: the plugin's ``PLUGIN_CONFIG_*``).
+log = logging.getLogger("ally")
+
+#: Host variables a tool sees (plus :data:`LOCALE_VARS`, the runtime's own, ``ALLY_PASS_ENV``
+#: names and the plugin's ``PLUGIN_CONFIG_*``).
 PASSED_VARS = (
     "PATH",
     "HOME",
@@ -71,30 +92,26 @@ PASSED_VARS = (
     "PATHEXT",
     "WINDIR",
 )
+#: Locale variables, by their POSIX (and glibc) names only: a variable that merely starts
+#: with ``LC_`` (``LC_SECRET_TOKEN``) is not a locale setting and does not pass.
+LOCALE_VARS = frozenset(
+    {
+        "LC_ALL",
+        "LC_CTYPE",
+        "LC_COLLATE",
+        "LC_MESSAGES",
+        "LC_MONETARY",
+        "LC_NUMERIC",
+        "LC_TIME",
+        "LC_ADDRESS",
+        "LC_IDENTIFICATION",
+        "LC_MEASUREMENT",
+        "LC_NAME",
+        "LC_PAPER",
+        "LC_TELEPHONE",
+    }
+)
 GRACE_SECONDS = 2.0
-
-
-@attrs.frozen
-class ToolResult:
-    """The outcome of one tool call."""
-
-    success: bool
-    result: Any = None
-    error: Optional[str] = None
-    error_type: Optional[str] = None
-    exit_code: int = 0
-    #: The tail of what the tool wrote to stderr (capped), for diagnostics.
-    stderr: str = ""
-    duration: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        """Code Ally's wire shape."""
-        if self.success:
-            return {"success": True, "result": self.result}
-        out: dict[str, Any] = {"success": False, "error": self.error}
-        if self.error_type:
-            out["error_type"] = self.error_type
-        return out
 
 
 def build_command(plugin_dir: Path, tool: Tool, env: Optional[EnvInfo], path: str) -> list[str]:
@@ -141,7 +158,7 @@ def tool_environ(
     """The minimal environment of a tool process."""
     base = os.environ if base is None else base
     wanted = set(PASSED_VARS) | set(pass_env)
-    out = {k: v for k, v in base.items() if k in wanted or k.startswith("LC_")}
+    out = {k: v for k, v in base.items() if k in wanted or k in LOCALE_VARS}
     if env is not None:
         out.update(env.env_vars)
         if env.bin_dirs:
@@ -156,17 +173,30 @@ def tool_environ(
     return out
 
 
-class _CappedReader(threading.Thread):
-    """Reads a pipe into memory up to ``limit`` bytes, then notes the overflow."""
+OutputCallback = Callable[[str, str], None]
 
-    def __init__(self, stream: IO[bytes], limit: int, wake: threading.Event) -> None:
+
+class _Reader(threading.Thread):
+    """Reads one pipe of a tool: text up to ``limit`` bytes, live chunks to ``on_output``,
+    and (for an interactive tool's stdout) form requests, each answered before reading on."""
+
+    def __init__(
+        self,
+        call: _Call,
+        stream: IO[bytes],
+        name: str,
+        forms: bool = False,
+    ) -> None:
         super().__init__(daemon=True)
-        self.stream, self.limit, self.wake = stream, limit, wake
-        self.chunks: list[bytes] = []
+        self.call, self.stream, self.name, self.forms = call, stream, name, forms
+        self.text = ""
         self.size = 0
-        self.overflow = threading.Event()
+        self.overflow = False
+        self._shown = 0  # how much of ``text`` went to on_output
 
     def run(self) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        call = self.call
         while True:
             chunk = (
                 self.stream.read1(65536)
@@ -175,51 +205,116 @@ class _CappedReader(threading.Thread):
             )
             if not chunk:
                 break
-            if self.size < self.limit:
-                self.chunks.append(chunk[: self.limit - self.size])
+            keep = chunk[: max(call.limit - self.size, 0)]
             self.size += len(chunk)
-            if self.size > self.limit and not self.overflow.is_set():
-                self.overflow.set()
-                self.wake.set()
+            if self.size > call.limit and not self.overflow:
+                self.overflow = True
+                call.wake.set()
+            if not keep:
+                continue  # drained, not kept: the call is being ended
+            self.text += decoder.decode(keep)
+            if self.forms:
+                self._answer_forms()
+            self._show()
+        self.text += decoder.decode(b"", final=True)
+        self._show(final=True)
         self.stream.close()
 
-    def text(self) -> str:
-        return b"".join(self.chunks).decode("utf-8", "replace")
+    def _answer_forms(self) -> None:
+        while True:
+            found = extract_form_request(self.text)
+            if found is None:
+                return
+            request, start, end = found
+            self.text = self.text[:start] + self.text[end:]
+            if self._shown > start:
+                self._shown = max(start, self._shown - (end - start))
+            self.call.answer(request)
 
-
-def _write_stdin(stream: IO[bytes], data: bytes) -> None:
-    try:
-        stream.write(data)
-    except (BrokenPipeError, OSError):
-        pass  # the tool did not read its input; that is its business
-    finally:
-        try:
-            stream.close()
-        except OSError:
-            pass
-
-
-def parse_output(stdout: str, tool: str) -> tuple[Any, bool]:
-    """The JSON value a tool printed: the whole output, else its last non-empty line."""
-    text = stdout.strip()
-    if not text:
-        raise ToolError(
-            f"tool {tool!r} printed nothing (expected JSON on stdout)", error_type="invalid_output"
-        )
-    try:
-        return json.loads(text), True
-    except ValueError:
-        pass
-    for line in reversed(text.splitlines()):
-        if line.strip():
+    def _show(self, final: bool = False) -> None:
+        on_output = self.call.on_output
+        if on_output is None:
+            return
+        end = len(self.text)
+        if self.forms and not final:
+            # Hold back a '{' that may open a form request not complete yet.
+            brace = self.text.rfind("{", self._shown)
+            if brace >= 0:
+                end = brace
+        if end > self._shown:
+            piece, self._shown = self.text[self._shown : end], end
             try:
-                return json.loads(line), True
-            except ValueError:
-                break
-    preview = text[:200].replace("\n", "\\n")
-    raise ToolError(
-        f"tool {tool!r} printed non-JSON output: {preview!r}", error_type="invalid_output"
-    )
+                on_output(self.name, piece)
+            except Exception:  # a host's display error must not end the call
+                log.exception("output callback failed")
+
+
+class _Call:
+    """One running tool process and what its threads share."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        *,
+        plugin: str,
+        tool: str,
+        limit: int,
+        on_form: Optional[FormCallback],
+        on_output: Optional[OutputCallback],
+    ) -> None:
+        self.proc, self.plugin, self.tool, self.limit = proc, plugin, tool, limit
+        self.on_form, self.on_output = on_form, on_output
+        self.wake = threading.Event()
+        self.stdin_lock = threading.Lock()
+        self.lock = threading.Lock()
+        #: Seconds spent waiting for form answers (they do not count against the timeout).
+        self.paused = 0.0
+        self.form_since: Optional[float] = None
+
+    def write(self, data: bytes, *, close: bool = False) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        with self.stdin_lock:
+            try:
+                stdin.write(data)
+                stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                pass  # the tool did not read its input; that is its business
+            if close:
+                try:
+                    stdin.close()
+                except (OSError, ValueError):
+                    pass
+
+    def answer(self, data: Mapping[str, Any]) -> None:
+        """Answer one form request of the tool (from its stdout reader)."""
+        request = FormRequest.from_reply(self.plugin, self.tool, data)
+        with self.lock:
+            self.form_since = time.monotonic()
+        try:
+            if self.on_form is None:
+                log.info(
+                    "%s: tool %r asked a form; no form handler: cancelled", self.plugin, self.tool
+                )
+                response = form_response(None)
+            else:
+                try:
+                    values = self.on_form(request)
+                    response = form_response(
+                        None if values is None else validate_form_values(request, values)
+                    )
+                except Exception as exc:  # the tool is told, and decides
+                    response = form_response(error=str(exc) or exc.__class__.__name__)
+        finally:
+            with self.lock:
+                if self.form_since is not None:
+                    self.paused += time.monotonic() - self.form_since
+                self.form_since = None
+        self.write(response)
+
+    def extra_time(self, now: float) -> float:
+        with self.lock:
+            return self.paused + (now - self.form_since if self.form_since is not None else 0.0)
 
 
 def run_tool(
@@ -230,16 +325,29 @@ def run_tool(
     *,
     timeout: float | None = None,
     config: Mapping[str, str] | None = None,
+    on_form: Optional[FormCallback] = None,
+    on_output: Optional[OutputCallback] = None,
+    cancel: Optional[threading.Event] = None,
 ) -> ToolResult:
-    """Run ``tool`` of a ready ``plugin`` with ``arguments`` as its JSON input."""
+    """Run ``tool`` of a ready ``plugin`` with ``arguments`` as its JSON input.
+
+    ``on_form`` answers an interactive tool's forms (values, or ``None`` to cancel; without
+    it every form is cancelled); ``on_output(stream, text)`` receives the tool's stdout and
+    stderr as they arrive; setting ``cancel`` kills the tool (:class:`ToolError`
+    ``cancelled``). Secret config values are masked in everything returned or raised.
+    """
     if not plugin.ready:
         raise ToolError(
             f"{plugin.name}: plugin is not ready: {plugin.reason}", error_type="plugin_blocked"
         )
-    from .plugin_config import resolve_config, validate_input
+    from .plugin_config import resolve_config, secret_keys, validate_input
 
     validate_input(plugin.name, tool, arguments)
     values = resolve_config(host, plugin, config or {})
+    secrets = {k.lower() for k in secret_keys(plugin.manifest)}
+    hidden = sorted(
+        (v for k, v in values.items() if k.lower() in secrets and v), key=len, reverse=True
+    )
     environ = tool_environ(
         plugin.env,
         pass_env=host.settings.pass_env,
@@ -247,18 +355,71 @@ def run_tool(
         plugin_name=plugin.name,
         plugin_dir=plugin.plugin_dir,
     )
-    argv = build_command(plugin.plugin_dir, tool, plugin.env, environ.get("PATH", ""))
-    payload = json.dumps({} if arguments is None else arguments).encode()
-    limit = host.settings.output_limit
+    try:
+        argv = build_command(plugin.plugin_dir, tool, plugin.env, environ.get("PATH", ""))
+    except ToolError as exc:
+        raise ToolError(f"{plugin.name}: {exc}", error_type=exc.error_type) from None
+    try:
+        payload = json.dumps({} if arguments is None else arguments).encode()
+    except RecursionError:
+        raise ToolInputError(
+            f"{plugin.name}: tool {tool.name!r}: input is nested too deeply"
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise ToolInputError(
+            f"{plugin.name}: tool {tool.name!r}: input is not JSON: {exc}"
+        ) from None
     timeout = timeout or tool.timeout or host.settings.tool_timeout
     if not timeout > 0:  # also catches NaN
         raise ToolError(
-            f"tool {tool.name!r}: timeout must be a positive number, got {timeout}",
+            f"{plugin.name}: tool {tool.name!r}: timeout must be a positive number, got {timeout}",
             error_type="invalid_input",
         )
     # Event.wait refuses longer waits; a timeout this long means "no timeout" anyway.
     timeout = min(timeout, threading.TIMEOUT_MAX)
-    return _spawn(argv, plugin.plugin_dir, environ, payload, limit, timeout, tool.name)
+    masked_output = on_output
+    if hidden and on_output is not None:
+
+        def masked_output(stream: str, text: str) -> None:
+            on_output(stream, mask_text(text, hidden))
+
+    try:
+        result = _spawn(
+            argv,
+            plugin.plugin_dir,
+            environ,
+            payload,
+            plugin=plugin.name,
+            tool=tool.name,
+            limit=host.settings.output_limit,
+            timeout=timeout,
+            interactive=tool.interactive,
+            on_form=on_form,
+            on_output=masked_output,
+            cancel=cancel,
+        )
+    except ToolError as exc:
+        if not hidden:
+            raise
+        raise ToolError(
+            mask_text(str(exc), hidden),
+            stderr=mask_text(exc.stderr, hidden),
+            error_type=exc.error_type,
+        ) from None
+    return mask_result(result, hidden) if hidden else result
+
+
+def mask_result(result: ToolResult, secrets: Sequence[str]) -> ToolResult:
+    """``result`` with every secret masked in the texts ally wrote or quotes (error, stderr,
+    logs, message); the secrets ride along for :meth:`ToolResult.masked`."""
+    return attrs.evolve(
+        result,
+        error=None if result.error is None else mask_text(result.error, secrets),
+        stderr=mask_text(result.stderr, secrets),
+        message=None if result.message is None else mask_text(result.message, secrets),
+        logs=mask_text(result.logs, secrets),
+        secrets=tuple(secrets),
+    )
 
 
 def _spawn(
@@ -266,11 +427,59 @@ def _spawn(
     cwd: Path,
     environ: dict[str, str],
     payload: bytes,
+    *,
+    plugin: str,
+    tool: str,
     limit: int,
     timeout: float,
-    name: str,
+    interactive: bool = False,
+    on_form: Optional[FormCallback] = None,
+    on_output: Optional[OutputCallback] = None,
+    cancel: Optional[threading.Event] = None,
 ) -> ToolResult:
+    label = f"{plugin}: tool {tool!r}"
     start = time.monotonic()
+    scope = open_scope()
+    try:
+        return _run_in_scope(
+            scope,
+            argv,
+            cwd,
+            environ,
+            payload,
+            label=label,
+            plugin=plugin,
+            tool=tool,
+            limit=limit,
+            timeout=timeout,
+            interactive=interactive,
+            on_form=on_form,
+            on_output=on_output,
+            cancel=cancel,
+            start=start,
+        )
+    finally:
+        scope.close()
+
+
+def _run_in_scope(
+    scope: CallScope,
+    argv: list[str],
+    cwd: Path,
+    environ: dict[str, str],
+    payload: bytes,
+    *,
+    label: str,
+    plugin: str,
+    tool: str,
+    limit: int,
+    timeout: float,
+    interactive: bool,
+    on_form: Optional[FormCallback],
+    on_output: Optional[OutputCallback],
+    cancel: Optional[threading.Event],
+    start: float,
+) -> ToolResult:
     try:
         proc = subprocess.Popen(
             argv,
@@ -280,81 +489,68 @@ def _spawn(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=scope.preexec(),  # system calls only: see containment.py
         )
-    except OSError as exc:
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:  # ValueError: NUL in argv
         raise ToolError(
-            f"tool {name!r}: cannot run {argv[0]}: {exc.strerror or exc}", error_type="spawn_failed"
+            f"{label}: cannot run {argv[0]}: {getattr(exc, 'strerror', None) or exc}",
+            error_type="spawn_failed",
         ) from exc
     assert proc.stdin and proc.stdout and proc.stderr
-    wake = threading.Event()
-    out, err = _CappedReader(proc.stdout, limit, wake), _CappedReader(proc.stderr, limit, wake)
+    call = _Call(proc, plugin=plugin, tool=tool, limit=limit, on_form=on_form, on_output=on_output)
+    out = _Reader(call, proc.stdout, "stdout", forms=interactive)
+    err = _Reader(call, proc.stderr, "stderr")
     out.start()
     err.start()
-    threading.Thread(target=_write_stdin, args=(proc.stdin, payload), daemon=True).start()
-    threading.Thread(target=_wait_then_set, args=(proc, wake), daemon=True).start()
+    # An interactive tool reads its input as one line and keeps stdin open for form answers.
+    first = payload + b"\n" if interactive else payload
+    threading.Thread(
+        target=call.write, args=(first,), kwargs={"close": not interactive}, daemon=True
+    ).start()
+    threading.Thread(target=_wait_then_set, args=(proc, call.wake), daemon=True).start()
     reason = ""
     try:
-        # Woken by the exit of the process or by too much output, whichever comes first.
-        if not wake.wait(timeout):
-            reason = f"timed out after {timeout:g}s"
-        elif out.overflow.is_set() or err.overflow.is_set():
-            reason = f"output exceeded {limit} bytes"
+        # Woken by the exit of the process or by too much output, whichever comes first;
+        # time spent answering forms does not count; a cancel is checked every 50 ms.
+        while True:
+            now = time.monotonic()
+            remaining = start + timeout + call.extra_time(now) - now
+            if remaining <= 0 and call.form_since is None:
+                reason = f"timed out after {timeout:g}s"
+                break
+            step = max(remaining, 0.05) if cancel is None else min(max(remaining, 0.0), 0.05)
+            if call.wake.wait(step):
+                if out.overflow or err.overflow:
+                    reason = f"output exceeded {limit} bytes"
+                break
+            if cancel is not None and cancel.is_set():
+                reason = "cancelled"
+                break
     except BaseException:
         kill_process_group(proc, GRACE_SECONDS)
+        scope.kill()
         raise
     if reason:
-        kill_process_group(proc, GRACE_SECONDS)
+        kill_process_group(proc, 0.0 if reason == "cancelled" else GRACE_SECONDS)
     elif _group_exists(proc.pid):
         # The tool exited; children it left behind must not outlive the call.
         kill_process_group(proc, 0.0)
+    # Descendants that left the process group (setsid) are still in the call's cgroup.
+    scope.kill()
+    call.write(b"", close=True)
     out.join(5)
     err.join(5)
     duration = time.monotonic() - start
-    stderr_tail = err.text()[-4000:]
+    stderr_tail = err.text[-4000:]
     if reason:
+        kind = "timeout" if reason.startswith("timed") else reason
         raise ToolError(
-            f"tool {name!r} {reason}; killed",
+            f"{label} {reason}; killed",
             stderr=stderr_tail,
-            error_type="timeout" if reason.startswith("timed") else "output_limit",
+            error_type="output_limit" if reason.startswith("output") else kind,
         )
     code = proc.returncode
-    try:
-        value, _ = parse_output(out.text(), name)
-    except ToolError as exc:
-        if code != 0:
-            tail = " | ".join(stderr_tail.strip().splitlines()[-3:])
-            raise ToolError(
-                f"tool {name!r} exited with code {code}" + (f": {tail}" if tail else ""),
-                stderr=stderr_tail,
-                error_type="exit_code",
-            ) from None
-        raise ToolError(str(exc), stderr=stderr_tail, error_type=exc.error_type) from None
-    if isinstance(value, dict) and isinstance(value.get("success"), bool):
-        if value["success"]:
-            return ToolResult(
-                True, value.get("result"), exit_code=code, stderr=stderr_tail, duration=duration
-            )
-        error = value.get("error")
-        return ToolResult(
-            False,
-            None,
-            error=str(error) if error is not None else "tool failed",
-            error_type=str(value.get("error_type") or "tool_error"),
-            exit_code=code,
-            stderr=stderr_tail,
-            duration=duration,
-        )
-    if code != 0:
-        return ToolResult(
-            False,
-            value,
-            error=f"tool exited with code {code}",
-            error_type="exit_code",
-            exit_code=code,
-            stderr=stderr_tail,
-            duration=duration,
-        )
-    return ToolResult(True, value, exit_code=code, stderr=stderr_tail, duration=duration)
+    return interpret_reply(out.text, err.text, code, label=label, duration=duration)
 
 
 def _group_exists(pgid: int) -> bool:

@@ -254,7 +254,9 @@ class WarmIndex:
         tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
+            # 0600 like every state file: it holds manifests' install commands and paths.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
                 fh.write(payload)
             os.replace(tmp, self.path)
         except OSError as exc:

@@ -12,7 +12,9 @@ import base64
 import hashlib
 import html
 import json
+import os
 import re
+import secrets
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,7 +57,9 @@ class SimpleIndex:
         *,
         auth: Optional[tuple[str, str]] = None,
         hashes: bool = True,
+        on_request: Optional[Callable[[str], None]] = None,
     ) -> None:
+        self.on_request = on_request
         self.wheels = {w.name: w for w in wheels}
         self.projects: dict[str, list[Path]] = {}
         for wheel in wheels:
@@ -98,6 +102,8 @@ class SimpleIndex:
 
     def _handle(self, req: BaseHTTPRequestHandler, head: bool = False) -> None:
         path = req.path.split("?", 1)[0]
+        if self.on_request is not None:
+            self.on_request(path)  # while the client waits for the answer
         with self._lock:
             if not head:
                 self.requests.append((path, req.headers.get("Authorization")))
@@ -538,3 +544,138 @@ def test_changing_only_the_index_password_does_not_rebuild(
         again = _load(ally_home, "uv")
     assert again.ready and again.action == "none"
     assert again.env.path == first.env.path
+
+
+# ---------------------------------------------------------------------------------------------
+# several indexes: weighed together, as pip does
+
+
+def _file_index(root: Path, wheels: list[Path]) -> str:
+    """A PEP 503 index as plain files under ``root`` (``simple/<project>/index.html``)."""
+    files = root / "files"
+    files.mkdir(parents=True)
+    (root / "simple").mkdir()
+    projects: dict[str, list[Path]] = {}
+    for wheel in wheels:
+        copy = files / wheel.name
+        copy.write_bytes(wheel.read_bytes())
+        projects.setdefault(_normalize(wheel.name.split("-")[0]), []).append(copy)
+    for project, found in projects.items():
+        page = root / "simple" / project
+        page.mkdir(parents=True)
+        links = "".join(
+            f'<a href="../../files/{w.name}#sha256={hashlib.sha256(w.read_bytes()).hexdigest()}">'
+            f"{w.name}</a>\n"
+            for w in found
+        )
+        (page / "index.html").write_text(f"<html><body>\n{links}</body></html>\n", "utf-8")
+    listing = "".join(f'<a href="{p}/">{p}</a>\n' for p in sorted(projects))
+    (root / "simple" / "index.html").write_text(f"<html><body>\n{listing}</body></html>\n")
+    return (root / "simple").as_uri()
+
+
+@pytest.mark.parametrize("source", ["pip.conf", "config.toml", "pip.conf + config.toml"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_pin_only_the_main_index_has_resolves_although_an_extra_index_has_the_package(
+    backend, source, ally_home, make_plugin, wheels, tmp_path, monkeypatch
+):
+    """pip looks at every index for a package; uv's default stops at the first that has it."""
+    main = _file_index(tmp_path / "main", [wheels["alpha1"]])
+    extra = _file_index(tmp_path / "extra", [wheels["alpha2"]])
+    if source == "pip.conf":
+        _ally_index(ally_home)
+        conf = _pip_conf(tmp_path / "pip.conf", **{"index-url": main, "extra-index-url": extra})
+        monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    elif source == "config.toml":
+        _ally_index(ally_home, index_url=main, extra_index_urls=[extra])
+    else:  # the main index from pip's configuration, the extra one from ally's settings
+        conf = _pip_conf(tmp_path / "pip.conf", **{"index-url": main})
+        monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+        _ally_index(ally_home, extra_index_urls=[extra])
+    _plugin(make_plugin, "idxdemo-alpha==1.0.0\n")
+    outcome = _load(ally_home, backend)
+    assert outcome.ready, outcome.reason
+    assert outcome.packages["idxdemo-alpha"] == "1.0.0"
+    assert outcome.tool("version").call({}).result == "1.0.0"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_with_several_indexes_the_newest_version_of_all_of_them_wins(
+    backend, ally_home, make_plugin, wheels, tmp_path
+):
+    main = _file_index(tmp_path / "main", [wheels["alpha2"]])
+    extra = _file_index(tmp_path / "extra", [wheels["alpha1"]])
+    _ally_index(ally_home, index_url=main, extra_index_urls=[extra])
+    _plugin(make_plugin, "idxdemo-alpha\n")
+    outcome = _load(ally_home, backend)
+    assert outcome.ready, outcome.reason
+    assert outcome.packages["idxdemo-alpha"] == "2.0.0"
+
+
+# ---------------------------------------------------------------------------------------------
+# credentials never on an installer's command line
+
+
+def _command_lines() -> list[str]:
+    """Every process's command line, as any user on the machine can read it."""
+    lines = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                data = Path(entry.path, "cmdline").read_bytes()
+            except OSError:
+                continue
+            lines.append(data.replace(b"\0", b" ").decode("utf-8", "replace"))
+    return lines
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+@pytest.mark.parametrize(
+    "source",
+    [
+        "config.toml index_url",
+        "config.toml extra",
+        "config.toml find_links",
+        "PIP_INDEX_URL",
+        "pip.conf",
+    ],
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_index_credentials_never_reach_an_installers_command_line(
+    backend, source, ally_home, make_plugin, serve, wheels, tmp_path, monkeypatch
+):
+    # Unique per run: other test sessions on this machine may use the module's SECRET.
+    secret = f"{SECRET}-{secrets.token_hex(8)}"
+    seen: list[list[str]] = []
+
+    def look(path: str) -> None:
+        seen.append(_command_lines())
+
+    index = serve([wheels["alpha1"]], auth=("ally-user", secret), on_request=look)
+    url = index.url(f"ally-user:{secret}")
+    if source == "config.toml index_url":
+        _ally_index(ally_home, index_url=url)
+    elif source == "config.toml extra":
+        _ally_index(
+            ally_home, index_url=_file_index(tmp_path / "empty", []), extra_index_urls=[url]
+        )
+    elif source == "config.toml find_links":
+        _ally_index(ally_home, no_index=True, find_links=[f"{url}/idxdemo-alpha/"])
+    elif source == "PIP_INDEX_URL":
+        _ally_index(ally_home)
+        monkeypatch.setenv("PIP_INDEX_URL", url)
+    else:
+        _ally_index(ally_home)
+        conf = _pip_conf(tmp_path / "pip.conf", **{"index-url": url})
+        monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    _plugin(make_plugin)
+    outcome = _load(ally_home, backend)
+    assert outcome.ready, outcome.reason
+    assert outcome.packages["idxdemo-alpha"] == "1.0.0"
+    # The wheel came through the authenticated index (it refuses anything else).
+    assert index.expected_auth in [auth for p, auth in index.requests if p.startswith("/files/")]
+    # The installer was running (and visible) while the index was asked.
+    requirements = str(ally_home / "plugins" / "idx" / "requirements.txt")
+    assert seen and all(any(requirements in line for line in lines) for lines in seen)
+    leaked = {line for lines in seen for line in lines if secret in line}
+    assert not leaked, leaked

@@ -22,6 +22,13 @@ from ally_core import Host
 from ally_core.errors import ConfigError, ToolError, ToolInputError
 
 SECRET = "tok-7f3a9c1e5b2d-SECRETVALUE"
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
 OTHER_SECRET = "tok-0d8e4b6a2c9f-CALLSECRET"
 
 # One script, one mode per tool: `python3 tool.py MODE`.
@@ -32,7 +39,10 @@ mode = sys.argv[1]
 args = json.load(sys.stdin)
 
 if mode == "env":
-    print(json.dumps({"success": True, "result": dict(os.environ)}))
+    import hashlib
+    token = os.environ.get("PLUGIN_CONFIG_TOKEN", "").encode()
+    print(json.dumps({"success": True, "result": dict(os.environ),
+                      "token_sha256": hashlib.sha256(token).hexdigest()}))
 elif mode == "echo":
     print(json.dumps({"success": True, "result": args}))
 elif mode == "fail":
@@ -279,8 +289,11 @@ def test_config_given_for_one_call_wins_over_stored_values(ally_home, make_plugi
         "run", "safe", "env", "--input", "{}",
         "--config", f"token={OTHER_SECRET}", "--config", "api_url=http://127.0.0.1:1/x",
     )  # fmt: skip
-    env = json.loads(_ok(proc))["result"]
-    assert env["PLUGIN_CONFIG_TOKEN"] == OTHER_SECRET
+    reply = json.loads(_ok(proc))
+    env = reply["result"]
+    # The tool got the value; ally's output shows it masked.
+    assert reply["token_sha256"] == _sha256(OTHER_SECRET)
+    assert env["PLUGIN_CONFIG_TOKEN"] == "********"
     assert env["PLUGIN_CONFIG_API_URL"] == "http://127.0.0.1:1/x"
     assert env["PLUGIN_CONFIG_RETRIES"] == "5"
     assert json.loads(_store_file(ally_home).read_text())["token"] == SECRET
@@ -324,7 +337,7 @@ def test_secret_config_value_appears_in_no_output_of_ally(ally_home, make_plugin
     cli("run", "safe", "echo", "--input", '{"a": 1}')
     # The tool's error paths: an error result, a crash, a timeout.
     cli("run", "safe", "fail", "--input", '{"city": "Oslo"}', code=3)
-    cli("run", "safe", "crash", "--input", "{}", code=1)
+    cli("run", "safe", "crash", "--input", "{}", code=3)
     cli("run", "safe", "forecast", "--input", '{"days": 0}', code=1)
     # A secret given for one call, and one that does not pass the schema.
     cli("run", "safe", "echo", "--input", "{}", "--config", f"token={OTHER_SECRET}")
@@ -416,9 +429,11 @@ def test_tool_sees_a_minimal_environment_without_host_secrets(
     _plugin(make_plugin, deps=True)
     _stored_token(Host(ally_home))
     # Through the CLI, whose own environment has the host secrets.
-    env = json.loads(_ok(ally_cli("run", "safe", "env", "--input", "{}")))["result"]
+    reply = json.loads(_ok(ally_cli("run", "safe", "env", "--input", "{}")))
+    env = reply["result"]
     assert not set(HOST_SECRETS) & set(env)
-    assert env["PLUGIN_CONFIG_TOKEN"] == SECRET
+    assert reply["token_sha256"] == _sha256(SECRET)
+    assert env["PLUGIN_CONFIG_TOKEN"] == "********"
 
     # Through the API, in a host process whose Python variables must not leak either (set
     # only now: PYTHONHOME would break the CLI's own interpreter above).
@@ -627,14 +642,17 @@ def test_crashing_tool_reports_its_exit_code_and_stderr_tail(
 ):
     _plugin(make_plugin)
     _stored_token(host)
-    with pytest.raises(ToolError) as info:
-        host.ensure("safe").tool("crash").call({})
-    assert info.value.error_type == "exit_code"
-    assert "tool 'crash' exited with code 2" in str(info.value)
-    assert "RuntimeError: database is locked" in str(info.value)
-    assert "RuntimeError: database is locked" in info.value.stderr
-    line = _one_error_line(ally_cli("run", "safe", "crash", "--input", "{}"))
-    assert "exited with code 2" in line and "database is locked" in line
+    result = host.ensure("safe").tool("crash").call({})
+    assert not result.success and result.exit_code == 2
+    assert result.error_type == "exit_code"
+    assert result.error is not None
+    assert "safe: tool 'crash' exited with code 2" in result.error
+    assert "RuntimeError: database is locked" in result.error
+    assert "RuntimeError: database is locked" in result.stderr
+    proc = ally_cli("run", "safe", "crash", "--input", "{}")
+    assert proc.returncode == 3
+    error = json.loads(proc.stdout)["error"]
+    assert "exited with code 2" in error and "database is locked" in error
 
 
 def test_stderr_is_kept_in_the_result_but_capped(ally_home, make_plugin, host):

@@ -187,23 +187,27 @@ def test_endless_output_is_capped_and_the_tool_killed(
         with pytest.raises(ToolError) as info:
             outcome.tool(name).call({})
         assert info.value.error_type == "output_limit"
-        assert str(info.value) == f"tool {name!r} output exceeded 65536 bytes; killed"
+        assert str(info.value) == f"chatty: tool {name!r} output exceeded 65536 bytes; killed"
 
 
 @pytest.mark.parametrize(
     ("script", "error_type", "message"),
     [
-        ("print('not json')", "invalid_output", "printed non-JSON output: 'not json'"),
-        ("pass", "invalid_output", "printed nothing (expected JSON on stdout)"),
+        (
+            "print('not json')",
+            "invalid_output",
+            "odd: tool 't' printed output that is not JSON: not json",
+        ),
+        ("pass", "invalid_output", "odd: tool 't' produced no output"),
         (
             "import sys\nsys.stderr.write('first\\nTraceback: boom\\n')\nsys.exit(3)",
             "exit_code",
-            "exited with code 3: first | Traceback: boom",
+            "exited with code 3 and produced no output; stderr: first | Traceback: boom",
         ),
     ],
     ids=["not-json", "nothing", "exit-code"],
 )
-def test_unusable_tool_output_is_a_clear_error(
+def test_unusable_tool_output_is_a_failed_result_with_a_clear_error(
     host: Host, make_plugin: Any, script: str, error_type: str, message: str
 ) -> None:
     plugin(
@@ -212,11 +216,11 @@ def test_unusable_tool_output_is_a_clear_error(
         [{"name": "t", "command": "python3", "args": ["t.py"]}],
         {"t.py": script},
     )
-    with pytest.raises(ToolError) as info:
-        load_one(host, "odd").tool("t").call({})
-    assert info.value.error_type == error_type
-    assert message in str(info.value)
-    assert "\n" not in str(info.value)
+    result = load_one(host, "odd").tool("t").call({})
+    assert not result.success and result.reply is None
+    assert result.error_type == error_type
+    assert result.error is not None and message in result.error
+    assert "\n" not in result.error
 
 
 def test_success_false_is_a_failed_tool_result_not_an_exception(
@@ -232,6 +236,7 @@ def test_success_false_is_a_failed_tool_result_not_an_exception(
         },
     )
     result = load_one(host, "sad").tool("t").call({})
+    reply = {"success": False, "error": "no such city", "error_type": "not_found"}
     assert result == ToolResult(
         False,
         None,
@@ -240,6 +245,7 @@ def test_success_false_is_a_failed_tool_result_not_an_exception(
         exit_code=0,
         stderr=result.stderr,
         duration=result.duration,
+        reply=reply,
     )
     assert result.to_json() == {
         "success": False,

@@ -1,4 +1,8 @@
-"""Finding a Node.js (and the npm that comes with it) that satisfies a plugin's constraints."""
+"""Finding a Node.js (and the npm that comes with it) that satisfies a plugin's constraints.
+
+The constraints are ``runtime_version`` in plugin.json and ``engines.node`` in package.json;
+:func:`choose_node` is the whole of ``resolve_interpreter``.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Optional
 
-from ally_core import Interpreter, clean_environ
+from ally_core import EnvSpec, InstallFailed, Interpreter, InterpreterNotFound, clean_environ
 
-from ._semver import parse_version
+from ._package import read_package_json
+from ._semver import parse_version, satisfies, validate_range
 
 __all__ = [
     "HOST_NODE_VARS",
@@ -21,6 +26,7 @@ __all__ = [
     "NodeInfo",
     "NpmInfo",
     "candidate_paths",
+    "choose_node",
     "find_npm",
     "host_node_environ",
     "node_on_path",
@@ -175,3 +181,88 @@ def candidate_paths(environ: Mapping[str, str] | None = None) -> Sequence[str]:
     for pattern in patterns:
         found += sorted(glob.glob(pattern))
     return [p for p in found if os.access(p, os.X_OK)]
+
+
+# ---------------------------------------------------------------------------------------------
+# a plugin's constraints
+
+
+def _constraints(spec: EnvSpec) -> list[tuple[str, str]]:
+    """``(range, where it comes from)`` the node must satisfy."""
+    out = []
+    if spec.runtime_version:
+        out.append((spec.runtime_version, "runtime_version in plugin.json"))
+    if spec.dependency_file is not None and spec.dependency_file.is_file():
+        try:
+            engines = read_package_json(spec.dependency_file).get("engines")
+        except InstallFailed as exc:
+            raise InstallFailed(f"{spec.plugin_name}: {exc}") from exc
+        wanted = engines.get("node") if isinstance(engines, dict) else None
+        if isinstance(wanted, str) and wanted.strip():
+            out.append((wanted, f"engines.node in {spec.dependency_file.name}"))
+    for range_, where in out:
+        try:
+            validate_range(range_)
+        except ValueError:
+            raise InterpreterNotFound(
+                f"{spec.plugin_name}: {where}: {range_!r} is not a valid semver range "
+                "(e.g. '>=18', '^20.11', '18 || 20')"
+            ) from None
+    return out
+
+
+def _fits(interpreter: Interpreter, constraints: Sequence[tuple[str, str]]) -> Optional[str]:
+    """The first constraint ``interpreter`` fails, worded for the user, or ``None``."""
+    for range_, where in constraints:
+        if not satisfies(interpreter.version, range_):
+            return f"{range_!r} ({where})"
+    return None
+
+
+def choose_node(spec: EnvSpec) -> Interpreter:
+    """The node this plugin's env is built with: ``ALLY_NODE`` or the first ``node`` on
+    ``PATH`` when it satisfies the plugin's constraints, else the newest installed one that
+    does (nvm, fnm, n, nodenv); raises InterpreterNotFound with a one-line reason."""
+    constraints = _constraints(spec)
+    first = node_on_path()
+    named = bool(os.environ.get(NODE_ENV_VAR, "").strip())
+    if first is None:
+        raise InterpreterNotFound(
+            f"{spec.plugin_name}: Node.js not found (no 'node' on PATH); install Node.js or "
+            f"point {NODE_ENV_VAR} at a node binary"
+        )
+    info = query_node(first)
+    if info is None:
+        raise InterpreterNotFound(
+            f"{spec.plugin_name}: Node.js at {first} is not runnable"
+            + (f" ({NODE_ENV_VAR})" if named else "")
+        )
+    failed = _fits(info.interpreter, constraints)
+    chosen: Optional[NodeInfo] = info if failed is None else None
+    seen = [info]
+    if chosen is None and not named:
+        for path in candidate_paths():
+            other = query_node(path)
+            if other is None or other.interpreter.realpath in {
+                s.interpreter.realpath for s in seen
+            }:
+                continue
+            seen.append(other)
+            if _fits(other.interpreter, constraints) is None and (
+                chosen is None
+                or parse_version(other.interpreter.version)
+                > parse_version(chosen.interpreter.version)
+            ):
+                chosen = other
+    if chosen is None:
+        found = ", ".join(f"{s.interpreter.version} at {s.interpreter.path}" for s in seen)
+        raise InterpreterNotFound(
+            f"{spec.plugin_name}: Node.js {info.interpreter.version} does not satisfy {failed}"
+            f" (found: {found}); install a Node.js that does or point {NODE_ENV_VAR} at one"
+        )
+    if chosen.npm is None:
+        raise InterpreterNotFound(
+            f"{spec.plugin_name}: npm not found for Node.js {chosen.interpreter.version} at "
+            f"{chosen.interpreter.path}; install npm"
+        )
+    return chosen.interpreter

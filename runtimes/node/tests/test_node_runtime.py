@@ -197,6 +197,36 @@ def test_failed_install_blocks_only_that_plugin_with_npms_error(host, make_plugi
     assert len([p for p in host.paths.store_dir.iterdir() if not p.name.startswith(".")]) == 2
 
 
+def test_out_of_sync_lock_is_reported_with_npms_cause_not_its_usage_help(
+    host, make_plugin, tmp_path
+):
+    # npm's lock for one dependency, beside a package.json that has gained a second one.
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "package.json").write_text(
+        json.dumps({"name": "stale", "dependencies": {"ally-cjs-lib": "1.0.0"}})
+    )
+    subprocess.run(
+        ["npm", "install", "--package-lock-only", "--no-audit", "--no-fund"],
+        cwd=scratch,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "npm_config_cache": str(tmp_path / "npm-cache")},
+    )
+    node_plugin(
+        make_plugin,
+        "stale",
+        {"dependencies": {"ally-cjs-lib": "1.0.0", "ally-hello-bin": "1.0.0"}},
+        {"package-lock.json": (scratch / "package-lock.json").read_text()},
+    )
+    (outcome,) = host.load()
+    assert outcome.status == "blocked"
+    assert outcome.reason.startswith("stale: npm ci failed (")
+    assert "are in sync. Please update your lock file" in outcome.reason
+    assert outcome.reason.endswith("npm error Missing: ally-hello-bin@1.0.0 from lock file")
+    assert "Usage" not in outcome.reason and "--install-links" not in outcome.reason
+
+
 def test_require_and_esm_import_work_with_a_read_only_plugin_dir(host, make_plugin):
     plugin = node_plugin(
         make_plugin,
@@ -241,10 +271,10 @@ def test_require_and_esm_import_work_with_a_read_only_plugin_dir(host, make_plug
         assert cjs.success, cjs.stderr
         assert cjs.result == {"shout": "CJS!", "version": "1.1.0"}
         # A package that is nowhere still fails, naming the plugin's file.
-        with pytest.raises(ToolError) as broken:
-            outcome.tool("broken").call({})
-        assert "ally-not-installed" in broken.value.stderr
-        assert "no-such.mjs" in broken.value.stderr
+        broken = outcome.tool("broken").call({})
+        assert not broken.success and broken.error_type == "exit_code"
+        assert "ally-not-installed" in broken.stderr
+        assert "no-such.mjs" in broken.stderr
     finally:
         for p, mode in modes.items():
             p.chmod(stat.S_IMODE(mode))
@@ -273,6 +303,54 @@ def test_package_bins_run_by_name_and_through_npx(host, make_plugin):
     assert via_npx.success, via_npx.stderr
     assert via_npx.result["hello"] == "npx" and via_npx.result["argv"] == ["--flag"]
     assert via_npx.result["cwd"] == str(outcome.plugin_dir)
+
+
+def test_npx_runs_only_what_the_env_holds_and_never_downloads(
+    ally_home, make_plugin, npm_env, monkeypatch
+):
+    # The tools see the registry, which holds ally-hello-bin: only the env's npx stands
+    # between a tool and a download of it.
+    monkeypatch.setenv(
+        "ALLY_PASS_ENV", "npm_config_registry npm_config_userconfig npm_config_globalconfig"
+    )
+    node_plugin(
+        make_plugin,
+        "frugal",
+        {"dependencies": {"ally-cjs-lib": "1.0.0"}},
+        tools=[
+            {"name": "plain", "command": "npx", "args": ["ally-hello"]},
+            {"name": "yes", "command": "npx", "args": ["--yes", "ally-hello"]},
+            {"name": "pinned", "command": "npx", "args": ["-y", "ally-hello-bin@1.0.0"]},
+            {"name": "exec", "command": "npm", "args": ["exec", "--", "ally-hello-bin@1.0.0"]},
+            {"name": "local", "command": "npx", "args": ["ally-cjs-lib@1.0.0"]},
+        ],
+    )
+    from ally_core import Host
+
+    (outcome,) = Host(ally_home).load()
+    assert outcome.ready, outcome.reason
+    npm_env.requests.clear()
+
+    def failure(name: str) -> str:
+        with pytest.raises(ToolError) as caught:
+            outcome.tool(name).call({})
+        return f"{caught.value} {caught.value.stderr}"
+
+    for name in ("plain", "yes"):
+        assert (
+            "npx: ally-hello is not installed in this plugin's env: add the package that "
+            "provides it to package.json (npx never downloads packages when a tool runs)"
+        ) in failure(name)
+    assert "ENOTCACHED" in failure("pinned")
+    # npx resolves a package of the env by name and version without the registry (this one
+    # has no bin, which is npm's own error).
+    assert "could not determine executable to run" in failure("local")
+    assert npm_env.requests == []
+    # `npm exec` asks the registry what the spec is, but installs nothing.
+    assert "npx canceled due to missing packages" in failure("exec")
+    assert npm_env.tarball_requests() == []
+    assert not (outcome.env.path / "node_modules" / "ally-hello-bin").exists()
+    assert list((outcome.env.path / ".ally" / "npx-cache").iterdir()) == []
 
 
 TS_TOOL = {
@@ -478,6 +556,55 @@ def test_broken_env_is_found_and_repaired(host, make_plugin):
     assert again.tool("add").call({"a": 2, "b": 2}).result == {"sum": 4, "version": "1.1.0"}
 
 
+def test_doctor_finds_files_deleted_or_edited_inside_packages_and_fix_rebuilds(
+    host, make_plugin
+):
+    node_plugin(
+        make_plugin,
+        "tampered",
+        {"dependencies": {"@ally-test/esm-lib": "^2.0.0"}},
+        CJS_FILES,
+        tools=[CJS_TOOL],
+    )
+    (outcome,) = host.load()
+    assert outcome.ready, outcome.reason
+    ((_, health),) = host.doctor()
+    assert health.ok, health.describe()
+    lib = outcome.env.path / "node_modules" / "ally-cjs-lib" / "index.js"
+    original = lib.read_bytes()
+    stat_before = lib.stat()
+
+    # An edit of the same size, with the old mtime put back: npm ls sees nothing.
+    edited = original.replace(b"a + b", b"a - b")
+    assert len(edited) == len(original) and edited != original
+    lib.write_bytes(edited)
+    os.utime(lib, ns=(stat_before.st_atime_ns, stat_before.st_mtime_ns))
+    assert outcome.tool("add").call({"a": 5, "b": 3}).result["sum"] == 2
+    ((_, health),) = host.doctor()
+    assert not health.ok
+    assert health.describe() == (
+        "1 installed file changed: node_modules/ally-cjs-lib/index.js was modified"
+    )
+    ((fixed, _),) = host.doctor(fix=True)
+    assert fixed.ready and fixed.action == "repaired", fixed.reason
+    assert fixed.tool("add").call({"a": 5, "b": 3}).result == {"sum": 8, "version": "1.1.0"}
+    ((_, health),) = host.doctor()
+    assert health.ok, health.describe()
+
+    # A file deleted from a package whose package.json is still there.
+    esm = Path("node_modules", "@ally-test", "esm-lib", "index.js")
+    (fixed.env.path / esm).unlink()
+    ((_, health),) = host.doctor()
+    assert health.describe() == (
+        "1 installed file changed: node_modules/@ally-test/esm-lib/index.js is missing"
+    )
+    ((again, _),) = host.doctor(fix=True)
+    assert again.ready and again.action == "repaired", again.reason
+    assert (again.env.path / esm).is_file()
+    ((_, health),) = host.doctor()
+    assert health.ok, health.describe()
+
+
 def test_install_scripts_run_unless_the_manifest_turns_them_off(host, make_plugin):
     tool = {"name": "ran", "command": "node", "args": ["ran.js"]}
     files = {
@@ -609,6 +736,48 @@ def test_host_node_and_npm_settings_do_not_leak_into_the_env(
     assert not (tmp_path / "global-prefix").exists()
 
 
+@pytest.mark.parametrize("name", ["package-lock.json", "npm-shrinkwrap.json", ".npmrc"])
+def test_a_lock_or_npmrc_symlinked_from_outside_the_plugin_is_refused(
+    host, make_plugin, tmp_path, npm_env, name
+):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    content = (
+        f"registry={npm_env.url}\n"
+        if name == ".npmrc"
+        else json.dumps({"name": "linked", "lockfileVersion": 3, "packages": {}})
+    )
+    (outside / name).write_text(content)
+    plugin = node_plugin(make_plugin, "linked", {"dependencies": {"ally-cjs-lib": "1.0.0"}})
+    (plugin / name).symlink_to(outside / name)
+    # The same file through a symlink that stays inside the plugin is fine.
+    inside = node_plugin(make_plugin, "inside", {"dependencies": {"ally-cjs-lib": "1.0.0"}})
+    (inside / "kept").mkdir()
+    (inside / "kept" / ".npmrc").write_text(f"registry={npm_env.url}\n")
+    (inside / ".npmrc").symlink_to(Path("kept", ".npmrc"))
+    outcomes = {o.name: o for o in host.load()}
+    linked = outcomes["linked"]
+    assert linked.status == "blocked"
+    assert linked.reason == (
+        f"linked: {name} is a symlink to {outside / name}, outside the plugin directory; "
+        "copy the file into the plugin"
+    )
+    assert outcomes["inside"].ready, outcomes["inside"].reason
+
+
+def test_a_package_json_symlinked_from_outside_the_plugin_is_refused(host, make_plugin, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "package.json").write_text(json.dumps({"name": "x", "dependencies": {}}))
+    plugin = node_plugin(make_plugin, "linked", {})
+    (plugin / "package.json").unlink()
+    (plugin / "package.json").symlink_to(outside / "package.json")
+    (outcome,) = host.load()
+    assert outcome.status == "blocked"
+    assert "\n" not in outcome.reason
+    assert "$.dependencies.file: 'package.json' is outside the plugin directory" in outcome.reason
+
+
 def test_plugin_npmrc_gives_the_registry_and_nothing_else(host, make_plugin, monkeypatch, npm_env):
     monkeypatch.delenv("npm_config_registry")
     plugin = node_plugin(make_plugin, "own-registry", {"dependencies": {"ally-cjs-lib": "1.0.0"}})
@@ -640,6 +809,56 @@ def test_install_command_runs_in_the_env_with_its_npm(host, make_plugin):
     assert outcome.packages == {"ally-cjs-lib": "1.0.0"}
     assert outcome.tool("add").call({"a": 2, "b": 3}).result == {"sum": 5, "version": "1.0.0"}
     assert tree(plugin) == before
+
+
+def test_install_command_env_path_placeholder_installs_into_the_env(
+    host, make_plugin, npm_tarballs, npm_env
+):
+    # Code Ally's form: the command names the env with {envPath} and runs in the plugin
+    # directory, so a tarball shipped with the plugin is found by its relative path.
+    (tarball,) = [t for t in npm_tarballs if t.name == "ally-cjs-lib-1.0.0.tgz"]
+    shipped = make_plugin(
+        "shipped",
+        {
+            "runtime": "node",
+            "dependencies": {
+                "install_command": "npm install --prefix {envPath} --no-audit --no-fund "
+                "./vendor/ally-cjs-lib-1.0.0.tgz"
+            },
+            "tools": [CJS_TOOL],
+        },
+        files=CJS_FILES,
+    )
+    (shipped / "vendor").mkdir()
+    shutil.copyfile(tarball, shipped / "vendor" / tarball.name)
+    # The other form: the plugin's package.json, installed from the registry into the env.
+    registry = node_plugin(
+        make_plugin,
+        "prefixed",
+        {"dependencies": {"ally-cjs-lib": "1.1.0"}},
+        CJS_FILES,
+        tools=[CJS_TOOL],
+        deps={"install_command": "npm install --prefix={envPath} --no-audit --no-fund"},
+    )
+    before = {p: tree(p) for p in (shipped, registry)}
+    for plugin in before:
+        for p in [plugin, *plugin.rglob("*")]:
+            p.chmod(p.stat().st_mode & ~0o222)  # npm must not write here
+    try:
+        outcomes = {o.name: o for o in host.load()}
+    finally:
+        for plugin in before:
+            for p in [plugin, *plugin.rglob("*")]:
+                p.chmod(p.stat().st_mode | 0o200)
+    for name, version in (("shipped", "1.0.0"), ("prefixed", "1.1.0")):
+        outcome = outcomes[name]
+        assert outcome.ready, outcome.reason
+        assert outcome.packages == {"ally-cjs-lib": version}
+        assert (outcome.env.path / "node_modules" / "ally-cjs-lib").is_dir()
+        assert outcome.tool("add").call({"a": 2, "b": 3}).result == {"sum": 5, "version": version}
+        assert not list(outcome.env.path.rglob("*{envPath}*"))
+    assert {p: tree(p) for p in before} == before
+    assert npm_env.tarball_requests() == ["/ally-cjs-lib/-/ally-cjs-lib-1.1.0.tgz"]
 
 
 def test_invalid_engines_range_is_reported(host, make_plugin):

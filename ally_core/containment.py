@@ -1,0 +1,228 @@
+"""Keeping a tool call's processes inside the call.
+
+Every tool runs in a new session (its own process group), which ally kills when the call
+ends. A process group is only a convention, though: a descendant that calls ``setsid()``
+leaves it, and a tool outlives ally when ally itself is killed with SIGKILL. On Linux ally
+uses what the kernel offers:
+
+* **parent-death signal** (``PR_SET_PDEATHSIG``): the tool process gets SIGKILL when the
+  ally thread that started it dies, SIGKILL of ally included;
+* **a cgroup v2 per call**, when ally may create one (root, or a delegated subtree such as a
+  systemd user session): the tool starts inside it, so do all its descendants, ``setsid()``
+  or not; when the call ends, ``cgroup.kill`` ends every one of them at once. A call's
+  cgroup is named after the ally process that made it; one left behind by a killed ally is
+  killed and removed by the next tool call of any ally process.
+
+Elsewhere (macOS, no writable cgroup) the process-group kill is what holds; see
+``docs/guarantees.md``. ``ALLY_TOOL_CGROUP=0`` turns the cgroup off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import itertools
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+__all__ = ["CallScope", "cgroup_root", "open_scope"]
+
+log = logging.getLogger("ally")
+
+PR_SET_PDEATHSIG = 1
+PREFIX = "ally-call-"
+_counter = itertools.count()
+_root: Optional[Path] = None
+_root_checked = False
+
+
+def _libc_prctl() -> Optional[Callable[..., int]]:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    prctl: Callable[..., int] = libc.prctl
+    return prctl
+
+
+_prctl = _libc_prctl()
+
+
+def _own_cgroup2() -> Optional[Path]:
+    """This process's cgroup in the cgroup v2 hierarchy, as a directory, if mounted."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    own = next((line[3:] for line in lines if line.startswith("0::")), None)
+    if own is None:
+        return None
+    for mount in mounts:
+        left, _, right = mount.partition(" - ")
+        if right.split(" ", 1)[0] != "cgroup2":
+            continue
+        fields = left.split()
+        root, mount_point = fields[3], fields[4]
+        # The mount shows the hierarchy from ``root``; our path is relative to that.
+        rel = own[len(root) :] if own.startswith(root) else own
+        return Path(mount_point) / rel.lstrip("/")
+    return None
+
+
+def cgroup_root() -> Optional[Path]:
+    """Where ally may create per-call cgroups, or ``None`` (checked once per process)."""
+    global _root, _root_checked
+    if _root_checked:
+        return _root
+    _root_checked = True
+    if os.environ.get("ALLY_TOOL_CGROUP", "1").strip().lower() in {"0", "false", "no", "off"}:
+        return None
+    base = _own_cgroup2()
+    if base is None:
+        return None
+    probe = base / f"{PREFIX}{os.getpid()}-probe"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError:
+        return None
+    _root = base
+    return _root
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill_cgroup(path: Path) -> None:
+    """Kill every process in the cgroup ``path`` and remove it (best effort, bounded)."""
+    try:
+        (path / "cgroup.kill").write_text("1")
+    except OSError:
+        # Kernels before 5.14 have no cgroup.kill: signal each member instead.
+        try:
+            pids = (path / "cgroup.procs").read_text().split()
+        except OSError:
+            pids = []
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, ValueError):
+                pass
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                log.debug("cgroup %s is not empty yet; left for the next call", path)
+                return
+            time.sleep(0.005)
+
+
+def reap_stale(root: Path) -> None:
+    """Kill and remove the call cgroups of ally processes that are gone."""
+    try:
+        names = [e.name for e in os.scandir(root) if e.name.startswith(PREFIX) and e.is_dir()]
+    except OSError:
+        return
+    for name in names:
+        owner = name[len(PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and int(owner) != os.getpid() and not _alive(int(owner)):
+            _kill_cgroup(root / name)
+
+
+class CallScope:
+    """The processes of one tool call: set up in the child before exec, killed at the end."""
+
+    def __init__(self, cgroup: Optional[Path]) -> None:
+        self.cgroup = cgroup
+        self._procs_fd: Optional[int] = None
+        if cgroup is not None:
+            try:
+                cgroup.mkdir()
+                self._procs_fd = os.open(cgroup / "cgroup.procs", os.O_WRONLY)
+            except OSError as exc:
+                log.debug("no cgroup for this tool call: %s", exc)
+                self._remove()
+                self.cgroup = None
+
+    @property
+    def contained(self) -> bool:
+        """Whether descendants that leave the process group are still ended with the call."""
+        return self._procs_fd is not None
+
+    def preexec(self) -> Optional[Callable[[], None]]:
+        """What the child runs between fork and exec (only system calls: no locks taken)."""
+        if _prctl is None and self._procs_fd is None:
+            return None
+        fd, prctl = self._procs_fd, _prctl
+
+        def setup() -> None:
+            if fd is not None:
+                os.write(fd, b"0")  # "0": the writing process joins the cgroup
+            if prctl is not None:
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+        return setup
+
+    def kill(self) -> None:
+        """End every process of the call that is still there (the cgroup's members)."""
+        if self.cgroup is not None and self.contained:
+            try:
+                (self.cgroup / "cgroup.kill").write_text("1")
+            except OSError:
+                pass
+
+    def populated(self) -> bool:
+        if self.cgroup is None:
+            return False
+        try:
+            return "populated 1" in (self.cgroup / "cgroup.events").read_text()
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        """Kill what is left and remove the cgroup."""
+        if self._procs_fd is not None:
+            os.close(self._procs_fd)
+            self._procs_fd = None
+        if self.cgroup is not None:
+            _kill_cgroup(self.cgroup)
+            self.cgroup = None
+
+    def _remove(self) -> None:
+        if self._procs_fd is not None:
+            os.close(self._procs_fd)
+            self._procs_fd = None
+        if self.cgroup is not None:
+            try:
+                self.cgroup.rmdir()
+            except OSError:
+                pass
+
+
+def open_scope() -> CallScope:
+    """A scope for one tool call: a fresh cgroup when ally may make one."""
+    root = cgroup_root()
+    if root is None:
+        return CallScope(None)
+    reap_stale(root)
+    return CallScope(root / f"{PREFIX}{os.getpid()}-{next(_counter)}")
