@@ -27,6 +27,31 @@ JSON_VERSION = 1
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TOOL_FAILED, EXIT_BLOCKED = 0, 1, 2, 3, 4
 
 
+#: Secret values this command was given: masked in whatever it prints, errors included.
+_HIDDEN: list[str] = []
+
+
+def _hide(*values: str) -> None:
+    _HIDDEN.extend(v for v in values if v)
+
+
+def _masked(text: str) -> str:
+    if not _HIDDEN:
+        return text
+    from .plugin_config import mask_text
+
+    return mask_text(text, _HIDDEN)
+
+
+def _say(text: str, file: Any = None) -> None:
+    """Print one line for people: secrets this command knows masked, and control characters
+    (escape sequences, carriage returns, bidirectional overrides) shown as escapes, so nothing
+    a plugin or tool wrote can rewrite the terminal."""
+    from .text import printable
+
+    print(printable(_masked(text)), file=file or sys.stdout)
+
+
 def _emit(data: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps({"ally": JSON_VERSION, **data}, indent=2, default=str) + "\n")
 
@@ -131,13 +156,13 @@ def _print_outcomes(outcomes: Sequence[Any]) -> None:
                 "updated": " (updated)",
             }
             mark = "\u26a0" if o.warnings else "\u2713"
-            print(f"{mark} {o.name}: {tools}{extra.get(o.action, '')}")
+            _say(f"{mark} {o.name}: {tools}{extra.get(o.action, '')}")
         elif o.status == "pending":
-            print(f"\u2026 {o.name}: {o.reason}")
+            _say(f"\u2026 {o.name}: {o.reason}")
         else:
-            print(f"\u2717 {o.name}: {o.reason}")
+            _say(f"\u2717 {o.name}: {o.reason}")
         for warning in o.warnings:
-            print(f"    warning: {warning}")
+            _say(f"    warning: {warning}")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -145,7 +170,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         _emit({"plugins": [_outcome_json(o) for o in outcomes]})
     elif not outcomes:
-        print("no plugins found")
+        _say("no plugins found")
     else:
         _print_outcomes(outcomes)
     return EXIT_OK
@@ -193,7 +218,7 @@ def is_bundle(path: Path) -> bool:
     return False
 
 
-def _install_target(host: Any, arg: str) -> str:
+def _install_target(host: Any, arg: str, *, force: bool = False) -> str:
     """The plugin name ``ally install ARG`` means: a name, or a directory or bundle path
     (a directory is remembered, a bundle unpacked into the plugins dir)."""
     path = Path(arg).expanduser()
@@ -214,13 +239,16 @@ def _install_target(host: Any, arg: str) -> str:
             )
         from .bundle import install_bundle
 
-        return str(install_bundle(host, path))
+        done = install_bundle(host, path, force=force)
+        if done.backup is not None:
+            _say(f"{done.name}: the previous {done.plugin_dir} was moved to {done.backup}")
+        return str(done.name)
     raise PluginNotFound(f"{arg}: no such plugin, directory or bundle")
 
 
 def cmd_install(args: argparse.Namespace) -> int:
     host = _host(args)
-    names = [_install_target(host, arg) for arg in args.names]
+    names = [_install_target(host, arg, force=args.force) for arg in args.names]
     return _load(args, lambda _host, rep: host.load(names or None, progress=rep), host=host)
 
 
@@ -241,15 +269,15 @@ def cmd_remove(args: argparse.Namespace) -> int:
     for name in args.names:
         removed = host.remove(name)
         if removed.deleted:
-            print(f"removed the env of {name} (freed {_size(removed.freed)})")
+            _say(f"removed the env of {name} (freed {_size(removed.freed)})")
         elif removed:
-            print(f"removed the env of {name}")
+            _say(f"removed the env of {name}")
         else:
-            print(f"{name} has no env")
+            _say(f"{name} has no env")
         for env_dir in removed.shared:
-            print(f"    kept {env_dir}: other plugins use it")
+            _say(f"    kept {env_dir}: other plugins use it")
         for plugin_dir in removed.forgot:
-            print(f"    forgot the plugin directory {plugin_dir} (its files are untouched)")
+            _say(f"    forgot the plugin directory {plugin_dir} (its files are untouched)")
     return EXIT_OK
 
 
@@ -275,8 +303,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     for path, size, why in removed:
-        print(f"{'would remove' if args.dry_run else 'removed'} {path} ({_size(size)}): {why}")
-    print(f"{'would free' if args.dry_run else 'freed'} {_size(total)}")
+        _say(f"{'would remove' if args.dry_run else 'removed'} {path} ({_size(size)}): {why}")
+    _say(f"{'would free' if args.dry_run else 'freed'} {_size(total)}")
     return EXIT_OK
 
 
@@ -307,7 +335,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for outcome, health in reports:
             mark = "\u2713" if health.ok else "\u2717"
             fixed = " \u2192 repaired" if outcome.action == "repaired" else ""
-            print(f"{mark} {outcome.name}: {health.describe()}{fixed}")
+            _say(f"{mark} {outcome.name}: {health.describe()}{fixed}")
     bad = [o for o, h in reports if not h.ok and o.action != "repaired"]
     return EXIT_BLOCKED if bad else EXIT_OK
 
@@ -355,7 +383,7 @@ def _form_answerer(args: argparse.Namespace) -> Callable[[Any], Any]:
             return merged_values(request, given)
         if sys.stdin.isatty() and sys.stderr.isatty():
             return _ask_form(request)
-        print(
+        _say(
             f"ally: {request.plugin}: tool {request.tool!r} asked the form "
             f"{request.title!r}; cancelled (no terminal; answer it with --form-response JSON)",
             file=sys.stderr,
@@ -369,9 +397,10 @@ def _ask_form(request: Any) -> Any:
     """Ask each field of ``request`` on the terminal; ``None`` when the user cancels."""
     from .errors import ToolInputError
     from .forms import coerce_field, merged_values, validate_form_values
+    from .text import printable
 
     values = merged_values(request)
-    print(
+    _say(
         f"{request.title}" + (f": {request.description}" if request.description else ""),
         file=sys.stderr,
     )
@@ -384,12 +413,12 @@ def _ask_form(request: Any) -> Any:
                 shown = (
                     choice.get("label", choice.get("value")) if isinstance(choice, dict) else choice
                 )
-                print(f"  {i}. {shown}", file=sys.stderr)
+                _say(f"  {i}. {shown}", file=sys.stderr)
         while True:
             default = values.get(name)
             prompt = f"{label}" + (f" [{default}]" if default not in (None, "") else "") + ": "
             try:
-                typed = input(prompt)
+                typed = input(printable(prompt))
             except EOFError:
                 return None
             value: Any = typed if typed else default
@@ -403,7 +432,7 @@ def _ask_form(request: Any) -> Any:
                 validate_form_values(request, {name: values[name]} if name in values else {})
             except ToolInputError as exc:
                 if field.get("required") or values[name] not in (None, ""):
-                    print(f"  {str(exc).rpartition(': ')[2] or exc}", file=sys.stderr)
+                    _say(f"  {str(exc).rpartition(': ')[2] or exc}", file=sys.stderr)
                     continue
             break
     return values
@@ -439,16 +468,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.reason:
         print(f"ally: warning: {outcome.name}: {outcome.reason}", file=sys.stderr)
     tool = outcome.tool(args.tool)
+    pairs = _config_pairs(args.config)
+    from .plugin_config import secret_values
+
+    _hide(*secret_values(outcome.manifest, pairs))
 
     def show_stderr(stream: str, text: str) -> None:
+        from .text import printable
+
         if stream == "stderr":
-            sys.stderr.write(text)
+            # Line breaks and tabs as they are; every other control character escaped.
+            shown = "\n".join(
+                "\t".join(map(printable, line.split("\t"))) for line in text.split("\n")
+            )
+            sys.stderr.write(shown)
             sys.stderr.flush()
 
     result = tool.call(
         arguments,
         timeout=args.timeout,
-        config=_config_pairs(args.config),
+        config=pairs,
         on_form=_form_answerer(args) if tool.spec.interactive else None,
         on_output=show_stderr if args.verbose else None,
     ).masked()
@@ -545,7 +584,7 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
         )
     else:
         for name, values in rows.items():
-            print(f"{name}: {', '.join(values)}  [{dists[name]}]")
+            _say(f"{name}: {', '.join(values)}  [{dists[name]}]")
     return EXIT_OK
 
 
@@ -562,7 +601,10 @@ def cmd_config(args: argparse.Namespace) -> int:
     host = _host(args)
     action = args.action
     if action is None:
+        from .plugin_config import secret_store
+
         settings = host.settings
+        store = secret_store(host)
         paths = {
             "home": host.paths.home,
             "plugin_dirs": list(host.paths.plugin_dirs),
@@ -581,15 +623,26 @@ def cmd_config(args: argparse.Namespace) -> int:
                         k: str(v) if not isinstance(v, list) else [str(x) for x in v]
                         for k, v in paths.items()
                     },
+                    "secrets": {
+                        "backend": store.backend,
+                        "available": store.available,
+                        "detail": store.detail,
+                        "reason": store.reason,
+                    },
                 }
             )
             return EXIT_OK
         for key, (var, _p, _d, doc) in SETTINGS.items():
             value = settings.values[key]
-            print(f"{key} = {value!r}  ({settings.sources[key]}; {var}: {doc})")
+            _say(f"{key} = {value!r}  ({settings.sources[key]}; {var}: {doc})")
         for key, value in paths.items():
             shown = ", ".join(map(str, value)) if isinstance(value, list) else value
-            print(f"{key}: {shown}")
+            _say(f"{key}: {shown}")
+        if store.backend == "file":
+            where = f"0600 plain-text files in {store.detail}"
+        else:
+            where = f"the OS keyring ({store.detail})" if store.available else "none usable"
+        _say(f"secrets: {where}  ({store.reason})")
         return EXIT_OK
     from . import plugin_config as pc
 
@@ -597,20 +650,37 @@ def cmd_config(args: argparse.Namespace) -> int:
     if source.manifest is None:
         raise source.error or PluginNotFound(args.plugin)
     manifest = source.manifest
+    where = source.plugin_dir
     if action == "set":
-        pc.set_stored(host, manifest, args.key, args.value)
-        shown = pc.MASK if args.key in pc.secret_keys(manifest) else args.value
-        print(f"{manifest.name}: {args.key} = {shown}")
+        key = pc.canonical_key(manifest, args.key)
+        if pc.is_secret(manifest, key):
+            _hide(args.value)
+        pc.set_stored(host, manifest, key, args.value, plugin_dir=where)
+        shown = pc.MASK if pc.is_secret(manifest, key) else args.value
+        _say(f"{manifest.name}: {key} = {shown}")
     elif action == "unset":
-        found = pc.unset_stored(host, manifest, args.key)
-        print(f"{manifest.name}: {args.key} {'removed' if found else 'was not set'}")
+        found = pc.unset_stored(host, manifest, args.key, plugin_dir=where)
+        _say(f"{manifest.name}: {args.key} {'removed' if found else 'was not set'}")
     else:
-        values = pc.mask_values(manifest, pc.load_stored(host, manifest.name))
+        values = pc.stored_view(host, manifest, where)
+        elsewhere = pc.stored_elsewhere(host, manifest.name, where)
         if args.json:
-            _emit({"plugin": manifest.name, "config": values})
+            _emit(
+                {
+                    "plugin": manifest.name,
+                    "dir": str(where),
+                    "config": values,
+                    "not_used": elsewhere,
+                }
+            )
         else:
             for key, value in sorted(values.items()):
-                print(f"{key} = {value}")
+                _say(f"{key} = {value}")
+            for other in elsewhere:
+                _say(
+                    f"note: values stored for {other} are not used for {where} "
+                    "(config belongs to the directory it was set for)"
+                )
     return EXIT_OK
 
 
@@ -621,7 +691,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     path = make_bundle(
         host, args.name, Path(args.output) if args.output else None, progress=_reporter(args)
     )
-    print(str(path))
+    _say(str(path))
     return EXIT_OK
 
 
@@ -635,7 +705,12 @@ def cmd_mcp_serve(args: argparse.Namespace) -> int:
             raise
         print(f"ally: {INSTALL_HINT}", file=sys.stderr)
         return EXIT_ERROR
-    return serve(lambda: _host(args), plugins=args.plugin or (), http=args.http)
+    return serve(
+        lambda: _host(args),
+        plugins=args.plugin or (),
+        http=args.http,
+        warm_workers=not args.no_warm_workers,
+    )
 
 
 def _add_mcp(sub: Any) -> None:
@@ -663,6 +738,11 @@ def _add_mcp(sub: Any) -> None:
     s.add_argument("--offline", action="store_true", help="never use the network")
     s.add_argument("--installer", choices=["auto", "uv", "pip"], help="Python installer backend")
     s.add_argument("-j", "--jobs", type=int, help="parallel builds")
+    s.add_argument(
+        "--no-warm-workers",
+        action="store_true",
+        help="start a new interpreter for every Python tool call (no fork server per plugin)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -709,6 +789,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME|PATH",
         help="plugins to install (default: all): names, plugin directories (remembered) "
         "or offline bundles (any file name)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="let a bundle replace an existing plugin directory (the old one is kept as a backup)",
     )
     p = add(
         "update",
@@ -788,6 +873,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_traceback() -> None:
+    import traceback
+
+    from .text import printable
+
+    for line in _masked(traceback.format_exc()).splitlines():
+        sys.stderr.write(printable(line) + "\n")
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -795,6 +889,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _HIDDEN.clear()
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -804,15 +899,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except AllyError as exc:
         if args.debug:
-            import traceback
-
-            traceback.print_exc()
-        print(f"ally: error: {exc}", file=sys.stderr)
+            _print_traceback()
+        _say(f"ally: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
         if args.debug:
-            raise
-        print(
+            _print_traceback()
+        _say(
             f"ally: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug)",
             file=sys.stderr,
         )

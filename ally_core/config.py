@@ -79,6 +79,23 @@ def _installer(text: str) -> str:
     return text
 
 
+def _byte_size(text: str) -> int:
+    """``1048576``, ``512K``, ``64M`` or ``2G`` (powers of 1024) as a positive number of bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    clean = text.strip().upper().removesuffix("B").removesuffix("I")
+    factor = units.get(clean[-1:], 1)
+    digits = clean[:-1] if clean[-1:] in units else clean
+    if not digits.isdigit() or int(digits) * factor < 1:
+        raise ValueError(f"expected a size in bytes (e.g. 512M, 2G), got {text!r}")
+    return int(digits) * factor
+
+
+def _secrets_backend(text: str) -> str:
+    if text not in {"auto", "keyring", "file"}:
+        raise ValueError(f"expected one of auto, keyring, file; got {text!r}")
+    return text
+
+
 def _words(text: str) -> tuple[str, ...]:
     return tuple(w for w in text.replace(",", " ").split() if w)
 
@@ -130,6 +147,24 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any, str]] = {
         _positive_int,
         1024 * 1024,
         "max size of a plugin.json; a larger one blocks its plugin unread",
+    ),
+    "bundle_max_file": (
+        "ALLY_BUNDLE_MAX_FILE",
+        _byte_size,
+        1 << 30,
+        "largest file a bundle may unpack (bytes, or 512M, 2G)",
+    ),
+    "bundle_max_total": (
+        "ALLY_BUNDLE_MAX_TOTAL",
+        _byte_size,
+        4 << 30,
+        "most bytes one bundle may unpack in all",
+    ),
+    "secrets_backend": (
+        "ALLY_SECRETS_BACKEND",
+        _secrets_backend,
+        "auto",
+        "where secret plugin config is stored: auto (OS keyring if usable), keyring, file",
     ),
 }
 

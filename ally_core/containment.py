@@ -169,6 +169,12 @@ class CallScope:
         """Whether descendants that leave the process group are still ended with the call."""
         return self._procs_fd is not None
 
+    @property
+    def procs_fd(self) -> Optional[int]:
+        """The call cgroup's ``cgroup.procs``, open for writing (``None`` without a cgroup):
+        a process that writes ``0`` to it joins the call (a warm worker's forked child)."""
+        return self._procs_fd
+
     def preexec(self) -> Optional[Callable[[], None]]:
         """What the child runs between fork and exec (only system calls: no locks taken)."""
         if _prctl is None and self._procs_fd is None:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import attrs
 import pluggy
@@ -59,6 +59,9 @@ from .warm_index import (
     identities,
     unchanged,
 )
+
+if TYPE_CHECKING:
+    from .workers import WorkerOptions, WorkerPool
 
 __all__ = ["BoundTool", "Host", "PluginOutcome", "PluginSource", "Removal"]
 
@@ -378,6 +381,23 @@ def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     return "; ".join(changes) or "dependencies changed"
 
 
+def not_found_message(name: str, sources: Sequence[PluginSource], roots: Sequence[Path]) -> str:
+    """``no plugin named …``, with the plugin a directory of that name holds and a guess."""
+    from .text import did_you_mean
+
+    message = f"no plugin named {name!r}"
+    held = [s for s in sources if s.plugin_dir.name == name and s.manifest is not None]
+    if held:
+        assert held[0].manifest is not None
+        message += (
+            f": the directory {held[0].plugin_dir} holds the plugin {held[0].manifest.name!r}"
+            f" (did you mean {held[0].manifest.name!r}?)"
+        )
+    else:
+        message += did_you_mean(name, [s.name for s in sources])
+    return f"{message} in {', '.join(str(p) for p in roots)}"
+
+
 def _one_line(error: BaseException) -> str:
     return " | ".join(line for line in str(error).splitlines() if line.strip()) or (
         error.__class__.__name__
@@ -399,6 +419,7 @@ class Host:
         settings: Mapping[str, Any] | None = None,
         environ: Mapping[str, str] | None = None,
         plugin_manager: pluggy.PluginManager | None = None,
+        warm_workers: bool | WorkerOptions = False,
     ) -> None:
         env = dict(os.environ if environ is None else environ)
         paths = AllyPaths.from_env(home, plugin_dirs, env)
@@ -440,6 +461,26 @@ class Host:
         self._interpreters: dict[str, Optional[tuple[int, int, int]]] = {}
         # The remembered plugin dirs and the identity of the file they were read from.
         self._links: Optional[tuple[tuple[int, ...], list[Path]]] = None
+        #: Warm workers of Python tools (``warm_workers``), or ``None``; see :meth:`close`.
+        self.workers: Optional[WorkerPool] = None
+        if warm_workers:
+            from .workers import WorkerOptions, WorkerPool
+
+            options = warm_workers if isinstance(warm_workers, WorkerOptions) else None
+            self.workers = WorkerPool(options, pass_env=self.settings.pass_env)
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop this host's warm workers (and the tool calls running in them)."""
+        if self.workers is not None:
+            self.workers.close()
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- runtimes ------------------------------------------------------------------------------
 
@@ -459,28 +500,34 @@ class Host:
     def discover(self) -> list[PluginSource]:
         """Every plugin directory in the plugin dirs, with its manifest or its error."""
         sources: list[PluginSource] = []
-        seen: dict[str, Path] = {}
+        declared: dict[str, list[Path]] = {}
         self._contexts = {}
         self._interpreters = {}
         for root, name in self._candidates():
             source = self._read_source(root, name)
             if source is None:
                 continue
-            plugin_dir = source.plugin_dir
+            if source.manifest is not None:
+                declared.setdefault(source.manifest.name, []).append(source.plugin_dir)
+            sources.append(source)
+        # A plugin is its directory: two directories declaring one name are both blocked
+        # (neither may take the other's env, config or secrets), each naming the other.
+        for i, source in enumerate(sources):
             manifest = source.manifest
-            if manifest is not None and manifest.name in seen:
-                source = PluginSource(
-                    plugin_dir,
+            if manifest is not None and len(holders := declared[manifest.name]) > 1:
+                others = ", ".join(str(d) for d in holders if d != source.plugin_dir)
+                sources[i] = PluginSource(
+                    source.plugin_dir,
                     None,
                     ManifestError(
                         manifest.name,
                         MANIFEST_NAME,
-                        [f"$.name: duplicate plugin name, also used by {seen[manifest.name]}"],
+                        [
+                            f"$.name: plugin name {manifest.name!r} is also declared by "
+                            f"{others}: rename one of them"
+                        ],
                     ),
                 )
-            elif manifest is not None:
-                seen[manifest.name] = plugin_dir
-            sources.append(source)
         # Plugins that are gone leave the index when it is next written.
         self.index.retain("keys", dirs := [str(s.plugin_dir) for s in sources])
         self.index.retain("manifests", [f"{d}{os.sep}{MANIFEST_NAME}" for d in dirs])
@@ -637,12 +684,18 @@ class Host:
         self.index.put("manifests", path, identity, manifest_to_cache(manifest))
 
     def source(self, name: str) -> PluginSource:
-        for source in self.discover():
-            if source.name == name or source.plugin_dir.name == name:
+        """The plugin named ``name`` in its manifest (a plugin that cannot be read: its
+        directory's name). A directory's name never stands for the plugin it holds."""
+        sources = self.discover()
+        for source in sources:
+            if source.name == name and source.manifest is not None:
                 return source
-        raise PluginNotFound(
-            f"no plugin named {name!r} in {', '.join(str(p) for p in self.paths.plugin_dirs)}"
-        )
+        for source in sources:
+            if source.manifest is None and (
+                source.name == name or getattr(source.error, "plugin", None) == name
+            ):
+                return source
+        raise PluginNotFound(not_found_message(name, sources, self.paths.plugin_dirs))
 
     # -- specs ---------------------------------------------------------------------------------
 
@@ -1277,9 +1330,12 @@ class Host:
             action = "updated"
         elif repair and action == "built":
             action = "repaired"
-        return self._ready(
+        outcome = self._ready(
             source, env, action=action, repair_reason=repair, packages=marker.packages
         )
+        if self.workers is not None and action != "none":
+            self.workers.after_build(outcome)  # background bytecode compile, warm worker
+        return outcome
 
     def _build(
         self,

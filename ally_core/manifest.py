@@ -52,6 +52,7 @@ KNOWN_EXTRA_KEYS = frozenset(
         "type",
         "engines",
         "category",
+        "warm",  # false: tools always spawn, never a warm worker (ally_core.workers)
     }
 )
 #: Keys of Code Ally's ``ToolDefinition`` (and common extras) kept without a warning.

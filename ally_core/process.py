@@ -17,12 +17,13 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Callable, Optional
+from typing import IO, Callable, Optional, Protocol
 
 from .envs import Health, Problem
 from .errors import InstallFailed
 
 __all__ = [
+    "ToolProcess",
     "cancel_token",
     "clean_environ",
     "error_lines",
@@ -30,6 +31,26 @@ __all__ = [
     "run_checks",
     "run_installer",
 ]
+
+
+class ToolProcess(Protocol):
+    """What ally uses of a tool's process: a :class:`subprocess.Popen`, or a warm worker's
+    forked child (:class:`ally_core.workers.WorkerProcess`)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> Optional[int]: ...
+    @property
+    def stdin(self) -> Optional[IO[bytes]]: ...
+    @property
+    def stdout(self) -> Optional[IO[bytes]]: ...
+    @property
+    def stderr(self) -> Optional[IO[bytes]]: ...
+    def poll(self) -> Optional[int]: ...
+    def wait(self, timeout: Optional[float] = None) -> int: ...
+    def kill(self) -> None: ...
+
 
 _local = threading.local()
 
@@ -84,7 +105,7 @@ def clean_environ(
     return env
 
 
-def kill_process_group(proc: subprocess.Popen[bytes], grace: float = 2.0) -> None:
+def kill_process_group(proc: ToolProcess, grace: float = 2.0) -> None:
     """SIGTERM the process's whole group, then SIGKILL it after ``grace`` seconds."""
     if proc.poll() is not None and os.name != "posix":
         return
@@ -320,7 +341,7 @@ def run_installer(
     return "\n".join(out)
 
 
-def _wait_then_set(proc: subprocess.Popen[bytes], event: threading.Event) -> None:
+def _wait_then_set(proc: ToolProcess, event: threading.Event) -> None:
     proc.wait()
     event.set()
 

@@ -27,6 +27,8 @@ from typing import Any, Optional
 
 import attrs
 
+from .text import mask_text
+
 __all__ = ["ToolResult", "interpret_reply", "mask_text", "mask_value"]
 
 #: Characters of raw output or stderr quoted in a failure's text.
@@ -91,17 +93,6 @@ class ToolResult:
         elif self.reply is None and self.result is not None:
             out["result"] = self.result
         return out
-
-
-MASK = "********"
-
-
-def mask_text(text: str, secrets: Sequence[str]) -> str:
-    """``text`` with every secret value replaced by ``********``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, MASK)
-    return text
 
 
 def mask_value(value: Any, secrets: Sequence[str]) -> Any:

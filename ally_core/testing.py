@@ -100,7 +100,8 @@ def build_wheel(
 
 
 def hermetic_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``base`` (default ``os.environ``) without the machine's pip/uv configuration."""
+    """``base`` (default ``os.environ``) without the machine's pip/uv configuration and OS
+    keyring."""
     env = {
         k: v
         for k, v in (os.environ if base is None else base).items()
@@ -109,6 +110,9 @@ def hermetic_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env["PIP_CONFIG_FILE"] = os.devnull
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env["UV_NO_CONFIG"] = "1"
+    # Tests never touch the developer's OS keyring: keyring's "no backend" makes ally keep
+    # secrets in its 0600 file (a test that wants a keyring names its own backend).
+    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
     return env
 
 

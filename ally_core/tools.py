@@ -17,6 +17,7 @@ A tool process gets:
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ from .forms import (
     validate_form_values,
 )
 from .manifest import Tool
-from .process import _wait_then_set, kill_process_group
+from .process import ToolProcess, _wait_then_set, kill_process_group
 from .replies import ToolResult, interpret_reply, mask_text
 
 if TYPE_CHECKING:
@@ -254,7 +255,7 @@ class _Call:
 
     def __init__(
         self,
-        proc: subprocess.Popen[bytes],
+        proc: ToolProcess,
         *,
         plugin: str,
         tool: str,
@@ -397,6 +398,7 @@ def run_tool(
             on_form=on_form,
             on_output=masked_output,
             cancel=cancel,
+            launch=_warm_launcher(host, plugin, tool, argv, environ),
         )
     except ToolError as exc:
         if not hidden:
@@ -422,6 +424,20 @@ def mask_result(result: ToolResult, secrets: Sequence[str]) -> ToolResult:
     )
 
 
+#: ``launch(scope)``: the call's process from a warm worker, or ``None`` to spawn it.
+Launcher = Callable[[CallScope], Optional[ToolProcess]]
+
+
+def _warm_launcher(
+    host: Host, plugin: PluginOutcome, tool: Tool, argv: list[str], environ: dict[str, str]
+) -> Optional[Launcher]:
+    """The host's warm workers (``Host(warm_workers=True)``, :mod:`ally_core.workers`)."""
+    pool = getattr(host, "workers", None)  # a host-like object without workers spawns
+    if pool is None:
+        return None
+    return functools.partial(pool.launch, plugin, tool, argv, environ)
+
+
 def _spawn(
     argv: list[str],
     cwd: Path,
@@ -436,6 +452,7 @@ def _spawn(
     on_form: Optional[FormCallback] = None,
     on_output: Optional[OutputCallback] = None,
     cancel: Optional[threading.Event] = None,
+    launch: Optional[Launcher] = None,
 ) -> ToolResult:
     label = f"{plugin}: tool {tool!r}"
     start = time.monotonic()
@@ -457,6 +474,7 @@ def _spawn(
             on_output=on_output,
             cancel=cancel,
             start=start,
+            launch=launch,
         )
     finally:
         scope.close()
@@ -479,23 +497,28 @@ def _run_in_scope(
     on_output: Optional[OutputCallback],
     cancel: Optional[threading.Event],
     start: float,
+    launch: Optional[Launcher] = None,
 ) -> ToolResult:
-    try:
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=environ,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=scope.preexec(),  # system calls only: see containment.py
-        )
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:  # ValueError: NUL in argv
-        raise ToolError(
-            f"{label}: cannot run {argv[0]}: {getattr(exc, 'strerror', None) or exc}",
-            error_type="spawn_failed",
-        ) from exc
+    # A warm worker's forked child, in this call's session and cgroup, or a new process:
+    # what follows is the same for both.
+    proc: Optional[ToolProcess] = launch(scope) if launch is not None else None
+    if proc is None:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=environ,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=scope.preexec(),  # system calls only: see containment.py
+            )
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:  # ValueError: NUL
+            raise ToolError(
+                f"{label}: cannot run {argv[0]}: {getattr(exc, 'strerror', None) or exc}",
+                error_type="spawn_failed",
+            ) from exc
     assert proc.stdin and proc.stdout and proc.stderr
     call = _Call(proc, plugin=plugin, tool=tool, limit=limit, on_form=on_form, on_output=on_output)
     out = _Reader(call, proc.stdout, "stdout", forms=interactive)
@@ -549,7 +572,7 @@ def _run_in_scope(
             stderr=stderr_tail,
             error_type="output_limit" if reason.startswith("output") else kind,
         )
-    code = proc.returncode
+    code = proc.wait()  # it has exited: this only reads its code
     return interpret_reply(out.text, err.text, code, label=label, duration=duration)
 
 

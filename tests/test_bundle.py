@@ -162,11 +162,21 @@ def test_bundle_skips_symlinks_pointing_outside_the_plugin(
     assert "plugin/inside.txt" in names and "plugin/leak.txt" not in names
 
 
-def test_installing_a_bundle_replaces_an_older_copy_of_the_plugin(bundle: Path, tmp_path: Path):
+def test_installing_a_bundle_over_an_older_copy_needs_force_and_keeps_a_backup(
+    bundle: Path, tmp_path: Path
+):
     home = tmp_path / "home2"
     old = write_plugin(home / "plugins", "greeter", {"version": "0.1"}, {"stale.txt": "old"})
     host = Host(home)
-    assert install_bundle(host, bundle) == "greeter"
+    with pytest.raises(BundleError, match=f"{old} already exists"):
+        install_bundle(host, bundle)
+    assert (old / "stale.txt").read_text() == "old"
+    done = install_bundle(host, bundle, force=True)
+    assert done.name == "greeter" and done.plugin_dir == old
     assert not (old / "stale.txt").exists()
     assert json.loads((old / "plugin.json").read_text())["version"] == "1.2.0"
-    assert not [p for p in (home / "plugins").iterdir() if p.name.startswith(".")]
+    assert done.backup is not None and (done.backup / "stale.txt").read_text() == "old"
+    # Only the backup directory is left beside the plugins: no unpacking leftovers.
+    assert [p.name for p in (home / "plugins").iterdir() if p.name.startswith(".")] == [
+        ".ally-backup"
+    ]

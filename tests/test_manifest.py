@@ -285,16 +285,18 @@ def test_traversing_name_blocks_only_that_plugin_and_creates_nothing_outside(
     assert not (host.paths.envs_dir / "evil").exists()
 
 
-def test_duplicate_plugin_names_block_the_second_directory(host: Host, make_plugin: Any) -> None:
+def test_duplicate_plugin_names_block_both_directories_naming_the_other(
+    host: Host, make_plugin: Any
+) -> None:
     first = make_plugin("a-first", {"name": "same"})
-    make_plugin("b-second", {"name": "same"})
+    second = make_plugin("b-second", {"name": "same"})
     outcomes = host.load()
     assert [(o.plugin_dir.name, o.status) for o in outcomes] == [
-        ("a-first", "ready"),
+        ("a-first", "blocked"),
         ("b-second", "blocked"),
     ]
-    assert "duplicate plugin name" in outcomes[1].reason
-    assert str(first) in outcomes[1].reason
+    assert f"'same' is also declared by {second}" in outcomes[0].reason
+    assert f"'same' is also declared by {first}" in outcomes[1].reason
 
 
 def test_unknown_runtime_names_the_installed_runtimes(

@@ -129,6 +129,13 @@ def _store_file(home: Path, name: str = "safe") -> Path:
     return Host(home).paths.config_dir / "plugin-config" / f"{name}.json"
 
 
+def _stored(home: Path, name: str = "safe") -> dict[str, Any]:
+    """The values in the store file for the plugin directory ``plugins/name``."""
+    data = json.loads(_store_file(home, name).read_text())
+    entry = data["dirs"].get(os.path.realpath(home / "plugins" / name)) or {}
+    return entry.get("values", {})
+
+
 def _ok(proc) -> str:
     assert proc.returncode == 0, (proc.args, proc.stdout, proc.stderr)
     return proc.stdout
@@ -180,13 +187,13 @@ def test_config_set_show_unset_round_trip_with_the_secret_masked(ally_home, make
         "token": "********",
     }
     # The file holds the real values, typed by the schema.
-    stored = json.loads(_store_file(ally_home).read_text())
+    stored = _stored(ally_home)
     assert stored == {"api_url": "http://127.0.0.1:9/api", "retries": 4, "token": SECRET}
 
     assert _ok(ally_cli("config", "unset", "safe", "token")) == "safe: token removed\n"
     assert _ok(ally_cli("config", "unset", "safe", "token")) == "safe: token was not set\n"
     assert "token" not in _ok(ally_cli("config", "show", "safe"))
-    assert json.loads(_store_file(ally_home).read_text()) == {
+    assert _stored(ally_home) == {
         "api_url": "http://127.0.0.1:9/api",
         "retries": 4,
     }
@@ -206,7 +213,10 @@ def test_stored_config_file_is_readable_by_the_user_only(ally_home, make_plugin,
     _ok(ally_cli("config", "unset", "safe", "retries"))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     # No temporary copy of the secrets is left beside it.
-    assert [p.name for p in path.parent.iterdir() if p.is_file()] == ["safe.json"]
+    assert [p.name for p in path.parent.iterdir() if p.is_file() and p.name != ".lock"] == [
+        "safe.json"
+    ]
+    assert (path.parent / ".lock").stat().st_size == 0
 
 
 @pytest.mark.parametrize(
@@ -296,7 +306,7 @@ def test_config_given_for_one_call_wins_over_stored_values(ally_home, make_plugi
     assert env["PLUGIN_CONFIG_TOKEN"] == "********"
     assert env["PLUGIN_CONFIG_API_URL"] == "http://127.0.0.1:1/x"
     assert env["PLUGIN_CONFIG_RETRIES"] == "5"
-    assert json.loads(_store_file(ally_home).read_text())["token"] == SECRET
+    assert _stored(ally_home)["token"] == SECRET
 
 
 def test_config_given_for_one_call_is_validated_too(ally_home, make_plugin, ally_cli, host):

@@ -423,22 +423,32 @@ def serve(
     plugins: Sequence[str] = (),
     http: Optional[str] = None,
     poll: float = POLL_SECONDS,
+    warm_workers: bool = True,
 ) -> int:
-    """Serve until the client disconnects (stdio) or the process is interrupted (HTTP)."""
+    """Serve until the client disconnects (stdio) or the process is interrupted (HTTP).
+
+    With ``warm_workers`` Python tools run in their plugin's warm worker
+    (:mod:`ally_core.workers`), one pool shared by the reading and the building host.
+    """
     address = parse_http_address(http) if http else None
     _setup_logging()
-    catalog = Catalog(
-        make_host(),
-        make_host(),
-        plugins=plugins,
-        progress=lambda name: LogReporter(sys.stderr),
-    )
-    missing = catalog.missing()
-    if missing:
-        raise PluginNotFound(f"no plugin named {', '.join(map(repr, missing))}")
-    app = AllyServer(catalog, poll=poll)
-    if address is None:
-        anyio.run(_serve_stdio, app)
-    else:
-        anyio.run(lambda: _serve_http(app, *address))
+    host, build_host = make_host(), make_host()
+    if warm_workers:
+        from ..workers import WorkerPool
+
+        host.workers = build_host.workers = WorkerPool(pass_env=build_host.settings.pass_env)
+    try:
+        catalog = Catalog(
+            host, build_host, plugins=plugins, progress=lambda name: LogReporter(sys.stderr)
+        )
+        missing = catalog.missing()
+        if missing:
+            raise PluginNotFound(f"no plugin named {', '.join(map(repr, missing))}")
+        app = AllyServer(catalog, poll=poll)
+        if address is None:
+            anyio.run(_serve_stdio, app)
+        else:
+            anyio.run(lambda: _serve_http(app, *address))
+    finally:
+        build_host.close()  # the shared pool: every worker stops with the server
     return 0

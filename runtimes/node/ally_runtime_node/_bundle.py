@@ -126,7 +126,8 @@ def install_argv(spec: EnvSpec, env: EnvInfo, artifacts: Path) -> list[str]:
     """Point the bundled lock at the bundled tarballs (hashes checked): ``npm ci --offline``."""
     try:
         bundle = json.loads((artifacts / LOCK_NAME).read_text("utf-8"))
-        lock = json.loads((artifacts / bundle["lockfile"]).read_text("utf-8"))
+        # Only a name inside the bundle's artifacts dir, whatever the file says.
+        lock = json.loads((artifacts / os.path.basename(bundle["lockfile"])).read_text("utf-8"))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InstallFailed(
             f"{spec.plugin_name}: the bundle's npm lock is unreadable: {exc}"

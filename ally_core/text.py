@@ -1,0 +1,73 @@
+"""Text for people: what the CLI prints to a terminal, and suggestions for mistyped names."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["MASK", "did_you_mean", "mask_text", "printable"]
+
+#: What a secret value is replaced with wherever ally shows text.
+MASK = "********"
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def mask_text(text: str, secrets: Iterable[Any]) -> str:
+    """``text`` with every occurrence of each secret replaced by the mask: as it is, as Python
+    shows it (``repr``) and as JSON escapes it (a secret inside a JSON document). Longer
+    secrets are masked first, so one secret inside another leaves no part of either."""
+    forms: set[str] = set()
+    for value in secrets:
+        if value is None:
+            continue
+        plain = _plain(value)
+        forms.update({plain, repr(value), json.dumps(plain)[1:-1], repr(plain)[1:-1]})
+    for shown in sorted((f for f in forms if f), key=len, reverse=True):
+        text = text.replace(shown, MASK)
+    return text
+
+
+# C0 and C1 controls (ESC starts terminal escape sequences, CR and BS overwrite what was
+# printed), DEL, and the Unicode format characters that reorder or hide text on screen
+# (bidirectional overrides and isolates, zero-width characters).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: object) -> str:
+    """``text`` safe to print to a terminal: every control or invisible format character is
+    shown as its escape (``\\x1b``, ``\\n``, ``\\u202e``), so a name or message from a plugin
+    can neither move the cursor, recolor, clear the screen nor hide or reorder text."""
+    return _UNPRINTABLE.sub(_escape, str(text))
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` (case-insensitive), or ``""``."""
+    options = sorted(set(choices))
+    lowered = {c.lower(): c for c in options}
+    if word.lower() in lowered and lowered[word.lower()] != word:
+        return f" (did you mean {lowered[word.lower()]!r}?)"
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
