@@ -131,6 +131,7 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
         "env": str(outcome.env.path) if outcome.env else None,
         "action": outcome.action,
         "repair_reason": outcome.repair_reason or None,
+        "stale": outcome.stale,
         "packages": dict(outcome.packages),
         "tools": [_tool_json(t) for t in specs],
         "agents": manifest.agents if manifest else [],
@@ -142,7 +143,11 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
 
 def _print_outcomes(outcomes: Sequence[Any]) -> None:
     for o in outcomes:
-        if o.ready:
+        if o.ready and o.reason:
+            # Ready on the env published before a rebuild that failed: say so, and why.
+            tools = ", ".join(t.name for t in o.tools) or "no tools"
+            print(f"! {o.name}: {tools}; {o.reason}")
+        elif o.ready:
             tools = ", ".join(t.name for t in o.tools) or "no tools"
             extra = {
                 "built": " (installed)",
@@ -187,10 +192,11 @@ def _load(
     args: argparse.Namespace,
     loader: Callable[[Any, Any], list[Any]],
     servers: Optional[list[Any]] = None,
+    host: Any = None,
 ) -> int:
     """Run ``loader(host, reporter)`` and print its outcomes (then, if the loader filled
     ``servers``, the MCP servers' outcomes)."""
-    host = _host(args)
+    host = host or _host(args)
     reporter = _reporter(args)
     servers = servers if servers is not None else []
     try:
@@ -205,35 +211,79 @@ def _load(
 
         _print_outcomes(outcomes)
         print_servers(servers)
-    ready = all(o.ready for o in outcomes) and all(s.ready for s in servers)
-    return EXIT_OK if ready else EXIT_BLOCKED
+    # A plugin kept on its previous env is usable, but not what was asked for.
+    done = all(o.ready and not o.stale and o.action != "failed" for o in outcomes)
+    return EXIT_OK if done and all(s.ready for s in servers) else EXIT_BLOCKED
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        os.sep in text
+        or (os.altsep is not None and os.altsep in text)
+        or text.startswith(("~", "."))
+    )
+
+
+def is_bundle(path: Path) -> bool:
+    """Whether ``path`` is an ally bundle: a tar archive (any compression, any file name)
+    with a ``bundle.json`` at its top."""
+    import tarfile
+
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if os.path.normpath(member.name) == "bundle.json":
+                    return True
+    except (tarfile.TarError, OSError, EOFError, ValueError):
+        return False
+    return False
+
+
+def _install_target(host: Any, arg: str, *, force: bool = False) -> str:
+    """The plugin name ``ally install ARG`` means: a name, or a directory or bundle path
+    (a directory is remembered, a bundle unpacked into the plugins dir)."""
+    path = Path(arg).expanduser()
+    if not _looks_like_path(arg):
+        sources = host.discover()
+        known = {s.name for s in sources} | {s.plugin_dir.name for s in sources}
+        if arg in known or not os.path.lexists(path):
+            return arg
+    if path.is_dir():
+        return str(host.add_plugin_dir(path).name)
+    if path.is_file() and path.name == "plugin.json":
+        return str(host.add_plugin_dir(path.parent).name)
+    if path.is_file():
+        if not is_bundle(path):
+            raise ConfigError(
+                f"{arg}: neither a plugin directory (with plugin.json) nor an ally bundle "
+                "(a tar archive with bundle.json)"
+            )
+        from .bundle import install_bundle
+
+        done = install_bundle(host, path, force=force)
+        if done.backup is not None:
+            _say(f"{done.name}: the previous {done.plugin_dir} was moved to {done.backup}")
+        return str(done.name)
+    raise PluginNotFound(f"{arg}: no such plugin, directory or bundle")
 
 
 def cmd_install(args: argparse.Namespace) -> int:
     from .mcp_plugins.commands import ensure_plugins, split_names
 
-    archives = [n for n in args.names if n.endswith((".tar.gz", ".tgz", ".ally"))]
-    if archives:
-        from .bundle import install_bundle
-
-        host = _host(args)
-        for archive in archives:
-            done = install_bundle(host, Path(archive), force=args.force)
-            if done.backup is not None:
-                _say(f"{done.name}: the previous {done.plugin_dir} was moved to {done.backup}")
-            args.names[args.names.index(archive)] = done.name
+    host = _host(args)
+    targets = [_install_target(host, arg, force=args.force) for arg in args.names]
     servers: list[Any] = []
 
     def install(host: Any, rep: Any) -> list[Any]:
         # Claude-style plugins' MCP servers too (all of them when no name is given).
-        names, claude = split_names(host, args.names)
-        outcomes = host.load(names or None, progress=rep) if names or not args.names else []
+        names, claude = split_names(host, targets)
+        outcomes = host.load(names or None, progress=rep) if names or not targets else []
         servers.extend(
-            ensure_plugins(host, claude or None, progress=rep) if claude or not args.names else []
+            ensure_plugins(host, claude or None, progress=rep) if claude or not targets else []
         )
         return list(outcomes)
 
-    return _load(args, install, servers)
+    return _load(args, install, servers, host=host)
 
 
 def _each(method: str, **kw: Any) -> Callable[[argparse.Namespace], int]:
@@ -260,9 +310,18 @@ def cmd_remove(args: argparse.Namespace) -> int:
     names, claude = split_names(host, args.names)
     for name in names:
         removed = host.remove(name)
-        _say(f"removed the env of {name}" if removed else f"{name} has no env")
-    for label, removed in remove_servers(host, claude):
-        _say(f"removed the env of {label}" if removed else f"{label} has no env")
+        if removed.deleted:
+            _say(f"removed the env of {name} (freed {_size(removed.freed)})")
+        elif removed:
+            _say(f"removed the env of {name}")
+        else:
+            _say(f"{name} has no env")
+        for env_dir in removed.shared:
+            _say(f"    kept {env_dir}: other plugins use it")
+        for plugin_dir in removed.forgot:
+            _say(f"    forgot the plugin directory {plugin_dir} (its files are untouched)")
+    for label, removed_server in remove_servers(host, claude):
+        _say(f"removed the env of {label}" if removed_server else f"{label} has no env")
     return EXIT_OK
 
 
@@ -501,6 +560,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             reporter.close()
     if not outcome.ready:
         raise PluginNotFound(f"{outcome.name}: blocked: {outcome.reason}")
+    if outcome.reason:
+        print(f"ally: warning: {outcome.name}: {outcome.reason}", file=sys.stderr)
     tool = outcome.tool(args.tool)
     pairs = _config_pairs(args.config)
     from .plugin_config import secret_values
@@ -827,8 +888,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "names",
         nargs="*",
-        metavar="NAME|ARCHIVE",
-        help="plugins to install (default: all), or offline bundles (.ally.tar.gz) to unpack",
+        metavar="NAME|PATH",
+        help="plugins to install (default: all): names, plugin directories (remembered) "
+        "or offline bundles (any file name)",
     )
     p.add_argument(
         "--force",
@@ -846,7 +908,12 @@ def build_parser() -> argparse.ArgumentParser:
         "reinstall", _each("ensure", force=True), "rebuild plugins' envs from scratch", build=True
     )
     p.add_argument("names", nargs="+", metavar="NAME", help="plugins to rebuild")
-    p = add("remove", cmd_remove, "remove plugins' envs (never their source)", json_flag=False)
+    p = add(
+        "remove",
+        cmd_remove,
+        "remove plugins' envs, unless other plugins share them (never their source)",
+        json_flag=False,
+    )
     p.add_argument("names", nargs="+", metavar="NAME", help="plugins whose env to remove")
     p = add("gc", cmd_gc, "delete envs no plugin uses, leftovers of killed builds, backups")
     p.add_argument("--dry-run", action="store_true", help="only show what would be removed")

@@ -429,7 +429,7 @@ def test_interpreter_upgraded_under_the_same_path_rebuilds_the_env(
     os.replace(tmp_link, current)
     with no_spawn():
         (status,) = Host(ally_home).status()
-    assert status.status == "pending" and status.reason == "needs rebuild"
+    assert status.status == "pending" and status.reason.startswith("needs rebuild: interpreter ")
 
     outcome = _load_and_call(ally_home)
     assert outcome.action == "repaired"
@@ -453,7 +453,7 @@ def test_interpreter_binary_replaced_in_place_rebuilds_the_env(
     os.replace(fresh, binary)
     with no_spawn():
         (status,) = Host(ally_home).status()
-    assert status.reason == "needs rebuild"
+    assert status.reason.startswith("needs rebuild: interpreter ")
 
     outcome = _load_and_call(ally_home)
     assert outcome.action == "repaired"
@@ -517,7 +517,7 @@ def test_full_disk_fails_with_one_clear_line_and_keeps_the_working_env(
             failures += 1
             assert proc.returncode == 4, proc.stderr
             (line,) = proc.stdout.splitlines()
-            assert line.startswith("\u2717 greeter: "), line
+            assert line.startswith("! greeter: hello; "), line
             assert "no space left on device" in line.lower(), line
             assert line.endswith("(the previous env is kept and still used)"), line
             assert "internal error" not in proc.stderr
@@ -570,7 +570,7 @@ def test_read_only_store_fails_with_one_clear_line_and_keeps_the_working_env(
         assert "internal error" not in proc.stderr, proc.stderr
         assert proc.returncode == 4, proc.stdout + proc.stderr
         (line,) = proc.stdout.splitlines()
-        assert line.startswith("\u2717 greeter: ") and "permission denied" in line.lower(), line
+        assert line.startswith("! greeter: hello; ") and "permission denied" in line.lower(), line
         assert line.endswith("(the previous env is kept and still used)"), line
         # Warm loads only read: the working env still serves tools from a read-only store.
         run = subprocess.run(
@@ -696,7 +696,7 @@ def test_load_repairs_an_env_whose_python_was_deleted(ally_home: Path, make_plug
     (first.env.path / "bin" / "python").unlink()
     with no_spawn():
         (status,) = Host(ally_home).status()
-    assert status.status == "pending" and status.reason == "needs rebuild"
+    assert status.status == "pending" and status.reason.startswith("needs rebuild: env python ")
     outcome = _load_and_call(ally_home)
     assert outcome.action == "repaired"
     assert "env python" in outcome.repair_reason and "missing" in outcome.repair_reason
