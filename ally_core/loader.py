@@ -1581,7 +1581,7 @@ class Host:
 
     def remove(self, name: str) -> Removal:
         """Remove a plugin's env (never its source): its pointer, and the env itself unless
-        another plugin uses it. Returns a :class:`Removal`, true if a pointer existed.
+        another plugin uses it. Returns a ``Removal``, true if a pointer existed.
 
         The env it used before its last update (the backup) and other copies of the same
         env go too, so a later install builds afresh: damage in the old env is never reused.
