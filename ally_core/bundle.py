@@ -141,6 +141,8 @@ def _make(
     with tempfile.TemporaryDirectory(prefix="ally-bundle-") as tmp:
         stage = Path(tmp)
         _copy_plugin(outcome.plugin_dir, stage / "plugin", manifest.name)
+        # The copy keeps the plugin's modes: a plugin installed read-only is staged writable.
+        (stage / "plugin").chmod((stage / "plugin").stat().st_mode | stat.S_IRWXU)
         artifacts = stage / "plugin" / ARTIFACTS_DIR
         artifacts.mkdir()
         lock: Any = None
@@ -458,14 +460,13 @@ def _unpack(
         if path.is_symlink() or not path.is_file() or _sha256(path) != digest:
             raise BundleError(f"{archive}: {rel} does not match its hash in bundle.json")
     try:
-        manifest = load_manifest(staging / "plugin")
+        name = check_plugin_name(_bundled_name(staging / "plugin"))
     except AllyError:
         raise
     except Exception as exc:
         raise BundleError(
             f"{archive}: plugin.json cannot be read: {exc.__class__.__name__}"
         ) from None
-    name = check_plugin_name(manifest.name)
     if info["plugin"] != name:
         raise BundleError(
             f"{archive}: bundle.json names plugin {info['plugin']!r}, its plugin.json {name!r}"
@@ -498,3 +499,13 @@ def _unpack(
             backup.rename(target)
         raise
     return InstalledBundle(name, target, backup)
+
+
+def _bundled_name(plugin_dir: Path) -> str:
+    """The name of an unpacked plugin: its plugin.json's, else its Claude-style manifest's."""
+    if not (plugin_dir / "plugin.json").exists():
+        from .mcp_plugins.manifest import is_claude_plugin, load_claude_plugin
+
+        if is_claude_plugin(plugin_dir):
+            return load_claude_plugin(plugin_dir).name
+    return load_manifest(plugin_dir).name

@@ -156,6 +156,7 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
         "env": str(outcome.env.path) if outcome.env else None,
         "action": outcome.action,
         "repair_reason": outcome.repair_reason or None,
+        "stale": outcome.stale,
         "packages": _packages_json(outcome.packages),
         "tools": [_tool_json(t) for t in specs],
         "agents": manifest.agents if manifest else [],
@@ -173,7 +174,11 @@ def _packages_json(packages: Any) -> dict[str, str]:
 def _print_outcomes(outcomes: Sequence[Any], args: argparse.Namespace, host: Any) -> None:
     warned = _warnings_to_show(outcomes, args, host)
     for o in outcomes:
-        if o.ready:
+        if o.ready and o.reason:
+            # Ready on the env published before a rebuild that failed: say so, and why.
+            tools = ", ".join(t.name for t in o.tools) or "no tools"
+            _say(f"! {o.name}: {tools}; {o.reason}")
+        elif o.ready:
             tools = ", ".join(t.name for t in o.tools) or "no tools"
             extra = {
                 "built": " (installed)",
@@ -210,21 +215,40 @@ def _warnings_to_show(outcomes: Sequence[Any], args: argparse.Namespace, host: A
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from .mcp_plugins.commands import print_servers, status_plugins
+
     host = _host(args)
     outcomes = host.status()
     _debug_causes(args, outcomes)
+    servers = status_plugins(host)
     if args.json:
-        _emit({"plugins": [_outcome_json(o) for o in outcomes]})
-    elif not outcomes:
+        _emit({"plugins": [_outcome_json(o) for o in outcomes], **_servers_json(servers)})
+    elif not outcomes and not servers:
         _say("no plugins found")
     else:
         _print_outcomes(outcomes, args, host)
+        print_servers(servers)
     return EXIT_OK
 
 
-def _load(args: argparse.Namespace, loader: Callable[[Any, Any], list[Any]]) -> int:
-    host = _host(args)
+def _servers_json(servers: Sequence[Any]) -> dict[str, Any]:
+    """The ``mcp_servers`` key of an output: only when Claude-style plugins were involved."""
+    from .mcp_plugins.commands import server_json
+
+    return {"mcp_servers": [server_json(o) for o in servers]} if servers else {}
+
+
+def _load(
+    args: argparse.Namespace,
+    loader: Callable[[Any, Any], list[Any]],
+    servers: Optional[list[Any]] = None,
+    host: Any = None,
+) -> int:
+    """Run ``loader(host, reporter)`` and print its outcomes (then, if the loader filled
+    ``servers``, the MCP servers' outcomes)."""
+    host = host or _host(args)
     reporter = _reporter(args)
+    servers = servers if servers is not None else []
     try:
         outcomes = loader(host, reporter)
     finally:
@@ -232,41 +256,111 @@ def _load(args: argparse.Namespace, loader: Callable[[Any, Any], list[Any]]) -> 
             reporter.close()
     _debug_causes(args, outcomes)
     if args.json:
-        _emit({"plugins": [_outcome_json(o) for o in outcomes]})
+        _emit({"plugins": [_outcome_json(o) for o in outcomes], **_servers_json(servers)})
     else:
+        from .mcp_plugins.commands import print_servers
+
         _print_outcomes(outcomes, args, host)
-    return EXIT_OK if all(o.ready for o in outcomes) else EXIT_BLOCKED
+        print_servers(servers)
+    # A plugin kept on its previous env is usable, but not what was asked for.
+    done = all(o.ready and not o.stale and o.action != "failed" for o in outcomes)
+    return EXIT_OK if done and all(s.ready for s in servers) else EXIT_BLOCKED
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        os.sep in text
+        or (os.altsep is not None and os.altsep in text)
+        or text.startswith(("~", "."))
+    )
+
+
+def is_bundle(path: Path) -> bool:
+    """Whether ``path`` is an ally bundle: a tar archive (any compression, any file name)
+    with a ``bundle.json`` at its top."""
+    import tarfile
+
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if os.path.normpath(member.name) == "bundle.json":
+                    return True
+    except (tarfile.TarError, OSError, EOFError, ValueError):
+        return False
+    return False
+
+
+def _install_target(host: Any, arg: str, *, force: bool = False) -> str:
+    """The plugin name ``ally install ARG`` means: a name, or a directory or bundle path
+    (a directory is remembered, a bundle unpacked into the plugins dir)."""
+    path = Path(arg).expanduser()
+    if not _looks_like_path(arg):
+        sources = host.discover()
+        known = {s.name for s in sources} | {s.plugin_dir.name for s in sources}
+        if arg in known or not os.path.lexists(path):
+            return arg
+    if path.is_dir():
+        return str(host.add_plugin_dir(path).name)
+    if path.is_file() and path.name == "plugin.json":
+        return str(host.add_plugin_dir(path.parent).name)
+    if path.is_file():
+        if not is_bundle(path):
+            raise ConfigError(
+                f"{arg}: neither a plugin directory (with plugin.json) nor an ally bundle "
+                "(a tar archive with bundle.json)"
+            )
+        from .bundle import install_bundle
+
+        done = install_bundle(host, path, force=force)
+        if done.backup is not None:
+            moved = f"the previous {done.plugin_dir} was moved to {done.backup}"
+            _say(f"ally: {done.name}: {moved}", file=sys.stderr)
+        return str(done.name)
+    raise PluginNotFound(f"{arg}: no such plugin, directory or bundle")
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    archives = [n for n in args.names if n.endswith((".tar.gz", ".tgz", ".ally"))]
-    if archives:
-        from .bundle import install_bundle
+    from .mcp_plugins.commands import ensure_plugins, split_names
 
-        host = _host(args)
-        for archive in archives:
-            done = install_bundle(host, Path(archive), force=args.force)
-            if done.backup is not None:
-                moved = f"the previous {done.plugin_dir} was moved to {done.backup}"
-                _note(args, f"{done.name}: {moved}")
-            args.names[args.names.index(archive)] = done.name
-    return _load(args, lambda host, rep: host.load(args.names or None, progress=rep))
+    host = _host(args)
+    targets = [_install_target(host, arg, force=args.force) for arg in args.names]
+    servers: list[Any] = []
+
+    def install(host: Any, rep: Any) -> list[Any]:
+        # Claude-style plugins' MCP servers too (all of them when no name is given).
+        names, claude = split_names(host, targets)
+        outcomes = host.load(names or None, progress=rep) if names or not targets else []
+        servers.extend(
+            ensure_plugins(host, claude or None, progress=rep) if claude or not targets else []
+        )
+        return list(outcomes)
+
+    return _load(args, install, servers, host=host)
 
 
 def _each(method: str, **kw: Any) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
+        from .mcp_plugins.commands import ensure_plugins, split_names
+
         if bool(args.names) == args.all:
             raise ConfigError(
                 f"ally {args.command}: give plugin names or --all"
                 if not args.names
                 else f"ally {args.command}: give plugin names or --all, not both"
             )
+        servers: list[Any] = []
 
         def each(host: Any, rep: Any) -> list[Any]:
-            names = [s.name for s in host.discover()] if args.all else args.names
+            if args.all:
+                names = [s.name for s in host.discover()]
+                servers.extend(ensure_plugins(host, None, progress=rep, **kw))
+            else:
+                names, claude = split_names(host, args.names)
+                if claude:
+                    servers.extend(ensure_plugins(host, claude, progress=rep, **kw))
             return [getattr(host, method)(name, progress=rep, **kw) for name in names]
 
-        return _load(args, each)
+        return _load(args, each, servers)
 
     return run
 
@@ -281,6 +375,8 @@ def _check_removable(host: Any, names: Sequence[str]) -> None:
         check_plugin_name(name, source="argument")
         if host.store.current(name) is not None or os.path.lexists(host.store.pointer(name)):
             continue
+        if any(d.name == name for d in host.linked_dirs()):
+            continue  # a remembered plugin directory: remove forgets it
         sources = host.discover() if sources is None else sources
         if not any(s.name == name for s in sources):
             names_known = [*sources, *_gone_plugins(host, sources)]
@@ -300,14 +396,37 @@ def _gone_plugins(host: Any, sources: Sequence[Any]) -> list[Any]:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
+    from .mcp_plugins.commands import remove_servers, split_names
+
     host = _host(args)
-    _check_removable(host, args.names)
-    done = [(name, bool(host.remove(name))) for name in args.names]
+    names, claude = split_names(host, args.names)
+    _check_removable(host, names)
+    done = [(name, host.remove(name)) for name in names]
+    gone = remove_servers(host, claude)
     if args.json:
-        _emit({"envs": [{"name": name, "removed": removed} for name, removed in done]})
+        _emit(
+            {
+                "envs": [
+                    {"name": name, "removed": bool(removed), "freed_bytes": removed.freed}
+                    for name, removed in done
+                ]
+                + [{"name": label, "removed": r, "freed_bytes": 0} for label, r in gone]
+            }
+        )
         return EXIT_OK
     for name, removed in done:
-        _say(f"removed the env of {name}" if removed else f"{name} has no env")
+        if removed.deleted:
+            _say(f"removed the env of {name} (freed {_size(removed.freed)})")
+        elif removed:
+            _say(f"removed the env of {name}")
+        else:
+            _say(f"{name} has no env")
+        for env_dir in removed.shared:
+            _say(f"    kept {env_dir}: other plugins use it")
+        for plugin_dir in removed.forgot:
+            _say(f"    forgot the plugin directory {plugin_dir} (its files are untouched)")
+    for label, removed_server in gone:
+        _say(f"removed the env of {label}" if removed_server else f"{label} has no env")
     return EXIT_OK
 
 
@@ -339,10 +458,22 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from .mcp_plugins.commands import doctor_servers, server_json, split_names
+
     host = _host(args)
     reporter = _reporter(args) if args.fix else None
+    names, claude = split_names(host, args.names)
     try:
-        reports = host.doctor(args.names or None, fix=args.fix, progress=reporter)
+        reports = (
+            host.doctor(names or None, fix=args.fix, progress=reporter)
+            if names or not args.names
+            else []
+        )
+        servers = (
+            doctor_servers(host, claude or None, fix=args.fix, progress=reporter)
+            if claude or not args.names
+            else []
+        )
     finally:
         if reporter is not None:
             reporter.close()
@@ -358,16 +489,29 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                         ],
                     }
                     for o, h in reports
-                ]
+                ],
+                **(
+                    {"mcp_servers": [{**server_json(o), **_health_json(h)} for o, h in servers]}
+                    if servers
+                    else {}
+                ),
             }
         )
     else:
-        for outcome, health in reports:
+        for outcome, health in [*reports, *servers]:
             mark = "\u2713" if health.ok else "\u2717"
             fixed = " \u2192 repaired" if outcome.action == "repaired" else ""
-            _say(f"{mark} {outcome.name}: {health.describe()}{fixed}")
-    bad = [o for o, h in reports if not h.ok and o.action != "repaired"]
+            name = getattr(outcome, "label", None) or outcome.name
+            _say(f"{mark} {name}: {health.describe()}{fixed}")
+    bad = [o for o, h in [*reports, *servers] if not h.ok and o.action != "repaired"]
     return EXIT_BLOCKED if bad else EXIT_OK
+
+
+def _health_json(health: Any) -> dict[str, Any]:
+    return {
+        "healthy": health.ok,
+        "problems": [{"message": p.message, "repairable": p.repairable} for p in health.problems],
+    }
 
 
 def _read_input(args: argparse.Namespace) -> Any:
@@ -424,7 +568,14 @@ def _form_answerer(args: argparse.Namespace) -> Callable[[Any], Any]:
 
 
 def _ask_form(request: Any) -> Any:
-    """Ask each field of ``request`` on the terminal; ``None`` when the user cancels."""
+    """Ask each field of ``request`` on the terminal; ``None`` when the user cancels.
+
+    Prompts go to stderr and answers come from stdin: stdout carries only the tool's reply.
+    A choice is answered by its number or its value (several, comma-separated, for a
+    ``multiSelect`` field); a ``label`` field is shown, not asked.
+    """
+    import attrs
+
     from .errors import ToolInputError
     from .forms import coerce_field, merged_values, validate_form_values
     from .text import printable
@@ -434,38 +585,57 @@ def _ask_form(request: Any) -> Any:
         f"{request.title}" + (f": {request.description}" if request.description else ""),
         file=sys.stderr,
     )
+    prefix = f"{request.plugin}: form {request.title!r}: "
     for field in request.fields:
         name = field["name"]
         label = field.get("label") or name
+        if field.get("type") == "label":
+            text = field.get("description")
+            _say(f"{label}: {text}" if isinstance(text, str) and text else label, file=sys.stderr)
+            continue
         choices = field.get("choices") if field.get("type") == "choice" else None
+        several = isinstance(choices, list) and field.get("multiSelect") is True
         if isinstance(choices, list):
             for i, choice in enumerate(choices, 1):
                 shown = (
                     choice.get("label", choice.get("value")) if isinstance(choice, dict) else choice
                 )
                 _say(f"  {i}. {shown}", file=sys.stderr)
+        # This field alone: the others are checked when their turn comes.
+        one_field = attrs.evolve(request, schema={**request.schema, "fields": [field]})
         while True:
             default = values.get(name)
+            if isinstance(default, list):
+                default = ", ".join(str(d) for d in default)
             prompt = f"{label}" + (f" [{default}]" if default not in (None, "") else "") + ": "
-            try:
-                typed = input(printable(prompt))
-            except EOFError:
+            sys.stderr.write(printable(prompt))
+            sys.stderr.flush()
+            line = sys.stdin.readline()
+            if not line:
                 return None
-            value: Any = typed if typed else default
-            if isinstance(choices, list) and isinstance(value, str) and value.isdigit():
-                index = int(value) - 1
-                if 0 <= index < len(choices):
-                    pick = choices[index]
-                    value = pick.get("value") if isinstance(pick, dict) else pick
-            values[name] = coerce_field(field, value)
+            typed = line.rstrip("\r\n")
+            value: Any = typed if typed else values.get(name)
+            if isinstance(choices, list) and isinstance(value, str):
+                picks = [p.strip() for p in value.split(",")] if several else [value]
+                picked = [_choice_of(choices, p) for p in picks if p]
+                value = picked if several else (picked[0] if picked else value)
+            value = coerce_field(field, value)
             try:
-                validate_form_values(request, {name: values[name]} if name in values else {})
+                validate_form_values(one_field, {name: value})
             except ToolInputError as exc:
-                if field.get("required") or values[name] not in (None, ""):
-                    _say(f"  {str(exc).rpartition(': ')[2] or exc}", file=sys.stderr)
-                    continue
+                _say(f"  {str(exc).removeprefix(prefix)}", file=sys.stderr)
+                continue
+            values[name] = value
             break
     return values
+
+
+def _choice_of(choices: list[Any], typed: str) -> Any:
+    """The value of the choice numbered ``typed``, else ``typed`` itself."""
+    if typed.isdigit() and 0 < int(typed) <= len(choices):
+        pick = choices[int(typed) - 1]
+        return pick.get("value") if isinstance(pick, dict) else pick
+    return typed
 
 
 def _tool_result_json(result: Any) -> dict[str, Any]:
@@ -496,6 +666,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _debug_causes(args, [outcome])
     if not outcome.ready:
         raise PluginNotFound(f"{outcome.name}: blocked: {outcome.reason}")
+    if outcome.reason:
+        _note(args, f"warning: {outcome.name}: {outcome.reason}")
     tool = outcome.tool(args.tool)
     pairs = _config_pairs(args.config)
     from .plugin_config import secret_values
@@ -759,13 +931,20 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     from .bundle import make_bundle
+    from .mcp_plugins.commands import split_names
 
     host = _host(args)
     reporter = _reporter(args)
     try:
-        path = make_bundle(
-            host, args.name, Path(args.output) if args.output else None, progress=reporter
-        )
+        if split_names(host, [args.name])[1]:
+            from .mcp_plugins.bundles import make_server_bundle
+
+            output = Path(args.output) if args.output else None
+            path = make_server_bundle(host, args.name, output, progress=reporter)
+        else:
+            path = make_bundle(
+                host, args.name, Path(args.output) if args.output else None, progress=reporter
+            )
     finally:
         if reporter is not None:
             reporter.close()
@@ -838,11 +1017,11 @@ def _build_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_mcp(sub: Any) -> None:
     """``ally mcp serve``: the plugins' tools over the Model Context Protocol (docs/mcp.md)."""
-    p = sub.add_parser(
-        "mcp", help="serve plugins' tools to MCP clients", description=_add_mcp.__doc__
-    )
-    _verbosity(p)
-    msub = p.add_subparsers(dest="mcp_command", metavar="ACTION", required=True)
+    from .mcp_plugins.commands import mcp_subparsers
+
+    # One `ally mcp` group for serve (here) and launch/config (docs/mcp-plugins.md).
+    msub = mcp_subparsers(sub)
+    _verbosity(sub.choices["mcp"])
     s = msub.add_parser(
         "serve",
         help="serve every ready plugin's tools over MCP (stdio by default)",
@@ -955,8 +1134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "names",
         nargs="*",
-        metavar="NAME|ARCHIVE",
-        help="plugins to install (default: all), or offline bundles (.ally.tar.gz) to unpack",
+        metavar="NAME|PATH",
+        help="plugins to install (default: all): names, plugin directories (remembered) "
+        "or offline bundles (any file name)",
     )
     p.add_argument(
         "--force",
@@ -976,7 +1156,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("names", nargs="*", metavar="NAME", help="plugins to rebuild")
     p.add_argument("--all", action="store_true", help="rebuild every plugin's env")
-    p = add("remove", cmd_remove, "remove plugins' envs (never their source)")
+    p = add(
+        "remove",
+        cmd_remove,
+        "remove plugins' envs, unless other plugins share them (never their source)",
+    )
     p.add_argument("names", nargs="+", metavar="NAME", help="plugins whose env to remove")
     p = add("gc", cmd_gc, "delete envs no plugin uses, leftovers of killed builds, backups")
     p.add_argument("--dry-run", action="store_true", help="only show what would be removed")
@@ -1022,6 +1206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the plugin to bundle")
     p.add_argument("-o", "--output", help="archive path (default: ./NAME-VERSION.ally.tar.gz)")
     _add_mcp(sub)
+    from .mcp_plugins.commands import add_mcp_commands
+
+    add_mcp_commands(sub)
     p = add(
         "completion",
         cmd_completion,

@@ -106,6 +106,11 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(w for w in text.replace(",", " ").split() if w)
 
 
+def _path_list(text: str) -> tuple[str, ...]:
+    """Paths separated by ``os.pathsep`` (``:``, or ``;`` on Windows), as ``PATH`` is."""
+    return tuple(p for p in text.split(os.pathsep) if p.strip())
+
+
 #: key -> (env var, parser, default, description)
 SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any, str]] = {
     "installer": ("ALLY_INSTALLER", _installer, "auto", "Python installer backend: auto, uv, pip"),
@@ -137,6 +142,18 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any, str]] = {
         "seconds a failed install is not retried within one process",
     ),
     "python": ("ALLY_PYTHON", str, None, "default base interpreter for Python plugins"),
+    "plugin_dirs": (
+        "ALLY_PLUGIN_DIRS",
+        _path_list,
+        (),
+        "more directories to discover plugins in (os.pathsep-separated in the variable)",
+    ),
+    "manifest_max_bytes": (
+        "ALLY_MANIFEST_MAX_BYTES",
+        _positive_int,
+        1024 * 1024,
+        "max size of a plugin.json; a larger one blocks its plugin unread",
+    ),
     "bundle_max_file": (
         "ALLY_BUNDLE_MAX_FILE",
         _byte_size,
@@ -203,6 +220,14 @@ class Settings:
     @property
     def retry_after(self) -> float:
         return float(self.values["retry_after"])
+
+    @property
+    def plugin_dirs(self) -> tuple[str, ...]:
+        return tuple(self.values["plugin_dirs"])
+
+    @property
+    def manifest_max_bytes(self) -> int:
+        return int(self.values["manifest_max_bytes"])
 
 
 _EXPECTED: dict[Callable[[str], Any], str] = {
@@ -292,7 +317,7 @@ def _checked(key: str, parse: Callable[[str], Any], raw: Any, source: str) -> An
 
 
 def _coerce(parse: Callable[[str], Any], raw: Any) -> Any:
-    if parse is _words:
+    if parse is _words or parse is _path_list:
         if not isinstance(raw, (list, tuple)) or not all(isinstance(x, str) for x in raw):
             raise TypeError("expected a list of strings")
         return tuple(raw)

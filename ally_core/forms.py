@@ -16,14 +16,19 @@ ally removes that object from the output and answers with one stdin line::
 
 or ``{"__ally_form_response": true, "success": false, "cancelled": true}`` when the user
 cancels, or ``{…, "success": false, "error": "…"}`` when the form could not be shown. A call
-may ask several forms. Field types: ``string``, ``number``, ``boolean``, ``choice``
-(``choices``: values, or objects with ``value`` and ``label``).
+may ask several forms. Field types, as Code Ally's form UI had them: ``string``,
+``textarea``, ``number``, ``boolean``, ``choice`` (``choices``: values, or objects with
+``value`` and ``label``; ``"multiSelect": true`` answers a list; a choice whose value is
+``__other__`` lets the user type any text) and ``label`` (text shown, nothing asked).
+``validation`` holds ``min``/``max`` (numbers) and ``minLength``/``maxLength``/``pattern``
+(text).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
@@ -41,7 +46,9 @@ __all__ = [
 ]
 
 MARKER = '"__ally_form_request"'
-FIELD_TYPES = ("string", "number", "boolean", "choice")
+FIELD_TYPES = ("string", "textarea", "number", "boolean", "choice", "label")
+#: The choice value that stands for "any text the user types" (Code Ally's "Other").
+OTHER = "__other__"
 #: How many opening braces before the marker are tried as the start of the request.
 _MAX_STARTS = 256
 
@@ -172,11 +179,15 @@ def validate_form_values(request: FormRequest, values: Mapping[str, Any]) -> dic
     for field in request.fields:
         name = field["name"]
         kind = field.get("type", "string")
-        if name not in out or out[name] is None or out[name] == "":
+        if kind == "label":
+            continue  # shown, not asked
+        if name not in out or out[name] is None or out[name] == "" or out[name] == []:
             if field.get("required"):
                 problems.append(f"{name}: required")
             continue
         value = out[name] = coerce_field(field, out[name])
+        rules = field.get("validation")
+        rules = rules if isinstance(rules, dict) else {}
         if kind == "number":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 problems.append(f"{name}: expected a number, got {json.dumps(value)}")
@@ -184,8 +195,6 @@ def validate_form_values(request: FormRequest, values: Mapping[str, Any]) -> dic
             if not math.isfinite(value):
                 problems.append(f"{name}: expected a finite number")
                 continue
-            rules = field.get("validation")
-            rules = rules if isinstance(rules, dict) else {}
             low, high = rules.get("min"), rules.get("max")
             if isinstance(low, (int, float)) and value < low:
                 problems.append(f"{name}: must be at least {low}")
@@ -194,12 +203,52 @@ def validate_form_values(request: FormRequest, values: Mapping[str, Any]) -> dic
         elif kind == "boolean" and not isinstance(value, bool):
             problems.append(f"{name}: expected true or false, got {json.dumps(value)}")
         elif kind == "choice":
-            allowed = _choices(field)
-            if value not in allowed:
-                shown = ", ".join(json.dumps(c) for c in allowed)
-                problems.append(f"{name}: {json.dumps(value)} is not one of {shown}")
-        elif kind == "string" and not isinstance(value, str):
-            problems.append(f"{name}: expected a string, got {json.dumps(value)}")
+            problems.extend(_choice_problems(field, name, value))
+        elif kind in ("string", "textarea"):
+            if not isinstance(value, str):
+                problems.append(f"{name}: expected a string, got {json.dumps(value)}")
+            else:
+                problems.extend(_text_problems(rules, name, value))
     if problems:
         raise ToolInputError(f"{request.plugin}: form {request.title!r}: " + "; ".join(problems))
     return out
+
+
+def _choice_problems(field: Mapping[str, Any], name: str, value: Any) -> list[str]:
+    allowed = _choices(field)
+    other = OTHER in allowed  # any text the user typed is an answer too
+    if field.get("multiSelect") is True:
+        if not isinstance(value, list):
+            return [f"{name}: expected a list of choices, got {json.dumps(value)}"]
+        picks = value
+    else:
+        picks = [value]
+    shown = ", ".join(json.dumps(c) for c in allowed if c != OTHER)
+    if other:
+        shown += " or any other text"
+    return [
+        f"{name}: {json.dumps(pick)} is not one of {shown}"
+        for pick in picks
+        if pick == OTHER or (pick not in allowed and not (other and isinstance(pick, str)))
+    ]
+
+
+def _text_problems(rules: Mapping[str, Any], name: str, value: str) -> list[str]:
+    problems = []
+    shortest, longest, pattern = (
+        rules.get("minLength"),
+        rules.get("maxLength"),
+        rules.get("pattern"),
+    )
+    if isinstance(shortest, int) and len(value) < shortest:
+        problems.append(f"{name}: must be at least {shortest} characters")
+    if isinstance(longest, int) and len(value) > longest:
+        problems.append(f"{name}: must be at most {longest} characters")
+    if isinstance(pattern, str):
+        try:
+            matched = re.search(pattern, value) is not None
+        except re.error:
+            matched = True  # a broken pattern in the tool's form is not the user's fault
+        if not matched:
+            problems.append(f"{name}: does not match the pattern {pattern!r}")
+    return problems

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -32,6 +33,7 @@ from .errors import (
 from .forms import FormCallback
 from .manifest import (
     MANIFEST_NAME,
+    Dependencies,
     Manifest,
     Tool,
     load_manifest,
@@ -43,7 +45,7 @@ from .paths import ARTIFACTS_DIR, AllyPaths, artifacts_dir_of, contained_path, r
 from .plugin_manager import make_plugin_manager
 from .process import cancel_token
 from .replies import ToolResult
-from .store import MARKER, EnvStore, Marker, now_iso, store_errors
+from .store import MARKER, EnvStore, Marker, now_iso, store_errors, write_atomic
 from .text import log
 from .warm_index import (
     INDEX_NAME,
@@ -57,7 +59,10 @@ from .warm_index import (
 if TYPE_CHECKING:
     from .workers import WorkerOptions, WorkerPool
 
-__all__ = ["BoundTool", "Host", "PluginOutcome", "PluginSource"]
+__all__ = ["BoundTool", "Host", "PluginOutcome", "PluginSource", "Removal"]
+
+#: The plugin directories ``ally install PATH`` remembered, in ``<envs_dir>/.state``.
+LINKS_NAME = "plugin-dirs.json"
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
@@ -93,6 +98,8 @@ class _KeyEntry:
     key: str
     #: Whether it is in the warm index (files changed in the last seconds are not, yet).
     saved: bool = False
+    #: What the key was computed from (``None`` when it came from the warm index).
+    inputs: Optional[dict[str, Any]] = None
 
 
 @attrs.define
@@ -114,6 +121,9 @@ class PluginOutcome:
     action: str = "none"
     #: Why an existing env was rebuilt.
     repair_reason: str = ""
+    #: Ready on an env built for earlier inputs (a changed dependency file, another
+    #: interpreter setting…) because the build for the current ones failed: ``reason`` says why.
+    stale: bool = False
     packages: Mapping[str, str] = attrs.field(factory=dict)
     error: Optional[AllyError] = attrs.field(default=None, repr=False)
 
@@ -174,6 +184,28 @@ class BoundTool:
         )
 
 
+@attrs.frozen
+class Removal:
+    """What :meth:`Host.remove` did. True when the plugin had an env pointer."""
+
+    name: str
+    #: Whether the plugin had an env pointer.
+    pointer: bool
+    #: Env directories deleted, with the bytes they held.
+    deleted: tuple[tuple[Path, int], ...] = ()
+    #: Env directories kept because another plugin uses them.
+    shared: tuple[Path, ...] = ()
+    #: Remembered plugin directories forgotten (their files are untouched).
+    forgot: tuple[Path, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.pointer
+
+    @property
+    def freed(self) -> int:
+        return sum(size for _path, size in self.deleted)
+
+
 def _pending(source: PluginSource, reason: str) -> PluginOutcome:
     """The outcome of a plugin whose env is not ready and was not built (yet)."""
     return PluginOutcome(
@@ -224,6 +256,142 @@ def _runtime_error(plugin: str, exc: Exception) -> InstallFailed:
     return error
 
 
+#: How deeply the values of a ``plugin.json`` may nest (objects and arrays). Deeper ones block
+#: the plugin: every later step (caching, schemas, JSON output) stays far from Python's
+#: recursion limit.
+MAX_MANIFEST_DEPTH = 100
+
+
+def _too_deep(manifest: Manifest) -> Optional[str]:
+    """The JSON path of a part of ``manifest`` nested deeper than :data:`MAX_MANIFEST_DEPTH`.
+
+    Iterative: a value too deep for recursion is measured without any.
+    """
+    roots: list[tuple[str, Any]] = [
+        ("$.author", manifest.author),
+        ("$.config", manifest.config),
+        *((f"$.{k}", v) for k, v in manifest.extra.items()),
+    ]
+    if manifest.dependencies is not None:
+        roots += [(f"$.dependencies.{k}", v) for k, v in manifest.dependencies.extra.items()]
+    for i, tool in enumerate(manifest.tools):
+        roots.append((f"$.tools[{i}].schema", tool.schema))
+        roots += [(f"$.tools[{i}].{k}", v) for k, v in tool.extra.items()]
+    for where, root in roots:
+        # The root value sits one level inside plugin.json's object (two inside a tool).
+        stack: list[tuple[Any, int]] = [(root, where.count(".") + where.count("["))]
+        while stack:
+            value, depth = stack.pop()
+            if isinstance(value, dict):
+                children: Iterable[Any] = value.values()
+            elif isinstance(value, (list, tuple)):
+                children = value
+            else:
+                continue
+            if depth >= MAX_MANIFEST_DEPTH:
+                return where
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _manifest_failure(exc: BaseException) -> str:
+    """One line for an unexpected error while loading a manifest."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to load"
+    if isinstance(exc, MemoryError):
+        return "too large to load"
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        return "invalid JSON: a number has too many digits"
+    return f"cannot be loaded: {exc.__class__.__name__}: {_one_line(exc)}"
+
+
+def _key_of(inputs: Mapping[str, Any]) -> str:
+    """The request key of :meth:`Host.request_inputs` (as it always was: a sha256 of the
+    sorted JSON)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+#: What each of an env's inputs is called when it changes (others by their key).
+_INPUT_LABELS = {
+    "runtime": "runtime",
+    "dependency_file": "dependency file",
+    "install_command": "install_command",
+    "runtime_version": "runtime_version",
+    "dependency_options": "dependencies options",
+    "artifacts_dir": "bundle artifacts",
+}
+#: Keys of the runtimes' env_identity, as a user knows them.
+_IDENTITY_LABELS = {
+    "backend": "installer",
+    "python": "interpreter (ALLY_PYTHON)",
+    "index": "package index settings",
+    "plugin_dir": "plugin directory",
+    "includes": "included requirement files",
+    "node": "node",
+    "registry": "registry settings",
+    "locks": "lock file",
+    "npmrc": ".npmrc",
+    "dev": "devDependencies setting",
+    "scripts": "install scripts setting",
+}
+
+
+def _shown(value: Any) -> Optional[str]:
+    """A short rendering of a changed scalar input, ``None`` for structured ones."""
+    if value is None:
+        return "unset"
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    if isinstance(value, str) and not _DIGEST.fullmatch(value):
+        return value if len(value) <= 120 else value[:117] + "..."
+    return None
+
+
+#: A file's hash, as runtimes put it into an identity: never worth showing.
+_DIGEST = re.compile(r"[0-9a-f]{32,}")
+
+
+def _changed(label: str, old: Any, new: Any) -> str:
+    before, after = _shown(old), _shown(new)
+    if old is None and after is None:
+        return f"{label} added"
+    if new is None and before is None:
+        return f"{label} removed"
+    if before is None or after is None:
+        return f"{label} changed"
+    return f"{label} changed ({before} \u2192 {after})"
+
+
+def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """What differs between an env's recorded inputs and the current ones, in words:
+    ``"requirements.txt changed"``, ``"installer changed (uv → pip)"``…"""
+    if not old:
+        return "dependencies or settings changed (the env does not record its inputs)"
+    changes: list[str] = []
+    if old.get("dependency_file") != new.get("dependency_file"):
+        changes.append(
+            _changed("dependency file", old.get("dependency_file"), new.get("dependency_file"))
+        )
+    elif old.get("dependency_sha256") != new.get("dependency_sha256"):
+        changes.append(f"{new.get('dependency_file') or 'dependency file'} changed")
+    for key, label in _INPUT_LABELS.items():
+        if key != "dependency_file" and old.get(key) != new.get(key):
+            changes.append(_changed(label, old.get(key), new.get(key)))
+    before: dict[str, Any] = old["identity"] if isinstance(old.get("identity"), dict) else {}
+    after: dict[str, Any] = new["identity"] if isinstance(new.get("identity"), dict) else {}
+    for key in sorted(set(before) | set(after), key=lambda k: (k not in _IDENTITY_LABELS, k)):
+        if before.get(key) != after.get(key):
+            label = _IDENTITY_LABELS.get(key, f"{new.get('runtime') or 'runtime'} {key}")
+            changes.append(_changed(label, before.get(key), after.get(key)))
+    known = {"dependency_sha256", "identity", *_INPUT_LABELS}
+    for key in sorted((set(old) | set(new)) - known):
+        if old.get(key) != new.get(key):
+            changes.append(_changed(key, old.get(key), new.get(key)))
+    return "; ".join(changes) or "dependencies changed"
+
+
 def not_found_message(name: str, sources: Sequence[PluginSource], roots: Sequence[Path]) -> str:
     """``no plugin named …``, with the plugin a directory of that name holds and a guess."""
     from .text import did_you_mean
@@ -269,10 +437,22 @@ class Host:
         warm_workers: bool | WorkerOptions = False,
     ) -> None:
         env = dict(os.environ if environ is None else environ)
-        #: The directories of this home.
-        self.paths = AllyPaths.from_env(home, plugin_dirs, env)
+        paths = AllyPaths.from_env(home, plugin_dirs, env)
         #: Effective settings (defaults < config file < env vars < ``settings``).
-        self.settings: Settings = load_settings(self.paths.config_file, env, settings)
+        self.settings: Settings = load_settings(paths.config_file, env, settings)
+        # The plugin_dirs setting (config.toml, ALLY_PLUGIN_DIRS) adds to --plugins-dir.
+        # Relative entries of config.toml are relative to its directory.
+        base = (
+            paths.config_dir
+            if self.settings.sources.get("plugin_dirs") == str(paths.config_file)
+            else Path.cwd()
+        )
+        extra = [base / Path(p).expanduser() for p in self.settings.plugin_dirs]
+        unique = dict.fromkeys(
+            Path(os.path.normpath(p.absolute())) for p in (*paths.plugin_dirs, *extra)
+        )
+        #: The directories of this home.
+        self.paths = attrs.evolve(paths, plugin_dirs=tuple(unique))
         #: What warm loads derive from files, persisted for the next process.
         self.index = WarmIndex(self.paths.state_dir / INDEX_NAME)
         #: The pluggy plugin manager with every enabled runtime registered.
@@ -294,6 +474,8 @@ class Host:
         self._unsaved: set[str] = set()
         # Base interpreter path -> its (size, mtime, inode), once per discover() (once per load).
         self._interpreters: dict[str, Optional[tuple[int, int, int]]] = {}
+        # The remembered plugin dirs and the identity of the file they were read from.
+        self._links: Optional[tuple[tuple[int, ...], list[Path]]] = None
         #: Warm workers of Python tools (``warm_workers``), or ``None``; see :meth:`close`.
         self.workers: Optional[WorkerPool] = None
         if warm_workers:
@@ -336,20 +518,13 @@ class Host:
         declared: dict[str, list[Path]] = {}
         self._contexts = {}
         self._interpreters = {}
-        for root in self.paths.plugin_dirs:
-            try:
-                entries = sorted(os.scandir(root), key=lambda e: e.name)
-            except OSError:
+        for root, name in self._candidates():
+            source = self._read_source(root, name)
+            if source is None:
                 continue
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                source = self._read_source(root, entry.name)
-                if source is None:
-                    continue
-                if source.manifest is not None:
-                    declared.setdefault(source.manifest.name, []).append(source.plugin_dir)
-                sources.append(source)
+            if source.manifest is not None:
+                declared.setdefault(source.manifest.name, []).append(source.plugin_dir)
+            sources.append(source)
         # A plugin is its directory: two directories declaring one name are both blocked
         # (neither may take the other's env, config or secrets), each naming the other.
         for i, source in enumerate(sources):
@@ -373,8 +548,86 @@ class Host:
         self.index.retain("manifests", [f"{d}{os.sep}{MANIFEST_NAME}" for d in dirs])
         return sources
 
+    def _candidates(self) -> Iterator[tuple[Path, str]]:
+        """``(root, name)`` of every directory that may hold a plugin, in discovery order:
+        the entries of each plugin dir (sorted, no dot names), then the remembered ones."""
+        for root in self.paths.plugin_dirs:
+            try:
+                entries = sorted(os.scandir(root), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                if not entry.name.startswith("."):
+                    yield root, entry.name
+        roots = set(self.paths.plugin_dirs)
+        for plugin_dir in self.linked_dirs():
+            if plugin_dir.parent not in roots:
+                yield plugin_dir.parent, plugin_dir.name
+
+    # -- plugin directories installed by path --------------------------------------------------
+
+    @property
+    def _links_file(self) -> Path:
+        return self.paths.state_dir / LINKS_NAME
+
+    def linked_dirs(self) -> list[Path]:
+        """Plugin directories ``ally install PATH`` remembered (see :meth:`add_plugin_dir`)."""
+        path = self._links_file
+        try:
+            st = os.stat(path)
+        except OSError:
+            return []
+        identity = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        if self._links is not None and self._links[0] == identity:
+            return list(self._links[1])
+        try:
+            data = json.loads(path.read_bytes())
+            dirs = [Path(d) for d in data["dirs"] if isinstance(d, str) and os.path.isabs(d)]
+        except (OSError, ValueError, TypeError, KeyError):
+            dirs = []
+        self._links = (identity, dirs)
+        return list(dirs)
+
+    def _write_links(self, change: Callable[[list[Path]], list[Path]]) -> None:
+        with store_errors("cannot record the plugin directories"):
+            self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+            with self.store.lock("plugin-dirs"):
+                dirs = change(self.linked_dirs())
+                data = json.dumps({"dirs": [str(d) for d in dirs]}, indent=2).encode()
+                write_atomic(self._links_file, data)
+        self._links = None
+
+    def add_plugin_dir(self, path: str | os.PathLike[str]) -> PluginSource:
+        """Make the plugin in directory ``path`` known to this home, for good.
+
+        A directory outside the plugin dirs is remembered in the env store's state, so later
+        loads, ``list``, ``run`` and ``gc`` of any process see it (until :meth:`remove`).
+        Raises if ``path`` holds no ``plugin.json`` or its manifest is invalid.
+        """
+        plugin_dir = Path(os.path.normpath(Path(path).expanduser().absolute()))
+        if not (plugin_dir / MANIFEST_NAME).is_file():
+            raise PluginNotFound(f"{path}: not a plugin directory (no {MANIFEST_NAME})")
+        source = self._read_source(plugin_dir.parent, plugin_dir.name)
+        if source is None or source.manifest is None:
+            raise (source.error if source is not None and source.error else None) or (
+                PluginNotFound(f"{path}: cannot read {MANIFEST_NAME}")
+            )
+        if plugin_dir.parent not in set(self.paths.plugin_dirs):
+            self._write_links(lambda dirs: dirs if plugin_dir in dirs else [*dirs, plugin_dir])
+        return source
+
+    def forget_plugin_dirs(self, dirs: Iterable[Path]) -> None:
+        """Stop remembering these plugin directories (their files are never touched)."""
+        gone = set(dirs)
+        if gone & set(self.linked_dirs()):
+            self._write_links(lambda known: [d for d in known if d not in gone])
+
     def _read_source(self, root: Path, name: str) -> Optional[PluginSource]:
-        """The manifest of ``root/name`` (cached while ``plugin.json`` is unchanged)."""
+        """The manifest of ``root/name`` (cached while ``plugin.json`` is unchanged).
+
+        Whatever goes wrong with one manifest (too large, too deep, not loadable, not
+        cacheable) blocks that plugin alone, with one line: never the discovery of others.
+        """
         # f-strings, not os.path.join (a Python function): this runs for every plugin on
         # every load, and ``name`` is a directory entry's name. (A root that ends with a
         # separator, "/" or "D:\\", is joined as os.path.join would.)
@@ -383,7 +636,7 @@ class Host:
         path = f"{directory}{os.sep}{MANIFEST_NAME}"
         try:
             st = os.stat(path)
-        except OSError:
+        except (OSError, ValueError):
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
@@ -392,33 +645,58 @@ class Host:
         if cached is not None and cached.identity == identity:
             if path in self._unsaved and cached.manifest is not None and _settled(identity):
                 # Parsed while plugin.json was fresh; now it can go into the index.
-                self.index.put("manifests", path, identity, manifest_to_cache(cached.manifest))
+                self._cache_manifest(path, identity, cached.manifest)
                 self._unsaved.discard(path)
             return cached
         plugin_dir = root / name
+        try:
+            source = self._parse_source(plugin_dir, path, identity)
+        except ManifestError as exc:
+            source = PluginSource(plugin_dir, None, exc, identity=identity)
+        except Exception as exc:  # one manifest never stops the others
+            error = ManifestError(name, MANIFEST_NAME, [_manifest_failure(exc)])
+            source = PluginSource(plugin_dir, None, error, identity=identity)
+        with self._lock:
+            self._sources[path] = source
+        return source
+
+    def _parse_source(self, plugin_dir: Path, path: str, identity: list[int]) -> PluginSource:
+        """Read, validate and cache one manifest (:meth:`_read_source` contains any error)."""
+        limit = self.settings.manifest_max_bytes
+        if identity[0] > limit:
+            # Checked before reading: a huge file costs one stat, on every load.
+            raise ManifestError(
+                plugin_dir.name,
+                MANIFEST_NAME,
+                [
+                    f"is {identity[0]} bytes, larger than the limit of {limit} bytes "
+                    "(setting manifest_max_bytes, ALLY_MANIFEST_MAX_BYTES)"
+                ],
+            )
         manifest: Optional[Manifest] = None
         data = self.index.get("manifests", path, identity)
         if data is not None:
             try:
                 manifest = manifest_from_cache(data)
-            except (TypeError, KeyError, ValueError):
+            except Exception:  # a malformed entry is a miss
                 manifest = None
         if manifest is None:
-            try:
-                manifest = load_manifest(plugin_dir)
-            except ManifestError as exc:
-                source = PluginSource(plugin_dir, None, exc, identity=identity)
-                with self._lock:
-                    self._sources[path] = source
-                return source
+            manifest = load_manifest(plugin_dir, max_bytes=limit)
+            deep = _too_deep(manifest)
+            if deep is not None:
+                raise ManifestError(
+                    manifest.name,
+                    MANIFEST_NAME,
+                    [f"{deep}: nested more than {MAX_MANIFEST_DEPTH} levels deep"],
+                )
             if _settled(identity):
-                self.index.put("manifests", path, identity, manifest_to_cache(manifest))
+                self._cache_manifest(path, identity, manifest)
             else:
                 self._unsaved.add(path)
-        source = PluginSource(plugin_dir, manifest, identity=identity)
-        with self._lock:
-            self._sources[path] = source
-        return source
+        return PluginSource(plugin_dir, manifest, identity=identity)
+
+    def _cache_manifest(self, path: str, identity: list[int], manifest: Manifest) -> None:
+        self.index.put("manifests", path, identity, manifest_to_cache(manifest))
 
     def source(self, name: str) -> PluginSource:
         """The plugin named ``name`` in its manifest (a plugin that cannot be read: its
@@ -466,12 +744,16 @@ class Host:
         progress: ProgressCallback = _silent,
         upgrade: bool = False,
     ) -> EnvSpec:
-        """Validate the parts of ``manifest`` that need the file system and the runtimes."""
-        assert manifest.runtime is not None and manifest.dependencies is not None
+        """Validate the parts of ``manifest`` that need the file system and the runtimes.
+
+        A manifest with a ``runtime`` and no ``dependencies`` gets the spec of an empty env:
+        its tools run on the runtime's interpreter, never on whatever is first on ``PATH``.
+        """
+        assert manifest.runtime is not None
         problems: list[str] = []
         if manifest.runtime not in self.runtimes():
             raise self._unknown_runtime(manifest)
-        deps = manifest.dependencies
+        deps = manifest.dependencies or Dependencies()
         dep_file: Optional[Path] = None
         if deps.file:
             dep_file = contained_path(plugin_dir, deps.file)
@@ -504,7 +786,11 @@ class Host:
             plugin_dir,
             dep_file,
             command,
-            self.env_options(upgrade=upgrade, artifacts_dir=artifacts_dir_of(plugin_dir)),
+            self.env_options(
+                upgrade=upgrade,
+                # Nothing to install: the empty env stays the one every such plugin shares.
+                artifacts_dir=artifacts_dir_of(plugin_dir) if manifest.dependencies else None,
+            ),
             env_dir=env_dir,
             progress=progress,
         )
@@ -521,7 +807,8 @@ class Host:
         progress: ProgressCallback = _silent,
     ) -> EnvSpec:
         """The spec of a manifest whose dependency file and command were validated."""
-        assert manifest.runtime is not None and manifest.dependencies is not None
+        assert manifest.runtime is not None
+        extra = manifest.dependencies.extra if manifest.dependencies else {}
         return EnvSpec(
             runtime=manifest.runtime,
             plugin_name=manifest.name,
@@ -530,16 +817,22 @@ class Host:
             dependency_file=dependency_file,
             install_command=install_command,
             runtime_version=manifest.runtime_version,
-            dependency_options=dict(manifest.dependencies.extra),
+            dependency_options=dict(extra),
             options=options,
             reporter=progress,
         )
 
     def request_key(self, spec: EnvSpec) -> str:
         """Hash of everything the plugin declares about its env (cheap: no processes)."""
+        return _key_of(self.request_inputs(spec))
+
+    def request_inputs(self, spec: EnvSpec) -> dict[str, Any]:
+        """What :meth:`request_key` hashes, as plain JSON data: the env's inputs.
+
+        Each env's marker keeps them, so a rebuild can say what changed.
+        """
         import hashlib
 
-        digest = hashlib.sha256()
         dep_bytes = spec.dependency_file.read_bytes() if spec.dependency_file else b""
         identity = self.hook.env_identity(spec=spec)
         request = {
@@ -554,8 +847,8 @@ class Host:
             else None,
             "identity": identity,
         }
-        digest.update(json.dumps(request, sort_keys=True, default=str).encode())
-        return digest.hexdigest()
+        plain: dict[str, Any] = json.loads(json.dumps(request, sort_keys=True, default=str))
+        return plain
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -648,6 +941,54 @@ class Host:
                 "; ".join(not_found_message(n, sources, self.paths.plugin_dirs) for n in missing)
             )
 
+    # -- envs no plugin.json declares (MCP servers' envs) ---------------------------------------
+
+    def current_env(self, spec: EnvSpec) -> tuple[Optional[Marker], str]:
+        """The marker of the env published as ``spec.plugin_name``, if it can be used as is;
+        else ``None`` and why not. Starts no process.
+
+        For envs made with :meth:`ensure_env` (``ally_core.mcp_plugins`` gives each MCP server
+        one): the same checks as a plugin's warm load.
+        """
+        current = self.store.current(spec.plugin_name)
+        if current is None:
+            return None, "not installed"
+        env_dir, marker = current
+        problem = self.cheap_problem(attrs.evolve(spec, env_dir=env_dir), marker)
+        if problem is None and marker.request_key != self.request_key(spec):
+            problem = "dependencies changed"
+        return (marker, "") if problem is None else (None, problem)
+
+    def ensure_env(
+        self, spec: EnvSpec, *, force: bool = False, progress: ProgressCallback | None = None
+    ) -> tuple[Marker, str]:
+        """Make the env of ``spec`` ready and publish it as ``spec.plugin_name``.
+
+        What :meth:`ensure` does for a plugin, for an env described by a spec alone: the same
+        store, fingerprint lock, sharing of identical envs, health check and marker-last
+        publish. ``force`` builds a new env beside the current one (with
+        ``spec.options.upgrade`` for newest versions); the current one stays published if the
+        build fails. Returns the env's marker and what was done: ``"none"`` (it was ready),
+        ``"built"``, ``"shared"`` or ``"repaired"``. Raises :class:`AllyError`.
+        """
+        repair = ""
+        if not force:
+            marker, repair = self.current_env(spec)
+            if marker is not None:
+                return marker, "none"
+            if repair == "not installed":
+                repair = ""
+        try:
+            inputs = self.request_inputs(spec)
+            _env, marker, action = self._build(
+                spec, _key_of(inputs), inputs, reuse=not force, progress=progress or _silent
+            )
+        except AllyError:
+            raise
+        except Exception as exc:  # a runtime's bug, worded like a plugin's
+            raise _runtime_error(spec.plugin_name, exc) from exc
+        return marker, "repaired" if repair and action == "built" else action
+
     def _blocked(
         self, source: PluginSource, error: AllyError, *, reason: str = "", **kw: Any
     ) -> PluginOutcome:
@@ -677,12 +1018,52 @@ class Host:
         outcome.tools = [BoundTool(self, outcome, tool) for tool in manifest.tools]
         return outcome
 
+    def _kept(
+        self, source: PluginSource, marker: Marker, failure: str, *, stale: bool, **kw: Any
+    ) -> PluginOutcome:
+        """Ready on the env published before a rebuild that failed with ``failure``.
+
+        ``stale``: that env was built for other inputs than the plugin's current ones.
+        """
+        return self._ready(
+            source,
+            marker.env,
+            packages=marker.packages,
+            reason=f"{failure} (the previous env is kept and still used)",
+            stale=stale,
+            **kw,
+        )
+
+    def _failure(self, name: str, key: str, *, recent: bool) -> Optional[str]:
+        """The reason the last build of ``name`` for exactly ``key`` failed, if it did.
+
+        ``recent``: only a failure younger than ``retry_after`` (a load retries older ones).
+        Failures of other inputs (an earlier dependency file, another ALLY_PYTHON) are never
+        reported: they say nothing about the current ones.
+        """
+        remembered = self._recent_failure(name, key)
+        if remembered is not None:
+            return remembered
+        record = self.store.last_failure(name)
+        if not record or record.get("request_key") != key:
+            return None
+        reason = record.get("reason")
+        if not isinstance(reason, str):
+            return None
+        if recent:
+            import datetime
+
+            try:
+                at = datetime.datetime.fromisoformat(str(record.get("at")))
+                age = (datetime.datetime.now(datetime.timezone.utc) - at).total_seconds()
+            except (TypeError, ValueError):
+                return None
+            if not 0 <= age < self.settings.retry_after:
+                return None
+        return reason
+
     def _ready_without_env(self, source: PluginSource) -> PluginOutcome:
-        """A plugin without dependencies: ready at once, if its runtime is known at all."""
-        manifest = source.manifest
-        assert manifest is not None
-        if manifest.runtime is not None and manifest.runtime not in self.runtimes():
-            return self._blocked(source, self._unknown_runtime(manifest))
+        """A plugin without a runtime: its tools run plain commands, ready at once."""
         return self._ready(source, None)
 
     def _unknown_runtime(self, manifest: Manifest) -> RuntimeNotFound:
@@ -701,7 +1082,7 @@ class Host:
             assert source.error is not None
             return self._blocked(source, source.error)
         manifest = source.manifest
-        if manifest.dependencies is None:
+        if manifest.runtime is None:
             return self._ready_without_env(source)
         try:
             spec, key = self._spec_and_key(source)
@@ -719,9 +1100,16 @@ class Host:
         except Exception as exc:  # a runtime's bug in env_identity blocks its plugin only
             return self._blocked(source, _runtime_error(manifest.name, exc))
         current = self.store.current(manifest.name)
-        if current is None or current[1].request_key != key:
+        if current is None:
             return None
         marker = current[1]
+        if marker.request_key != key:
+            # A rebuild for exactly these inputs failed a moment ago: the previous env keeps
+            # serving the plugin (if it still works) until retry_after has passed.
+            failure = self._failure(manifest.name, key, recent=True)
+            if failure is None or self.cheap_problem(spec, marker) is not None:
+                return None
+            return self._kept(source, marker, failure, stale=True)
         if self.cheap_problem(spec, marker) is not None:
             return None
         return self._ready(source, marker.env, packages=marker.packages)
@@ -738,13 +1126,12 @@ class Host:
         read once per Host: a host picks up changes to those by creating a new :class:`Host`.
         """
         manifest = source.manifest
-        assert manifest is not None and manifest.dependencies is not None
+        assert manifest is not None
+        deps = manifest.dependencies
         plugin_dir = str(source.plugin_dir)
         signature: list[Any] = [
-            entry_identity(os.path.join(plugin_dir, manifest.dependencies.file))
-            if manifest.dependencies.file
-            else None,
-            os.path.isdir(f"{plugin_dir}{os.sep}{ARTIFACTS_DIR}"),
+            entry_identity(os.path.join(plugin_dir, deps.file)) if deps and deps.file else None,
+            deps is not None and os.path.isdir(f"{plugin_dir}{os.sep}{ARTIFACTS_DIR}"),
         ]
         context = self._context(manifest.runtime)
         cached = self._keys.get(plugin_dir)
@@ -771,12 +1158,22 @@ class Host:
             # Identities first, then the key: a file edited meanwhile is seen next time.
             files = self.hook.identity_files(spec=spec) if context else None
             watch = identities(map(str, files or ()))
-            key = self.request_key(spec)
+            inputs = self.request_inputs(spec)
+            key = _key_of(inputs)
             if context is not None and self._context_now(manifest.runtime) != context:
                 # The outside inputs changed while the key was computed: which ones the key
                 # saw is unknown, so it is used once and not remembered.
                 return spec, key
-        entry = _KeyEntry(source, signature, context, watch, spec, key, saved=indexed is not None)
+        entry = _KeyEntry(
+            source,
+            signature,
+            context,
+            watch,
+            spec,
+            key,
+            saved=indexed is not None,
+            inputs=None if indexed is not None else inputs,
+        )
         if not entry.saved and index_id and self._save_key(plugin_dir, index_id, entry):
             entry = attrs.evolve(entry, saved=True)
         with self._lock:
@@ -808,14 +1205,14 @@ class Host:
         (another build of ally, a damaged file) is a miss, never an error.
         """
         manifest = source.manifest
-        assert manifest is not None and manifest.runtime and manifest.dependencies
+        assert manifest is not None and manifest.runtime
         try:
             dep, command, watch = entry["dependency_file"], entry["install_command"], entry["watch"]
             key = entry["key"]
             if not isinstance(key, str) or not unchanged(watch):
                 return None
             dep_file = None
-            name = manifest.dependencies.file
+            name = manifest.dependencies.file if manifest.dependencies else None
             if name and _plain_file(name, signature[0]):
                 if dep != f"{source.plugin_dir}{os.sep}{name}":
                     return None
@@ -950,30 +1347,41 @@ class Host:
         if manifest is None:
             assert source.error is not None
             return self._blocked(source, source.error)
-        if manifest.dependencies is None:
+        if manifest.runtime is None:
             return self._ready_without_env(source)
         try:
             spec = self.spec_for(manifest, source.plugin_dir, progress=progress, upgrade=upgrade)
-            key = self.request_key(spec)
+            inputs = self.request_inputs(spec)
+            key = _key_of(inputs)
         except AllyError as exc:
             return self._blocked(source, exc)
         except Exception as exc:  # a runtime's bug in env_identity blocks its plugin only
             return self._blocked(source, _runtime_error(manifest.name, exc))
+        current = self.store.current(manifest.name)
+        # The published env, if it can be used as is: it keeps serving the plugin when a
+        # rebuild fails (an update, a reinstall, a changed dependency file).
+        previous: Optional[Marker] = None
+        repair = ""
+        if current is not None:
+            env_dir, marker = current
+            problem = self.cheap_problem(attrs.evolve(spec, env_dir=env_dir), marker)
+            previous = marker if problem is None else None
+            if not force:
+                # The most specific reason first: a vanished interpreter also changes the
+                # key when it was chosen by a setting (ALLY_PYTHON).
+                repair = problem or (
+                    describe_change(marker.inputs, inputs) if marker.request_key != key else ""
+                )
         remembered = None if force else self._recent_failure(manifest.name, key)
         if remembered is not None:
+            if previous is not None:
+                return self._kept(source, previous, remembered, stale=True)
             return self._blocked(source, InstallFailed(remembered))
-        current = self.store.current(manifest.name)
-        repair = ""
-        if current is not None and not force:
-            env_dir, marker = current
-            # The most specific reason first: a vanished interpreter also changes the key
-            # when it was chosen by a setting (ALLY_PYTHON).
-            repair = self.cheap_problem(attrs.evolve(spec, env_dir=env_dir), marker) or (
-                "dependencies changed" if marker.request_key != key else ""
-            )
         try:
             try:
-                env, marker, action = self._build(spec, key, reuse=not force, progress=progress)
+                env, marker, action = self._build(
+                    spec, key, inputs, reuse=not force, progress=progress
+                )
             except AllyError:
                 raise
             except Exception as exc:
@@ -981,13 +1389,19 @@ class Host:
                 raise _runtime_error(manifest.name, exc) from exc
         except AllyError as exc:
             reason = _one_line(exc, source.name)
-            if current is not None and force:
-                # An update/reinstall failed: the previous env was never unpublished.
-                reason += " (the previous env is kept and still used)"
-            else:
+            if previous is None or previous.request_key != key:
+                # Remembered for these inputs: until they change (or retry_after passes),
+                # loads do not build again, and `list` says why.
                 with self._lock:
                     self._failures[manifest.name] = (key, time.monotonic(), reason)
                 self.store.record_failure(manifest.name, key, reason)
+            if previous is not None:
+                # The previous env was never unpublished: it keeps serving the plugin.
+                kept = self._kept(
+                    source, previous, reason, stale=previous.request_key != key, action="failed"
+                )
+                progress(ProgressEvent(manifest.name, "failed", kept.reason))
+                return kept
             progress(ProgressEvent(manifest.name, "failed", reason))
             return self._blocked(source, exc, action="failed", reason=reason)
         with self._lock:
@@ -1005,7 +1419,13 @@ class Host:
         return outcome
 
     def _build(
-        self, spec: EnvSpec, key: str, *, reuse: bool, progress: ProgressCallback
+        self,
+        spec: EnvSpec,
+        key: str,
+        inputs: Mapping[str, Any],
+        *,
+        reuse: bool,
+        progress: ProgressCallback,
     ) -> tuple[EnvInfo, Marker, str]:
         name = spec.plugin_name
         interpreter = self.hook.resolve_interpreter(spec=spec)
@@ -1047,7 +1467,8 @@ class Host:
             built = attrs.evolve(spec, env_dir=env_dir)
             progress(ProgressEvent(name, "start", f"Installing dependencies for '{name}'..."))
             try:
-                env, marker = self._build_into(built, key, fingerprint, interpreter)
+                env, marker = self._build_into(built, key, inputs, fingerprint, interpreter)
+                self.store.record_origin(name, spec.plugin_dir)
                 self.store.publish(name, env_dir)
             except BaseException:
                 published = self.store.current(name)
@@ -1074,6 +1495,7 @@ class Host:
             or self.cheap_problem(attrs.evolve(spec, env_dir=found[0]), found[1]) is not None
         ):
             return None
+        self.store.record_origin(spec.plugin_name, spec.plugin_dir)
         self.store.publish(spec.plugin_name, found[0])
         if not os.path.isfile(found[0] / MARKER):
             # gc took it between find and publish: build (or wait for gc to give it back).
@@ -1082,7 +1504,12 @@ class Host:
         return found[1].env, found[1], action
 
     def _build_into(
-        self, spec: EnvSpec, key: str, fingerprint: str, interpreter: Any
+        self,
+        spec: EnvSpec,
+        key: str,
+        inputs: Mapping[str, Any],
+        fingerprint: str,
+        interpreter: Any,
     ) -> tuple[EnvInfo, Marker]:
         env = self.hook.create_env(spec=spec, interpreter=interpreter)
         if env is None:
@@ -1104,6 +1531,7 @@ class Host:
             packages=dict(result.packages) if result else {},
             created_at=now_iso(),
             plugin=spec.plugin_name,
+            inputs=dict(inputs),
         )
         self.store.write_marker(spec.env_dir, marker)
         return env, marker
@@ -1112,22 +1540,43 @@ class Host:
 
     def status(self) -> list[PluginOutcome]:
         """Every plugin's state without building anything (for ``ally list``)."""
-        outcomes = []
-        for source in self.discover():
-            warm = self._warm(source)
-            if warm is None:
-                failure = self.store.last_failure(source.name)
-                reason = (
-                    f"install failed: {failure['reason']}"
-                    if failure
-                    else "not installed"
-                    if self.store.current(source.name) is None
-                    else "needs rebuild"
-                )
-                warm = _pending(source, reason)
-            outcomes.append(warm)
+        outcomes = [self._warm(source) or self._explain(source) for source in self.discover()]
         self._save_index()
         return outcomes
+
+    def _explain(self, source: PluginSource) -> PluginOutcome:
+        """The state of a plugin :meth:`_warm` cannot make ready, and why, judged with the
+        current inputs only (no process; nothing is built)."""
+        manifest = source.manifest
+        assert manifest is not None
+        try:
+            spec, key = self._spec_and_key(source)
+        except Exception as exc:  # _warm reported it already; here it is only a reason
+            return _pending(source, _one_line(exc))
+        failure = self._failure(manifest.name, key, recent=False)
+        current = self.store.current(manifest.name)
+        if current is None:
+            if failure is not None:
+                return _pending(source, f"install failed: {failure}")
+            if os.path.lexists(self.store.pointer(manifest.name)):
+                return _pending(source, "needs rebuild: its env is missing or incomplete")
+            return _pending(source, "not installed")
+        marker = current[1]
+        problem = self.cheap_problem(spec, marker)
+        if problem is not None:
+            if failure is not None:
+                return _pending(source, f"install failed: {failure}")
+            return _pending(source, f"needs rebuild: {problem}")
+        if failure is not None:
+            # What a load does within retry_after, and again after a retry that fails.
+            return self._kept(source, marker, failure, stale=True)
+        entry = self._keys.get(str(source.plugin_dir))
+        inputs = entry.inputs if entry is not None and entry.spec is spec else None
+        try:
+            inputs = inputs if inputs is not None else self.request_inputs(spec)
+        except Exception as exc:  # a runtime's bug: the state is still known
+            return _pending(source, f"needs rebuild ({_one_line(exc)})")
+        return _pending(source, f"needs rebuild: {describe_change(marker.inputs, inputs)}")
 
     def doctor(
         self,
@@ -1145,11 +1594,9 @@ class Host:
         for source in sources:
             if wanted is not None and source.name not in wanted:
                 continue
-            outcome = self._warm(source)
-            if outcome is None:
-                reason = "env not installed or out of date"
-                health = Health((Problem(reason),))
-                outcome = _pending(source, reason)
+            outcome = self._warm(source) or self._explain(source)
+            if outcome.status == "pending":
+                health = Health((Problem(outcome.reason),))
             elif outcome.env is None:
                 health = Health() if outcome.ready else Health((Problem(outcome.reason, False),))
             else:
@@ -1170,13 +1617,69 @@ class Host:
             reports.append((outcome, health))
         return reports
 
-    def remove(self, name: str) -> bool:
-        """Remove a plugin's env pointer (never its source). Returns whether one existed."""
+    def remove(self, name: str) -> Removal:
+        """Remove a plugin's env (never its source): its pointer, and the env itself unless
+        another plugin uses it. Returns a ``Removal``, true if a pointer existed.
+
+        The env it used before its last update (the backup) and other copies of the same
+        env go too, so a later install builds afresh: damage in the old env is never reused.
+        A plugin directory :meth:`add_plugin_dir` remembered for ``name`` is forgotten.
+        """
+        from filelock import Timeout
+
         from .paths import check_plugin_name
+        from .store import disk_usage
 
         check_plugin_name(name, source="argument")
+        forgot = [
+            d
+            for d in self.linked_dirs()
+            if d.name == name
+            or ((source := self._read_source(d.parent, d.name)) is not None and source.name == name)
+        ]
+        self.forget_plugin_dirs(forgot)
         self.store.clear_failure(name)
-        return self.store.unpublish(name)
+        with store_errors(f"cannot remove the env of {name!r}"):
+            envs = [
+                env
+                for env in (
+                    self.store.pointers().get(name),
+                    self.store.backup(name),
+                )
+                if env is not None and env.parent == self.store.store_dir.resolve()
+            ]
+            fingerprints = {m.fingerprint for e in envs if (m := self.store.read_marker(e))}
+            existed = self.store.unpublish(name)
+            for fingerprint in fingerprints:
+                envs += [e.resolve() for e, _m in self.store.find_all(fingerprint)]
+            deleted: list[tuple[Path, int]] = []
+            shared: list[Path] = []
+            for env in dict.fromkeys(envs):
+                env_dir = self.store.store_dir / env.name
+                try:
+                    with self.store.lock(env.name.split("-", 1)[0], timeout=0):
+                        if env in set(self.store.pointers().values()):
+                            shared.append(env_dir)
+                            continue
+                        size = disk_usage(env_dir) if env_dir.is_dir() else 0
+                        if self.store.discard(env_dir, unless_used=True):
+                            deleted.append((env_dir, size))
+                        elif env_dir.is_dir():
+                            shared.append(env_dir)
+                except Timeout:
+                    continue  # a build of this very env is running: it publishes it anew
+        return Removal(name, existed, tuple(deleted), tuple(shared), tuple(forgot))
+
+    def _still_installed(self, name: str) -> bool:
+        """Whether the directory ``name``'s env was published for still holds that plugin."""
+        origin = self.store.origin(name)
+        if origin is None:
+            return False
+        source = self._read_source(origin.parent, origin.name)
+        if source is None:
+            return False
+        # A manifest that cannot be read right now is still a plugin there.
+        return source.manifest is None or source.manifest.name == name
 
     def _state_files(self, pattern: str) -> list[Path]:
         state = self.paths.state_dir
@@ -1189,16 +1692,29 @@ class Host:
         """
         from filelock import Timeout
 
+        from .mcp_plugins.discovery import pointer_names
+        from .mcp_plugins.servers import collect_state
         from .store import disk_usage
 
-        plugins = {s.name for s in self.discover()}
-        removed: list[tuple[Path, int, str]] = []
+        # MCP servers' envs are published under names no plugin.json can take.
+        plugins = {s.name for s in self.discover()} | pointer_names(self)
+        removed: list[tuple[Path, int, str]] = collect_state(self, plugins, dry_run=dry_run)
         with store_errors("gc"):
+            gone_dirs = [d for d in self.linked_dirs() if not (d / MANIFEST_NAME).is_file()]
+            removed += [(d, 0, "remembered plugin directory is gone") for d in gone_dirs]
+            if gone_dirs and not dry_run:
+                self.forget_plugin_dirs(gone_dirs)
             for name in sorted(self.store.pointers()):
-                if name not in plugins:
-                    removed.append((self.store.pointer(name), 0, f"plugin {name!r} is gone"))
-                    if not dry_run:
-                        self.store.unpublish(name)
+                if name in plugins:
+                    continue
+                if self._still_installed(name):
+                    # In a directory this process does not look in (another --plugins-dir,
+                    # ALLY_PLUGIN_DIRS of another shell): its env stays.
+                    plugins.add(name)
+                    continue
+                removed.append((self.store.pointer(name), 0, f"plugin {name!r} is gone"))
+                if not dry_run:
+                    self.store.unpublish(name)
             for backup in self._state_files("*.previous"):
                 removed.append((backup, 0, "backup from an update"))
                 if not dry_run:

@@ -459,14 +459,20 @@ def _reject_constant(name: str) -> Any:
     raise _NonFiniteNumber(name)
 
 
-def load_manifest(plugin_dir: Path) -> Manifest:
-    """Read ``plugin_dir/plugin.json``; any problem raises :class:`ManifestError`."""
+def load_manifest(plugin_dir: Path, *, max_bytes: Optional[int] = None) -> Manifest:
+    """Read ``plugin_dir/plugin.json``; any problem raises :class:`ManifestError`.
+
+    With ``max_bytes``, at most that many bytes are read: a longer file is refused.
+    """
     path = plugin_dir / MANIFEST_NAME
     label = plugin_dir.name
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as fh:
+            raw = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
     except OSError as exc:
         raise ManifestError(label, MANIFEST_NAME, [f"cannot read: {exc.strerror or exc}"]) from exc
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise ManifestError(label, MANIFEST_NAME, [f"larger than {max_bytes} bytes"])
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError as exc:

@@ -582,10 +582,45 @@ def _coerce(manifest: Manifest, key: str, raw: Any) -> Any:
     return raw
 
 
+#: Code Ally's config property types that JSON Schema does not have; their values are text.
+_TEXT_TYPES = frozenset({"choice", "filepath", "directory"})
+
+
+def _as_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Code Ally's config format read as the JSON Schema it means: a property's own
+    ``"required": true|false`` (its ``ConfigProperty.required``) becomes the object's
+    ``required`` list, and its types ``choice`` (one of ``choices``), ``filepath`` and
+    ``directory`` become strings. A plain JSON Schema comes back unchanged."""
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        return schema
+    required = list(schema["required"]) if isinstance(schema.get("required"), list) else []
+    out: dict[str, Any] = {}
+    changed = False
+    for key, prop in props.items():
+        if isinstance(prop, dict) and (
+            isinstance(prop.get("required"), bool) or prop.get("type") in _TEXT_TYPES
+        ):
+            changed = True
+            prop = dict(prop)
+            if prop.pop("required", False) is True and key not in required:
+                required.append(key)
+            if prop.get("type") in _TEXT_TYPES:
+                choices = prop.get("choices") if prop["type"] == "choice" else None
+                prop["type"] = "string"
+                if isinstance(choices, list):
+                    prop["enum"] = [c.get("value") if isinstance(c, dict) else c for c in choices]
+        out[key] = prop
+    if not changed:
+        return schema
+    return {**schema, "properties": out, **({"required": required} if required else {})}
+
+
 def _validate(manifest: Manifest, values: Mapping[str, Any], *, partial: bool = False) -> None:
     schema = config_schema(manifest)
     if not schema:
         return
+    schema = _as_json_schema(schema)
     if partial:
         schema = {k: v for k, v in schema.items() if k != "required"}
     import jsonschema

@@ -276,7 +276,7 @@ def run_installer(
     """Run ``argv`` (no shell) streaming its output lines to ``on_line``; return stdout.
 
     A non-zero exit, a timeout or a missing executable raises :class:`InstallFailed` with the
-    command and the lines of its output that say why (:func:`error_lines`; the last lines of
+    command and the lines of its output that say why (``error_lines``; the last lines of
     stderr when none has an error marker). An interruption (Ctrl-C, SIGTERM turned into an
     exception) kills the installer's whole process group before propagating.
     """

@@ -7,6 +7,7 @@ Layout under ``envs_dir`` (``<home>/plugin-envs``)::
     .locks/<fp16>.lock          build lock of one fingerprint (beside the envs, not inside)
     .state/<name>.failed.json   the last failed install of a plugin
     .state/<name>.previous      the env a plugin used before its last update (a backup)
+    .state/<name>.origin        the plugin directory whose env <name> points at
     .state/warm-index.<py>.bin  what warm loads derived from files (see warm_index.py)
     <name> -> .store/<...>      per-plugin pointer (a symlink, swapped atomically)
 
@@ -59,6 +60,9 @@ class Marker:
     created_at: str = ""
     plugin: str = ""
     format: int = MARKER_FORMAT
+    #: What the request key was computed from (``Host.request_inputs``): a later rebuild
+    #: names what changed. Empty in markers of older versions of ally.
+    inputs: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 @functools.cache
@@ -130,6 +134,7 @@ def _marker_from_json(data: Any, env_dir: Optional[Path] = None) -> Marker:
         created_at=str(data.get("created_at", "")),
         plugin=str(data.get("plugin", "")),
         format=int(data["format"]),
+        inputs=dict(inputs) if type(inputs := data.get("inputs")) is dict else {},
     )
 
 
@@ -285,6 +290,23 @@ class EnvStore:
                 best = (env_dir, marker)
         return best
 
+    def find_all(self, fingerprint: str) -> list[tuple[Path, Marker]]:
+        """Every published env with exactly this fingerprint."""
+        found = []
+        for env_dir in sorted(self.store_dir.glob(f"{fingerprint[:16]}-*")):
+            marker = self.read_marker(env_dir)
+            if marker is not None and marker.fingerprint == fingerprint:
+                found.append((env_dir, marker))
+        return found
+
+    def backup(self, name: str) -> Optional[Path]:
+        """The env ``name`` used before its last update or reinstall, if recorded."""
+        link = self.paths.state_dir / f"{name}.previous"
+        try:
+            return (link.parent / os.readlink(link)).resolve()
+        except OSError:
+            return None
+
     def write_marker(self, env_dir: Path, marker: Marker) -> None:
         data = json.dumps(_converter().unstructure(marker), indent=2, sort_keys=True).encode()
         with store_errors(f"cannot write {env_dir / MARKER}"):
@@ -311,6 +333,24 @@ class EnvStore:
                 with contextlib.suppress(OSError):
                     self._set_backup(name, previous[0])
 
+    def record_origin(self, name: str, origin: Path) -> None:
+        """Remember the plugin directory ``name``'s env is published for: ``gc`` keeps the
+        pointer while that directory still holds the plugin, even where it does not look."""
+        if self.origin(name) == origin:
+            return
+        # A hint for gc only: a store whose state cannot be written still publishes.
+        with contextlib.suppress(OSError):
+            self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.paths.state_dir / f"{name}.origin", str(origin).encode("utf-8"))
+
+    def origin(self, name: str) -> Optional[Path]:
+        """The plugin directory ``name``'s env was last published for, if recorded."""
+        try:
+            text = (self.paths.state_dir / f"{name}.origin").read_text("utf-8")
+        except (OSError, ValueError):
+            return None
+        return Path(text) if os.path.isabs(text) else None
+
     def _set_backup(self, name: str, env_dir: Path) -> None:
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
         link = _temp_link(self.paths.state_dir, name)
@@ -325,8 +365,9 @@ class EnvStore:
             if pointer.is_symlink():
                 pointer.unlink()
                 removed = True
-            with contextlib.suppress(FileNotFoundError):
-                (self.paths.state_dir / f"{name}.previous").unlink()
+            for suffix in (".previous", ".origin"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.paths.state_dir / f"{name}{suffix}").unlink()
         return removed
 
     def discard(self, env_dir: Path, *, unless_used: bool = False) -> bool:

@@ -377,12 +377,8 @@ def run_tool(
         )
     # Event.wait refuses longer waits; a timeout this long means "no timeout" anyway.
     timeout = min(timeout, threading.TIMEOUT_MAX)
-    masked_output = on_output
-    if hidden and on_output is not None:
-
-        def masked_output(stream: str, text: str) -> None:
-            on_output(stream, mask_text(text, hidden))
-
+    live = _MaskedOutput(on_output, hidden) if hidden and on_output is not None else None
+    masked_output = live.write if live is not None else on_output
     try:
         result = _spawn(
             argv,
@@ -407,7 +403,50 @@ def run_tool(
             stderr=mask_text(exc.stderr, hidden),
             error_type=exc.error_type,
         ) from None
+    finally:
+        if live is not None:
+            live.flush()
     return mask_result(result, hidden) if hidden else result
+
+
+class _MaskedOutput:
+    """An output callback that masks secrets, also one written in several pieces: the end
+    of a chunk that may begin a secret is held back until the next chunk shows what it is
+    (or the call ends)."""
+
+    def __init__(self, on_output: OutputCallback, secrets: Sequence[str]) -> None:
+        self.on_output, self.secrets = on_output, [s for s in secrets if s]
+        # Each way mask_text recognises a secret: as it is, repr'd, JSON-escaped.
+        shown = {f for s in self.secrets for f in (s, repr(s), json.dumps(s)[1:-1])}
+        self.shown = sorted(shown, key=len, reverse=True)
+        self.pending: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+    def _held(self, text: str) -> int:
+        """Length of the longest end of ``text`` that is the start of a secret."""
+        for size in range(min(len(text), len(self.shown[0]) - 1), 0, -1):
+            tail = text[-size:]
+            if any(s.startswith(tail) for s in self.shown):
+                return size
+        return 0
+
+    def write(self, stream: str, text: str) -> None:
+        with self.lock:
+            text = mask_text(self.pending.pop(stream, "") + text, self.secrets)
+            held = self._held(text)
+            if held:
+                text, self.pending[stream] = text[:-held], text[-held:]
+        if text:
+            self.on_output(stream, text)
+
+    def flush(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, {}
+        for stream, text in pending.items():
+            try:
+                self.on_output(stream, mask_text(text, self.secrets))
+            except Exception:  # a host's display error must not end the call
+                log.exception("output callback failed")
 
 
 def mask_result(result: ToolResult, secrets: Sequence[str]) -> ToolResult:

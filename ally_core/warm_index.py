@@ -109,11 +109,33 @@ def decode(blob: bytes) -> Optional[dict[str, dict[str, Any]]]:
         # hardened against crafted input: the file is exactly as trusted as the env store
         # around it (see the module docstring).
         data = marshal.loads(payload)  # noqa: S302
-    except (EOFError, ValueError, TypeError):
+    except Exception:  # EOFError, ValueError, too deep, ...: a damaged index
         return None
     if type(data) is not dict:
         return None
     return {name: t if type(t) is dict else {} for name in _TABLES for t in [data.get(name)]}
+
+
+#: How deeply an entry's value may nest: :func:`encode` recurses once per level.
+MAX_DEPTH = 200
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists, tuples or dicts more than ``limit`` levels (iterative)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            children: Iterable[Any] = item.values()
+        elif kind is list or kind is tuple:
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 #: (size, mtime_ns, inode, ctime_ns): changes whenever a file is written, replaced or renamed.
@@ -192,6 +214,14 @@ class WarmIndex:
     # -- writing -------------------------------------------------------------------------------
 
     def put(self, table: str, key: str, identity: Any, value: Any) -> None:
+        """Store ``value`` for ``key`` while its files keep ``identity``.
+
+        A value nested deeper than :data:`MAX_DEPTH` is not stored (encoding it would need
+        deep recursion): the entry is a miss, recomputed by every load.
+        """
+        if _deeper_than([identity, value], MAX_DEPTH):
+            log.debug("not caching %s %s: nested too deeply", table, key)
+            return
         entries = self._table(table)
         with self._lock:
             entries[key] = [identity, value]
@@ -217,7 +247,7 @@ class WarmIndex:
                 return False
             try:
                 payload = encode(self._tables)
-            except ValueError as exc:  # a value marshal cannot hold: a bug, not worth a crash
+            except Exception as exc:  # a value marshal cannot hold: never a crash
                 log.debug("cannot write the warm index %s: %s", self.path, exc)
                 return False
             self._dirty = False

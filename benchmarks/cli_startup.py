@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -43,8 +42,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results.md"
 HEADING = "## CLI startup"
 GOALS = {"run": 40e-3, "list": 80e-3, "per_plugin": 100e-6}
 COPIES = 100
@@ -236,19 +233,17 @@ def table(times: Times, info: dict[str, Any]) -> str:
 
 
 def write(section: str) -> None:
+    """Replace this script's section of ``results.md`` (append it the first time)."""
+    from benchlib.common import RESULTS, replace_section
+
     text = RESULTS.read_text("utf-8") if RESULTS.exists() else "# ally benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text, "utf-8")
+    RESULTS.write_text(replace_section(text, HEADING, section), "utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--rounds", type=int, default=30, help="rounds (default 30)")
-    parser.add_argument("--write", action="store_true", help=f"update {RESULTS.name}")
+    parser.add_argument("--write", action="store_true", help="update results.md")
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error("--rounds must be at least 2")

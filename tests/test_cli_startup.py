@@ -202,3 +202,9 @@ def test_no_config_file_no_toml_parser(ally_home: Path, make_plugin: Any, tmp_pa
     _probe(["list"], dict(os.environ), cwd)  # the entry-point scan (email imports datetime)
     data = _probe(["list"], dict(os.environ), cwd)
     assert not {"tomllib", "tomli", "datetime"} & set(data["modules"])
+
+
+def test_the_cheap_look_for_claude_style_plugins_looks_where_they_are_read():
+    from ally_core.mcp_plugins import commands, manifest
+
+    assert "/".join(commands._CLAUDE_MANIFEST) == manifest.CLAUDE_MANIFEST

@@ -66,7 +66,12 @@ def _unfinished(home: Path) -> list[Path]:
 
 
 class Cli:
-    """A running ``python -m ally_core.cli`` whose stderr lines are collected as they come."""
+    """A running ``python -m ally_core.cli`` whose stderr lines are collected as they come.
+
+    ``Cli.changed`` is notified on every line (and when a process ends), so a test waits for
+    what the processes say instead of polling for it."""
+
+    changed = threading.Condition()
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
@@ -83,7 +88,11 @@ class Cli:
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
-            self.err.append(line.rstrip("\n"))
+            with Cli.changed:
+                self.err.append(line.rstrip("\n"))
+                Cli.changed.notify_all()
+        with Cli.changed:  # stderr closed: the process is ending
+            Cli.changed.notify_all()
 
     def finish(self, timeout: float = 180) -> tuple[int, str, str]:
         # stdout only: stderr belongs to the reader thread.
@@ -99,8 +108,24 @@ class Cli:
             self.proc.wait()
 
 
+def _wait_for_output(condition, what: str, procs: Sequence[Cli], limit: float = 120) -> None:
+    """Wait until ``condition`` (on the processes' stderr lines) holds, woken by each new line
+    (``limit`` is a guard against hanging, not a timing assertion)."""
+
+    def done() -> bool:
+        for cli in procs:
+            if cli.proc.poll() is not None and cli.proc.returncode != 0:
+                raise AssertionError(f"a process failed while waiting for {what}: {cli.err}")
+        return condition()
+
+    with Cli.changed:
+        if not Cli.changed.wait_for(done, timeout=limit):
+            raise AssertionError(f"never happened: {what}")
+
+
 def _wait_for(condition, what: str, procs: Sequence[Cli] = (), limit: float = 120) -> None:
-    """Poll ``condition`` (a guard against hanging, not a timing assertion)."""
+    """Poll ``condition`` on files other processes write (a guard against hanging, not a
+    timing assertion); :func:`_wait_for_output` where the processes say it."""
     deadline = time.monotonic() + limit
     while not condition():
         for cli in procs:
@@ -122,7 +147,7 @@ def test_eight_processes_loading_one_cold_plugin_build_it_once(
     try:
         # One process builds (its install command is waiting), the seven others wait on the lock.
         _wait_for(lambda: (plugin / "builds.log").exists(), "the build to start", procs)
-        _wait_for(
+        _wait_for_output(
             lambda: sum(any(WAITING in line for line in p.err) for p in procs) == 7,
             "seven processes waiting for the build",
             procs,
@@ -384,7 +409,9 @@ def _unused_env_and_a_second_plugin(ally_home: Path, make_plugin) -> Path:
     first = make_plugin("first", {**manifest, "tools": TOOLS}, files)
     (built,) = Host(ally_home).load(["first"])
     assert built.ready, built.reason
-    assert Host(ally_home).remove("first")
+    # Its pointer only (remove would delete the env as well): what a plugin that is gone
+    # leaves behind until gc.
+    assert Host(ally_home).store.unpublish("first")
     for child in sorted(first.rglob("*"), reverse=True):
         child.unlink() if child.is_file() else child.rmdir()
     first.rmdir()

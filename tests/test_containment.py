@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -51,29 +50,6 @@ def _pids(path: Path) -> dict[str, int]:
     return out
 
 
-def _running(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting for its reaper does not count)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def _wait_gone(pid: int, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds  # signal delivery is asynchronous
-    while _running(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return not _running(pid)
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture
 def escaper(make_plugin: Any) -> Path:
     return make_plugin(
@@ -96,42 +72,45 @@ needs_cgroup = pytest.mark.skipif(
 
 @needs_cgroup
 def test_a_descendant_that_left_the_process_group_is_ended_with_the_call(
-    host: Host, escaper: Path, tmp_path: Path
+    host: Host, escaper: Path, tmp_path: Path, processes: Any
 ) -> None:
     pids_file = tmp_path / "pids"
     outcome = host.ensure("escaper")
     result = outcome.tool("leave").call({"pids": str(pids_file)})
     assert result.success and result.data == "escaped"
     pids = _pids(pids_file)
-    try:
-        assert _wait_gone(pids["escaper"]), "the setsid child outlived the call"
-    finally:
-        _kill(pids["escaper"])
+    processes.reap(*pids.values())
+    assert processes.wait_gone([pids["escaper"]]) == [], "the setsid child outlived the call"
     root = cgroup_root()
     assert root is not None
     assert not [p for p in root.iterdir() if p.name.startswith(f"{PREFIX}{os.getpid()}-")]
 
 
 def test_without_a_cgroup_the_process_group_is_still_killed(
-    ally_home: Path, escaper: Path, tmp_path: Path, ally_cli: Any
+    ally_home: Path, escaper: Path, tmp_path: Path, ally_cli: Any, processes: Any
 ) -> None:
     """ALLY_TOOL_CGROUP=0: what holds is the group kill (the escaper is out of reach)."""
-    pids_file = tmp_path / "pids"
-    proc = ally_cli(
-        "run", "escaper", "stay", "--timeout", "5",
-        "--input", json.dumps({"pids": str(pids_file)}),
-        env={"ALLY_TOOL_CGROUP": "0"},
-    )  # fmt: skip
-    pids = _pids(pids_file)
-    try:
-        assert proc.returncode == 1 and "timed out after 5s" in proc.stderr
-        assert _wait_gone(pids["tool"])
-    finally:
-        _kill(pids["escaper"])
+    # Longer timeouts until the tool got to record its pid within one (two interpreters
+    # start before it does: seconds on a loaded 2-core machine).
+    for timeout in (5, 10, 20, 40):
+        pids_file = tmp_path / f"pids-{timeout}"
+        proc = ally_cli(
+            "run", "escaper", "stay", "--timeout", str(timeout),
+            "--input", json.dumps({"pids": str(pids_file)}),
+            env={"ALLY_TOOL_CGROUP": "0"},
+        )  # fmt: skip
+        pids = _pids(pids_file) if pids_file.exists() else {}
+        processes.reap(*pids.values())
+        assert proc.returncode == 1 and f"timed out after {timeout}s" in proc.stderr
+        if "tool" in pids:
+            break
+    else:
+        pytest.fail("the tool never recorded its pid before its timeout")
+    assert processes.wait_gone([pids["tool"]]) == []
 
 
 def test_the_tool_dies_with_ally_and_escapers_are_reaped_by_the_next_call(
-    ally_home: Path, escaper: Path, tmp_path: Path, ally_cli: Any
+    ally_home: Path, escaper: Path, tmp_path: Path, ally_cli: Any, processes: Any
 ) -> None:
     """ally SIGKILLed mid-call: the parent-death signal ends the tool at once; what left
     its process group is ended by the next tool call of any ally process (cgroup)."""
@@ -149,16 +128,15 @@ def test_the_tool_dies_with_ally_and_escapers_are_reaped_by_the_next_call(
         assert time.monotonic() < deadline, "the tool did not start"
         time.sleep(0.02)
     pids = _pids(pids_file)
-    try:
-        cli.kill()
-        cli.wait()
-        assert _wait_gone(pids["tool"]), "the tool outlived ally"
-        if cgroup_root() is not None:
-            other = tmp_path / "pids2"
-            run = ally_cli("run", "escaper", "leave", "--input", json.dumps({"pids": str(other)}))
-            assert run.returncode == 0, run.stderr
-            assert _wait_gone(pids["escaper"]), "the next call did not reap the stale cgroup"
-            _kill(_pids(other)["escaper"])
-    finally:
-        for pid in pids.values():
-            _kill(pid)
+    processes.reap(*pids.values())
+    cli.kill()
+    cli.wait()
+    assert processes.wait_gone([pids["tool"]]) == [], "the tool outlived ally"
+    if cgroup_root() is not None:
+        other = tmp_path / "pids2"
+        run = ally_cli("run", "escaper", "leave", "--input", json.dumps({"pids": str(other)}))
+        assert run.returncode == 0, run.stderr
+        processes.reap(*_pids(other).values())
+        assert processes.wait_gone([pids["escaper"]]) == [], (
+            "the next call did not reap the stale cgroup"
+        )

@@ -376,10 +376,61 @@ def test_index_credentials_are_not_shown_when_the_install_fails(
     assert "idxdemo-missing" in proc.stdout + proc.stderr
     assert index.requests, "the installer never asked the index"
     assert SECRET not in proc.stdout + proc.stderr
-    listed = ally_cli("list", "--json")
+    # (A failure is reported for the inputs it happened with: the same installer.)
+    listed = ally_cli("list", "--json", env={"ALLY_INSTALLER": backend})
     assert "idxdemo-missing" in listed.stdout or "install failed" in listed.stdout
     assert SECRET not in listed.stdout + listed.stderr
     assert SECRET not in _all_text(ally_home / "plugin-envs")
+
+
+@pytest.fixture
+def short_home(ally_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The fixture's home copied to a short path (``/tmp/a…``), ``ALLY_HOME`` pointing at it."""
+    import shutil
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="a", dir="/tmp"))
+    shutil.copytree(ally_home, home, dirs_exist_ok=True)
+    monkeypatch.setenv("ALLY_HOME", str(home))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.parametrize("requirement", ["idxdemo-alpha", "idxdemo-missing"])
+def test_index_credentials_are_stripped_where_ally_shows_the_url(
+    requirement, short_home, serve, wheels, ally_cli
+):
+    """The tests above would pass even if ally stripped nothing: their messages never quote an
+    index URL (a failed installer's command line is cut at 200 characters, before its
+    ``--index-url``). Here the URL is near the start of an ``install_command`` in a short
+    home, and the test first checks that the URL *is* shown, without ``user:password@``."""
+    index = serve([wheels["alpha1"]], auth=("ally-user", SECRET))
+    command = (
+        f"python -m pip install -q --index-url {index.url(f'ally-user:{SECRET}')} {requirement}"
+    )
+    plugin = short_home / "plugins" / "cred"
+    plugin.mkdir()
+    manifest = {"name": "cred", "runtime": "python3", "dependencies": {"install_command": command}}
+    (plugin / "plugin.json").write_text(json.dumps(manifest))
+    proc = ally_cli("install", "-v", "cred")
+    text = proc.stdout + proc.stderr
+    # The installer used the credentials...
+    assert any(auth == index.expected_auth for _, auth in index.requests), index.requests
+    if requirement == "idxdemo-alpha":
+        assert proc.returncode == 0, text
+    else:
+        assert proc.returncode == 4 and "install_command failed" in text, text
+    # ...ally showed the URL (progress line, failure message) without them.
+    assert SECRET not in text
+    assert index.url() in text, text
+    for args in (("list", "--json"), ("doctor", "--json")):
+        shown = ally_cli(*args)
+        assert SECRET not in shown.stdout + shown.stderr, args
+    # Markers, failure records: nothing ally keeps about envs holds the password (the warm
+    # index is left out: it caches plugin.json as the plugin's author wrote it).
+    for path in (short_home / "plugin-envs").rglob("*"):
+        if path.is_file() and not path.name.startswith("warm-index."):
+            assert SECRET not in path.read_bytes().decode("utf-8", "replace"), path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,7 +553,8 @@ def test_changed_index_settings_rebuild_the_env(
     configure(new.url(), True)
     second = _load(ally_home, "uv")
     assert second.ready, second.reason
-    assert second.action == "repaired" and second.repair_reason == "dependencies changed"
+    assert second.action == "repaired"
+    assert second.repair_reason == "package index settings changed"
     assert second.env.path != first.env.path
     assert len(_published(ally_home)) == 2
     if change != "config.toml extra/find_links":

@@ -188,6 +188,47 @@ def test_changed_base_interpreter_rebuilds_with_the_new_one(
     assert len(_published(ally_home)) == 2
 
 
+def test_every_state_says_why_with_the_current_inputs_only(
+    ally_home: Path, make_plugin, ally_cli, tmp_path: Path
+):
+    _greeter(make_plugin)
+    assert ally_cli("install", "-q").returncode == 0
+    # Another installer: list says so before, and the rebuild names it after.
+    pip = {"ALLY_INSTALLER": "pip"}
+    listed = _json(ally_cli("list", "--json", env=pip))["greeter"]
+    assert (listed["status"], listed["reason"]) == (
+        "pending",
+        "needs rebuild: installer changed (uv \u2192 pip)",
+    )
+    installed = _json(ally_cli("install", "--json", env=pip))["greeter"]
+    assert installed["action"] == "repaired"
+    assert installed["repair_reason"] == "installer changed (uv \u2192 pip)"
+    # Another interpreter setting (the same Python through another path).
+    python = tmp_path / "python3"
+    python.symlink_to(os.path.realpath(sys.executable))
+    chosen = {**pip, "ALLY_PYTHON": str(python)}
+    change = f"interpreter (ALLY_PYTHON) changed (unset \u2192 {python})"
+    assert _json(ally_cli("list", "--json", env=chosen))["greeter"]["reason"] == (
+        f"needs rebuild: {change}"
+    )
+    text = ally_cli("install", env=chosen)
+    assert text.returncode == 0, text.stderr
+    assert f"\u2713 greeter: hello (repaired: {change})" in text.stdout.splitlines()
+    # A damaged env says what is wrong with it.
+    env = Path(_json(ally_cli("list", "--json", env=chosen))["greeter"]["env"])
+    (env / "bin" / "python").unlink()
+    reason = _json(ally_cli("list", "--json", env=chosen))["greeter"]["reason"]
+    assert reason.startswith("needs rebuild: env python ") and "is missing" in reason
+    # A failure is shown for the inputs it happened with, never once they changed back.
+    make_plugin("fresh", GREETER, {"requirements.txt": "allydemo-greet\n", "main.py": MAIN})
+    missing = {**pip, "ALLY_PYTHON": str(tmp_path / "no-such-python")}
+    assert ally_cli("install", "fresh", "-q", env=missing).returncode == 4
+    reason = _json(ally_cli("list", "--json", env=missing))["fresh"]["reason"]
+    assert reason.startswith("install failed: ") and "no-such-python" in reason
+    listed = _json(ally_cli("list", "--json", env=pip))["fresh"]
+    assert (listed["status"], listed["reason"]) == ("pending", "not installed")
+
+
 # -- update, reinstall, remove, gc ------------------------------------------------------------
 
 
@@ -244,18 +285,19 @@ def test_failed_update_to_a_corrupt_wheel_keeps_the_old_env_working(
 
     proc = ally_cli("update", "greeter")
     assert proc.returncode != 0
+    assert proc.returncode == 4
     (line,) = [line for line in proc.stdout.splitlines() if "greeter" in line]
-    assert line.startswith("\u2717 greeter:")
+    assert line.startswith("! greeter: hello; ")
     assert "3.0.0" in line and "previous env is kept" in line
     assert _pointer(ally_home, "greeter") == old
     assert _unfinished(ally_home) == []
     assert _run_tool(ally_cli).endswith("1.0.0")
-    # A failed update is not remembered as a failure of the plugin.
+    # A failed update is not remembered as a failure of the plugin: its env still matches it.
     listed = _json(ally_cli("list", "--json"))["greeter"]
-    assert listed["status"] == "ready"
+    assert (listed["status"], listed["reason"], listed["stale"]) == ("ready", None, False)
 
 
-def test_failed_update_to_an_unsatisfiable_requirement_keeps_the_old_env(
+def test_failed_update_to_an_unsatisfiable_requirement_keeps_serving_the_old_env(
     ally_home: Path, make_plugin, own_index: Path, ally_cli
 ):
     plugin = _greeter(make_plugin, requirements="allydemo-greet>=1.0\n")
@@ -264,15 +306,53 @@ def test_failed_update_to_an_unsatisfiable_requirement_keeps_the_old_env(
     (plugin / "requirements.txt").write_text("allydemo-greet>=9\n")
 
     proc = ally_cli("update", "greeter", "--json")
-    assert proc.returncode != 0
+    assert proc.returncode == 4, proc.stderr
     failed = _json(proc)["greeter"]
-    assert failed["status"] == "blocked"
-    assert "allydemo-greet" in failed["reason"] and "previous env is kept" in failed["reason"]
+    assert (failed["status"], failed["action"], failed["stale"]) == ("ready", "failed", True)
+    assert "allydemo-greet" in failed["reason"]
+    assert failed["reason"].endswith("(the previous env is kept and still used)")
     assert "\n" not in failed["reason"]
     assert _pointer(ally_home, "greeter") == old
     assert _unfinished(ally_home) == []
     python = ally_home / "plugin-envs" / "greeter" / "bin" / "python"
     subprocess.run([str(python), "-c", "import allydemo_greet"], check=True)
+    # What update said holds for every later command: the old env is used, and each says why.
+    run = ally_cli("run", "greeter", "hello", "--input", '{"who": "still"}', "-q")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["result"] == "hello still from allydemo_greet 1.0.0"
+    assert run.stderr.startswith("ally: warning: greeter: ") and "allydemo-greet" in run.stderr
+    listed = _json(ally_cli("list", "--json"))["greeter"]
+    assert (listed["status"], listed["stale"], listed["env"]) == ("ready", True, failed["env"])
+    assert listed["reason"] == failed["reason"]
+    text = ally_cli("list").stdout
+    assert text.startswith("! greeter: hello; ") and "previous env is kept" in text
+    install = ally_cli("install", "greeter", "--json")
+    assert install.returncode == 4
+    assert _json(install)["greeter"]["reason"] == failed["reason"]
+    assert _pointer(ally_home, "greeter") == old
+    # Fixed inputs build again, and nothing stale is reported any more.
+    (plugin / "requirements.txt").write_text("allydemo-greet>=1.0,<9\n")
+    fixed = ally_cli("install", "greeter", "--json")
+    assert fixed.returncode == 0, fixed.stderr
+    assert _json(fixed)["greeter"]["stale"] is False
+    listed = _json(ally_cli("list", "--json"))["greeter"]
+    assert (listed["status"], listed["reason"], listed["stale"]) == ("ready", None, False)
+
+
+def test_failed_first_install_is_blocked_everywhere_with_the_same_reason(
+    ally_home: Path, make_plugin, own_index: Path, ally_cli
+):
+    _greeter(make_plugin, requirements="allydemo-greet>=9\n")
+    install = ally_cli("install", "greeter", "--json")
+    assert install.returncode == 4
+    blocked = _json(install)["greeter"]
+    assert blocked["status"] == "blocked" and "allydemo-greet" in blocked["reason"]
+    assert "previous env" not in blocked["reason"]
+    run = ally_cli("run", "greeter", "hello", "-q")
+    assert run.returncode == 1 and "allydemo-greet" in run.stderr
+    listed = _json(ally_cli("list", "--json"))["greeter"]
+    assert listed["status"] == "pending"
+    assert listed["reason"].startswith("install failed: ") and "allydemo-greet" in listed["reason"]
 
 
 def test_reinstall_builds_a_fresh_env_and_keeps_the_old_one_as_backup(
@@ -300,12 +380,36 @@ def test_remove_drops_only_the_env_pointer_never_the_plugin_source(
     source = _tree(plugin)
     proc = ally_cli("remove", "greeter")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "removed the env of greeter"
+    assert proc.stdout.startswith("removed the env of greeter (freed ")
     assert not os.path.lexists(ally_home / "plugin-envs" / "greeter")
     assert _tree(plugin) == source
     assert ally_cli("remove", "greeter").stdout.strip() == "greeter has no env"
     listed = _json(ally_cli("list", "--json"))["greeter"]
     assert listed["status"] == "pending" and listed["reason"] == "not installed"
+    assert _run_tool(ally_cli).endswith("2.0.0")
+
+
+def test_remove_deletes_the_env_and_its_backup_so_a_following_install_builds_afresh(
+    ally_home: Path, make_plugin, ally_cli
+):
+    _greeter(make_plugin)
+    assert _run_tool(ally_cli).endswith("2.0.0")
+    assert ally_cli("reinstall", "greeter", "-q").returncode == 0
+    env = (ally_home / "plugin-envs" / "greeter").resolve()
+    backup = (ally_home / "plugin-envs" / ".state" / "greeter.previous").resolve()
+    assert env != backup and len(_published(ally_home)) == 2
+    # Damage the cheap check does not see: a module of the env deleted.
+    (module,) = env.glob("lib/python*/site-packages/allydemo_greet.py")
+    module.unlink()
+    proc = ally_cli("remove", "greeter")
+    assert proc.returncode == 0, proc.stderr
+    assert not env.exists() and not backup.exists()
+    assert _published(ally_home) == []
+    assert proc.stdout.startswith("removed the env of greeter (freed ")
+    proc = ally_cli("install", "greeter", "--json")
+    assert proc.returncode == 0, proc.stderr
+    again = _json(proc)["greeter"]
+    assert again["action"] == "built" and Path(again["env"]) not in {env, backup}
     assert _run_tool(ally_cli).endswith("2.0.0")
 
 
@@ -359,7 +463,13 @@ def test_removing_one_of_two_plugins_sharing_an_env_keeps_the_other_working(
     outcomes = _json(proc)
     assert outcomes["first"]["env"] == outcomes["second"]["env"]
     shared = Path(outcomes["second"]["env"])
-    assert ally_cli("remove", "first").returncode == 0
+    proc = ally_cli("remove", "first")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "removed the env of first",
+        f"    kept {shared}: other plugins use it",
+    ]
+    assert shared.is_dir()
     for child in sorted(first.rglob("*"), reverse=True):
         child.unlink() if child.is_file() else child.rmdir()
     first.rmdir()

@@ -91,21 +91,22 @@ def test_plugin_with_deps_is_built_once_and_later_loads_spawn_nothing(
     assert store_envs(Host(ally_home)) == envs
 
 
-def test_plugin_without_dependencies_is_ready_without_an_env(
-    host: Host, make_plugin: Any, no_spawn: Any
+def test_plugin_without_dependencies_gets_the_shared_empty_env_once(
+    ally_home: Path, make_plugin: Any, no_spawn: Any
 ) -> None:
-    make_plugin(
-        "plain",
-        {"runtime": "python3", "tools": [{"name": "t", "command": "python3", "args": ["m.py"]}]},
-        files={"m.py": "print('{}')\n"},
-    )
+    tool = {"name": "t", "command": "python3", "args": ["m.py"]}
+    for name in ("plain", "other"):
+        make_plugin(name, {"runtime": "python3", "tools": [tool]}, files={"m.py": "print('{}')\n"})
+    first = {o.name: o for o in Host(ally_home).load()}
+    assert {o.status for o in first.values()} == {"ready"}
+    assert first["plain"].env is not None
+    assert first["plain"].env.commands["python3"].startswith(str(first["plain"].env.path))
+    assert first["other"].env == first["plain"].env
+    assert len(store_envs(Host(ally_home))) == 1
     with no_spawn():
-        (outcome,) = host.load()
-    assert outcome.ready and outcome.action == "none"
-    assert outcome.env is None
-    assert [t.name for t in outcome.tools] == ["t"]
-    assert not (host.paths.envs_dir / "plain").exists()
-    assert not host.paths.store_dir.exists()
+        again = Host(ally_home).load()
+    assert [(o.ready, o.action) for o in again] == [(True, "none")] * 2
+    assert [t.name for t in again[0].tools] == ["t"]
 
 
 @pytest.fixture

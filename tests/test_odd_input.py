@@ -36,8 +36,6 @@ def odd(make_plugin: Any, host: Host) -> Any:
             "tools": [
                 {"name": "plain", "command": "python3", "args": ["t.py"],
                  "schema": {"type": "object"}},
-                {"name": "deep-schema", "command": "python3", "args": ["t.py"],
-                 "schema": _deep_schema(300)},
                 {"name": "deep-output", "command": "python3", "args": ["deep.py"]},
                 {"name": "nul", "command": "python3", "args": ["t.py", "a\u0000b"]},
             ],
@@ -64,10 +62,29 @@ def test_input_nested_100k_deep_is_refused_in_one_line(odd: Any) -> None:
     assert "input is nested too deeply" in _one_line(info.value)
 
 
-def test_a_schema_nested_too_deeply_is_refused_in_one_line(odd: Any) -> None:
-    with pytest.raises(ToolInputError) as info:
-        odd.tool("deep-schema").call({})
-    assert "nested too deeply" in _one_line(info.value)
+def test_a_schema_nested_too_deeply_is_refused_in_one_line(
+    make_plugin: Any, host: Host, odd: Any, ally_cli: Any
+) -> None:
+    # A plugin.json nested this deeply is refused when it is loaded (issue: hardening,
+    # item 1): that plugin is blocked with one line, the others load.
+    make_plugin(
+        "deepschema",
+        {
+            "runtime": "python3",
+            "tools": [{"name": "t", "command": "python3", "schema": _deep_schema(300)}],
+        },
+    )
+    outcomes = {o.name: o for o in host.load()}
+    assert outcomes["odd"].ready
+    blocked = outcomes["deepschema"]
+    assert blocked.status == "blocked" and "\n" not in blocked.reason
+    assert blocked.reason == (
+        "deepschema: plugin.json: $.tools[0].schema: nested more than 100 levels deep"
+    )
+    proc = ally_cli("run", "deepschema", "t")
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line == f"ally: error: deepschema: blocked: {blocked.reason}"
 
 
 def test_output_nested_too_deeply_is_a_failed_result(odd: Any) -> None:

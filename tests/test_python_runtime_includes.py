@@ -181,7 +181,8 @@ def test_editing_an_included_file_rebuilds_the_env(fresh_host: bool, ally_home: 
     (plugin / "pins.txt").write_text("allydemo-greet==2.0.0\n")
     again = (Host(ally_home) if fresh_host else host).ensure("inc")
     assert again.ready, again.reason
-    assert again.action == "repaired" and again.repair_reason == "dependencies changed"
+    assert again.action == "repaired"
+    assert again.repair_reason == "included requirement files changed"
     assert again.packages == {"allydemo-greet": "2.0.0"}
     assert again.tool("v").call({}).result == "2.0.0"
 

@@ -75,6 +75,22 @@ def _check_pointer(home: Path, name: str, *, must_exist: bool) -> Optional[Path]
     return target
 
 
+def _check_marked_envs(home: Path) -> None:
+    """A reader's view of the store: every env with a marker is complete (another plugin with
+    the same dependencies would start using it without a build), whether a pointer names it
+    or not. Complete: the packages the marker promises import in the env's python."""
+    store = _store(home)
+    for env in sorted(store.iterdir()) if store.is_dir() else []:
+        if not (env / ".installed").is_file():
+            continue
+        check = subprocess.run(
+            [str(env / "bin" / "python"), "-c", "import allydemo_shout, allydemo_greet"],
+            capture_output=True,
+            text=True,
+        )
+        assert check.returncode == 0, (env, check.stderr)
+
+
 def _load_and_call(home: Path, name: str = "greeter"):
     (outcome,) = Host(home).load([name])
     assert outcome.ready, outcome.reason
@@ -232,7 +248,10 @@ def test_kill_9_at_any_point_never_publishes_a_half_env(ally_home: Path, make_pl
         # 0: the CLI finished in the instant between the last look and the signal.
         expected = (0, -signal.SIGKILL) if sent else (0,)
         assert proc.returncode in expected, (where, proc.stderr)
+        # What a reader sees: no pointer or one to a complete env, and no env with a marker
+        # that is not complete.
         _check_pointer(ally_home, "greeter", must_exist=updating)
+        _check_marked_envs(ally_home)
         leftovers = [p for p in _unfinished(ally_home) if p.is_dir()]
         interrupted_mid_build += bool(leftovers)
 
@@ -308,20 +327,24 @@ def test_next_cold_build_removes_leftovers_of_a_killed_build(
     assert _unfinished(ally_home) == []
 
 
-@pytest.mark.parametrize("command", ["install", "run"])
+@pytest.mark.parametrize("command", ["install", "run", "reinstall"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_interrupted_cli_cleans_up_everything_it_started(
     ally_home: Path, make_plugin, command: str, sig: int
 ):
     _greeter(make_plugin)
-    argv = (
-        _cli("install", "greeter")
-        if command == "install"
-        else _cli("run", "greeter", "hello", "--input", "{}")
-    )
+    argv = {
+        "install": _cli("install", "greeter"),
+        "run": _cli("run", "greeter", "hello", "--input", "{}"),
+        "reinstall": _cli("reinstall", "greeter"),
+    }[command]
     stages = STAGES[:3]
     sent_count = 0
     for where, stage in stages:
+        previous = None
+        if command == "reinstall":
+            subprocess.run(_cli("install", "-q", "greeter"), check=True, timeout=300)
+            previous = _check_pointer(ally_home, "greeter", must_exist=True)
         sent, proc = _signal_at_stage(argv, ally_home, stage, sig)
         # 0 only if the CLI finished in the instant between the last look and the signal.
         assert proc.returncode in ((130, 0) if sent else (0,)), (where, proc.stderr)
@@ -331,8 +354,13 @@ def test_interrupted_cli_cleans_up_everything_it_started(
         # Nothing to clean after it: no half env, no trash, no stray link, no installer.
         assert _unfinished(ally_home) == [], where
         assert _processes_mentioning(str(ally_home)) == [], where
-        _check_pointer(ally_home, "greeter", must_exist=False)
-        _load_and_call(ally_home)
+        pointer = _check_pointer(ally_home, "greeter", must_exist=previous is not None)
+        _check_marked_envs(ally_home)
+        outcome = _load_and_call(ally_home)
+        if previous is not None and proc.returncode == 130:
+            # An interrupted reinstall: the previous env stayed published and is used as is.
+            assert pointer == previous, where
+            assert outcome.action == "none" and outcome.env.path == previous, where
         _reset(ally_home)
     assert sent_count >= 2
 
@@ -401,7 +429,7 @@ def test_interpreter_upgraded_under_the_same_path_rebuilds_the_env(
     os.replace(tmp_link, current)
     with no_spawn():
         (status,) = Host(ally_home).status()
-    assert status.status == "pending" and status.reason == "needs rebuild"
+    assert status.status == "pending" and status.reason.startswith("needs rebuild: interpreter ")
 
     outcome = _load_and_call(ally_home)
     assert outcome.action == "repaired"
@@ -425,7 +453,7 @@ def test_interpreter_binary_replaced_in_place_rebuilds_the_env(
     os.replace(fresh, binary)
     with no_spawn():
         (status,) = Host(ally_home).status()
-    assert status.reason == "needs rebuild"
+    assert status.reason.startswith("needs rebuild: interpreter ")
 
     outcome = _load_and_call(ally_home)
     assert outcome.action == "repaired"
@@ -489,7 +517,7 @@ def test_full_disk_fails_with_one_clear_line_and_keeps_the_working_env(
             failures += 1
             assert proc.returncode == 4, proc.stderr
             (line,) = proc.stdout.splitlines()
-            assert line.startswith("\u2717 greeter: "), line
+            assert line.startswith("! greeter: hello; "), line
             assert "no space left on device" in line.lower(), line
             assert line.endswith("(the previous env is kept and still used)"), line
             assert "internal error" not in proc.stderr
@@ -514,23 +542,11 @@ def test_full_disk_fails_with_one_clear_line_and_keeps_the_working_env(
     assert _unfinished(ally_home) == []
 
 
-def _without_dac_override() -> list[str]:
-    """A prefix that runs a command as root minus the capabilities that ignore file modes."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None or os.geteuid() != 0:
-        pytest.skip("needs root and setpriv to run a process that respects file permissions")
-    prefix = [setpriv, "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
-    probe = subprocess.run([*prefix, "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.decode().strip()}")
-    return prefix
-
-
 @pytest.mark.parametrize("read_only", ["whole env store", "env dirs only"])
 def test_read_only_store_fails_with_one_clear_line_and_keeps_the_working_env(
-    ally_home: Path, make_plugin, read_only: str
+    ally_home: Path, make_plugin, read_only: str, unprivileged: list[str]
 ):
-    prefix = _without_dac_override()
+    prefix = unprivileged
     _greeter(make_plugin)
     subprocess.run(_cli("install", "-q", "greeter"), check=True, timeout=300)
     working = _check_pointer(ally_home, "greeter", must_exist=True)
@@ -554,7 +570,7 @@ def test_read_only_store_fails_with_one_clear_line_and_keeps_the_working_env(
         assert "internal error" not in proc.stderr, proc.stderr
         assert proc.returncode == 4, proc.stdout + proc.stderr
         (line,) = proc.stdout.splitlines()
-        assert line.startswith("\u2717 greeter: ") and "permission denied" in line.lower(), line
+        assert line.startswith("! greeter: hello; ") and "permission denied" in line.lower(), line
         assert line.endswith("(the previous env is kept and still used)"), line
         # Warm loads only read: the working env still serves tools from a read-only store.
         run = subprocess.run(
@@ -573,11 +589,11 @@ def test_read_only_store_fails_with_one_clear_line_and_keeps_the_working_env(
 
 
 def test_failing_to_record_the_backup_never_leaves_the_plugin_without_a_working_env(
-    ally_home: Path, make_plugin
+    ally_home: Path, make_plugin, unprivileged: list[str]
 ):
     # The backup link (.state/<name>.previous) is written after the pointer is swapped; if
     # that write fails, the plugin must still point at a complete env (old or new).
-    prefix = _without_dac_override()
+    prefix = unprivileged
     _greeter(make_plugin)
     subprocess.run(_cli("install", "-q", "greeter"), check=True, timeout=300)
     state = ally_home / "plugin-envs" / ".state"
@@ -680,7 +696,7 @@ def test_load_repairs_an_env_whose_python_was_deleted(ally_home: Path, make_plug
     (first.env.path / "bin" / "python").unlink()
     with no_spawn():
         (status,) = Host(ally_home).status()
-    assert status.status == "pending" and status.reason == "needs rebuild"
+    assert status.status == "pending" and status.reason.startswith("needs rebuild: env python ")
     outcome = _load_and_call(ally_home)
     assert outcome.action == "repaired"
     assert "env python" in outcome.repair_reason and "missing" in outcome.repair_reason

@@ -50,7 +50,8 @@ def test_removing_one_sharer_keeps_the_other_working_and_gc_keeps_the_env(
     _plugin(make_plugin, "b", "allydemo-greet==1.0.0\n")
     outcomes = {o.name: o for o in host.load()}
     assert outcomes["a"].env.path == outcomes["b"].env.path
-    host.remove("a")
+    removal = host.remove("a")
+    assert removal and removal.deleted == () and removal.shared == (outcomes["b"].env.path,)
     for child in sorted(a.rglob("*"), reverse=True):
         child.unlink() if child.is_file() else child.rmdir()
     a.rmdir()
@@ -59,10 +60,9 @@ def test_removing_one_sharer_keeps_the_other_working_and_gc_keeps_the_env(
     (b,) = Host(host.paths.home).load()
     assert b.ready and b.action == "none"
     assert b.tool("v").call().result == "1.0.0"
-    # Once nobody points at it, gc removes it.
-    host.remove("b")
-    removed = host.gc()
-    assert outcomes["b"].env.path in {path for path, _size, _why in removed}
+    # Once nobody else points at it, removing the last plugin removes it.
+    removal = host.remove("b")
+    assert [path for path, _size in removal.deleted] == [outcomes["b"].env.path]
     assert not outcomes["b"].env.path.exists()
 
 

@@ -213,12 +213,12 @@ def test_edited_requirements_are_seen_by_status_and_rebuilt_by_load(
         fh.write(b"allydemo-greet==2.0.0\n")
     with no_spawn():
         states = {o.name: (o.status, o.reason) for o in Host(ally_home).status()}
-    assert states["alpha"] == ("pending", "needs rebuild")
+    assert states["alpha"] == ("pending", "needs rebuild: requirements.txt changed")
     assert states["beta"] == states["gamma"] == ("ready", "")
 
     rebuilt = by_name(Host(ally_home).load())
     assert rebuilt["alpha"].ready and rebuilt["alpha"].action == "repaired"
-    assert rebuilt["alpha"].repair_reason == "dependencies changed"
+    assert rebuilt["alpha"].repair_reason == "requirements.txt changed"
     assert rebuilt["alpha"].packages == {"allydemo-greet": "2.0.0"}
     assert rebuilt["beta"].action == "none"
     with no_spawn():
@@ -272,9 +272,9 @@ def test_changed_index_configuration_recomputes_every_key(
         states = {o.name: (o.status, o.reason) for o in host.status()}
     assert identity_calls(calls) == sorted(WITH_DEPS)
     assert states == {
-        "alpha": ("pending", "needs rebuild"),
-        "beta": ("pending", "needs rebuild"),
-        "gamma": ("pending", "needs rebuild"),
+        "alpha": ("pending", "needs rebuild: package index settings changed"),
+        "beta": ("pending", "needs rebuild: package index settings changed"),
+        "gamma": ("pending", "needs rebuild: package index settings changed"),
         "plain": ("ready", ""),
     }
     after = {n: host._spec_and_key(host.source(n))[1] for n in WITH_DEPS}
@@ -290,7 +290,8 @@ def test_env_deleted_behind_allys_back_is_never_reported_ready(
     with no_spawn():
         states = {o.name: (o.status, o.reason) for o in Host(ally_home).status()}
         loaded = by_name(Host(ally_home).load(["gamma", "plain"]))
-    assert states["alpha"] == states["beta"] == ("pending", "not installed")
+    gone = ("pending", "needs rebuild: its env is missing or incomplete")
+    assert states["alpha"] == states["beta"] == gone
     assert states["gamma"] == ("ready", "")
     assert_all_ready_and_warm(list(loaded.values()))
 
@@ -337,7 +338,10 @@ def test_base_interpreter_replaced_in_place_is_seen_with_keys_from_the_index(
     with hook_calls(host) as calls, no_spawn():
         (status,) = host.status()
     assert identity_calls(calls) == []  # the key came from the index ...
-    assert (status.status, status.reason) == ("pending", "needs rebuild")  # ... and still
+    assert status.status == "pending"  # ... and still
+    assert status.reason == f"needs rebuild: interpreter {binary} changed since the env was " + (
+        "built (was python 3.12.1)"
+    )
 
     (outcome,) = Host(ally_home).load()
     assert outcome.action == "repaired"
@@ -788,7 +792,8 @@ def test_runtime_without_a_usable_env_context_persists_no_keys(
     host, runtime = new_host()
     with no_spawn():
         states = {o.name: (o.status, o.reason) for o in host.status()}
-    assert states == {"one": ("pending", "needs rebuild"), "two": ("pending", "needs rebuild")}
+    changed = ("pending", "needs rebuild: plain-rt flavour changed (vanilla \u2192 chocolate)")
+    assert states == {"one": changed, "two": changed}
 
 
 class BuggyIdentityRuntime(ContextlessRuntime):
@@ -979,15 +984,15 @@ def test_a_key_computed_while_the_configuration_changed_is_not_remembered(
     ally_home: Path, ready: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     index_path(ally_home).unlink()
-    original = Host.request_key
+    original = Host.request_inputs
 
-    def request_key_while_pip_conf_changes(self: Host, spec: EnvSpec) -> str:
+    def request_inputs_while_pip_conf_changes(self: Host, spec: EnvSpec) -> Any:
         # Another thread (or `pip config set`) changes the index configuration mid-load.
-        key = original(self, spec)
+        inputs = original(self, spec)
         monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:9/{spec.plugin_name}/simple")
-        return key
+        return inputs
 
-    monkeypatch.setattr(Host, "request_key", request_key_while_pip_conf_changes)
+    monkeypatch.setattr(Host, "request_inputs", request_inputs_while_pip_conf_changes)
     Host(ally_home).load()
     assert read_index(ally_home)["keys"] == {}
 
@@ -1016,7 +1021,7 @@ def test_an_env_identity_without_env_context_turns_the_index_off_for_keys(
     assert read_index(ally_home)["keys"] == {}
     monkeypatch.setenv("FLAVOUR", "chocolate")
     states = {o.name: o.reason for o in Host(ally_home, plugin_manager=pm).status()}
-    assert states["alpha"] == "needs rebuild", states
+    assert states["alpha"] == "needs rebuild: python3 flavour changed (plain \u2192 chocolate)"
 
 
 def test_registered_plugins_are_part_of_the_context(ally_home: Path) -> None:

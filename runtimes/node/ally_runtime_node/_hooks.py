@@ -235,6 +235,9 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
     if not _serves(spec):
         return None
     if spec.dependency_file is None and not spec.install_command:
+        # A plugin without dependencies: an empty env, whose node tools run on.
+        (env.path / "node_modules").mkdir(exist_ok=True)
+        write_record(env.path)
         return InstallResult()
     dev = include_dev(spec)
     common = list(INSTALL_FLAGS)

@@ -117,7 +117,7 @@ def test_changed_package_json_rebuilds_the_env(host, make_plugin):
     (second,) = host.load()
     assert second.ready, second.reason
     assert second.action == "repaired"
-    assert second.repair_reason == "dependencies changed"
+    assert second.repair_reason == "package.json changed"
     assert second.env.path != first.env.path
     assert second.tool("add").call({"a": 1, "b": 1}).result["version"] == "1.1.0"
 

@@ -86,14 +86,15 @@ def test_creating_editing_and_removing_a_watched_file_recomputes_the_key(
     first, second = ("; one\n", "; two\n") if name == ".npmrc" else ('{"v": 1}\n', '{"v": 2}\n')
     watched.write_text(first, "utf-8")
     state, computed, created_key = status_of(ally_home, no_spawn)
-    assert state == ("pending", "needs rebuild")
+    created = ".npmrc added" if name == ".npmrc" else "lock file changed"
+    assert state == ("pending", f"needs rebuild: {created}")
     assert computed == ["adder"] and created_key != built_key
 
     # Rewritten in place with as many bytes: a new key again.
     with open(watched, "r+b") as fh:
         fh.write(second.encode())
     state, computed, edited_key = status_of(ally_home, no_spawn)
-    assert state == ("pending", "needs rebuild")
+    assert state == ("pending", f"needs rebuild: {created}")  # (still, against the env)
     assert computed == ["adder"] and edited_key not in (built_key, created_key)
 
     watched.unlink()

@@ -1,0 +1,78 @@
+"""The built-in Python runtime: the first implementation of :mod:`ally_core.hookspecs`.
+
+It is registered under the name ``python`` with the same :data:`~ally_core.hookimpl` marker a
+third-party runtime uses. Two installer backends:
+
+* ``uv`` (default when the ``uv`` binary is available): ``uv venv`` + ``uv pip install``, with
+  one shared cache (hardlinks) under ally's cache dir.
+* ``pip``: ``virtualenv`` (Python API, app-data seeding) + ``pip install``, sharing pip's cache
+  under ally's cache dir.
+
+Either way every env has its own ``pip`` (seeded from a wheel on this machine, never from an
+index), so ``<env>/bin/pip`` and an ``install_command``'s ``{pip}`` act on that env.
+
+Heavy imports (virtualenv, packaging) happen inside the functions that need them, so that
+``import ally_core`` and warm loads stay cheap.
+
+The package, leaf first: ``layout`` (names, an env's layout); ``index`` (pip's configuration
+and ally's index settings), ``interpreters`` (finding a Python), ``requirements`` and
+``pyproject`` (what a dependency file reads), ``depfile`` (a plugin's dependency file),
+``pip_seed`` (every env's pip); ``backend`` (the installer interface) with ``pip_backend``
+and ``uv_backend`` (which also finds the uv binary); ``installers`` (which backend does what);
+``checks`` (installed distributions, their files, the health check); ``hooks`` (the hook
+implementations, re-exported here: registering this package registers them).
+"""
+
+from __future__ import annotations
+
+from .checks import dependency_packages, installed_packages, verify_records
+from .hooks import (
+    bundle_artifacts,
+    create_env,
+    env_context,
+    env_identity,
+    health_check,
+    identity_files,
+    install_deps,
+    resolve_interpreter,
+    runtime_names,
+)
+from .index import effective_index, read_pip_config
+from .installers import backend_for
+from .interpreters import candidate_paths, query_interpreter
+from .layout import ENV_LAYOUT, LOCK_NAME, NAMES
+from .pip_backend import without_cli_advice
+from .pip_seed import PIP_WHEEL_DIR
+from .uv_backend import uv_available
+
+#: The hook implementations (registering this package registers them) and the helpers
+#: other modules and tests use.
+__all__ = [
+    "ENV_LAYOUT",
+    "LOCK_NAME",
+    "NAMES",
+    "PIP_WHEEL_DIR",
+    "backend_for",
+    "bundle_artifacts",
+    "candidate_paths",
+    "create_env",
+    "dependency_packages",
+    "effective_index",
+    "env_context",
+    "env_identity",
+    "health_check",
+    "identity_files",
+    "install_deps",
+    "installed_packages",
+    "query_interpreter",
+    "read_pip_config",
+    "resolve_interpreter",
+    "runtime_names",
+    "uv_available",
+    "verify_records",
+    "without_cli_advice",
+]
+
+# The names these had when the runtime was one module.
+_uv_available = uv_available
+_without_cli_advice = without_cli_advice
