@@ -208,3 +208,16 @@ def test_the_cheap_look_for_claude_style_plugins_looks_where_they_are_read():
     from ally_core.mcp_plugins import commands, manifest
 
     assert "/".join(commands._CLAUDE_MANIFEST) == manifest.CLAUDE_MANIFEST
+
+
+def test_help_builds_its_parser_without_the_models():
+    probe = (
+        "import sys\n"
+        "from ally_core.cli import build_parser\n"
+        "build_parser().format_help()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " {'attr', 'attrs', 'pluggy', 'cattrs', 'shutil'}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -14,9 +14,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
-from ..envs import Health, Problem
-
 if TYPE_CHECKING:
+    from ..envs import Health
     from ..loader import Host
     from .servers import ServerOutcome
 
@@ -282,6 +281,7 @@ def doctor_servers(
     """Deep-check each server's env (and that its command is there); ``fix`` rebuilds."""
     if plugins is None and not any_claude_plugin(host):
         return []
+    from ..envs import Health, Problem
     from .discovery import server_refs
     from .servers import broken_outcome, ensure_server, server_status
     from .specs import server_spec
