@@ -224,19 +224,16 @@ def _looks_like_path(text: str) -> bool:
     )
 
 
-def is_bundle(path: Path) -> bool:
-    """Whether ``path`` is an ally bundle: a tar archive (any compression, any file name)
-    with a ``bundle.json`` at its top."""
+def is_archive(path: Path) -> bool:
+    """Whether ``path`` is a tar archive (any compression, any file name): what an ally
+    bundle is. Checking the archive itself (bundle.json, hashes…) is install_bundle's job."""
     import tarfile
 
     try:
         with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                if os.path.normpath(member.name) == "bundle.json":
-                    return True
+            return tar.next() is not None
     except (tarfile.TarError, OSError, EOFError, ValueError):
         return False
-    return False
 
 
 def _install_target(host: Any, arg: str, *, force: bool = False) -> str:
@@ -253,7 +250,7 @@ def _install_target(host: Any, arg: str, *, force: bool = False) -> str:
     if path.is_file() and path.name == "plugin.json":
         return str(host.add_plugin_dir(path.parent).name)
     if path.is_file():
-        if not is_bundle(path):
+        if not is_archive(path):
             raise ConfigError(
                 f"{arg}: neither a plugin directory (with plugin.json) nor an ally bundle "
                 "(a tar archive with bundle.json)"
