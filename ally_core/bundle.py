@@ -176,18 +176,24 @@ def _make(
             "lock": lock,
             "files": files,
         }
-        (stage / "bundle.json").write_text(json.dumps(info, indent=2, sort_keys=True), "utf-8")
-        output.parent.mkdir(parents=True, exist_ok=True)
-        partial = output.with_name(f".{output.name}.{secrets.token_hex(4)}.part")
-        try:
-            with tarfile.open(partial, "w:gz") as tar:
-                tar.add(stage / "bundle.json", arcname="bundle.json")
-                tar.add(stage / "plugin", arcname="plugin")
-            os.replace(partial, output)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
+        write_archive(stage, info, output)
     return output
+
+
+def write_archive(stage: Path, info: dict[str, Any], output: Path) -> None:
+    """Write ``stage/plugin`` and ``info`` (as ``bundle.json``) to the archive ``output``:
+    beside it first, then renamed into place, so a reader never sees half an archive."""
+    (stage / "bundle.json").write_text(json.dumps(info, indent=2, sort_keys=True), "utf-8")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.{secrets.token_hex(4)}.part")
+    try:
+        with tarfile.open(partial, "w:gz") as tar:
+            tar.add(stage / "bundle.json", arcname="bundle.json")
+            tar.add(stage / "plugin", arcname="plugin")
+        os.replace(partial, output)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
 
 
 #: Most members one bundle may hold (its headers are read before anything is unpacked).
