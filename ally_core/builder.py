@@ -18,7 +18,6 @@ An unfinished env is removed if anything fails or the build is interrupted.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -128,6 +127,8 @@ class Builder:
     @staticmethod
     def fingerprint(key: str, interpreter: Interpreter) -> str:
         """Phase *fingerprint*: the identity of the env (its inputs and base interpreter)."""
+        import hashlib  # cold loads only
+
         where = interpreter.realpath or interpreter.path
         return hashlib.sha256(f"{key}\0{where}\0{interpreter.version}".encode()).hexdigest()
 

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -154,6 +153,8 @@ class KeyMaker:
                 )
         command: Optional[tuple[str, ...]] = None
         if deps.install_command:
+            import shlex
+
             try:
                 command = tuple(shlex.split(deps.install_command))
             except ValueError as exc:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 import attrs
@@ -260,6 +259,8 @@ class Readiness:
 
         Ctrl-C (or SIGTERM) stops every installer; each build removes its unfinished env.
         """
+        from concurrent.futures import ThreadPoolExecutor  # cold loads only
+
         cancel = threading.Event()
 
         def build(source: PluginSource) -> PluginOutcome:
