@@ -6,6 +6,7 @@ The public API. Everything not listed in ``__all__`` is internal.
 from __future__ import annotations
 
 from .__about__ import __version__
+from .checks import run_checks
 from .config import IndexOptions, Settings, strip_credentials
 from .envs import (
     EnvInfo,
@@ -32,9 +33,9 @@ from .errors import (
 )
 from .forms import FormRequest
 from .hookspecs import hookimpl, hookspec
-from .loader import BoundTool, Host, PluginOutcome, PluginSource
+from .host import BoundTool, Host, PluginOutcome, PluginSource
 from .manifest import Dependencies, Manifest, Tool, load_manifest, parse_manifest
-from .process import clean_environ, run_checks, run_installer
+from .process import clean_environ, run_installer
 from .tools import ToolResult
 
 __all__ = [

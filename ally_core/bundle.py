@@ -32,33 +32,27 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import attrs
 
-from .errors import AllyError, PluginNotFound
+from .errors import AllyError, BundleError, PluginNotFound
 from .manifest import load_manifest
-from .paths import check_plugin_name
+from .paths import ARTIFACTS_DIR, BACKUP_DIR, artifacts_dir_of, check_plugin_name
 from .store import now_iso
 
 if TYPE_CHECKING:
-    from .loader import Host, PluginOutcome, ProgressCallback
+    from .host import Host, PluginOutcome, ProgressCallback
 
 __all__ = [
     "ARTIFACTS_DIR",
     "BACKUP_DIR",
     "BUNDLE_FORMAT",
+    "BundleError",
     "InstalledBundle",
+    "artifacts_dir_of",
     "install_bundle",
     "make_bundle",
 ]
 
 BUNDLE_FORMAT = 1
-#: Directory inside a plugin holding the artifacts of the bundle it came from.
-ARTIFACTS_DIR = ".ally-bundle"
-#: Directory in a plugins dir where ``ally install --force ARCHIVE`` keeps replaced plugins.
-BACKUP_DIR = ".ally-backup"
 _SKIP = {".git", "__pycache__", "node_modules", ".venv", "venv", ".mypy_cache", ".pytest_cache"}
-
-
-class BundleError(AllyError):
-    """A bundle cannot be written or is not a valid ally bundle."""
 
 
 def _sha256(path: Path) -> str:
@@ -149,7 +143,7 @@ def _make(
             if progress is not None:
                 progress_spec = attrs.evolve(spec, reporter=progress)
                 progress_spec.progress("bundle", "Collecting dependency artifacts")
-            lock = host.hook.bundle_artifacts(spec=spec, env=outcome.env, dest=artifacts)
+            lock = host.dispatch.bundle_artifacts(spec, outcome.env, artifacts)
             if lock is None:
                 raise BundleError(
                     f"{name}: runtime {manifest.runtime!r} cannot make bundles "
@@ -513,8 +507,3 @@ def _bundled_name(plugin_dir: Path) -> str:
         if is_claude_plugin(plugin_dir):
             return load_claude_plugin(plugin_dir).name
     return load_manifest(plugin_dir).name
-
-
-def artifacts_dir_of(plugin_dir: Path) -> Optional[Path]:
-    path = plugin_dir / ARTIFACTS_DIR
-    return path if os.path.isdir(path) else None

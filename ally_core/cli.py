@@ -57,7 +57,7 @@ def _emit(data: dict[str, Any]) -> None:
 
 
 def _host(args: argparse.Namespace) -> Any:
-    from .loader import Host
+    from .host import Host
 
     settings: dict[str, Any] = {}
     if getattr(args, "offline", False):
@@ -657,10 +657,12 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
     rows: dict[str, list[str]] = {}
     for value, plugin in host.runtimes().items():
         rows.setdefault(plugin, []).append(value)
+    broken = host.dispatch.broken()
+    unknown = host.dispatch.unknown_hooks()
     from .plugin_manager import runtime_distributions
 
     dists = runtime_distributions()
-    for name in rows:
+    for name in [*rows, *broken]:
         if name not in dists:
             try:
                 dists[name] = f"ally-core {version('ally-core')} (built in)"
@@ -671,12 +673,21 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
             {
                 "runtimes": [
                     {"name": n, "serves": v, "distribution": dists[n]} for n, v in rows.items()
-                ]
+                ],
+                "broken": [
+                    {"name": n, "reason": why, "distribution": dists[n]}
+                    for n, why in broken.items()
+                ],
+                "unknown_hooks": [{"runtime": u.runtime, "hook": u.hook} for u in unknown],
             }
         )
     else:
         for name, values in rows.items():
             _say(f"{name}: {', '.join(values)}  [{dists[name]}]")
+        for name, why in broken.items():
+            _say(f"{name}: broken: {why}  [{dists[name]}]")
+        for hook in unknown:
+            _say(f"warning: {hook.describe()}")
     return EXIT_OK
 
 

@@ -4,6 +4,11 @@ Built-ins are registered with the same :data:`~ally_core.hookimpl` marker a thir
 ``ALLY_DISABLED_PLUGINS=a,b`` blocks runtimes by registration name (built-ins included; the
 built-in Python runtime is named ``python``). ``ALLY_TRACE_PLUGINS=1`` writes every hook call
 and its result to stderr.
+
+Registrations are validated as pluggy's ``check_pending`` does, without raising: a hook
+implementation that matches no hook specification (``creat_env``) would never be called, so
+:func:`unknown_hooks` names it, a warning says so when the runtimes are registered, and
+``ally runtimes`` lists it.
 """
 
 from __future__ import annotations
@@ -13,13 +18,20 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import pluggy
 
 from . import hookspecs
 from .hookspecs import PROJECT_NAME
 
-__all__ = ["BUILTIN_RUNTIMES", "make_plugin_manager", "runtime_distributions"]
+__all__ = [
+    "BUILTIN_RUNTIMES",
+    "UnknownHook",
+    "make_plugin_manager",
+    "runtime_distributions",
+    "unknown_hooks",
+]
 
 log = logging.getLogger("ally")
 
@@ -67,6 +79,8 @@ def make_plugin_manager(
                     getattr(ep, "value", "?"),
                     exc,
                 )
+    for unknown in unknown_hooks(pm):
+        log.warning("%s", unknown.describe())
     if environ.get("ALLY_TRACE_PLUGINS", "") not in {"", "0"}:
         pm.trace.root.setwriter(sys.stderr.write)
         pm.enable_tracing()
@@ -81,3 +95,42 @@ def runtime_distributions() -> dict[str, str]:
         if dist is not None:
             out[getattr(ep, "name", "")] = f"{dist.name} {dist.version}"
     return out
+
+
+class UnknownHook(NamedTuple):
+    """A hook implementation that matches no hook specification: it is never called."""
+
+    #: The registration name of the runtime that implements it.
+    runtime: str
+    #: The implementation's name, e.g. ``"creat_env"``.
+    hook: str
+
+    def describe(self) -> str:
+        from .text import did_you_mean
+
+        return (
+            f"runtime {self.runtime!r} implements {self.hook!r}, which is not an ally hook: "
+            f"it is never called{did_you_mean(self.hook, _hook_names())}"
+        )
+
+
+def _hook_names() -> list[str]:
+    return [name for name in vars(hookspecs) if hasattr(getattr(hookspecs, name), "ally_spec")]
+
+
+def unknown_hooks(pm: pluggy.PluginManager) -> list[UnknownHook]:
+    """Every hook implementation registered on ``pm`` that matches no specification.
+
+    What pluggy's ``check_pending`` raises for, collected instead: one runtime's typo must
+    not stop ally. Implementations marked ``optionalhook`` are left out, as pluggy does.
+    """
+    found = []
+    for name, caller in sorted(vars(pm.hook).items()):
+        if name.startswith("_") or not isinstance(caller, pluggy.HookCaller):
+            continue
+        if caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if not impl.optionalhook:
+                found.append(UnknownHook(impl.plugin_name, name))
+    return found

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["MASK", "did_you_mean", "mask_text", "printable"]
+__all__ = ["MASK", "did_you_mean", "mask_text", "one_line", "printable"]
 
 #: What a secret value is replaced with wherever ally shows text.
 MASK = "********"
@@ -71,3 +71,10 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
         return f" (did you mean {lowered[word.lower()]!r}?)"
     close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
     return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+
+
+def one_line(error: BaseException) -> str:
+    """An error's text on one line (its lines joined with `` | ``), else its class name."""
+    return " | ".join(line for line in str(error).splitlines() if line.strip()) or (
+        error.__class__.__name__
+    )

@@ -37,7 +37,7 @@ from .servers import ensure_servers
 from .specs import server_spec
 
 if TYPE_CHECKING:
-    from ..loader import Host, ProgressCallback
+    from ..host import Host, ProgressCallback
 
 __all__ = ["make_server_bundle"]
 

@@ -26,7 +26,7 @@ from .servers import (
 from .specs import server_spec
 
 if TYPE_CHECKING:
-    from ..loader import Host
+    from ..host import Host
 
 __all__ = [
     "add_mcp_commands",
