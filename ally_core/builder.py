@@ -25,6 +25,7 @@ from typing import Any, Callable, Literal, Optional
 
 import attrs
 
+from .config import strip_credentials
 from .dispatch import Dispatch
 from .envs import EnvInfo, EnvSpec, Interpreter, ProgressEvent
 from .errors import InstallFailed
@@ -207,7 +208,8 @@ class Builder:
             packages=dict(packages),
             created_at=now_iso(),
             plugin=spec.plugin_name,
-            inputs=dict(inputs),
+            # Never a password: an index URL in an install_command, say, is kept without it.
+            inputs=_without_credentials(dict(inputs)),
         )
         self.store.write_marker(spec.env_dir, marker)
         return marker
@@ -216,3 +218,12 @@ class Builder:
         """Phase *publish*: the plugin's pointer moves to ``spec.env_dir``."""
         self.store.record_origin(spec.plugin_name, spec.plugin_dir)
         self.store.publish(spec.plugin_name, spec.env_dir)
+
+
+def _without_credentials(value: Any) -> Any:
+    """``value`` (JSON data) with ``user:password@`` dropped from every URL in it."""
+    if isinstance(value, dict):
+        return {k: _without_credentials(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_credentials(v) for v in value]
+    return strip_credentials(value)
