@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .__about__ import __version__
 
 if TYPE_CHECKING:
+    from .checks import run_checks
     from .config import IndexOptions, Settings, strip_credentials
     from .envs import (
         EnvInfo,
@@ -36,9 +37,9 @@ if TYPE_CHECKING:
     )
     from .forms import FormRequest
     from .hookspecs import hookimpl, hookspec
-    from .loader import BoundTool, Host, PluginOutcome, PluginSource
+    from .host import BoundTool, Host, PluginOutcome, PluginSource
     from .manifest import Dependencies, Manifest, Tool, load_manifest, parse_manifest
-    from .process import clean_environ, run_checks, run_installer
+    from .process import clean_environ, run_installer
     from .tools import ToolResult
 
 
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 #: ``ally_core`` or one of its modules (the CLI) costs no more than what is used.
 _LAZY: dict[str, str] = {
     "AllyError": "errors",
-    "BoundTool": "loader",
+    "BoundTool": "host",
     "clean_environ": "process",
     "ConfigError": "errors",
     "Dependencies": "manifest",
@@ -58,7 +59,7 @@ _LAZY: dict[str, str] = {
     "Health": "envs",
     "hookimpl": "hookspecs",
     "hookspec": "hookspecs",
-    "Host": "loader",
+    "Host": "host",
     "IndexOptions": "config",
     "InstallFailed": "errors",
     "InstallResult": "envs",
@@ -69,11 +70,11 @@ _LAZY: dict[str, str] = {
     "ManifestError": "errors",
     "parse_manifest": "manifest",
     "PluginNotFound": "errors",
-    "PluginOutcome": "loader",
-    "PluginSource": "loader",
+    "PluginOutcome": "host",
+    "PluginSource": "host",
     "Problem": "envs",
     "ProgressEvent": "envs",
-    "run_checks": "process",
+    "run_checks": "checks",
     "run_installer": "process",
     "RuntimeNotFound": "errors",
     "Settings": "config",

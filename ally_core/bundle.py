@@ -32,35 +32,27 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import attrs
 
-from .errors import AllyError, PluginNotFound
+from .errors import AllyError, BundleError, PluginNotFound
 from .manifest import load_manifest
-
-# ARTIFACTS_DIR and artifacts_dir_of live in paths (every load asks; the archive modules
-# this module imports are for bundling only); artifacts_dir_of is re-exported here.
-from .paths import ARTIFACTS_DIR, check_plugin_name
-from .paths import artifacts_dir_of as artifacts_dir_of
+from .paths import ARTIFACTS_DIR, BACKUP_DIR, artifacts_dir_of, check_plugin_name
 from .store import now_iso
 
 if TYPE_CHECKING:
-    from .loader import Host, PluginOutcome, ProgressCallback
+    from .host import Host, PluginOutcome, ProgressCallback
 
 __all__ = [
     "ARTIFACTS_DIR",
     "BACKUP_DIR",
     "BUNDLE_FORMAT",
+    "BundleError",
     "InstalledBundle",
+    "artifacts_dir_of",
     "install_bundle",
     "make_bundle",
 ]
 
 BUNDLE_FORMAT = 1
-#: Directory in a plugins dir where ``ally install --force ARCHIVE`` keeps replaced plugins.
-BACKUP_DIR = ".ally-backup"
 _SKIP = {".git", "__pycache__", "node_modules", ".venv", "venv", ".mypy_cache", ".pytest_cache"}
-
-
-class BundleError(AllyError):
-    """A bundle cannot be written or is not a valid ally bundle."""
 
 
 def _sha256(path: Path) -> str:
@@ -151,7 +143,7 @@ def _make(
             if progress is not None:
                 progress_spec = attrs.evolve(spec, reporter=progress)
                 progress_spec.progress("bundle", "Collecting dependency artifacts")
-            lock = host.hook.bundle_artifacts(spec=spec, env=outcome.env, dest=artifacts)
+            lock = host.dispatch.bundle_artifacts(spec, outcome.env, artifacts)
             if lock is None:
                 raise BundleError(
                     f"{name}: runtime {manifest.runtime!r} cannot make bundles "
@@ -178,18 +170,24 @@ def _make(
             "lock": lock,
             "files": files,
         }
-        (stage / "bundle.json").write_text(json.dumps(info, indent=2, sort_keys=True), "utf-8")
-        output.parent.mkdir(parents=True, exist_ok=True)
-        partial = output.with_name(f".{output.name}.{secrets.token_hex(4)}.part")
-        try:
-            with tarfile.open(partial, "w:gz") as tar:
-                tar.add(stage / "bundle.json", arcname="bundle.json")
-                tar.add(stage / "plugin", arcname="plugin")
-            os.replace(partial, output)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
+        write_archive(stage, info, output)
     return output
+
+
+def write_archive(stage: Path, info: dict[str, Any], output: Path) -> None:
+    """Write ``stage/plugin`` and ``info`` (as ``bundle.json``) to the archive ``output``:
+    beside it first, then renamed into place, so a reader never sees half an archive."""
+    (stage / "bundle.json").write_text(json.dumps(info, indent=2, sort_keys=True), "utf-8")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.{secrets.token_hex(4)}.part")
+    try:
+        with tarfile.open(partial, "w:gz") as tar:
+            tar.add(stage / "bundle.json", arcname="bundle.json")
+            tar.add(stage / "plugin", arcname="plugin")
+        os.replace(partial, output)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
 
 
 #: Most members one bundle may hold (its headers are read before anything is unpacked).

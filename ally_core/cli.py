@@ -17,47 +17,40 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .__about__ import __version__
+from .cli_common import (
+    _HIDDEN,
+    JSON_VERSION,
+    _debug_causes,
+    _emit,
+    _hide,
+    _logging,
+    _note,
+    _outcome_json,
+    _print_outcomes,
+    _print_traceback,
+    _reporter,
+    _say,
+    _size,
+)
+from .cli_exec import run_in_env
+from .cli_options import (
+    _build_options,
+    _json_flag,
+    _Parser,
+    _setting_arg,
+    _subcommands,
+    _verbosity,
+)
 from .errors import AllyError, ConfigError, PluginNotFound, ToolError
 
 __all__ = ["JSON_VERSION", "main"]
 
-#: Version of the JSON shapes printed with ``--json``; bumped on incompatible changes.
-JSON_VERSION = 1
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TOOL_FAILED, EXIT_BLOCKED = 0, 1, 2, 3, 4
 
 
-#: Secret values this command was given: masked in whatever it prints, errors included.
-_HIDDEN: list[str] = []
-
-
-def _hide(*values: str) -> None:
-    _HIDDEN.extend(v for v in values if v)
-
-
-def _masked(text: str) -> str:
-    if not _HIDDEN:
-        return text
-    from .plugin_config import mask_text
-
-    return mask_text(text, _HIDDEN)
-
-
-def _say(text: str, file: Any = None) -> None:
-    """Print one line for people: secrets this command knows masked, and control characters
-    (escape sequences, carriage returns, bidirectional overrides) shown as escapes, so nothing
-    a plugin or tool wrote can rewrite the terminal."""
-    from .text import printable
-
-    print(printable(_masked(text)), file=file or sys.stdout)
-
-
-def _emit(data: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps({"ally": JSON_VERSION, **data}, indent=2, default=str) + "\n")
-
-
 def _host(args: argparse.Namespace) -> Any:
-    from .loader import Host
+    from .host import Host
 
     settings: dict[str, Any] = {}
     if getattr(args, "offline", False):
@@ -69,149 +62,10 @@ def _host(args: argparse.Namespace) -> Any:
     return Host(args.home, plugin_dirs=args.plugins_dir or (), settings=settings)
 
 
-def _reporter(args: argparse.Namespace) -> Any:
-    from .progress import make_reporter
-
-    return make_reporter(
-        quiet=args.quiet or getattr(args, "json", False),
-        verbose=args.verbose,
-    )
-
-
-def _note(args: argparse.Namespace, text: str) -> None:
-    """A line for people beside a command's result (stderr; none with ``-q``)."""
-    if not args.quiet:
-        _say(f"ally: {text}", file=sys.stderr)
-
-
-def _debug_causes(args: argparse.Namespace, outcomes: Sequence[Any]) -> None:
-    """With ``--debug``: the traceback of each error a runtime's hook raised, which the
-    outcome shows as a one-line ``runtime error`` (masked, on stderr)."""
-    if not args.debug:
-        return
-    import traceback
-
-    from .text import printable
-
-    for outcome in outcomes:
-        cause = getattr(outcome.error, "__cause__", None)
-        if cause is None:
-            continue
-        sys.stderr.write(f"ally: debug: {printable(outcome.name)}: the error of its runtime:\n")
-        for chunk in traceback.format_exception(type(cause), cause, cause.__traceback__):
-            for line in _masked(chunk).splitlines():
-                sys.stderr.write(printable(line) + "\n")
-
-
-def _tool_json(tool: Any) -> dict[str, Any]:
-    """What a host needs to advertise one tool (so it never parses plugin.json itself)."""
-    return {
-        "name": tool.name,
-        "description": tool.description,
-        "schema": tool.schema or {"type": "object", "properties": {}},
-        "interactive": tool.interactive,
-        "requiresConfirmation": tool.requires_confirmation,
-        "visible_to": tool.visible_to,
-        "subtext": tool.subtext,
-        "display_name": tool.display_name,
-        "usageGuidance": tool.usage_guidance,
-        "timeout": tool.timeout,
-    }
-
-
-def _config_schema_json(manifest: Any) -> Optional[dict[str, Any]]:
-    """The plugin's config schema, with the defaults of secret properties masked."""
-    from .plugin_config import MASK, config_schema
-
-    schema = config_schema(manifest)
-    if not schema:
-        return None
-    props = schema.get("properties")
-    if not isinstance(props, dict):
-        return dict(schema)
-    masked = {
-        k: (
-            {**v, "default": MASK}
-            if isinstance(v, dict) and v.get("secret") is True and "default" in v
-            else v
-        )
-        for k, v in props.items()
-    }
-    return {**schema, "properties": masked}
-
-
-def _outcome_json(outcome: Any) -> dict[str, Any]:
-    manifest = outcome.manifest
-    specs = (
-        [t.spec for t in outcome.tools] if outcome.tools else (manifest.tools if manifest else [])
-    )
-    return {
-        "name": outcome.name,
-        "dir": str(outcome.plugin_dir),
-        "status": outcome.status,
-        "reason": outcome.reason or None,
-        "runtime": manifest.runtime if manifest else None,
-        "version": manifest.version if manifest else None,
-        "description": manifest.description if manifest else None,
-        "env": str(outcome.env.path) if outcome.env else None,
-        "action": outcome.action,
-        "repair_reason": outcome.repair_reason or None,
-        "stale": outcome.stale,
-        "packages": _packages_json(outcome.packages),
-        "tools": [_tool_json(t) for t in specs],
-        "agents": manifest.agents if manifest else [],
-        "activationMode": manifest.activation_mode if manifest else None,
-        "config_schema": _config_schema_json(manifest) if manifest else None,
-        "warnings": outcome.warnings,
-    }
-
-
-def _packages_json(packages: Any) -> dict[str, str]:
-    """Package name -> version, in name order whatever the runtime (case-insensitive)."""
-    return dict(sorted(packages.items(), key=lambda kv: (kv[0].lower(), kv[0])))
-
-
-def _print_outcomes(outcomes: Sequence[Any], args: argparse.Namespace, host: Any) -> None:
-    warned = _warnings_to_show(outcomes, args, host)
-    for o in outcomes:
-        if o.ready and o.reason:
-            # Ready on the env published before a rebuild that failed: say so, and why.
-            tools = ", ".join(t.name for t in o.tools) or "no tools"
-            _say(f"! {o.name}: {tools}; {o.reason}")
-        elif o.ready:
-            tools = ", ".join(t.name for t in o.tools) or "no tools"
-            extra = {
-                "built": " (installed)",
-                "shared": " (shared env)",
-                "repaired": f" (repaired: {o.repair_reason})",
-                "updated": " (updated)",
-            }
-            mark = "\u26a0" if o.warnings else "\u2713"
-            _say(f"{mark} {o.name}: {tools}{extra.get(o.action, '')}")
-        elif o.status == "pending":
-            _say(f"\u2026 {o.name}: {o.reason}")
-        else:
-            _say(f"\u2717 {o.name}: {o.reason}")
-        for warning in o.warnings if o.name in warned else ():
-            _say(f"    warning: {warning}")
-    hidden = sum(1 for o in outcomes if o.warnings and o.name not in warned)
-    if hidden and not args.quiet:
-        _note(args, f"{hidden} plugin(s) with warnings shown before (-v shows them again)")
-
-
-def _warnings_to_show(outcomes: Sequence[Any], args: argparse.Namespace, host: Any) -> set[str]:
-    """The plugins whose warnings to print: none with ``-q``, all with ``-v``, else those
-    not shown since their ``plugin.json`` or their warnings changed (remembered)."""
-    if args.quiet:
-        return set()
-    if args.verbose:
-        return {o.name for o in outcomes if o.warnings}
-    from .seen_warnings import SeenWarnings
-
-    seen = SeenWarnings(host.paths.state_dir)
-    new = {o.name for o in outcomes if seen.is_new(o.plugin_dir, o.warnings)}
-    seen.save()
-    return new
+def cmd_exec(args: argparse.Namespace) -> int:
+    """``ally exec NAME -- CMD`` (:mod:`ally_core.cli_exec`: given its Host, it stays out
+    of the imports of the modules that take one)."""
+    return run_in_env(args, lambda: _host(args))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -275,19 +129,16 @@ def _looks_like_path(text: str) -> bool:
     )
 
 
-def is_bundle(path: Path) -> bool:
-    """Whether ``path`` is an ally bundle: a tar archive (any compression, any file name)
-    with a ``bundle.json`` at its top."""
+def is_archive(path: Path) -> bool:
+    """Whether ``path`` is a tar archive (any compression, any file name): what an ally
+    bundle is. Checking the archive itself (bundle.json, hashes…) is install_bundle's job."""
     import tarfile
 
     try:
         with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                if os.path.normpath(member.name) == "bundle.json":
-                    return True
+            return tar.next() is not None
     except (tarfile.TarError, OSError, EOFError, ValueError):
         return False
-    return False
 
 
 def _install_target(host: Any, arg: str, *, force: bool = False) -> str:
@@ -304,7 +155,7 @@ def _install_target(host: Any, arg: str, *, force: bool = False) -> str:
     if path.is_file() and path.name == "plugin.json":
         return str(host.add_plugin_dir(path.parent).name)
     if path.is_file():
-        if not is_bundle(path):
+        if not is_archive(path):
             raise ConfigError(
                 f"{arg}: neither a plugin directory (with plugin.json) nor an ally bundle "
                 "(a tar archive with bundle.json)"
@@ -367,7 +218,7 @@ def _each(method: str, **kw: Any) -> Callable[[argparse.Namespace], int]:
 
 def _check_removable(host: Any, names: Sequence[str]) -> None:
     """Every name is a plugin, or the env pointer of one that is gone; else a guess."""
-    from .loader import not_found_message
+    from .discovery import not_found_message
     from .paths import check_plugin_name
 
     sources = None
@@ -385,7 +236,7 @@ def _check_removable(host: Any, names: Sequence[str]) -> None:
 
 def _gone_plugins(host: Any, sources: Sequence[Any]) -> list[Any]:
     """Stand-ins (name only) for plugins that are gone but still have an env pointer."""
-    from .loader import PluginSource
+    from .discovery import PluginSource
 
     present = {s.name for s in sources}
     return [
@@ -428,15 +279,6 @@ def cmd_remove(args: argparse.Namespace) -> int:
     for label, removed_server in gone:
         _say(f"removed the env of {label}" if removed_server else f"{label} has no env")
     return EXIT_OK
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -708,46 +550,6 @@ def _failure_line(plugin: str, tool: str, error: Optional[str]) -> str:
     return text if text.startswith(label) else f"{label} failed: {text}"
 
 
-def cmd_exec(args: argparse.Namespace) -> int:
-    import subprocess
-
-    from .process import clean_environ
-
-    command = list(args.argv)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise ConfigError("ally exec: give a command after '--'")
-    host = _host(args)
-    outcome = host.ensure(args.plugin, progress=_reporter(args))
-    _debug_causes(args, [outcome])
-    if not outcome.ready:
-        raise PluginNotFound(f"{outcome.name}: blocked: {outcome.reason}")
-    env = outcome.env
-    environ = clean_environ(
-        path_prefix=env.bin_dirs if env else (), extra=dict(env.env_vars) if env else None
-    )
-    if env is not None:
-        command[0] = _exec_command(command[0], env, outcome.name, environ.get("PATH", ""))
-    try:
-        if not args.json:
-            return _exit_status(subprocess.call(command, env=environ))
-        done = subprocess.run(command, env=environ, capture_output=True)
-    except OSError as exc:
-        raise ToolError(f"{outcome.name}: cannot run {command[0]}: {exc.strerror or exc}") from None
-    _emit(
-        {
-            "plugin": outcome.name,
-            "env": str(env.path) if env else None,
-            "command": command,
-            "exit_code": done.returncode,
-            "stdout": done.stdout.decode("utf-8", "replace"),
-            "stderr": done.stderr.decode("utf-8", "replace"),
-        }
-    )
-    return _exit_status(done.returncode)
-
-
 def _exec_options(args: argparse.Namespace) -> None:
     """``ally exec NAME --json -v -- CMD``: the options between the name and ``--`` are
     ally's (everything after the plugin's name reaches ``args.argv`` unparsed)."""
@@ -759,66 +561,38 @@ def _exec_options(args: argparse.Namespace) -> None:
     args.argv = tail
 
 
-def _exit_status(returncode: int) -> int:
-    """A child's exit status as a shell shows it: 128 + N for a child killed by signal N."""
-    return returncode if returncode >= 0 else 128 - returncode
-
-
-#: Where ``ally exec`` takes a command the env lacks from: the system's own directories, never
-#: another environment (a venv's or pyenv's ``pip`` would change that environment instead).
-SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
-
-
-def _exec_command(name: str, env: Any, plugin: str, path: str) -> str:
-    """The program ``ally exec`` runs for ``name``: the env's own first, else a system tool."""
-    if os.sep in name:
-        return name  # a path: exactly what was asked for
-    if name in env.commands:
-        program = str(env.commands[name])
-        if not os.path.exists(program):
-            raise ToolError(
-                f"cannot run {name}: {program} is missing from {plugin}'s env "
-                f"(ally doctor --fix {plugin} rebuilds it)"
-            )
-        return program
-    for directory in env.bin_dirs:
-        program = os.path.join(directory, name)
-        if os.path.isfile(program) and os.access(program, os.X_OK):
-            return program
-    system = {os.path.realpath(d) for d in SYSTEM_DIRS}
-    for directory in path.split(os.pathsep):
-        program = os.path.join(directory, name)
-        if directory and os.path.isfile(program) and os.access(program, os.X_OK):
-            if os.path.realpath(directory) in system:
-                return program
-            raise ToolError(
-                f"cannot run {name}: {plugin}'s env has no {name}, and the one on PATH "
-                f"({program}) belongs to no system directory (give a path to run it anyway)"
-            )
-    raise ToolError(f"cannot run {name}: not in {plugin}'s env, nor a system tool on PATH")
-
-
 def cmd_runtimes(args: argparse.Namespace) -> int:
     host = _host(args)
     rows: dict[str, list[str]] = {}
     for value, plugin in host.runtimes().items():
         rows.setdefault(plugin, []).append(value)
+    broken = host.dispatch.broken()
+    unknown = host.dispatch.unknown_hooks()
     from .plugin_manager import runtime_distributions
 
     dists = runtime_distributions(host.index)
-    for name in rows:
+    for name in [*rows, *broken]:
         dists.setdefault(name, f"ally-core {__version__} (built in)")
     if args.json:
         _emit(
             {
                 "runtimes": [
                     {"name": n, "serves": v, "distribution": dists[n]} for n, v in rows.items()
-                ]
+                ],
+                "broken": [
+                    {"name": n, "reason": why, "distribution": dists[n]}
+                    for n, why in broken.items()
+                ],
+                "unknown_hooks": [{"runtime": u.runtime, "hook": u.hook} for u in unknown],
             }
         )
     else:
         for name, values in rows.items():
             _say(f"{name}: {', '.join(values)}  [{dists[name]}]")
+        for name, why in broken.items():
+            _say(f"{name}: broken: {why}  [{dists[name]}]")
+        for hook in unknown:
+            _say(f"warning: {hook.describe()}")
     return EXIT_OK
 
 
@@ -973,48 +747,6 @@ def cmd_mcp_serve(args: argparse.Namespace) -> int:
     )
 
 
-QUIET_HELP = "print only results and errors: no progress, warnings or notes"
-VERBOSE_HELP = "also print what installers and tools write to stderr, and ally's debug log"
-
-
-def _verbosity(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
-    """``-q``/``-v``, the same on every command (also before it: ``ally -q list``)."""
-    group = parser.add_mutually_exclusive_group()
-    # A sub-command's default must not overwrite what was given before the command.
-    default: Any = False if top else argparse.SUPPRESS
-    group.add_argument("-q", "--quiet", action="store_true", default=default, help=QUIET_HELP)
-    group.add_argument("-v", "--verbose", action="store_true", default=default, help=VERBOSE_HELP)
-
-
-def _json_flag(parser: argparse.ArgumentParser, **kw: Any) -> None:
-    parser.add_argument("--json", action="store_true", help="machine-readable output", **kw)
-
-
-def _setting_arg(key: str) -> Callable[[str], Any]:
-    """An option's type: the value checked by the rules (and with the message) of the
-    setting ``key``, so ``-j 0`` is refused as ``ALLY_JOBS=0`` is."""
-
-    def parse(text: str) -> Any:
-        from .config import SETTINGS
-
-        try:
-            return SETTINGS[key][1](text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    parse.__name__ = key
-    return parse
-
-
-def _build_options(parser: argparse.ArgumentParser) -> None:
-    """The options of commands that may build envs."""
-    parser.add_argument("--offline", action="store_true", help="never use the network")
-    parser.add_argument(
-        "--installer", choices=["auto", "uv", "pip"], help="Python installer backend"
-    )
-    parser.add_argument("-j", "--jobs", type=_setting_arg("jobs"), help="parallel builds")
-
-
 def _add_mcp(sub: Any) -> None:
     """``ally mcp serve``: the plugins' tools over the Model Context Protocol (docs/mcp.md)."""
     from .mcp_plugins.commands import mcp_subparsers
@@ -1073,26 +805,6 @@ def _add_config(sub: Any) -> None:
     c.add_argument("value", help="the value (converted to the schema's type)")
     c = action("unset", "remove a stored plugin config value")
     c.add_argument("key", help="the config key to remove")
-
-
-def _terminal_width() -> int:
-    """What :func:`shutil.get_terminal_size` says, without importing shutil (and the
-    compression modules it imports) on every run: argparse asks on every ``add_argument``."""
-    try:
-        return int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        pass
-    try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-    except (AttributeError, ValueError, OSError):
-        return 80
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse's parser with its help formatter sized without :mod:`shutil`."""
-
-    def _get_formatter(self) -> argparse.HelpFormatter:
-        return self.formatter_class(prog=self.prog, width=_terminal_width() - 2)  # type: ignore[call-arg]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1249,23 +961,6 @@ def cmd_help(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """The sub-commands of ``parser`` by name (none for a leaf command)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
-
-
-def _print_traceback() -> None:
-    import traceback
-
-    from .text import printable
-
-    for line in _masked(traceback.format_exc()).splitlines():
-        sys.stderr.write(printable(line) + "\n")
-
-
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -1276,33 +971,12 @@ class UsageError(AllyError):
     exit_code = EXIT_USAGE
 
 
-def _logging(args: argparse.Namespace) -> None:
-    """``-v``: ally's debug log on stderr; ``-q``: its warnings left out (errors remain)."""
-    if not (args.quiet or args.verbose):
-        return
-    import logging
-
-    class Lines(logging.Handler):
-        """Records as ``ally: LEVEL: message`` lines on stderr, masked and printable."""
-
-        def emit(self, record: logging.LogRecord) -> None:
-            _say(f"ally: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
-
-    log = logging.getLogger("ally")
-    if args.verbose:
-        log.addHandler(Lines())
-        log.setLevel(logging.DEBUG)
-        log.propagate = False
-    else:
-        log.setLevel(logging.ERROR)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["__complete"]:  # what a completion script asks on <TAB>
         from .completion import main as complete
 
-        return complete(argv[1:])
+        return complete(argv[1:], build_parser)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.func is cmd_exec:

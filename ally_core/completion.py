@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 __all__ = ["SHELLS", "complete", "script"]
 
@@ -292,11 +292,10 @@ class _Plugins:
         return sorted(k for k in props if isinstance(k, str)) if isinstance(props, dict) else []
 
 
-def main(argv: Sequence[str]) -> int:
-    """``ally __complete SHELL CWORD WORD...``: print the candidates, one a line."""
+def main(argv: Sequence[str], build_parser: Callable[[], argparse.ArgumentParser]) -> int:
+    """``ally __complete SHELL CWORD WORD...``: print the candidates, one a line (the CLI
+    passes its ``build_parser``: this module does not import the CLI)."""
     import sys
-
-    from .cli import build_parser
 
     if len(argv) < 2 or argv[0] not in SHELLS or not argv[1].isdigit():
         return 2

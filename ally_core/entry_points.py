@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Optional
-
-if TYPE_CHECKING:
-    from .warm_index import WarmIndex
+from typing import Any, Optional, Protocol
 
 __all__ = ["GROUP", "EntryPoint", "ally_entry_points", "load_entry_point"]
 
@@ -32,6 +29,14 @@ GROUP = "ally"
 
 #: ``[name, value, distribution name, distribution version, entry_points.txt path or None]``
 EntryPoint = list[Optional[str]]
+
+
+class Index(Protocol):
+    """What this module needs of a :class:`~ally_core.warm_index.WarmIndex`."""
+
+    def get(self, table: str, key: str, identity: Any) -> Any: ...
+
+    def put(self, table: str, key: str, identity: Any, value: Any) -> None: ...
 
 
 def _scan() -> list[EntryPoint]:
@@ -73,7 +78,7 @@ def _files_identity(found: list[EntryPoint]) -> list[Any]:
     return [[path, _stat(path)] for path in sorted({str(ep[4]) for ep in found if ep[4]})]
 
 
-def ally_entry_points(index: Optional[WarmIndex] = None) -> list[EntryPoint]:
+def ally_entry_points(index: Optional[Index] = None) -> list[EntryPoint]:
     """Every ``ally`` entry point installed, from ``index`` while its inputs are unchanged."""
     cached: Any = index.get("entry_points", GROUP, None) if index is not None else None
     try:

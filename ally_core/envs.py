@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import attrs
 
 from .config import IndexOptions
+from .process import run_installer
 
 __all__ = [
     "EnvInfo",
@@ -97,8 +98,6 @@ class EnvSpec:
         :func:`ally_core.run_installer` with this spec's timeout and the installer's output
         streamed as ``"output"`` progress; raises :class:`~ally_core.InstallFailed`.
         """
-        from .process import run_installer
-
         return run_installer(
             argv,
             cwd=cwd or self.plugin_dir,

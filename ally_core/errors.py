@@ -6,15 +6,18 @@ from collections.abc import Sequence
 
 __all__ = [
     "AllyError",
+    "BundleError",
     "ConfigError",
     "EnvStoreError",
     "InstallFailed",
     "InterpreterNotFound",
     "ManifestError",
     "PluginNotFound",
+    "RuntimeFailed",
     "RuntimeNotFound",
     "ToolError",
     "ToolInputError",
+    "ToolNotFound",
     "UnsafePath",
 ]
 
@@ -43,6 +46,14 @@ class PluginNotFound(AllyError):
     """No plugin with the requested name was discovered."""
 
 
+class ToolNotFound(PluginNotFound):
+    """A plugin has no tool of the requested name.
+
+    A subclass of :class:`PluginNotFound` for callers that caught that before the two were
+    told apart.
+    """
+
+
 class RuntimeNotFound(AllyError):
     """No installed runtime serves the manifest's ``runtime``."""
 
@@ -66,8 +77,17 @@ class InstallFailed(AllyError):
         super().__init__(f"{message}: {tail}" if tail else message)
 
 
+class RuntimeFailed(InstallFailed):
+    """A runtime raised something other than an :class:`AllyError` (a bug in the runtime):
+    the plugin it was serving is blocked with the exception's text."""
+
+
 class EnvStoreError(AllyError):
     """The env store cannot be written (permissions, disk full, …)."""
+
+
+class BundleError(AllyError):
+    """A bundle cannot be written, read or installed."""
 
 
 class ConfigError(AllyError):

@@ -11,16 +11,24 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Optional
 
 import attrs
 
 from .errors import UnsafePath
 
-__all__ = ["ARTIFACTS_DIR", "AllyPaths", "artifacts_dir_of", "check_plugin_name", "contained_path"]
+__all__ = [
+    "ARTIFACTS_DIR",
+    "BACKUP_DIR",
+    "AllyPaths",
+    "artifacts_dir_of",
+    "check_plugin_name",
+    "contained_path",
+]
 
 #: Directory inside a plugin holding the artifacts of the bundle it came from.
 ARTIFACTS_DIR = ".ally-bundle"
+#: Directory in a plugins dir where ``ally install --force ARCHIVE`` keeps replaced plugins.
+BACKUP_DIR = ".ally-backup"
 
 #: A plugin name becomes a directory name in the env store, so it is restricted to a safe set.
 PLUGIN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -144,7 +152,7 @@ def contained_path(base: Path, relative: str) -> Path | None:
     return Path(target)
 
 
-def artifacts_dir_of(plugin_dir: Path) -> Optional[Path]:
-    """The artifacts a bundle left in ``plugin_dir``, if it came from one."""
+def artifacts_dir_of(plugin_dir: Path) -> Path | None:
+    """The bundle artifacts a plugin carries (``plugin_dir/.ally-bundle``), if any."""
     path = plugin_dir / ARTIFACTS_DIR
     return path if os.path.isdir(path) else None

@@ -22,7 +22,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 import attrs
 
@@ -31,10 +31,13 @@ from .manifest import Manifest, Tool
 from .paths import check_plugin_name
 
 if TYPE_CHECKING:
-    from .loader import Host, PluginOutcome
+    from .discovery import PluginSource
+    from .outcomes import PluginOutcome
 
 __all__ = [
     "MASK",
+    "ConfigHome",
+    "HasConfigHome",
     "SecretStore",
     "canonical_key",
     "check_key",
@@ -56,6 +59,45 @@ __all__ = [
 ]
 
 from .text import MASK, log, mask_text
+
+
+def _no_sources() -> list[PluginSource]:
+    return []
+
+
+def _no_source(name: str) -> PluginSource:
+    raise PluginNotFound(f"no plugin named {name!r}")
+
+
+@attrs.frozen
+class ConfigHome:
+    """Where plugin config is kept: a config dir and the ``secrets_backend`` setting.
+
+    ``discover`` and ``source`` find plugin directories by name (a file of the format before
+    directories is given to the one directory declaring its name; a value set without a
+    directory goes to that plugin's): without them only calls naming a directory work.
+    """
+
+    config_dir: Path
+    secrets_backend: str = "auto"
+    #: Where the ``secrets_backend`` value came from, for messages.
+    secrets_source: str = "default"
+    discover: Callable[[], Sequence[PluginSource]] = _no_sources
+    source: Callable[[str], PluginSource] = _no_source
+
+
+class HasConfigHome(Protocol):
+    """An object that knows its :class:`ConfigHome` (a :class:`~ally_core.Host` does)."""
+
+    def config_home(self) -> ConfigHome: ...
+
+
+#: Where the functions below read and write: a :class:`ConfigHome` or what has one.
+Where = Union[ConfigHome, HasConfigHome]
+
+
+def _home(where: Where) -> ConfigHome:
+    return where if isinstance(where, ConfigHome) else where.config_home()
 
 
 def config_schema(manifest: Manifest) -> Optional[dict[str, Any]]:
@@ -116,9 +158,9 @@ def plugin_id(plugin_dir: str | os.PathLike[str]) -> str:
     return os.path.realpath(plugin_dir)
 
 
-def _store_path(host: Host, name: str) -> Path:
+def _store_path(home: ConfigHome, name: str) -> Path:
     check_plugin_name(name, source="argument")
-    return host.paths.config_dir / "plugin-config" / f"{name}.json"
+    return home.config_dir / "plugin-config" / f"{name}.json"
 
 
 def _is_current(data: Any) -> bool:
@@ -130,9 +172,9 @@ def _is_current(data: Any) -> bool:
     )
 
 
-def _read_file(host: Host, name: str) -> Optional[dict[str, Any]]:
+def _read_file(home: ConfigHome, name: str) -> Optional[dict[str, Any]]:
     """The stored file of ``name`` as it is (either format), or None if there is none."""
-    path = _store_path(host, name)
+    path = _store_path(home, name)
     try:
         data = json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
@@ -198,25 +240,25 @@ def _keyring() -> tuple[Any, str]:
     return backend, name
 
 
-def secret_store(host: Host) -> SecretStore:
-    """Where secrets are kept for ``host``: the OS keyring when one is usable (setting
+def secret_store(where: Where) -> SecretStore:
+    """Where secrets are kept: the OS keyring when one is usable (setting
     ``secrets_backend`` ``auto``, the default, or ``keyring``), else the 0600 file."""
-    mode = str(host.settings.values["secrets_backend"])
-    where = str(host.paths.config_dir / "plugin-config")
-    source = host.settings.sources["secrets_backend"]
-    setting = f"secrets_backend = {mode} ({source})"
+    home = _home(where)
+    mode = home.secrets_backend
+    folder = str(home.config_dir / "plugin-config")
+    setting = f"secrets_backend = {mode} ({home.secrets_source})"
     if mode == "file":
-        return SecretStore("file", True, where, setting)
+        return SecretStore("file", True, folder, setting)
     backend, name = _keyring()
     if backend is not None:
         return SecretStore("keyring", True, name, setting)
     if mode == "keyring":
         return SecretStore("keyring", False, name, f"{setting}, but {name}")
-    return SecretStore("file", True, where, f"{setting}: {name}")
+    return SecretStore("file", True, folder, f"{setting}: {name}")
 
 
-def _service(host: Host) -> str:
-    return f"ally plugin config {os.path.realpath(host.paths.config_dir)}"
+def _service(home: ConfigHome) -> str:
+    return f"ally plugin config {os.path.realpath(home.config_dir)}"
 
 
 def _username(pid: str, key: str) -> str:
@@ -232,7 +274,7 @@ def _ring_call(name: str, what: str, call: Callable[[], Any], hide: Sequence[Any
 
 
 def _ring_read(
-    host: Host, name: str, pid: str, keys: Sequence[str], backend: Any
+    home: ConfigHome, name: str, pid: str, keys: Sequence[str], backend: Any
 ) -> dict[str, Any]:
     """The values of ``keys`` in the keyring (a key whose entry is gone is left out)."""
     out = {}
@@ -240,7 +282,7 @@ def _ring_read(
         text = _ring_call(
             name,
             f"read {key!r}",
-            functools.partial(backend.get_password, _service(host), _username(pid, key)),
+            functools.partial(backend.get_password, _service(home), _username(pid, key)),
         )
         if text is None:
             continue
@@ -251,41 +293,42 @@ def _ring_read(
     return out
 
 
-def _sole_dir(host: Host, name: str) -> Optional[str]:
+def _sole_dir(home: ConfigHome, name: str) -> Optional[str]:
     """The plugin directory declaring ``name`` if exactly one does (duplicates are blocked)."""
     dirs = [
-        s.plugin_dir for s in host.discover() if s.manifest is not None and s.manifest.name == name
+        s.plugin_dir for s in home.discover() if s.manifest is not None and s.manifest.name == name
     ]
     return plugin_id(dirs[0]) if len(dirs) == 1 else None
 
 
-def _migrated(host: Host, name: str, data: dict[str, Any]) -> Optional[dict[str, Any]]:
+def _migrated(home: ConfigHome, name: str, data: dict[str, Any]) -> Optional[dict[str, Any]]:
     """A file of the format before directories (one flat object per name), bound to the
     directory that declares ``name`` now, if exactly one does; else None (given to nobody)."""
-    pid = _sole_dir(host, name)
+    pid = _sole_dir(home, name)
     if pid is None:
         return None
     current = {"format": STORE_FORMAT, "plugin": name, "dirs": {pid: {"values": data}}}
     try:
-        _write_file(host, name, current)
+        _write_file(home, name, current)
     except ConfigError:
         log.debug("%s: stored config not migrated (kept as it was)", name)
     return current
 
 
 def load_stored(
-    host: Host, name: str, plugin_dir: str | os.PathLike[str] | None = None
+    where: Where, name: str, plugin_dir: str | os.PathLike[str] | None = None
 ) -> dict[str, Any]:
     """The values stored for the plugin ``name`` in ``plugin_dir`` (default: the one directory
     declaring ``name``). Values stored for another directory are never returned."""
-    data = _read_file(host, name)
+    home = _home(where)
+    data = _read_file(home, name)
     if data is None:
         return {}
-    pid = plugin_id(plugin_dir) if plugin_dir is not None else _sole_dir(host, name)
+    pid = plugin_id(plugin_dir) if plugin_dir is not None else _sole_dir(home, name)
     if pid is None:
         return {}
     if not _is_current(data):
-        migrated = _migrated(host, name, data)
+        migrated = _migrated(home, name, data)
         if migrated is None:
             return {}
         data = migrated
@@ -300,31 +343,33 @@ def load_stored(
                 f"not usable now: {why} (set {'it' if len(in_keyring) == 1 else 'them'} again "
                 "to store in the file instead)"
             )
-        values.update(_ring_read(host, name, pid, in_keyring, backend))
+        values.update(_ring_read(home, name, pid, in_keyring, backend))
     return values
 
 
 def stored_view(
-    host: Host, manifest: Manifest, plugin_dir: str | os.PathLike[str]
+    where: Where, manifest: Manifest, plugin_dir: str | os.PathLike[str]
 ) -> dict[str, Any]:
     """The stored values of the plugin in ``plugin_dir`` as ``config show`` prints them:
     secrets masked, and those in the OS keyring not read at all."""
-    data = _read_file(host, manifest.name)
+    home = _home(where)
+    data = _read_file(home, manifest.name)
     if data is None:
         return {}
     pid = plugin_id(plugin_dir)
     if not _is_current(data):
-        values = load_stored(host, manifest.name, plugin_dir)
+        values = load_stored(home, manifest.name, plugin_dir)
         return mask_values(manifest, values)
     values = _entry(data, pid)
     values.update(dict.fromkeys(_in_keyring(data, pid), MASK))
     return mask_values(manifest, values)
 
 
-def stored_elsewhere(host: Host, name: str, plugin_dir: str | os.PathLike[str]) -> list[str]:
+def stored_elsewhere(where: Where, name: str, plugin_dir: str | os.PathLike[str]) -> list[str]:
     """The other directories the stored config of ``name`` holds values for (never used for
     ``plugin_dir``: a plugin directory that moved or a second one declaring the same name)."""
-    data = _read_file(host, name)
+    home = _home(where)
+    data = _read_file(home, name)
     if data is None or not _is_current(data):
         return []
     pid = plugin_id(plugin_dir)
@@ -333,10 +378,10 @@ def stored_elsewhere(host: Host, name: str, plugin_dir: str | os.PathLike[str]) 
     )
 
 
-def _write_file(host: Host, name: str, data: Mapping[str, Any]) -> None:
+def _write_file(home: ConfigHome, name: str, data: Mapping[str, Any]) -> None:
     from .store import write_atomic
 
-    path = _store_path(host, name)
+    path = _store_path(home, name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode(), mode=0o600)
@@ -349,7 +394,7 @@ def _write_file(host: Host, name: str, data: Mapping[str, Any]) -> None:
 
 
 def _update(
-    host: Host,
+    home: ConfigHome,
     manifest: Manifest,
     plugin_dir: str | os.PathLike[str] | None,
     key: str,
@@ -361,8 +406,8 @@ def _update(
     from filelock import FileLock
 
     name = manifest.name
-    pid = plugin_id(plugin_dir) if plugin_dir is not None else _plugin_dir_of(host, name)
-    path = _store_path(host, name)
+    pid = plugin_id(plugin_dir) if plugin_dir is not None else _plugin_dir_of(home, name)
+    path = _store_path(home, name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = FileLock(str(path.with_name(".lock")))
@@ -373,9 +418,9 @@ def _update(
             f"{name}: cannot store config in {where}: {exc.strerror or exc}"
         ) from None
     try:
-        data = _read_file(host, name)
+        data = _read_file(home, name)
         if data is not None and not _is_current(data):
-            data = _migrated(host, name, data)
+            data = _migrated(home, name, data)
             if data is None:
                 # Never overwrite values an older ally stored while it is unclear whose they are.
                 raise ConfigError(
@@ -385,13 +430,13 @@ def _update(
                 )
         if data is None:
             data = {"format": STORE_FORMAT, "plugin": name, "dirs": {}}
-        return _apply(host, manifest, data, pid, key, change)
+        return _apply(home, manifest, data, pid, key, change)
     finally:
         lock.release()
 
 
 def _apply(
-    host: Host,
+    home: ConfigHome,
     manifest: Manifest,
     data: dict[str, Any],
     pid: str,
@@ -399,12 +444,12 @@ def _apply(
     change: Callable[[dict[str, Any]], bool],
 ) -> bool:
     name = manifest.name
-    store = secret_store(host)
+    store = secret_store(home)
     in_keyring = _in_keyring(data, pid)
     backend: Any = None
     if store.backend == "keyring" or in_keyring:
         backend = _keyring()[0]
-    ringed = _ring_read(host, name, pid, in_keyring, backend) if backend is not None else {}
+    ringed = _ring_read(home, name, pid, in_keyring, backend) if backend is not None else {}
     # Keyring entries that cannot be read now stay where they are, unless this changes them.
     unread = [k for k in in_keyring if k not in ringed and k.upper() != key.upper()]
     values = {**_entry(data, pid), **ringed}
@@ -425,7 +470,7 @@ def _apply(
     secret = {k: v for k, v in values.items() if k not in plain}
     # Keyring first: the file never names a keyring entry that is not there.
     written: dict[str, Any] = {}
-    service = _service(host)
+    service = _service(home)
     try:
         for k, v in secret.items():
             if k in ringed and ringed[k] == v:
@@ -446,7 +491,7 @@ def _apply(
             data["dirs"][pid] = entry
         else:
             data["dirs"].pop(pid, None)
-        _write_file(host, name, data)
+        _write_file(home, name, data)
     except BaseException:
         for k, old in written.items():  # put the keyring back as the file still says
             with contextlib.suppress(Exception):
@@ -465,15 +510,15 @@ def _apply(
 _GONE = object()
 
 
-def _plugin_dir_of(host: Host, name: str) -> str:
-    source = host.source(name)
+def _plugin_dir_of(home: ConfigHome, name: str) -> str:
+    source = home.source(name)
     if source.manifest is None:
         raise source.error or PluginNotFound(name)
     return plugin_id(source.plugin_dir)
 
 
 def set_stored(
-    host: Host,
+    where: Where,
     manifest: Manifest,
     key: str,
     raw: str,
@@ -482,6 +527,7 @@ def set_stored(
 ) -> Any:
     """Store one value (validated against the manifest's config schema) for the plugin in
     ``plugin_dir`` (default: the one directory declaring ``manifest.name``); return it typed."""
+    home = _home(where)
     key = canonical_key(manifest, key)
     value = _coerce(manifest, key, raw)
 
@@ -491,7 +537,7 @@ def set_stored(
         _validate(manifest, values, partial=True)
         return True
 
-    _update(host, manifest, plugin_dir, key, change)
+    _update(home, manifest, plugin_dir, key, change)
     return value
 
 
@@ -504,13 +550,14 @@ def _drop(values: dict[str, Any], key: str) -> bool:
 
 
 def unset_stored(
-    host: Host,
+    where: Where,
     manifest: Manifest,
     key: str,
     *,
     plugin_dir: str | os.PathLike[str] | None = None,
 ) -> bool:
     """Remove one stored value of the plugin in ``plugin_dir``; return whether it was set."""
+    home = _home(where)
 
     key = canonical_key(manifest, key)
 
@@ -519,7 +566,7 @@ def unset_stored(
             check_key(manifest, key)  # not stored: a typo gets a guess, not "was not set"
         return _drop(values, key)
 
-    return _update(host, manifest, plugin_dir, key, change)
+    return _update(home, manifest, plugin_dir, key, change)
 
 
 def _check_key_text(manifest: Manifest, key: Any) -> None:
@@ -657,8 +704,9 @@ def _validate(manifest: Manifest, values: Mapping[str, Any], *, partial: bool = 
         )
 
 
-def resolve_config(host: Host, plugin: PluginOutcome, given: Mapping[str, Any]) -> dict[str, str]:
+def resolve_config(where: Where, plugin: PluginOutcome, given: Mapping[str, Any]) -> dict[str, str]:
     """Defaults < stored < given, validated, as strings for ``PLUGIN_CONFIG_*``."""
+    home = _home(where)
     manifest = plugin.manifest
     if manifest is None:
         return {}
@@ -667,7 +715,7 @@ def resolve_config(host: Host, plugin: PluginOutcome, given: Mapping[str, Any]) 
     for key, prop in (schema.get("properties") or {}).items():
         if isinstance(prop, dict) and "default" in prop:
             values[key] = prop["default"]
-    for key, value in load_stored(host, manifest.name, plugin.plugin_dir).items():
+    for key, value in load_stored(home, manifest.name, plugin.plugin_dir).items():
         values[canonical_key(manifest, key)] = value
     for key, value in given.items():
         key = canonical_key(manifest, key)

@@ -19,7 +19,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Callable, Optional, Protocol
 
-from .envs import Health, Problem
 from .errors import InstallFailed
 
 __all__ = [
@@ -28,7 +27,6 @@ __all__ = [
     "clean_environ",
     "error_lines",
     "kill_process_group",
-    "run_checks",
     "run_installer",
 ]
 
@@ -353,57 +351,3 @@ def _cmdline(argv: Sequence[str]) -> str:
 
     text = " ".join(shlex.quote(strip_credentials(a)) for a in argv)
     return text if len(text) < 200 else text[:197] + "..."
-
-
-def run_checks(
-    checks: Sequence[tuple[str, Sequence[str], Mapping[str, str]]],
-    *,
-    cwd: Path,
-    timeout: float = 120.0,
-) -> Health:
-    """Run ``(label, argv, env)`` deep checks; each one that fails or cannot run is a problem.
-
-    The checks run at the same time (they are independent reads of one env), so a build's
-    check phase costs its slowest check, not their sum. A problem reads
-    ``"<label>: <last lines of its output>"``, in the order of ``checks``.
-    For ``health_check(deep=True)``.
-    """
-    # Each check's process, or why it could not start; in the order of ``checks``.
-    started: list[tuple[str, subprocess.Popen[bytes] | str]] = []
-    for label, argv, environ in checks:
-        try:
-            child = subprocess.Popen(
-                list(argv),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=dict(environ),
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-            )
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            started.append((label, f"could not run: {exc}"))
-        else:
-            started.append((label, child))
-    deadline = time.monotonic() + timeout
-    problems = []
-    try:
-        for label, proc in started:
-            if isinstance(proc, str):
-                problems.append(Problem(f"{label}: {proc}"))
-                continue
-            try:
-                out, _ = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                problems.append(Problem(f"{label}: timed out after {timeout:g} s"))
-                continue
-            if proc.returncode != 0:
-                text = out.decode("utf-8", "replace").strip().splitlines()
-                problems.append(Problem(f"{label}: " + " | ".join(text[-3:])))
-    finally:
-        for _, left in started:
-            if not isinstance(left, str) and left.poll() is None:
-                left.kill()
-                left.wait()
-    return Health(tuple(problems))

@@ -12,6 +12,7 @@ __all__ = [
     "did_you_mean",
     "log",
     "mask_text",
+    "one_line",
     "printable",
     "version_key",
     "version_sorted",
@@ -110,3 +111,16 @@ def version_key(text: str) -> tuple[int, Any, str]:
 def version_sorted(versions: Iterable[str]) -> list[str]:
     """``versions`` without repeats, oldest first, compared as versions (:func:`version_key`)."""
     return sorted(set(versions), key=version_key)
+
+
+def one_line(error: BaseException, plugin: str = "") -> str:
+    """An error's text on one line (its lines joined with `` | ``), else its class name.
+
+    With ``plugin``, without a leading ``"<plugin>: "``: the reason of that plugin's outcome,
+    which carries its name already (a name is said once per message).
+    """
+    text = " | ".join(line for line in str(error).splitlines() if line.strip()) or (
+        error.__class__.__name__
+    )
+    prefix = f"{plugin}: "
+    return text[len(prefix) :] if plugin and text.startswith(prefix) else text

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Optional
+from typing import IO, TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 import attrs
 
@@ -45,12 +45,15 @@ from .replies import ToolResult, interpret_reply, mask_text
 from .text import log
 
 if TYPE_CHECKING:
+    from .config import Settings
     from .envs import EnvInfo
-    from .loader import Host, PluginOutcome
+    from .outcomes import PluginOutcome
+    from .plugin_config import ConfigHome
 
 __all__ = [
     "PASSED_VARS",
     "FormRequest",
+    "ToolHost",
     "ToolResult",
     "build_command",
     "mask_text",
@@ -112,6 +115,16 @@ LOCALE_VARS = frozenset(
     }
 )
 GRACE_SECONDS = 2.0
+
+
+class ToolHost(Protocol):
+    """What running a tool needs from its host: settings and where plugin config is kept
+    (a :class:`~ally_core.Host` is one)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    def config_home(self) -> ConfigHome: ...
 
 
 def build_command(plugin_dir: Path, tool: Tool, env: Optional[EnvInfo], path: str) -> list[str]:
@@ -318,7 +331,7 @@ class _Call:
 
 
 def run_tool(
-    host: Host,
+    host: ToolHost,
     plugin: PluginOutcome,
     tool: Tool,
     arguments: Any = None,
@@ -467,7 +480,7 @@ Launcher = Callable[[CallScope], Optional[ToolProcess]]
 
 
 def _warm_launcher(
-    host: Host, plugin: PluginOutcome, tool: Tool, argv: list[str], environ: dict[str, str]
+    host: ToolHost, plugin: PluginOutcome, tool: Tool, argv: list[str], environ: dict[str, str]
 ) -> Optional[Launcher]:
     """The host's warm workers (``Host(warm_workers=True)``, :mod:`ally_core.workers`)."""
     pool = getattr(host, "workers", None)  # a host-like object without workers spawns

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-import ally_core.loader
+import ally_core.discovery
 from ally_core import Host
 from ally_core.warm_index import INDEX_NAME, WarmIndex, decode
 
@@ -34,7 +34,7 @@ def _write(plugins: Path, name: str, text: str) -> Path:
 def _settle() -> None:
     """Wait until every file written so far counts as settled (its ctime too: os.utime
     cannot age a ctime)."""
-    time.sleep(ally_core.loader.SETTLE_NS / 1e9 + 0.2)
+    time.sleep(ally_core.discovery.SETTLE_NS / 1e9 + 0.2)
 
 
 def _listed(ally_cli: Any, env: dict[str, str]) -> dict[str, Any]:
@@ -142,13 +142,13 @@ def test_a_manifest_over_the_limit_is_never_read(
     huge = make_plugin("huge") / "plugin.json"
     os.truncate(huge, 50 * 1024 * 1024)
     read: list[str] = []
-    real = ally_core.loader.load_manifest
+    real = ally_core.discovery.load_manifest
 
     def spy(plugin_dir: Path, **kw: Any) -> Any:
         read.append(plugin_dir.name)
         return real(plugin_dir, **kw)
 
-    monkeypatch.setattr(ally_core.loader, "load_manifest", spy)
+    monkeypatch.setattr(ally_core.discovery, "load_manifest", spy)
     outcomes = {o.name: o for o in Host(ally_home).load()}
     assert outcomes["ok"].ready
     assert not outcomes["huge"].ready and "larger than the limit" in outcomes["huge"].reason
@@ -168,7 +168,7 @@ def test_a_manifest_growing_after_its_size_was_checked_is_read_only_up_to_the_li
             (plugin / "plugin.json").write_text(json.dumps({"name": "grows", "d": "z" * 10**7}))
         return result
 
-    monkeypatch.setattr(ally_core.loader.os, "stat", stat_then_grow)
+    monkeypatch.setattr(ally_core.discovery.os, "stat", stat_then_grow)
     (outcome,) = Host(ally_home).load()
     assert not outcome.ready
     assert outcome.reason.endswith("larger than 1048576 bytes"), outcome.reason
@@ -179,18 +179,18 @@ def test_an_unexpected_error_loading_one_manifest_blocks_only_that_plugin(
 ) -> None:
     make_plugin("ok")
     make_plugin("odd")
-    real = ally_core.loader.load_manifest
+    real = ally_core.discovery.load_manifest
 
     def flaky(plugin_dir: Path, **kw: Any) -> Any:
         if plugin_dir.name == "odd":
             raise MemoryError()
         return real(plugin_dir, **kw)
 
-    monkeypatch.setattr(ally_core.loader, "load_manifest", flaky)
+    monkeypatch.setattr(ally_core.discovery, "load_manifest", flaky)
     outcomes = {o.name: o for o in Host(ally_home).load()}
     assert outcomes["ok"].ready
     assert outcomes["odd"].status == "blocked"
-    assert outcomes["odd"].reason == "odd: plugin.json: too large to load"
+    assert outcomes["odd"].reason == "plugin.json: too large to load"
 
 
 def test_the_warm_index_never_stores_a_value_too_deep_to_encode(tmp_path: Path) -> None:

@@ -173,7 +173,7 @@ def test_documented_location_of_stored_plugin_config_is_where_ally_writes_it(all
     from ally_core.plugin_config import _store_path
 
     host = Host(ally_home)
-    where = _store_path(host, "NAME").relative_to(host.paths.config_dir).as_posix()
+    where = _store_path(host.config_home(), "NAME").relative_to(host.paths.config_dir).as_posix()
     documented = where.replace("NAME", "<name>")
     for page in ("security.md", "configuration.md"):
         text = (DOCS / page).read_text("utf-8")

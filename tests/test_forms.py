@@ -397,7 +397,7 @@ def test_ally_run_refuses_a_form_response_that_is_not_an_object(
 ) -> None:
     _asker(make_plugin)
     proc = ally_cli(
-        "run", "forms", "ask", "--input", json.dumps({"forms": [_form()]}),
+        "run", "-q", "forms", "ask", "--input", json.dumps({"forms": [_form()]}),
         "--form-response", given,
     )  # fmt: skip
     assert proc.returncode == 1 and proc.stdout == ""
@@ -406,7 +406,9 @@ def test_ally_run_refuses_a_form_response_that_is_not_an_object(
 
 def test_ally_run_without_a_terminal_cancels_and_says_so(make_plugin: Any, ally_cli: Any) -> None:
     _asker(make_plugin)
-    proc = ally_cli("run", "forms", "ask", "--input", json.dumps({"forms": [_form()]}), input="")
+    proc = ally_cli(
+        "run", "-q", "forms", "ask", "--input", json.dumps({"forms": [_form()]}), input=""
+    )  # fmt: skip
     # The tool decides what a cancel means; this one still succeeds.
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"success": True, "answers": [CANCELLED]}

@@ -44,7 +44,7 @@ def test_the_public_api_is_imported_on_first_use():
         "import json, sys, ally_core\n"
         "before = sorted(m for m in sys.modules if m.startswith('ally_core'))\n"
         "from ally_core import Host\n"
-        "print(json.dumps([before, 'ally_core.loader' in sys.modules]))\n"
+        "print(json.dumps([before, 'ally_core.host' in sys.modules]))\n"
     )
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

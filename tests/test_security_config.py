@@ -351,14 +351,16 @@ def _deep_schema(depth: int) -> dict[str, Any]:
 
 
 def test_a_deeply_nested_config_schema_is_one_line(ally_home: Path, make_plugin, ally_cli):
-    # Deeper than jsonschema can follow (about 100 levels), shallow enough for the warm index.
+    # Deeper than jsonschema can follow (about 100 levels): plugin.json is refused when it is
+    # loaded (nothing ally accepts is too deep for its own checks), its plugin blocked.
     _plugin(make_plugin, schema=_deep_schema(150))
     listed = json.loads(_ok(ally_cli("list", "--json")))["plugins"]
-    assert listed[0]["status"] == "ready", listed
+    assert listed[0]["status"] == "blocked", listed
+    assert listed[0]["reason"] == "plugin.json: $.config: nested more than 100 levels deep"
     line = _fails(ally_cli("config", "set", "safe", "token", "x"))
-    assert "nested too deeply" in line
+    assert "nested more than 100 levels deep" in line
     line = _fails(ally_cli("run", "safe", "env", "--input", "{}"))
-    assert "nested too deeply" in line
+    assert "nested more than 100 levels deep" in line
 
 
 def test_a_deeply_nested_config_value_is_one_line(ally_home: Path, make_plugin, main_in_process):

@@ -141,7 +141,7 @@ def test_timeout_kills_the_tool_and_its_child_that_ignore_sigterm(
         plugin_dir = _spawner(make_plugin, timeout if via == "plugin.json" else None)
         if via.startswith("cli"):
             proc = ally_cli(
-                "run", "spawner", "hang", "--timeout", str(timeout), "--input", "{}",
+                "run", "-q", "spawner", "hang", "--timeout", str(timeout), "--input", "{}",
                 env=NO_CGROUP if via.endswith("cgroup") else None,
             )  # fmt: skip
             assert proc.returncode == 1 and proc.stdout == "", proc.stdout + proc.stderr

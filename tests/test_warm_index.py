@@ -27,10 +27,11 @@ from typing import Any, Callable, Optional
 import attrs
 import pytest
 
-import ally_core.loader
+import ally_core.discovery
 import ally_core.store
 from ally_core import EnvInfo, EnvSpec, Health, Host, InstallResult, Interpreter, hookimpl
 from ally_core.__about__ import __version__
+from ally_core.keys import KeyMaker
 from ally_core.manifest import load_manifest
 from ally_core.plugin_manager import make_plugin_manager
 from ally_core.warm_index import INDEX_NAME, decode, encode, file_identity
@@ -56,7 +57,7 @@ def files_settle_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     from files changed in the last seconds out of the index (their identity could repeat on
     filesystems with coarse timestamps); here files count as settled at once. The settle
     window itself is tested by ``test_fresh_files_are_indexed_only_once_they_settled``."""
-    monkeypatch.setattr(ally_core.loader, "SETTLE_NS", 0)
+    monkeypatch.setattr(ally_core.discovery, "SETTLE_NS", 0)
 
 
 def index_path(home: Path) -> Path:
@@ -150,7 +151,7 @@ def test_new_host_loads_ready_plugins_from_the_index_without_parsing_or_env_iden
     host = Host(ally_home)
     with monkeypatch.context() as m, hook_calls(host) as calls, no_spawn():
         # Neither a plugin.json nor an env marker is parsed: both come from the index.
-        m.setattr(ally_core.loader, "load_manifest", refuse)
+        m.setattr(ally_core.discovery, "load_manifest", refuse)
         m.setattr(ally_core.store, "json", types.SimpleNamespace(loads=refuse, dumps=json.dumps))
         outcomes = host.load()
     assert_all_ready_and_warm(outcomes, set(ready))
@@ -265,7 +266,7 @@ def test_changed_index_configuration_recomputes_every_key(
     change: Callable[..., None],
 ) -> None:
     old = Host(ally_home)
-    before = {n: old._spec_and_key(old.source(n))[1] for n in WITH_DEPS}
+    before = {n: old.keys.spec_and_key(old.source(n))[1] for n in WITH_DEPS}
     change(ally_home, tmp_path, monkeypatch)
     host = Host(ally_home)
     with hook_calls(host) as calls, no_spawn():
@@ -277,7 +278,7 @@ def test_changed_index_configuration_recomputes_every_key(
         "gamma": ("pending", "needs rebuild: package index settings changed"),
         "plain": ("ready", ""),
     }
-    after = {n: host._spec_and_key(host.source(n))[1] for n in WITH_DEPS}
+    after = {n: host.keys.spec_and_key(host.source(n))[1] for n in WITH_DEPS}
     assert all(after[n] != before[n] for n in WITH_DEPS)
 
 
@@ -545,10 +546,10 @@ def test_index_that_cannot_be_written_still_loads(
 
 CONCURRENT_LOADS = """\
 import json, os, sys, time
-import ally_core.loader
+import ally_core.discovery
 from ally_core import Host
 from ally_core.warm_index import decode
-ally_core.loader.SETTLE_NS = 0  # as in this module's tests: the plugins were just written
+ally_core.discovery.SETTLE_NS = 0  # as in this module's tests: the plugins were just written
 home, index, rounds, gate = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 # Start together: each says it is ready, then waits for the other.
 open(os.path.join(gate, str(os.getpid())), "w").close()
@@ -777,8 +778,8 @@ def test_runtime_without_a_usable_env_context_persists_no_keys(
     data = read_index(ally_home)
     assert data["keys"] == {}
     assert len(data["manifests"]) == 2
-    assert host._context("plain-rt") is None
-    assert isinstance(host._context("python3"), str)
+    assert host.keys.context("plain-rt") is None
+    assert isinstance(host.keys.context("python3"), str)
 
     # Every new Host asks the runtime again, once per plugin: its key may have changed.
     for _ in range(2):
@@ -867,13 +868,13 @@ def test_spec_and_key_from_the_index_equal_those_spec_for_and_request_key_give(
     )
 
     first = Host(ally_home)
-    keys = {s.name: first._spec_and_key(s)[1] for s in first.discover()}
+    keys = {s.name: first.keys.spec_and_key(s)[1] for s in first.discover()}
     assert first.index.save()
 
     host = Host(ally_home)
     with hook_calls(host) as calls, no_spawn():
         sources = host.discover()
-        indexed = {s.name: host._spec_and_key(s) for s in sources}
+        indexed = {s.name: host.keys.spec_and_key(s) for s in sources}
     assert identity_calls(calls) == []
     assert sorted(indexed) == ["bundled", "commanded", "described", "nested"]
     for source in sources:
@@ -954,7 +955,7 @@ def test_runtime_packages_register_the_warm_index_hooks(runtime: str) -> None:
 def test_fresh_files_are_indexed_only_once_they_settled(
     ally_home: Path, make_plugin: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ally_core.loader, "SETTLE_NS", 5_000_000_000)
+    monkeypatch.setattr(ally_core.discovery, "SETTLE_NS", 5_000_000_000)
     plugin = make_plugin(
         "fresh",
         {"runtime": "python3", "dependencies": {"file": "requirements.txt"}, "tools": [HELLO]},
@@ -971,7 +972,7 @@ def test_fresh_files_are_indexed_only_once_they_settled(
 
     # Once the files are older than the window, the next load of the same Host saves what it
     # already knows (no parsing, no env_identity), and a new process uses it.
-    monkeypatch.setattr(ally_core.loader, "SETTLE_NS", 0)
+    monkeypatch.setattr(ally_core.discovery, "SETTLE_NS", 0)
     with hook_calls(host) as calls:
         host.load()
     assert identity_calls(calls) == []
@@ -984,15 +985,15 @@ def test_a_key_computed_while_the_configuration_changed_is_not_remembered(
     ally_home: Path, ready: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     index_path(ally_home).unlink()
-    original = Host.request_inputs
+    original = KeyMaker.request_inputs
 
-    def request_inputs_while_pip_conf_changes(self: Host, spec: EnvSpec) -> Any:
+    def request_inputs_while_pip_conf_changes(self: KeyMaker, spec: EnvSpec) -> Any:
         # Another thread (or `pip config set`) changes the index configuration mid-load.
         inputs = original(self, spec)
         monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:9/{spec.plugin_name}/simple")
         return inputs
 
-    monkeypatch.setattr(Host, "request_inputs", request_inputs_while_pip_conf_changes)
+    monkeypatch.setattr(KeyMaker, "request_inputs", request_inputs_while_pip_conf_changes)
     Host(ally_home).load()
     assert read_index(ally_home)["keys"] == {}
 
@@ -1015,7 +1016,7 @@ def test_an_env_identity_without_env_context_turns_the_index_off_for_keys(
     host = Host(ally_home, plugin_manager=pm)
     # The built-in python runtime still answers env_context, but another plugin's
     # env_identity may answer first with inputs no context describes.
-    assert host._context("python3") is None
+    assert host.keys.context("python3") is None
     index_path(ally_home).unlink()
     host.load()
     assert read_index(ally_home)["keys"] == {}
@@ -1025,10 +1026,10 @@ def test_an_env_identity_without_env_context_turns_the_index_off_for_keys(
 
 
 def test_registered_plugins_are_part_of_the_context(ally_home: Path) -> None:
-    plain = Host(ally_home)._context("python3")
+    plain = Host(ally_home).keys.context("python3")
     pm = make_plugin_manager({})
     pm.register(types.SimpleNamespace(), name="an-observer")
-    assert Host(ally_home, plugin_manager=pm)._context("python3") not in (None, plain)
+    assert Host(ally_home, plugin_manager=pm).keys.context("python3") not in (None, plain)
 
 
 # -- the file format, directly -----------------------------------------------------------------

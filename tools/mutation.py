@@ -140,9 +140,9 @@ TARGETS: dict[str, Target] = {
         timeout=1800,
     ),
     "python.health": Target(
-        "ally_core/runtimes/python.py",
+        "ally_core/runtimes/python/checks.py",
         ["tests/test_store.py", "tests/test_python_checks.py", "tests/test_publish_guarantees.py"],
-        functions=("health_check", "pyvenv_cfg_problem", "verify_records"),
+        functions=("check_env", "pyvenv_cfg_problem", "verify_records"),
     ),
 }
 
@@ -245,7 +245,7 @@ HAND: dict[str, Hand] = {
         "the pyvenv.cfg cheap check removed",
         [
             (
-                "ally_core/runtimes/python.py",
+                "ally_core/runtimes/python/checks.py",
                 '    if not os.path.isfile(f"{spec.env_dir}{os.sep}pyvenv.cfg"):',
                 "    if False:",
             )
@@ -254,7 +254,7 @@ HAND: dict[str, Hand] = {
     ),
     "pyvenv-content-unchecked": Hand(
         "the deep check no longer reads pyvenv.cfg",
-        [("ally_core/runtimes/python.py", "    if cfg is not None:", "    if False:")],
+        [("ally_core/runtimes/python/checks.py", "    if cfg is not None:", "    if False:")],
         ["tests/test_store.py", "-k", "pyvenv"],
     ),
     "config-dir-0755": Hand(
@@ -262,9 +262,14 @@ HAND: dict[str, Hand] = {
         [
             (
                 "ally_core/plugin_config.py",
-                "parents=True, exist_ok=True, mode=0o700)",
-                "parents=True, exist_ok=True, mode=0o755)",
-            )
+                "exist_ok=True, mode=0o700)\n        write_atomic(",
+                "exist_ok=True, mode=0o755)\n        write_atomic(",
+            ),
+            (
+                "ally_core/plugin_config.py",
+                "exist_ok=True, mode=0o700)\n        lock = FileLock(",
+                "exist_ok=True, mode=0o755)\n        lock = FileLock(",
+            ),
         ],
         ["tests/test_plugin_config_guarantees.py"],
     ),
@@ -301,9 +306,9 @@ HAND: dict[str, Hand] = {
         [
             (
                 "ally_core/tools.py",
-                "        proc = subprocess.Popen(\n            argv,\n",
-                "        proc = subprocess.Popen(\n"
-                "            ['/bin/sh', '-c', ' '.join(argv)],\n",
+                "            proc = subprocess.Popen(\n                argv,\n",
+                "            proc = subprocess.Popen(\n"
+                "                ['/bin/sh', '-c', ' '.join(argv)],\n",
             )
         ],
         ["tests/test_tools.py", "-k", "metacharacters"],

@@ -36,7 +36,7 @@ from ..process import cancel_token
 if TYPE_CHECKING:
     from ..envs import ProgressEvent
     from ..forms import FormRequest
-    from ..loader import Host, PluginOutcome
+    from ..host import Host, PluginOutcome
     from ..replies import ToolResult
 
 __all__ = [

@@ -45,7 +45,7 @@ from .catalog import Catalog, Entry, Masker, describe, form_request_schema, resu
 if TYPE_CHECKING:
     from ..envs import ProgressEvent
     from ..forms import FormRequest
-    from ..loader import Host
+    from ..host import Host
     from ..replies import ToolResult
 
 __all__ = ["POLL_SECONDS", "AllyServer", "parse_http_address", "serve"]

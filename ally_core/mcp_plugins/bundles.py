@@ -13,20 +13,23 @@ directory alone (no index, no registry, no resolve), and so are later repairs.
 
 from __future__ import annotations
 
-import json
-import os
 import platform
-import secrets
 import shutil
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import attrs
 
-from ..bundle import ARTIFACTS_DIR, BUNDLE_FORMAT, BundleError, _copy_plugin, _sha256
+from ..bundle import (
+    ARTIFACTS_DIR,
+    BUNDLE_FORMAT,
+    BundleError,
+    _copy_plugin,
+    _sha256,
+    write_archive,
+)
 from ..errors import PluginNotFound
 from ..store import now_iso
 from .discovery import BUNDLE_SUBDIR, ServerRef, find_plugin
@@ -34,7 +37,7 @@ from .servers import ensure_servers
 from .specs import server_spec
 
 if TYPE_CHECKING:
-    from ..loader import Host, ProgressCallback
+    from ..host import Host, ProgressCallback
 
 __all__ = ["make_server_bundle"]
 
@@ -100,14 +103,5 @@ def make_server_bundle(
             "created_at": now_iso(),
             "files": files,
         }
-        (stage / "bundle.json").write_text(json.dumps(info, indent=2, sort_keys=True), "utf-8")
-        output.parent.mkdir(parents=True, exist_ok=True)
-        partial = output.with_name(f".{output.name}.{secrets.token_hex(4)}.part")
-        try:
-            with tarfile.open(partial, "w:gz") as tar:
-                tar.add(stage / "bundle.json", arcname="bundle.json")
-                tar.add(stage / "plugin", arcname="plugin")
-            os.replace(partial, output)
-        finally:
-            partial.unlink(missing_ok=True)
+        write_archive(stage, info, output)
     return output

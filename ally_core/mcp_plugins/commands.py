@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
     from ..envs import Health
-    from ..loader import Host
+    from ..host import Host
     from .servers import ServerOutcome
 
 # The modules that read Claude-style plugins and build their servers' envs (discovery,
@@ -81,7 +81,7 @@ def mcp_subparsers(sub: Any) -> Any:
 
 def add_mcp_commands(sub: Any) -> None:
     """Register ``ally mcp launch`` and ``ally mcp config`` on the CLI's sub-command group."""
-    from ..cli import _build_options, _verbosity  # -q/-v, -j: the same on every command
+    from ..cli_options import _build_options, _verbosity  # the same on every command
 
     group = mcp_subparsers(sub)
     p = group.add_parser(
@@ -146,7 +146,8 @@ def _ally_args(args: argparse.Namespace, host: Host) -> list[str]:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from ..cli import _host, _reporter, _say
+    from ..cli import _host
+    from ..cli_common import _reporter, _say
     from .config import config_document
 
     host = _host(args)
@@ -252,7 +253,7 @@ def server_json(outcome: ServerOutcome) -> dict[str, Any]:
 
 
 def print_servers(outcomes: Sequence[ServerOutcome]) -> None:
-    from ..cli import _say  # names and reasons come from plugins: shown escaped
+    from ..cli_common import _say  # names and reasons come from plugins: shown escaped
 
     extra = {
         "built": " (installed)",

@@ -25,7 +25,7 @@ from .manifest import (
 )
 
 if TYPE_CHECKING:
-    from ..loader import Host
+    from ..host import Host
 
 __all__ = [
     "PluginEntry",

@@ -28,7 +28,7 @@ from .servers import ensure_server, server_status
 from .warm_launch import exec_server, read_record, server_argv, server_environ
 
 if TYPE_CHECKING:
-    from ..loader import Host
+    from ..host import Host
 
 __all__ = ["host_arguments", "launch"]
 
@@ -151,7 +151,7 @@ def build_detached(host: Host, ref: ServerRef, builder_args: Sequence[str]) -> i
 
 def build_main(argv: Sequence[str]) -> int:
     """The detached builder: ``python -m ally_core.mcp_plugins.launch [ALLY OPTIONS] -- P S``."""
-    from ..loader import Host
+    from ..host import Host
     from ..progress import LogReporter
 
     parser = argparse.ArgumentParser(prog="ally-mcp-builder")

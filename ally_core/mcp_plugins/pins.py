@@ -30,7 +30,7 @@ from .launchers import Launcher
 from .specs import PINS_FORMAT, ProgressCallback, make_spec
 
 if TYPE_CHECKING:
-    from ..loader import Host
+    from ..host import Host
 
 __all__ = ["resolve", "write_pins"]
 

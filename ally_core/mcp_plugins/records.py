@@ -22,7 +22,7 @@ from .launchers import Launcher
 from .warm_launch import RECORD_FORMAT, content_digest, dump_record, file_identity
 
 if TYPE_CHECKING:
-    from ..loader import Host
+    from ..host import Host
 
 __all__ = ["command_line", "make_record", "save_record"]
 

@@ -32,7 +32,7 @@ from .records import make_record, save_record
 from .specs import ProgressCallback, bundle_dir, labelled, no_progress, server_spec
 
 if TYPE_CHECKING:
-    from ..loader import Host
+    from ..host import Host
 
 __all__ = [
     "ServerOutcome",

@@ -19,7 +19,7 @@ from .discovery import BUNDLE_SUBDIR, PINS, ServerRef, state_dir
 from .launchers import Launcher
 
 if TYPE_CHECKING:
-    from ..loader import Host
+    from ..host import Host
 
 __all__ = ["labelled", "read_pins", "server_spec"]
 

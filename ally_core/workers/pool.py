@@ -35,8 +35,8 @@ from ..paths import contained_path
 from ..warm_index import identities, unchanged
 
 if TYPE_CHECKING:
-    from ..loader import PluginOutcome
     from ..manifest import Tool
+    from ..outcomes import PluginOutcome
 
 __all__ = ["WorkerInfo", "WorkerOptions", "WorkerPool", "WorkerProcess"]
 

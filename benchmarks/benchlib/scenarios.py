@@ -80,9 +80,9 @@ def settle() -> None:
 
     The warm loads are measured as a host restarting after its plugins were installed:
     ally does not persist what it derives from files changed in the last seconds (their
-    identity could repeat within one timestamp tick), see ``ally_core.loader.SETTLE_NS``.
+    identity could repeat within one timestamp tick), see ``ally_core.discovery.SETTLE_NS``.
     """
-    from ally_core.loader import SETTLE_NS
+    from ally_core.discovery import SETTLE_NS
 
     time.sleep(SETTLE_NS / 1e9 + 0.1)
 

@@ -404,7 +404,7 @@ def test_a_warm_start_through_the_record_imports_nothing_of_ally(home, tmp_path)
     # And a stale record hands over to ally, which imports it.
     (home / "plugins" / "demo" / ".mcp.json").write_text(json.dumps({"py": PY_SERVER_ENTRY}))
     assert mcp_session(command, args, host_environ(home), errlog=errlog)["version"] == "1.0.0"
-    assert "ally_core.loader" in errlog.read_text()
+    assert "ally_core.host" in errlog.read_text()
 
 
 def test_a_package_that_cannot_be_resolved_blocks_that_server_with_the_reason(home):

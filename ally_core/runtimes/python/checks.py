@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
+from ...checks import run_checks
 from ...envs import EnvInfo, EnvSpec, Health, Problem
-from ...process import clean_environ, run_checks
+from ...process import clean_environ
 from .installers import BACKENDS, fastest_available
 from .pip_seed import check_pip_launcher
 

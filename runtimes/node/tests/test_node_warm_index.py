@@ -24,9 +24,9 @@ pytestmark = pytest.mark.usefixtures("npm_env")
 @pytest.fixture(autouse=True)
 def files_settle_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Files written by a test count as settled at once (see tests/test_warm_index.py)."""
-    import ally_core.loader
+    import ally_core.discovery
 
-    monkeypatch.setattr(ally_core.loader, "SETTLE_NS", 0)
+    monkeypatch.setattr(ally_core.discovery, "SETTLE_NS", 0)
 
 #: The files besides package.json that the node runtime's env_identity reads.
 WATCHED = ("npm-shrinkwrap.json", "package-lock.json", ".npmrc")
@@ -71,7 +71,7 @@ def status_of(home: Path, no_spawn: Any) -> tuple[tuple[str, str], list[str], st
     with identity_calls(host) as computed, no_spawn():
         (outcome,) = host.status()
         (source,) = host.discover()
-        _spec, key = host._spec_and_key(source)
+        _spec, key = host.keys.spec_and_key(source)
     return (outcome.status, outcome.reason), computed, key
 
 
