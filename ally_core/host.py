@@ -31,14 +31,14 @@ from .maintenance import Maintenance, Removal
 from .manifest import Manifest, Tool
 from .outcomes import BoundTool, PluginOutcome
 from .paths import AllyPaths
-from .plugin_config import ConfigHome
 from .plugin_manager import make_plugin_manager
 from .readiness import Readiness
-from .replies import ToolResult
 from .store import EnvStore, Marker
 from .warm_index import INDEX_NAME, WarmIndex
 
 if TYPE_CHECKING:
+    from .plugin_config import ConfigHome
+    from .replies import ToolResult
     from .workers import WorkerOptions, WorkerPool
 
 __all__ = ["BoundTool", "Host", "PluginOutcome", "PluginSource", "Removal"]
@@ -69,8 +69,10 @@ class Host:
     ) -> None:
         env = dict(os.environ if environ is None else environ)
         paths = AllyPaths.from_env(home, plugin_dirs, env)
+        #: What warm loads derive from files, persisted for the next process.
+        self.index = WarmIndex(paths.state_dir / INDEX_NAME)
         #: Effective settings (defaults < config file < env vars < ``settings``).
-        self.settings: Settings = load_settings(paths.config_file, env, settings)
+        self.settings: Settings = load_settings(paths.config_file, env, settings, cache=self.index)
         # The plugin_dirs setting (config.toml, ALLY_PLUGIN_DIRS) adds to --plugins-dir.
         # Relative entries of config.toml are relative to its directory.
         from_file = self.settings.sources.get("plugin_dirs") == str(paths.config_file)
@@ -81,8 +83,6 @@ class Host:
         )
         #: The directories of this home.
         self.paths = attrs.evolve(paths, plugin_dirs=tuple(unique))
-        #: What warm loads derive from files, persisted for the next process.
-        self.index = WarmIndex(self.paths.state_dir / INDEX_NAME)
         #: The pluggy plugin manager with every enabled runtime registered (the entry points
         #: found are remembered in the index).
         self.pm = plugin_manager or make_plugin_manager(env, index=self.index)
@@ -288,6 +288,8 @@ class Host:
 
     def config_home(self) -> ConfigHome:
         """Where this home keeps plugin config (see ``ally_core.plugin_config``)."""
+        from .plugin_config import ConfigHome  # a warm `ally list` reads no config
+
         return ConfigHome(
             self.paths.config_dir,
             secrets_backend=str(self.settings.values["secrets_backend"]),

@@ -11,7 +11,6 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Optional
 
@@ -84,6 +83,8 @@ def node_on_path(environ: Mapping[str, str] | None = None) -> Optional[str]:
 
 @functools.lru_cache(maxsize=64)
 def _query(path: str, signature: tuple[int, ...]) -> Optional[tuple[str, str]]:
+    import subprocess  # only when a node is queried: not on a warm load
+
     try:
         out = subprocess.run(
             [path, "-p", _QUERY],

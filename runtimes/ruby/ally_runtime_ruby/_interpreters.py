@@ -6,7 +6,6 @@ import glob
 import os
 import re
 import shutil
-import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Optional
@@ -115,6 +114,8 @@ def query_ruby(path: str) -> Optional[RubyInfo]:
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
+    import subprocess  # only when a ruby is queried: not on a warm load
+
     try:
         out = subprocess.run(
             [path, "-e", _QUERY],
