@@ -15,9 +15,10 @@ LOCK_NAME = "requirements.lock"
 BIN = "Scripts" if os.name == "nt" else "bin"
 EXE = "python.exe" if os.name == "nt" else "python"
 
-#: What every env holds besides its packages. 2: its own pip (``bin/pip``). Envs of an older
-#: layout are rebuilt once, so that the promise holds for them too.
-ENV_LAYOUT = 2
+#: What every env holds besides its packages. 2: its own pip (``bin/pip``). 3: files copied
+#: from uv's cache (not hardlinked) and read-only, its startup hooks recorded in the marker.
+#: Envs of an older layout are rebuilt once, so that the promises hold for them too.
+ENV_LAYOUT = 3
 
 
 def serves(spec: EnvSpec) -> bool:
