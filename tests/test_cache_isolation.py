@@ -283,3 +283,39 @@ def test_read_only_files_bind_a_user_and_every_command_still_works(
     assert proc.returncode == 0, proc.stderr
     assert not newest.exists()
     assert not [p for p in (ally_home / "plugin-envs" / ".store").iterdir()]
+
+
+def test_an_installed_pth_edited_in_place_with_its_mtime_restored_is_noticed_on_load(
+    ally_home: Path, make_plugin, wheelhouse: Path, tmp_path: Path
+):
+    # A package that ships a startup hook, as some do (coverage, editable installs).
+    house = tmp_path / "hook-wheels"
+    build_wheel(
+        house,
+        "allydemo-hook",
+        "1.0.0",
+        files={"allydemo_hook.pth": "import os\n", "allydemo_hook.py": "x = 1\n"},
+    )
+    (ally_home / "config.toml").write_text(
+        "[ally.index]\nno_index = true\n"
+        f"find_links = [{json.dumps(str(wheelhouse))}, {json.dumps(str(house))}]\n",
+        "utf-8",
+    )
+    _greeter(make_plugin, "hooked", "allydemo-greet==1.0.0\nallydemo-hook\n")
+    (outcome,) = Host(ally_home).load()
+    assert outcome.ready, outcome.reason
+    (pth,) = outcome.env.path.glob("lib/python*/site-packages/allydemo_hook.pth")
+    (warm,) = Host(ally_home).load()
+    assert warm.action == "none" and warm.env.path == outcome.env.path  # the record holds
+
+    before = pth.stat()
+    os.chmod(pth, 0o644)
+    with open(pth, "r+b") as fh:
+        fh.write(b"import re\n"[: before.st_size])  # the same size
+    os.chmod(pth, before.st_mode)
+    os.utime(pth, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert pth.stat().st_size == before.st_size and pth.stat().st_mtime_ns == before.st_mtime_ns
+
+    (again,) = Host(ally_home).load()
+    assert again.ready and again.action == "repaired", again.reason
+    assert "allydemo_hook.pth was modified after the env was built" in again.repair_reason

@@ -89,7 +89,7 @@ def check_env(spec: EnvSpec, env: EnvInfo, deep: bool) -> Health:
     if hooks:
         # A .pth (or sitecustomize) added to a shared env would run in every plugin's
         # processes: checked on every load, root included.
-        problem = startup_hook_problem(str(spec.env_dir), hooks)
+        problem = startup_hook_problem(str(spec.env_dir), hooks, full=deep)
         if problem is not None:
             return Health((Problem(problem),))
     if not deep:

@@ -5,8 +5,8 @@ plugin sharing it, or the installer's cache.
   ``RECORD`` (missing, resized, or another SHA-256: a same-size edit included);
 * :func:`startup_hooks` and :func:`startup_hook_problem`: the files the interpreter runs at
   every start (``*.pth`` in site-packages, ``sitecustomize`` and ``usercustomize``), recorded
-  when the env is built and compared on every load (one ``scandir``, no hashing unless a
-  file's ``stat`` changed);
+  when the env is built and compared on every load (a ``stat`` of site-packages and of each
+  hook, a ``scandir`` once site-packages changed, no hashing unless a hook's ``stat`` did);
 * :func:`make_read_only`: the installed files lose their write bits (directories keep theirs,
   so ``__pycache__``, uninstalling and removing the env still work). Root ignores modes: the
   two checks above are what hold for root.
@@ -181,31 +181,59 @@ def _content(path: str, st: os.stat_result) -> str:
         return hashlib.sha256(fh.read()).hexdigest()
 
 
+def _dir_identity(st: os.stat_result) -> list[int]:
+    return [st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
 def startup_hooks(env_dir: Path) -> dict[str, Any]:
     """The record of the env's startup hooks, kept in its marker: site-packages (relative to
-    the env) and, per hook entry, its ``stat`` identity and content."""
+    the env) and its ``stat`` identity, and, per hook entry, its identity and content.
+
+    ``site-packages/__pycache__`` is made first: Python's bytecode of top-level modules then
+    goes into a directory that exists, and site-packages itself keeps its identity until an
+    entry is added, removed or renamed in it.
+    """
     sites = site_dirs(env_dir)
     if not sites:
         return {}
     site = sites[0]
+    os.makedirs(os.path.join(site, "__pycache__"), exist_ok=True)
     files: dict[str, list[Any]] = {}
     with os.scandir(site) as entries:
         for entry in entries:
             if is_startup_hook(entry.name):
                 st = entry.stat(follow_symlinks=False)
                 files[entry.name] = [*_identity(st), _content(entry.path, st)]
-    return {"site": os.path.relpath(site, env_dir), "files": dict(sorted(files.items()))}
+    return {
+        "site": os.path.relpath(site, env_dir),
+        "dir": _dir_identity(os.stat(site)),
+        "files": dict(sorted(files.items())),
+    }
 
 
-def startup_hook_problem(env_dir: str, record: Mapping[str, Any]) -> Optional[str]:
+def startup_hook_problem(
+    env_dir: str, record: Mapping[str, Any], *, full: bool = False
+) -> Optional[str]:
     """Why the env's startup hooks are not those it was built with, or ``None``.
 
-    On every load: one ``scandir`` of site-packages and one ``lstat`` per hook entry; an
-    entry is hashed only when its ``stat`` identity changed (a copy, a restore), and then
-    passes if its content did not.
+    On every load: one ``stat`` of site-packages and one ``lstat`` per recorded hook while
+    site-packages keeps its identity (no entry added, removed or renamed), else one
+    ``scandir``. An entry is hashed only when its own ``stat`` identity changed (a copy, a
+    restore), and then passes if its content did not. ``full`` always lists the directory
+    (the deep check).
     """
     site = f"{env_dir}{os.sep}{record.get('site', '')}"
     recorded: Mapping[str, Any] = record.get("files") or {}
+    try:
+        unchanged = not full and _dir_identity(os.stat(site)) == record.get("dir")
+    except OSError as exc:
+        return f"site-packages is unreadable: {exc.strerror or exc}"
+    if unchanged:
+        for name, expected in recorded.items():
+            problem = _hook_problem(f"{site}{os.sep}{name}", expected)
+            if problem is not None:
+                return problem
+        return None
     found = 0
     try:
         entries = os.scandir(site)
@@ -218,21 +246,29 @@ def startup_hook_problem(env_dir: str, record: Mapping[str, Any]) -> Optional[st
                 continue
             if not is_startup_hook(name):
                 continue
-            where = f"{site}{os.sep}{name}"
             expected = recorded.get(name)
             if expected is None:
-                return f"startup hook {where} appeared after the env was built"
+                return f"startup hook {site}{os.sep}{name} appeared after the env was built"
             found += 1
-            try:
-                st = entry.stat(follow_symlinks=False)
-                if _identity(st) != expected[:-1] and _content(entry.path, st) != expected[-1]:
-                    return f"startup hook {where} was modified after the env was built"
-            except OSError:
-                return f"startup hook {where} is unreadable"
+            problem = _hook_problem(entry.path, expected)
+            if problem is not None:
+                return problem
     if found != len(recorded):
         for name in recorded:
             if not os.path.lexists(f"{site}{os.sep}{name}"):
                 return f"startup hook {site}{os.sep}{name} was removed after the env was built"
+    return None
+
+
+def _hook_problem(path: str, expected: list[Any]) -> Optional[str]:
+    try:
+        st = os.lstat(path)
+        if _identity(st) != expected[:-1] and _content(path, st) != expected[-1]:
+            return f"startup hook {path} was modified after the env was built"
+    except FileNotFoundError:
+        return f"startup hook {path} was removed after the env was built"
+    except OSError:
+        return f"startup hook {path} is unreadable"
     return None
 
 
