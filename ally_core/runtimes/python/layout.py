@@ -32,6 +32,6 @@ def env_python(env_dir: Path) -> Path:
 
 
 def cache(spec: EnvSpec, name: str) -> Optional[Path]:
-    """The cache dir ``name`` (``uv``, ``pip``, ``virtualenv``, ``python-seed``) under ally's
+    """The cache dir ``name`` (``uv``, ``pip``, ``virtualenv``) under ally's
     cache dir, or ``None`` when there is none."""
     return spec.options.cache_dir / name if spec.options.cache_dir else None

@@ -120,7 +120,7 @@ def write_pip_launcher(spec: EnvSpec, interpreter: Interpreter, env_python: Path
     """Give a uv env ``bin/pip``: a launcher running pip from a wheel kept in the env.
 
     Measured against installing pip into every env (uv, from the same local wheel): the
-    launcher adds ~2 ms and the wheel's size (~1.8 MB, a copy) to a build,
+    launcher adds ~2 ms and the wheel's size (~2 MB, a copy) to a build,
     where installing pip adds 0.07-0.3 s (cold cache 0.12-0.3 s) and ~1000 files; pip runs
     ~0.3 s slower from a wheel, which only its rare direct uses pay. It depends on nothing
     but the env's own python and the wheel inside the env: upgrading ally, uv or virtualenv,
