@@ -5,38 +5,86 @@ The public API. Everything not listed in ``__all__`` is internal.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .__about__ import __version__
-from .checks import run_checks
-from .config import IndexOptions, Settings, strip_credentials
-from .envs import (
-    EnvInfo,
-    EnvOptions,
-    EnvSpec,
-    Health,
-    InstallResult,
-    Interpreter,
-    Problem,
-    ProgressEvent,
-)
-from .errors import (
-    AllyError,
-    ConfigError,
-    EnvStoreError,
-    InstallFailed,
-    InterpreterNotFound,
-    ManifestError,
-    PluginNotFound,
-    RuntimeNotFound,
-    ToolError,
-    ToolInputError,
-    UnsafePath,
-)
-from .forms import FormRequest
-from .hookspecs import hookimpl, hookspec
-from .host import BoundTool, Host, PluginOutcome, PluginSource
-from .manifest import Dependencies, Manifest, Tool, load_manifest, parse_manifest
-from .process import clean_environ, run_installer
-from .tools import ToolResult
+
+if TYPE_CHECKING:
+    from .checks import run_checks
+    from .config import IndexOptions, Settings, strip_credentials
+    from .envs import (
+        EnvInfo,
+        EnvOptions,
+        EnvSpec,
+        Health,
+        InstallResult,
+        Interpreter,
+        Problem,
+        ProgressEvent,
+    )
+    from .errors import (
+        AllyError,
+        ConfigError,
+        EnvStoreError,
+        InstallFailed,
+        InterpreterNotFound,
+        ManifestError,
+        PluginNotFound,
+        RuntimeNotFound,
+        ToolError,
+        ToolInputError,
+        UnsafePath,
+    )
+    from .forms import FormRequest
+    from .hookspecs import hookimpl, hookspec
+    from .host import BoundTool, Host, PluginOutcome, PluginSource
+    from .manifest import Dependencies, Manifest, Tool, load_manifest, parse_manifest
+    from .process import clean_environ, run_installer
+    from .tools import ToolResult
+
+
+#: Where each public name lives: imported on first use (PEP 562), so that importing
+#: ``ally_core`` or one of its modules (the CLI) costs no more than what is used.
+_LAZY: dict[str, str] = {
+    "AllyError": "errors",
+    "BoundTool": "host",
+    "clean_environ": "process",
+    "ConfigError": "errors",
+    "Dependencies": "manifest",
+    "EnvInfo": "envs",
+    "EnvOptions": "envs",
+    "EnvSpec": "envs",
+    "EnvStoreError": "errors",
+    "FormRequest": "forms",
+    "Health": "envs",
+    "hookimpl": "hookspecs",
+    "hookspec": "hookspecs",
+    "Host": "host",
+    "IndexOptions": "config",
+    "InstallFailed": "errors",
+    "InstallResult": "envs",
+    "Interpreter": "envs",
+    "InterpreterNotFound": "errors",
+    "load_manifest": "manifest",
+    "Manifest": "manifest",
+    "ManifestError": "errors",
+    "parse_manifest": "manifest",
+    "PluginNotFound": "errors",
+    "PluginOutcome": "host",
+    "PluginSource": "host",
+    "Problem": "envs",
+    "ProgressEvent": "envs",
+    "run_checks": "checks",
+    "run_installer": "process",
+    "RuntimeNotFound": "errors",
+    "Settings": "config",
+    "strip_credentials": "config",
+    "Tool": "manifest",
+    "ToolError": "errors",
+    "ToolInputError": "errors",
+    "ToolResult": "tools",
+    "UnsafePath": "errors",
+}
 
 __all__ = [
     "AllyError",
@@ -79,3 +127,18 @@ __all__ = [
     "run_installer",
     "strip_credentials",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ally_core' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -17,43 +17,36 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .__about__ import __version__
+from .cli_common import (
+    _HIDDEN,
+    JSON_VERSION,
+    _debug_causes,
+    _emit,
+    _hide,
+    _logging,
+    _note,
+    _outcome_json,
+    _print_outcomes,
+    _print_traceback,
+    _reporter,
+    _say,
+    _size,
+)
+from .cli_exec import run_in_env
+from .cli_options import (
+    _build_options,
+    _json_flag,
+    _Parser,
+    _setting_arg,
+    _subcommands,
+    _verbosity,
+)
 from .errors import AllyError, ConfigError, PluginNotFound, ToolError
 
 __all__ = ["JSON_VERSION", "main"]
 
-#: Version of the JSON shapes printed with ``--json``; bumped on incompatible changes.
-JSON_VERSION = 1
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TOOL_FAILED, EXIT_BLOCKED = 0, 1, 2, 3, 4
-
-
-#: Secret values this command was given: masked in whatever it prints, errors included.
-_HIDDEN: list[str] = []
-
-
-def _hide(*values: str) -> None:
-    _HIDDEN.extend(v for v in values if v)
-
-
-def _masked(text: str) -> str:
-    if not _HIDDEN:
-        return text
-    from .plugin_config import mask_text
-
-    return mask_text(text, _HIDDEN)
-
-
-def _say(text: str, file: Any = None) -> None:
-    """Print one line for people: secrets this command knows masked, and control characters
-    (escape sequences, carriage returns, bidirectional overrides) shown as escapes, so nothing
-    a plugin or tool wrote can rewrite the terminal."""
-    from .text import printable
-
-    print(printable(_masked(text)), file=file or sys.stdout)
-
-
-def _emit(data: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps({"ally": JSON_VERSION, **data}, indent=2, default=str) + "\n")
 
 
 def _host(args: argparse.Namespace) -> Any:
@@ -64,105 +57,15 @@ def _host(args: argparse.Namespace) -> Any:
         settings["offline"] = True
     if getattr(args, "installer", None):
         settings["installer"] = args.installer
-    if getattr(args, "jobs", None):
+    if getattr(args, "jobs", None) is not None:
         settings["jobs"] = args.jobs
     return Host(args.home, plugin_dirs=args.plugins_dir or (), settings=settings)
 
 
-def _reporter(args: argparse.Namespace) -> Any:
-    from .progress import make_reporter
-
-    return make_reporter(
-        quiet=getattr(args, "quiet", False) or getattr(args, "json", False),
-        verbose=getattr(args, "verbose", False),
-    )
-
-
-def _tool_json(tool: Any) -> dict[str, Any]:
-    """What a host needs to advertise one tool (so it never parses plugin.json itself)."""
-    return {
-        "name": tool.name,
-        "description": tool.description,
-        "schema": tool.schema or {"type": "object", "properties": {}},
-        "interactive": tool.interactive,
-        "requiresConfirmation": tool.requires_confirmation,
-        "visible_to": tool.visible_to,
-        "subtext": tool.subtext,
-        "display_name": tool.display_name,
-        "usageGuidance": tool.usage_guidance,
-        "timeout": tool.timeout,
-    }
-
-
-def _config_schema_json(manifest: Any) -> Optional[dict[str, Any]]:
-    """The plugin's config schema, with the defaults of secret properties masked."""
-    from .plugin_config import MASK, config_schema
-
-    schema = config_schema(manifest)
-    if not schema:
-        return None
-    props = schema.get("properties")
-    if not isinstance(props, dict):
-        return dict(schema)
-    masked = {
-        k: (
-            {**v, "default": MASK}
-            if isinstance(v, dict) and v.get("secret") is True and "default" in v
-            else v
-        )
-        for k, v in props.items()
-    }
-    return {**schema, "properties": masked}
-
-
-def _outcome_json(outcome: Any) -> dict[str, Any]:
-    manifest = outcome.manifest
-    specs = (
-        [t.spec for t in outcome.tools] if outcome.tools else (manifest.tools if manifest else [])
-    )
-    return {
-        "name": outcome.name,
-        "dir": str(outcome.plugin_dir),
-        "status": outcome.status,
-        "reason": outcome.reason or None,
-        "runtime": manifest.runtime if manifest else None,
-        "version": manifest.version if manifest else None,
-        "description": manifest.description if manifest else None,
-        "env": str(outcome.env.path) if outcome.env else None,
-        "action": outcome.action,
-        "repair_reason": outcome.repair_reason or None,
-        "stale": outcome.stale,
-        "packages": dict(outcome.packages),
-        "tools": [_tool_json(t) for t in specs],
-        "agents": manifest.agents if manifest else [],
-        "activationMode": manifest.activation_mode if manifest else None,
-        "config_schema": _config_schema_json(manifest) if manifest else None,
-        "warnings": outcome.warnings,
-    }
-
-
-def _print_outcomes(outcomes: Sequence[Any]) -> None:
-    for o in outcomes:
-        if o.ready and o.reason:
-            # Ready on the env published before a rebuild that failed: say so, and why.
-            tools = ", ".join(t.name for t in o.tools) or "no tools"
-            print(f"! {o.name}: {tools}; {o.reason}")
-        elif o.ready:
-            tools = ", ".join(t.name for t in o.tools) or "no tools"
-            extra = {
-                "built": " (installed)",
-                "shared": " (shared env)",
-                "repaired": f" (repaired: {o.repair_reason})",
-                "updated": " (updated)",
-            }
-            mark = "\u26a0" if o.warnings else "\u2713"
-            _say(f"{mark} {o.name}: {tools}{extra.get(o.action, '')}")
-        elif o.status == "pending":
-            _say(f"\u2026 {o.name}: {o.reason}")
-        else:
-            _say(f"\u2717 {o.name}: {o.reason}")
-        for warning in o.warnings:
-            _say(f"    warning: {warning}")
+def cmd_exec(args: argparse.Namespace) -> int:
+    """``ally exec NAME -- CMD`` (:mod:`ally_core.cli_exec`: given its Host, it stays out
+    of the imports of the modules that take one)."""
+    return run_in_env(args, lambda: _host(args))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -170,13 +73,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     host = _host(args)
     outcomes = host.status()
+    _debug_causes(args, outcomes)
     servers = status_plugins(host)
     if args.json:
         _emit({"plugins": [_outcome_json(o) for o in outcomes], **_servers_json(servers)})
     elif not outcomes and not servers:
         _say("no plugins found")
     else:
-        _print_outcomes(outcomes)
+        _print_outcomes(outcomes, args, host)
         print_servers(servers)
     return EXIT_OK
 
@@ -204,12 +108,13 @@ def _load(
     finally:
         if reporter is not None:
             reporter.close()
+    _debug_causes(args, outcomes)
     if args.json:
         _emit({"plugins": [_outcome_json(o) for o in outcomes], **_servers_json(servers)})
     else:
         from .mcp_plugins.commands import print_servers
 
-        _print_outcomes(outcomes)
+        _print_outcomes(outcomes, args, host)
         print_servers(servers)
     # A plugin kept on its previous env is usable, but not what was asked for.
     done = all(o.ready and not o.stale and o.action != "failed" for o in outcomes)
@@ -259,7 +164,8 @@ def _install_target(host: Any, arg: str, *, force: bool = False) -> str:
 
         done = install_bundle(host, path, force=force)
         if done.backup is not None:
-            _say(f"{done.name}: the previous {done.plugin_dir} was moved to {done.backup}")
+            moved = f"the previous {done.plugin_dir} was moved to {done.backup}"
+            _say(f"ally: {done.name}: {moved}", file=sys.stderr)
         return str(done.name)
     raise PluginNotFound(f"{arg}: no such plugin, directory or bundle")
 
@@ -287,12 +193,22 @@ def _each(method: str, **kw: Any) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from .mcp_plugins.commands import ensure_plugins, split_names
 
+        if bool(args.names) == args.all:
+            raise ConfigError(
+                f"ally {args.command}: give plugin names or --all"
+                if not args.names
+                else f"ally {args.command}: give plugin names or --all, not both"
+            )
         servers: list[Any] = []
 
         def each(host: Any, rep: Any) -> list[Any]:
-            names, claude = split_names(host, args.names)
-            if claude:
-                servers.extend(ensure_plugins(host, claude, progress=rep, **kw))
+            if args.all:
+                names = [s.name for s in host.discover()]
+                servers.extend(ensure_plugins(host, None, progress=rep, **kw))
+            else:
+                names, claude = split_names(host, args.names)
+                if claude:
+                    servers.extend(ensure_plugins(host, claude, progress=rep, **kw))
             return [getattr(host, method)(name, progress=rep, **kw) for name in names]
 
         return _load(args, each, servers)
@@ -300,13 +216,56 @@ def _each(method: str, **kw: Any) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _check_removable(host: Any, names: Sequence[str]) -> None:
+    """Every name is a plugin, or the env pointer of one that is gone; else a guess."""
+    from .discovery import not_found_message
+    from .paths import check_plugin_name
+
+    sources = None
+    for name in names:
+        check_plugin_name(name, source="argument")
+        if host.store.current(name) is not None or os.path.lexists(host.store.pointer(name)):
+            continue
+        if any(d.name == name for d in host.linked_dirs()):
+            continue  # a remembered plugin directory: remove forgets it
+        sources = host.discover() if sources is None else sources
+        if not any(s.name == name for s in sources):
+            names_known = [*sources, *_gone_plugins(host, sources)]
+            raise PluginNotFound(not_found_message(name, names_known, host.paths.plugin_dirs))
+
+
+def _gone_plugins(host: Any, sources: Sequence[Any]) -> list[Any]:
+    """Stand-ins (name only) for plugins that are gone but still have an env pointer."""
+    from .discovery import PluginSource
+
+    present = {s.name for s in sources}
+    return [
+        PluginSource(host.paths.envs_dir / n, None)
+        for n in sorted(host.store.pointers())
+        if n not in present
+    ]
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
     from .mcp_plugins.commands import remove_servers, split_names
 
     host = _host(args)
     names, claude = split_names(host, args.names)
-    for name in names:
-        removed = host.remove(name)
+    _check_removable(host, names)
+    done = [(name, host.remove(name)) for name in names]
+    gone = remove_servers(host, claude)
+    if args.json:
+        _emit(
+            {
+                "envs": [
+                    {"name": name, "removed": bool(removed), "freed_bytes": removed.freed}
+                    for name, removed in done
+                ]
+                + [{"name": label, "removed": r, "freed_bytes": 0} for label, r in gone]
+            }
+        )
+        return EXIT_OK
+    for name, removed in done:
         if removed.deleted:
             _say(f"removed the env of {name} (freed {_size(removed.freed)})")
         elif removed:
@@ -317,18 +276,9 @@ def cmd_remove(args: argparse.Namespace) -> int:
             _say(f"    kept {env_dir}: other plugins use it")
         for plugin_dir in removed.forgot:
             _say(f"    forgot the plugin directory {plugin_dir} (its files are untouched)")
-    for label, removed_server in remove_servers(host, claude):
+    for label, removed_server in gone:
         _say(f"removed the env of {label}" if removed_server else f"{label} has no env")
     return EXIT_OK
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -555,10 +505,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if reporter is not None:
             reporter.close()
+    _debug_causes(args, [outcome])
     if not outcome.ready:
         raise PluginNotFound(f"{outcome.name}: blocked: {outcome.reason}")
     if outcome.reason:
-        print(f"ally: warning: {outcome.name}: {outcome.reason}", file=sys.stderr)
+        _note(args, f"warning: {outcome.name}: {outcome.reason}")
     tool = outcome.tool(args.tool)
     pairs = _config_pairs(args.config)
     from .plugin_config import secret_values
@@ -587,72 +538,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         _emit({"plugin": outcome.name, "tool": tool.name, **_tool_result_json(result)})
     else:
         print(json.dumps(result.to_json(), indent=2 if sys.stdout.isatty() else None))
+        if not result.success:
+            _note(args, _failure_line(outcome.name, tool.name, result.error))
     return EXIT_OK if result.success else EXIT_TOOL_FAILED
 
 
-def cmd_exec(args: argparse.Namespace) -> int:
-    import subprocess
-
-    from .process import clean_environ
-
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise ConfigError("ally exec: give a command after '--'")
-    host = _host(args)
-    outcome = host.ensure(args.plugin, progress=_reporter(args))
-    if not outcome.ready:
-        raise PluginNotFound(f"{outcome.name}: blocked: {outcome.reason}")
-    env = outcome.env
-    environ = clean_environ(
-        path_prefix=env.bin_dirs if env else (), extra=dict(env.env_vars) if env else None
-    )
-    if env is not None:
-        command[0] = _exec_command(command[0], env, outcome.name, environ.get("PATH", ""))
-    try:
-        return subprocess.call(command, env=environ)
-    except OSError as exc:
-        raise ToolError(f"cannot run {command[0]}: {exc.strerror or exc}") from None
+def _failure_line(plugin: str, tool: str, error: Optional[str]) -> str:
+    """What ``ally run`` says on stderr when a call failed: the plugin and tool, once."""
+    label = f"{plugin}: tool {tool!r}"
+    text = " ".join((error or "failed").split())
+    return text if text.startswith(label) else f"{label} failed: {text}"
 
 
-#: Where ``ally exec`` takes a command the env lacks from: the system's own directories, never
-#: another environment (a venv's or pyenv's ``pip`` would change that environment instead).
-SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
-
-
-def _exec_command(name: str, env: Any, plugin: str, path: str) -> str:
-    """The program ``ally exec`` runs for ``name``: the env's own first, else a system tool."""
-    if os.sep in name:
-        return name  # a path: exactly what was asked for
-    if name in env.commands:
-        program = str(env.commands[name])
-        if not os.path.exists(program):
-            raise ToolError(
-                f"cannot run {name}: {program} is missing from {plugin}'s env "
-                f"(ally doctor --fix {plugin} rebuilds it)"
-            )
-        return program
-    for directory in env.bin_dirs:
-        program = os.path.join(directory, name)
-        if os.path.isfile(program) and os.access(program, os.X_OK):
-            return program
-    system = {os.path.realpath(d) for d in SYSTEM_DIRS}
-    for directory in path.split(os.pathsep):
-        program = os.path.join(directory, name)
-        if directory and os.path.isfile(program) and os.access(program, os.X_OK):
-            if os.path.realpath(directory) in system:
-                return program
-            raise ToolError(
-                f"cannot run {name}: {plugin}'s env has no {name}, and the one on PATH "
-                f"({program}) belongs to no system directory (give a path to run it anyway)"
-            )
-    raise ToolError(f"cannot run {name}: not in {plugin}'s env, nor a system tool on PATH")
+def _exec_options(args: argparse.Namespace) -> None:
+    """``ally exec NAME --json -v -- CMD``: the options between the name and ``--`` are
+    ally's (everything after the plugin's name reaches ``args.argv`` unparsed)."""
+    if "--" not in args.argv or not args.argv[0].startswith("-") or args.argv[0] == "--":
+        return
+    split = args.argv.index("--")
+    head, tail = args.argv[:split], args.argv[split:]
+    _subcommands(build_parser())["exec"].parse_args([*head, args.plugin], namespace=args)
+    args.argv = tail
 
 
 def cmd_runtimes(args: argparse.Namespace) -> int:
-    from importlib.metadata import PackageNotFoundError, version
-
     host = _host(args)
     rows: dict[str, list[str]] = {}
     for value, plugin in host.runtimes().items():
@@ -661,13 +570,9 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
     unknown = host.dispatch.unknown_hooks()
     from .plugin_manager import runtime_distributions
 
-    dists = runtime_distributions()
+    dists = runtime_distributions(host.index)
     for name in [*rows, *broken]:
-        if name not in dists:
-            try:
-                dists[name] = f"ally-core {version('ally-core')} (built in)"
-            except PackageNotFoundError:  # pragma: no cover
-                dists[name] = "built in"
+        dists.setdefault(name, f"ally-core {__version__} (built in)")
     if args.json:
         _emit(
             {
@@ -694,7 +599,10 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     from .schema import schema_text
 
-    sys.stdout.write(schema_text())
+    if args.json:
+        _emit({"schema": json.loads(schema_text())})
+    else:
+        sys.stdout.write(schema_text())
     return EXIT_OK
 
 
@@ -760,10 +668,17 @@ def cmd_config(args: argparse.Namespace) -> int:
             _hide(args.value)
         pc.set_stored(host, manifest, key, args.value, plugin_dir=where)
         shown = pc.MASK if pc.is_secret(manifest, key) else args.value
-        _say(f"{manifest.name}: {key} = {shown}")
+        if args.json:
+            stored = pc.stored_view(host, manifest, where).get(key, shown)
+            _emit({"plugin": manifest.name, "key": key, "value": stored})
+        else:
+            _say(f"{manifest.name}: {key} = {shown}")
     elif action == "unset":
         found = pc.unset_stored(host, manifest, args.key, plugin_dir=where)
-        _say(f"{manifest.name}: {args.key} {'removed' if found else 'was not set'}")
+        if args.json:
+            _emit({"plugin": manifest.name, "key": args.key, "removed": found})
+        else:
+            _say(f"{manifest.name}: {args.key} {'removed' if found else 'was not set'}")
     else:
         values = pc.stored_view(host, manifest, where)
         elsewhere = pc.stored_elsewhere(host, manifest.name, where)
@@ -780,9 +695,10 @@ def cmd_config(args: argparse.Namespace) -> int:
             for key, value in sorted(values.items()):
                 _say(f"{key} = {value}")
             for other in elsewhere:
-                _say(
+                _note(
+                    args,
                     f"note: values stored for {other} are not used for {where} "
-                    "(config belongs to the directory it was set for)"
+                    "(config belongs to the directory it was set for)",
                 )
     return EXIT_OK
 
@@ -792,16 +708,24 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     from .mcp_plugins.commands import split_names
 
     host = _host(args)
-    if split_names(host, [args.name])[1]:
-        from .mcp_plugins.bundles import make_server_bundle
+    reporter = _reporter(args)
+    try:
+        if split_names(host, [args.name])[1]:
+            from .mcp_plugins.bundles import make_server_bundle
 
-        output = Path(args.output) if args.output else None
-        _say(str(make_server_bundle(host, args.name, output, progress=_reporter(args))))
-        return EXIT_OK
-    path = make_bundle(
-        host, args.name, Path(args.output) if args.output else None, progress=_reporter(args)
-    )
-    _say(str(path))
+            output = Path(args.output) if args.output else None
+            path = make_server_bundle(host, args.name, output, progress=reporter)
+        else:
+            path = make_bundle(
+                host, args.name, Path(args.output) if args.output else None, progress=reporter
+            )
+    finally:
+        if reporter is not None:
+            reporter.close()
+    if args.json:
+        _emit({"plugin": args.name, "path": str(path.resolve()), "bytes": path.stat().st_size})
+    else:
+        _say(str(path))
     return EXIT_OK
 
 
@@ -829,6 +753,7 @@ def _add_mcp(sub: Any) -> None:
 
     # One `ally mcp` group for serve (here) and launch/config (docs/mcp-plugins.md).
     msub = mcp_subparsers(sub)
+    _verbosity(sub.choices["mcp"])
     s = msub.add_parser(
         "serve",
         help="serve every ready plugin's tools over MCP (stdio by default)",
@@ -836,6 +761,7 @@ def _add_mcp(sub: Any) -> None:
         "Streamable HTTP on a loopback address with a bearer token printed once to stderr.",
     )
     s.set_defaults(func=cmd_mcp_serve)
+    _verbosity(s)
     s.add_argument(
         "--plugin",
         action="append",
@@ -845,9 +771,7 @@ def _add_mcp(sub: Any) -> None:
     s.add_argument(
         "--http", metavar="127.0.0.1:PORT", help="Streamable HTTP on loopback, not stdio"
     )
-    s.add_argument("--offline", action="store_true", help="never use the network")
-    s.add_argument("--installer", choices=["auto", "uv", "pip"], help="Python installer backend")
-    s.add_argument("-j", "--jobs", type=int, help="parallel builds")
+    _build_options(s)
     s.add_argument(
         "--no-warm-workers",
         action="store_true",
@@ -855,8 +779,36 @@ def _add_mcp(sub: Any) -> None:
     )
 
 
+def _add_config(sub: Any) -> None:
+    """``ally config [show|set|unset]``."""
+    p = sub.add_parser(
+        "config",
+        help="show settings, or show/set a plugin's config values",
+        description="show settings, or show/set a plugin's config values",
+    )
+    p.set_defaults(func=cmd_config)
+    _verbosity(p)
+    _json_flag(p)
+    csub = p.add_subparsers(dest="action", metavar="ACTION")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        c: argparse.ArgumentParser = csub.add_parser(name, help=help, description=help)
+        c.add_argument("plugin", help="the plugin's name")
+        _verbosity(c)
+        # SUPPRESS: `ally config --json show X` keeps the --json given before the action.
+        _json_flag(c, default=argparse.SUPPRESS)
+        return c
+
+    action("show", "show a plugin's stored config (secrets masked)")
+    c = action("set", "store a plugin config value")
+    c.add_argument("key", help="a property of the plugin's config schema")
+    c.add_argument("value", help="the value (converted to the schema's type)")
+    c = action("unset", "remove a stored plugin config value")
+    c.add_argument("key", help="the config key to remove")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ally", description="Isolated, cached, self-healing environments for plugins."
     )
     parser.add_argument("--version", action="version", version=f"ally {__version__}")
@@ -867,7 +819,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="another directory to discover plugins in (repeatable)",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks, also of runtimes' hook errors"
+    )
+    _verbosity(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(
@@ -879,16 +834,11 @@ def build_parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
+        _verbosity(p)
         if json_flag:
-            p.add_argument("--json", action="store_true", help="machine-readable output")
+            _json_flag(p)
         if build:
-            p.add_argument("--offline", action="store_true", help="never use the network")
-            p.add_argument(
-                "--installer", choices=["auto", "uv", "pip"], help="Python installer backend"
-            )
-            p.add_argument("-j", "--jobs", type=int, help="parallel builds")
-            p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-            p.add_argument("-v", "--verbose", action="store_true", help="show installer output")
+            _build_options(p)
         return p
 
     add("list", cmd_list, "list plugins and the state of their envs")
@@ -911,16 +861,17 @@ def build_parser() -> argparse.ArgumentParser:
         "re-resolve to the newest allowed versions; keep the old env on failure",
         build=True,
     )
-    p.add_argument("names", nargs="+", metavar="NAME", help="plugins to update")
+    p.add_argument("names", nargs="*", metavar="NAME", help="plugins to update")
+    p.add_argument("--all", action="store_true", help="update every plugin")
     p = add(
         "reinstall", _each("ensure", force=True), "rebuild plugins' envs from scratch", build=True
     )
-    p.add_argument("names", nargs="+", metavar="NAME", help="plugins to rebuild")
+    p.add_argument("names", nargs="*", metavar="NAME", help="plugins to rebuild")
+    p.add_argument("--all", action="store_true", help="rebuild every plugin's env")
     p = add(
         "remove",
         cmd_remove,
         "remove plugins' envs, unless other plugins share them (never their source)",
-        json_flag=False,
     )
     p.add_argument("names", nargs="+", metavar="NAME", help="plugins whose env to remove")
     p = add("gc", cmd_gc, "delete envs no plugin uses, leftovers of killed builds, backups")
@@ -944,37 +895,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="plugin config value for this call (repeatable)",
     )
-    p.add_argument("--timeout", type=float, help="seconds before the tool is killed")
+    p.add_argument(
+        "--timeout", type=_setting_arg("tool_timeout"), help="seconds before the tool is killed"
+    )
     p.add_argument(
         "--form-response",
         metavar="JSON",
         help="answer every form of an interactive tool with this object (over its defaults)",
     )
-    p = add("exec", cmd_exec, "run any command inside a plugin's env", json_flag=False, build=True)
+    p = add("exec", cmd_exec, "run any command inside a plugin's env", build=True)
     p.add_argument("plugin", help="the plugin whose env to use")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="command", help="-- COMMAND [ARGS...]")
     add("runtimes", cmd_runtimes, "list installed runtimes and what they serve")
-    add("schema", cmd_schema, "print the JSON Schema of plugin.json", json_flag=False)
-    p = add("config", cmd_config, "show settings, or show/set a plugin's config values")
-    csub = p.add_subparsers(dest="action", metavar="ACTION")
-    c = csub.add_parser("show", help="show a plugin's stored config (secrets masked)")
-    c.add_argument("plugin", help="the plugin's name")
-    # SUPPRESS: `ally config --json show X` keeps the --json given before the action.
-    c.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
-    )
-    c = csub.add_parser("set", help="store a plugin config value")
-    c.add_argument("plugin", help="the plugin's name")
-    c.add_argument("key", help="a property of the plugin's config schema")
-    c.add_argument("value", help="the value (converted to the schema's type)")
-    c = csub.add_parser("unset", help="remove a stored plugin config value")
-    c.add_argument("plugin", help="the plugin's name")
-    c.add_argument("key", help="the config key to remove")
+    add("schema", cmd_schema, "print the JSON Schema of plugin.json")
+    _add_config(sub)
     p = add(
         "bundle",
         cmd_bundle,
         "write an offline bundle: plugin + dependency artifacts + lock",
-        json_flag=False,
         build=True,
     )
     p.add_argument("name", help="the plugin to bundle")
@@ -983,26 +921,70 @@ def build_parser() -> argparse.ArgumentParser:
     from .mcp_plugins.commands import add_mcp_commands
 
     add_mcp_commands(sub)
+    p = add(
+        "completion",
+        cmd_completion,
+        "print the shell completion script (commands, options, plugin and tool names)",
+        json_flag=False,
+    )
+    p.add_argument("shell", choices=["bash", "zsh", "fish"], help="the shell to complete for")
+    p = add("help", cmd_help, "show the help of a command (ally help run)", json_flag=False)
+    p.add_argument("topic", nargs="*", metavar="COMMAND", help="the command (default: all)")
     return parser
 
 
-def _print_traceback() -> None:
-    import traceback
+def cmd_completion(args: argparse.Namespace) -> int:
+    from .completion import script
 
-    from .text import printable
+    sys.stdout.write(script(args.shell))
+    return EXIT_OK
 
-    for line in _masked(traceback.format_exc()).splitlines():
-        sys.stderr.write(printable(line) + "\n")
+
+def cmd_help(args: argparse.Namespace) -> int:
+    """``ally help [COMMAND [ACTION]]``: exactly what ``ally COMMAND [ACTION] --help`` prints."""
+    parser = build_parser()
+    target = parser
+    for word in args.topic:
+        sub: dict[str, argparse.ArgumentParser] = _subcommands(target)
+        if word not in sub:
+            from .text import did_you_mean
+
+            where = target.prog.removeprefix("ally").strip() or "ally"
+            raise UsageError(
+                f"no command {word!r}"
+                + (f" in {where!r}" if target is not parser else "")
+                + did_you_mean(word, sub)
+                + f" (commands: {', '.join(sub)})"
+            )
+        target = sub[word]
+    target.print_help()
+    return EXIT_OK
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+class UsageError(AllyError):
+    """Wrong use of the command line found after parsing (exit code 2)."""
+
+    exit_code = EXIT_USAGE
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["__complete"]:  # what a completion script asks on <TAB>
+        from .completion import main as complete
+
+        return complete(argv[1:], build_parser)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.func is cmd_exec:
+        _exec_options(args)
+    if args.quiet and args.verbose:
+        parser.error("argument -q/--quiet: not allowed with argument -v/--verbose")
     _HIDDEN.clear()
+    _logging(args)
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:

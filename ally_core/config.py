@@ -60,15 +60,21 @@ def _bool(text: str) -> bool:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise ValueError(f"expected a positive integer, got {text!r}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:  # also NaN
         raise ValueError(f"expected a positive number, got {text!r}")
     return value
 
@@ -224,19 +230,30 @@ class Settings:
         return int(self.values["manifest_max_bytes"])
 
 
+_EXPECTED: dict[Callable[[str], Any], str] = {
+    _positive_int: "a positive integer",
+    _positive_float: "a positive number",
+    _byte_size: "a size in bytes",
+}
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        return {}  # the usual case: no TOML parser imported
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.9/3.10 only
         import tomli as tomllib
     try:
-        with path.open("rb") as fh:
-            data: dict[str, Any] = tomllib.load(fh)
-            return data
-    except FileNotFoundError:
-        return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    return data
 
 
 def load_settings(
@@ -244,21 +261,24 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Read ``config_file`` (TOML, table ``[ally]`` or top level), then env vars, then overrides."""
+    """Read ``config_file`` (TOML, table ``[ally]`` or top level), then env vars, then overrides.
+
+    ``overrides`` (``Host(settings=...)``, the CLI's options) are checked with the rules and
+    messages of the config file: ``Host(settings=...): jobs: expected a positive integer``.
+    """
     environ = os.environ if environ is None else environ
     data = _read_toml(config_file)
     table: dict[str, Any] = dict(data.get("ally", data))
     index_table = table.pop("index", {})
+    _check_known(table, str(config_file))
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _check_known(given, OVERRIDES_SOURCE)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for key, (var, parse, default, _doc) in SETTINGS.items():
         values[key], sources[key] = default, "default"
         if key in table:
-            raw = table[key]
-            try:
-                values[key] = parse(raw) if isinstance(raw, str) else _coerce(parse, raw)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{config_file}: {key}: {exc}") from exc
+            values[key] = _checked(key, parse, table[key], str(config_file))
             sources[key] = str(config_file)
         if environ.get(var):
             try:
@@ -266,23 +286,47 @@ def load_settings(
             except ValueError as exc:
                 raise ConfigError(f"${var}: {exc}") from exc
             sources[key] = f"${var}"
-        if overrides and overrides.get(key) is not None:
-            values[key], sources[key] = overrides[key], "argument"
+        if key in given:
+            values[key] = _checked(key, parse, given[key], OVERRIDES_SOURCE)
+            sources[key] = "argument"
+    return Settings(values=values, sources=sources, index=_index_options(index_table, config_file))
+
+
+#: How errors name the settings a host passes to :class:`~ally_core.Host`.
+OVERRIDES_SOURCE = "Host(settings=...)"
+
+
+def _check_known(table: Mapping[str, Any], source: str) -> None:
+    """One line naming every key that is no setting, with a guess for the first."""
     unknown = sorted(set(table) - set(SETTINGS))
     if unknown:
-        raise ConfigError(f"{config_file}: unknown setting(s): {', '.join(unknown)}")
-    return Settings(values=values, sources=sources, index=_index_options(index_table, config_file))
+        from .text import did_you_mean
+
+        raise ConfigError(
+            f"{source}: unknown setting(s): {', '.join(unknown)}"
+            + did_you_mean(unknown[0], SETTINGS)
+        )
+
+
+def _checked(key: str, parse: Callable[[str], Any], raw: Any, source: str) -> Any:
+    """``raw`` (a string, or a TOML/Python value) as setting ``key``, or a one-line error."""
+    try:
+        return parse(raw) if isinstance(raw, str) else _coerce(parse, raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {key}: {exc}") from exc
 
 
 def _coerce(parse: Callable[[str], Any], raw: Any) -> Any:
     if parse is _words or parse is _path_list:
-        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        if not isinstance(raw, (list, tuple)) or not all(isinstance(x, str) for x in raw):
             raise TypeError("expected a list of strings")
         return tuple(raw)
     if parse is _bool:
         if not isinstance(raw, bool):
             raise TypeError("expected true or false")
         return raw
+    if isinstance(raw, (dict, list, tuple)) or (isinstance(raw, bool) and parse is not str):
+        raise TypeError(f"expected {_EXPECTED.get(parse, 'a string')}, got {raw!r}")
     return parse(str(raw))
 
 

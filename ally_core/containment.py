@@ -19,10 +19,8 @@ Elsewhere (macOS, no writable cgroup) the process-group kill is what holds; see
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import functools
 import itertools
-import logging
 import os
 import signal
 import sys
@@ -30,9 +28,10 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from .text import log
+
 __all__ = ["CallScope", "cgroup_root", "open_scope"]
 
-log = logging.getLogger("ally")
 
 PR_SET_PDEATHSIG = 1
 PREFIX = "ally-call-"
@@ -41,18 +40,25 @@ _root: Optional[Path] = None
 _root_checked = False
 
 
+@functools.cache
 def _libc_prctl() -> Optional[Callable[..., int]]:
+    """libc's ``prctl``, loaded on the first tool call. The usual soname first: looking libc
+    up with :func:`ctypes.util.find_library` runs ``ldconfig -p``, a process per call."""
     if not sys.platform.startswith("linux"):
         return None
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
-        return None
+        import ctypes.util
+
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        except OSError:
+            return None
     prctl: Callable[..., int] = libc.prctl
     return prctl
-
-
-_prctl = _libc_prctl()
 
 
 def _own_cgroup2() -> Optional[Path]:
@@ -177,9 +183,10 @@ class CallScope:
 
     def preexec(self) -> Optional[Callable[[], None]]:
         """What the child runs between fork and exec (only system calls: no locks taken)."""
-        if _prctl is None and self._procs_fd is None:
+        prctl = _libc_prctl()
+        if prctl is None and self._procs_fd is None:
             return None
-        fd, prctl = self._procs_fd, _prctl
+        fd = self._procs_fd
 
         def setup() -> None:
             if fd is not None:

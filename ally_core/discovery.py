@@ -33,6 +33,7 @@ __all__ = [
     "SETTLE_NS",
     "Discovery",
     "PluginSource",
+    "check_names",
     "not_found_message",
     "settled",
 ]
@@ -120,6 +121,23 @@ def _manifest_failure(exc: BaseException) -> str:
         return "invalid JSON: a number has too many digits"
     text = " | ".join(line for line in str(exc).splitlines() if line.strip())
     return f"cannot be loaded: {exc.__class__.__name__}: {text or exc.__class__.__name__}"
+
+
+def check_names(
+    names: Iterable[str],
+    sources: Sequence[PluginSource],
+    roots: Sequence[Path],
+    *,
+    dirs: bool = True,
+) -> None:
+    """Raise :class:`PluginNotFound`, with a guess, for names no plugin answers to
+    (``dirs``: a plugin's directory name counts as a name)."""
+    known = {s.name for s in sources}
+    if dirs:
+        known |= {s.plugin_dir.name for s in sources}
+    missing = sorted(set(names) - known)
+    if missing:
+        raise PluginNotFound("; ".join(not_found_message(n, sources, roots) for n in missing))
 
 
 def not_found_message(name: str, sources: Sequence[PluginSource], roots: Sequence[Path]) -> str:

@@ -17,7 +17,6 @@ The hooks (:mod:`ally_core.hookspecs`) are called here and nowhere else. :class:
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,11 +28,9 @@ from .envs import EnvInfo, EnvOptions, EnvSpec, Health, InstallResult, Interpret
 from .errors import AllyError, RuntimeFailed, RuntimeNotFound
 from .manifest import MANIFEST_NAME
 from .plugin_manager import UnknownHook, unknown_hooks
-from .text import one_line
+from .text import log, one_line
 
 __all__ = ["BrokenRuntime", "Dispatch"]
-
-log = logging.getLogger("ally")
 
 
 class BrokenRuntime(AllyError):

@@ -22,10 +22,9 @@ import pluggy
 
 from .builder import Builder
 from .config import Settings, load_settings
-from .discovery import Discovery, PluginSource
+from .discovery import Discovery, PluginSource, check_names
 from .dispatch import Dispatch
 from .envs import EnvOptions, EnvSpec, Health, ProgressEvent
-from .errors import PluginNotFound
 from .failures import FailureMemory
 from .keys import KeyMaker
 from .maintenance import Maintenance, Removal
@@ -82,14 +81,15 @@ class Host:
         )
         #: The directories of this home.
         self.paths = attrs.evolve(paths, plugin_dirs=tuple(unique))
-        #: The pluggy plugin manager with every enabled runtime registered.
-        self.pm = plugin_manager or make_plugin_manager(env)
+        #: What warm loads derive from files, persisted for the next process.
+        self.index = WarmIndex(self.paths.state_dir / INDEX_NAME)
+        #: The pluggy plugin manager with every enabled runtime registered (the entry points
+        #: found are remembered in the index).
+        self.pm = plugin_manager or make_plugin_manager(env, index=self.index)
         #: Shortcut to ``pm.hook`` (ally itself calls the runtimes through ``dispatch``).
         self.hook = self.pm.hook
         #: Every call to the runtimes, with one policy for a runtime that misbehaves.
         self.dispatch = Dispatch(self.pm)
-        #: What warm loads derive from files, persisted for the next process.
-        self.index = WarmIndex(self.paths.state_dir / INDEX_NAME)
         #: The env store under ``paths.envs_dir``.
         self.store = EnvStore(self.paths, index=self.index)
         self.discovery = Discovery(self.paths, self.settings, self.index, self.store)
@@ -203,9 +203,7 @@ class Host:
         sources = self.discover()
         if names is not None:
             wanted = set(names)
-            missing = wanted - {s.name for s in sources} - {s.plugin_dir.name for s in sources}
-            if missing:
-                raise PluginNotFound(f"no plugin named {', '.join(sorted(map(repr, missing)))}")
+            check_names(wanted, sources, self.paths.plugin_dirs)
             sources = [s for s in sources if s.name in wanted or s.plugin_dir.name in wanted]
         outcomes = [self.readiness.warm(source) for source in sources]
         cold = [source for source, outcome in zip(sources, outcomes) if outcome is None]
@@ -315,7 +313,10 @@ class Host:
     ) -> list[tuple[PluginOutcome, Health]]:
         """Deep-check envs; with ``fix`` rebuild the broken ones."""
         wanted = set(names) if names else None
-        sources = [s for s in self.discover() if wanted is None or s.name in wanted]
+        sources = self.discover()
+        if wanted is not None:
+            check_names(wanted, sources, self.paths.plugin_dirs, dirs=False)
+        sources = [s for s in sources if wanted is None or s.name in wanted]
         return self.maintenance.doctor(sources, self.ensure, fix=fix, progress=progress)
 
     def remove(self, name: str) -> Removal:

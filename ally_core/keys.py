@@ -12,7 +12,6 @@ dependency file, the runtime's ``env_context`` and ``identity_files``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -58,8 +57,21 @@ class _KeyEntry:
     inputs: Optional[dict[str, Any]] = None
 
 
+def _context_digest(data: bytes) -> str:
+    """BLAKE2b of a runtime's env context: computed on every load, so without importing
+    :mod:`hashlib`, which loads OpenSSL (a few ms per ``ally`` run); the builtin module it
+    takes BLAKE2 from is used directly when it is there."""
+    try:
+        from _blake2 import blake2b
+    except ImportError:  # pragma: no cover - a Python built without it
+        from hashlib import blake2b
+    return blake2b(data, digest_size=32).hexdigest()
+
+
 def key_of(inputs: Mapping[str, Any]) -> str:
     """The request key of :meth:`KeyMaker.request_inputs`: a sha256 of the sorted JSON."""
+    import hashlib  # not on warm loads: their keys come from the warm index
+
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -211,6 +223,8 @@ class KeyMaker:
 
         Each env's marker keeps them, so a rebuild can say what changed.
         """
+        import hashlib
+
         dep_bytes = spec.dependency_file.read_bytes() if spec.dependency_file else b""
         identity = self.dispatch.env_identity(spec)
         artifacts = spec.options.artifacts_dir
@@ -391,7 +405,7 @@ class KeyMaker:
         if value is None:
             return None
         payload = json.dumps([runtime, value, dispatch.plugin_names()], sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        return _context_digest(payload.encode())
 
 
 # -- what changed between an env's inputs and the current ones ---------------------------------

@@ -9,17 +9,19 @@ crashes on a manifest written for a newer version.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import attrs
-import cattrs
-from cattrs.gen import make_dict_structure_fn, override
 
 from .errors import ManifestError
+
+if TYPE_CHECKING:
+    import cattrs
 from .paths import PLUGIN_NAME_RE
 
 __all__ = [
@@ -203,7 +205,12 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _make_converter() -> cattrs.Converter:
+@functools.cache
+def _converter() -> cattrs.Converter:
+    """The converter, made on the first manifest parsed cold (a warm load rebuilds manifests
+    from the warm index without it, and importing cattrs costs every ``ally`` run)."""
+    import cattrs
+
     conv = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
     conv.register_structure_hook(str, _strict(str, "a string"))
     conv.register_structure_hook(bool, _strict(bool, "a boolean"))
@@ -236,6 +243,8 @@ def _strict_list(items_hook: Callable[[Any, Any], Any], label: str) -> Callable[
 
 
 def _with_extra(conv: cattrs.Converter, cls: type) -> Callable[[Any, Any], Any]:
+    from cattrs.gen import make_dict_structure_fn, override
+
     base: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, conv, extra=override(omit=True))
     names = {a.name for a in attrs.fields(cls)} - {"extra"}
 
@@ -249,7 +258,10 @@ def _with_extra(conv: cattrs.Converter, cls: type) -> Callable[[Any, Any], Any]:
     return hook
 
 
-CONVERTER: cattrs.Converter = _make_converter()
+def __getattr__(name: str) -> Any:
+    if name == "CONVERTER":  # the converter, for code that used the module attribute
+        return _converter()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _format_exception(exc: BaseException, _type: Any) -> str:
@@ -262,6 +274,8 @@ def _format_exception(exc: BaseException, _type: Any) -> str:
 
 def _paths(exc: BaseException) -> list[str]:
     out = []
+    import cattrs
+
     for msg in cattrs.transform_error(exc, path="$", format_exception=_format_exception):
         text, _, where = msg.rpartition(" @ ")
         out.append(f"{where}: {text}" if text else msg)
@@ -276,8 +290,11 @@ def parse_manifest(data: Any, *, source: str = MANIFEST_NAME, plugin: str = "") 
         raise ManifestError(label, source, [f"$: expected an object, got {_json_type(data)}"])
     problems: list[str] = []
     manifest: Manifest | None = None
+    conv = _converter()
+    import cattrs  # imported by _converter() already
+
     try:
-        manifest = CONVERTER.structure(data, Manifest)
+        manifest = conv.structure(data, Manifest)
     except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
         problems.extend(_paths(exc))
     problems.extend(_semantic_problems(data))

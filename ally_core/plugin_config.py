@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -59,7 +58,7 @@ __all__ = [
     "validate_input",
 ]
 
-from .text import MASK, mask_text
+from .text import MASK, log, mask_text
 
 
 def _no_sources() -> list[PluginSource]:
@@ -99,9 +98,6 @@ Where = Union[ConfigHome, HasConfigHome]
 
 def _home(where: Where) -> ConfigHome:
     return where if isinstance(where, ConfigHome) else where.config_home()
-
-
-log = logging.getLogger("ally")
 
 
 def config_schema(manifest: Manifest) -> Optional[dict[str, Any]]:

@@ -14,16 +14,17 @@ implementation that matches no hook specification (``creat_env``) would never be
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import pluggy
 
 from . import hookspecs
+from .entry_points import ally_entry_points, load_entry_point
 from .hookspecs import PROJECT_NAME
+from .text import log
 
 __all__ = [
     "BUILTIN_RUNTIMES",
@@ -33,27 +34,22 @@ __all__ = [
     "unknown_hooks",
 ]
 
-log = logging.getLogger("ally")
-
 #: registration name -> module of the runtimes that ship inside ally-core.
 BUILTIN_RUNTIMES: Mapping[str, str] = {"python": "ally_core.runtimes.python"}
 
 
-def _entry_points() -> list[object]:
-    from importlib.metadata import entry_points
-
-    if sys.version_info >= (3, 10):
-        return list(entry_points(group=PROJECT_NAME))
-    return list(entry_points().get(PROJECT_NAME, ()))  # pragma: no cover - 3.9 only
-
-
 def make_plugin_manager(
-    environ: Mapping[str, str] | None = None, *, load_entrypoints: bool = True
+    environ: Mapping[str, str] | None = None,
+    *,
+    load_entrypoints: bool = True,
+    index: Optional[Any] = None,
 ) -> pluggy.PluginManager:
     """Create a plugin manager with every enabled runtime registered.
 
     A runtime whose entry point fails to import is skipped with a warning: one broken
-    third-party package must not stop ally (nor the plugins of other runtimes).
+    third-party package must not stop ally (nor the plugins of other runtimes). With an
+    ``index`` (a :class:`~ally_core.warm_index.WarmIndex`), the entry points found are
+    remembered in it (:mod:`ally_core.entry_points`).
     """
     environ = os.environ if environ is None else environ
     pm = pluggy.PluginManager(PROJECT_NAME)
@@ -65,20 +61,13 @@ def make_plugin_manager(
         if name not in disabled:
             pm.register(importlib.import_module(module), name=name)
     if load_entrypoints:
-        for ep in _entry_points():
-            name = getattr(ep, "name", "")
-            if pm.is_blocked(name) or pm.get_plugin(name) is not None:
+        for ep_name, value, *_dist in ally_entry_points(index):
+            if not ep_name or pm.is_blocked(ep_name) or pm.get_plugin(ep_name) is not None:
                 continue
             try:
-                plugin = ep.load()  # type: ignore[attr-defined]
-                pm.register(plugin, name=name)
+                pm.register(load_entry_point(value or ""), name=ep_name)
             except Exception as exc:
-                log.warning(
-                    "runtime %r (entry point %s) failed to load: %s",
-                    name,
-                    getattr(ep, "value", "?"),
-                    exc,
-                )
+                log.warning("runtime %r (entry point %s) failed to load: %s", ep_name, value, exc)
     for unknown in unknown_hooks(pm):
         log.warning("%s", unknown.describe())
     if environ.get("ALLY_TRACE_PLUGINS", "") not in {"", "0"}:
@@ -87,14 +76,13 @@ def make_plugin_manager(
     return pm
 
 
-def runtime_distributions() -> dict[str, str]:
+def runtime_distributions(index: Optional[Any] = None) -> dict[str, str]:
     """Entry-point name -> ``"<distribution> <version>"`` of every runtime package installed."""
-    out = {}
-    for ep in _entry_points():
-        dist = getattr(ep, "dist", None)
-        if dist is not None:
-            out[getattr(ep, "name", "")] = f"{dist.name} {dist.version}"
-    return out
+    return {
+        str(name): f"{dist} {version}"
+        for name, _value, dist, version, _file in ally_entry_points(index)
+        if dist is not None
+    }
 
 
 class UnknownHook(NamedTuple):

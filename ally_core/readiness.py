@@ -37,7 +37,11 @@ ProgressCallback = Callable[[ProgressEvent], None]
 
 
 def _runtime_error(plugin: str, exc: Exception) -> RuntimeFailed:
-    return RuntimeFailed(f"{plugin}: runtime error: {exc.__class__.__name__}: {exc}")
+    """A runtime's bug as the one-line error of its plugin; the original exception, with its
+    traceback, stays its ``__cause__`` (``ally --debug`` shows it)."""
+    error = RuntimeFailed(f"{plugin}: runtime error: {exc.__class__.__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def pending(source: PluginSource, reason: str) -> PluginOutcome:
@@ -55,7 +59,7 @@ def blocked(
         source.name,
         source.plugin_dir,
         "blocked",
-        reason=reason or one_line(error),
+        reason=reason or one_line(error, source.name),
         manifest=source.manifest,
         error=error,
         **kw,
@@ -194,7 +198,7 @@ class Readiness:
             try:
                 problem = self.builder.cheap_problem(attrs.evolve(spec, env_dir=env_dir), marker)
             except AllyError as exc:
-                problem = one_line(exc)
+                problem = one_line(exc, name)
             previous = marker if problem is None else None
             if not force:
                 # The most specific reason first: a vanished interpreter also changes the
@@ -210,7 +214,7 @@ class Readiness:
         try:
             env, marker, action = self.build(spec, key, inputs, force=force, progress=progress)
         except AllyError as exc:
-            reason = one_line(exc)
+            reason = one_line(exc, name)
             if previous is None or previous.request_key != key:
                 # Remembered for these inputs: until they change (or retry_after passes),
                 # loads do not build again, and `list` says why.
@@ -330,7 +334,7 @@ class Readiness:
         try:
             spec, key = self.keys.spec_and_key(source)
         except Exception as exc:  # warm reported it already; here it is only a reason
-            return pending(source, one_line(exc))
+            return pending(source, one_line(exc, source.name))
         failure = self.failures.reason(manifest.name, key, recent=False)
         current = self.store.current(manifest.name)
         if current is None:
@@ -343,7 +347,7 @@ class Readiness:
         try:
             problem = self.builder.cheap_problem(spec, marker)
         except AllyError as exc:
-            problem = one_line(exc)
+            problem = one_line(exc, source.name)
         if problem is not None:
             if failure is not None:
                 return pending(source, f"install failed: {failure}")
@@ -355,5 +359,5 @@ class Readiness:
         try:
             inputs = inputs if inputs is not None else self.keys.request_inputs(spec)
         except Exception as exc:  # a runtime's bug: the state is still known
-            return pending(source, f"needs rebuild ({one_line(exc)})")
+            return pending(source, f"needs rebuild ({one_line(exc, source.name)})")
         return pending(source, f"needs rebuild: {describe_change(marker.inputs, inputs)}")

@@ -21,13 +21,10 @@ as the original design promised. Plugins whose fingerprints are equal point at t
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import errno
 import functools
 import json
 import os
-import secrets
-import shutil
 import time
 import zlib
 from collections.abc import Iterator, Mapping
@@ -35,7 +32,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import attrs
-import cattrs
 
 from .envs import EnvInfo, Interpreter
 from .errors import EnvStoreError
@@ -69,14 +65,21 @@ class Marker:
     inputs: Mapping[str, Any] = attrs.field(factory=dict)
 
 
-def _make_converter() -> cattrs.Converter:
+@functools.cache
+def _converter() -> Any:
+    """The cattrs converter that writes markers (made on the first write: reading uses
+    :func:`_marker_from_json`, and cattrs costs every ``ally`` run its import)."""
+    import cattrs
+
     conv = cattrs.Converter()
     conv.register_unstructure_hook(Path, str)
     conv.register_structure_hook(Path, lambda v, _t: Path(v))
     return conv
 
 
-_CONVERTER = _make_converter()
+def _token(nbytes: int) -> str:
+    """Random hex for temporary names (:func:`secrets.token_hex` without importing it)."""
+    return os.urandom(nbytes).hex()
 
 
 @functools.lru_cache(maxsize=64)
@@ -136,12 +139,14 @@ def _marker_from_json(data: Any, env_dir: Optional[Path] = None) -> Marker:
 
 
 def now_iso() -> str:
+    import datetime as _dt
+
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so that readers see the old or the new content, never part."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{_token(4)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         with os.fdopen(fd, "wb") as fh:
@@ -251,7 +256,6 @@ class EnvStore:
             TypeError,
             KeyError,
             AttributeError,
-            cattrs.BaseValidationError,
         ):
             return None
         self._markers[path] = (signature, marker, env_path)
@@ -271,7 +275,7 @@ class EnvStore:
         """A fresh, not yet existing directory for an env of ``fingerprint``."""
         with store_errors("cannot create the env store"):
             self.store_dir.mkdir(parents=True, exist_ok=True)
-        return self.store_dir / f"{fingerprint[:16]}-{secrets.token_hex(4)}"
+        return self.store_dir / f"{fingerprint[:16]}-{_token(4)}"
 
     def find(self, fingerprint: str) -> Optional[tuple[Path, Marker]]:
         """The newest published env with exactly this fingerprint."""
@@ -304,7 +308,7 @@ class EnvStore:
             return None
 
     def write_marker(self, env_dir: Path, marker: Marker) -> None:
-        data = json.dumps(_CONVERTER.unstructure(marker), indent=2, sort_keys=True).encode()
+        data = json.dumps(_converter().unstructure(marker), indent=2, sort_keys=True).encode()
         with store_errors(f"cannot write {env_dir / MARKER}"):
             write_atomic(env_dir / MARKER, data)
 
@@ -315,7 +319,7 @@ class EnvStore:
             previous = self.current(name)
             if pointer.is_dir() and not pointer.is_symlink():
                 # An env from before ally managed this home (a plain venv dir): keep it aside.
-                pointer.rename(self.store_dir / f"legacy-{name}-{secrets.token_hex(4)}")
+                pointer.rename(self.store_dir / f"legacy-{name}-{_token(4)}")
             link = _temp_link(self.root, name)
             os.symlink(os.path.relpath(env_dir, self.root), link)
             try:
@@ -377,7 +381,7 @@ class EnvStore:
             raise EnvStoreError(f"refusing to delete {env_dir}: not an env of the store")
         real = env_dir.resolve()  # as pointers() gives it
         # Hide it first (one rename) so no reader can see a half-deleted env.
-        trash = self.store_dir / f".trash-{secrets.token_hex(6)}"
+        trash = self.store_dir / f".trash-{_token(6)}"
         try:
             env_dir.rename(trash)
         except FileNotFoundError:
@@ -385,6 +389,8 @@ class EnvStore:
         if unless_used and real in set(self.pointers().values()):
             trash.rename(env_dir)
             return False
+        import shutil
+
         shutil.rmtree(trash, ignore_errors=True)
         return True
 
@@ -486,6 +492,8 @@ class EnvStore:
         if path.is_symlink() or path.is_file():
             path.unlink(missing_ok=True)
         elif path.parent == self.store_dir:
+            import shutil
+
             self.discard(path) if not path.name.startswith(".trash-") else shutil.rmtree(
                 path, ignore_errors=True
             )
@@ -505,7 +513,7 @@ def _owner_tag() -> str:
 
 def _temp_link(directory: Path, name: str) -> Path:
     """A new temporary link's path: ``.<name>.<owner tag>.<random>.link``."""
-    return directory / f".{name}.{_owner_tag()}.{secrets.token_hex(4)}.link"
+    return directory / f".{name}.{_owner_tag()}.{_token(4)}.link"
 
 
 def _stray_link(link: Path, now: float) -> bool:

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["MASK", "did_you_mean", "mask_text", "one_line", "printable"]
+__all__ = [
+    "MASK",
+    "did_you_mean",
+    "log",
+    "mask_text",
+    "one_line",
+    "printable",
+    "version_key",
+    "version_sorted",
+]
+
+
+class _Log:
+    """``logging.getLogger("ally")``, imported on first use: most commands log nothing, and
+    importing :mod:`logging` costs every ``ally`` run a few milliseconds."""
+
+    def __getattr__(self, name: str) -> Any:
+        import logging
+
+        return getattr(logging.getLogger("ally"), name)
+
+
+#: ally's logger (see :class:`_Log`).
+log: Any = _Log()
 
 #: What a secret value is replaced with wherever ally shows text.
 MASK = "********"
@@ -65,6 +87,8 @@ def printable(text: object) -> str:
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices`` (case-insensitive), or ``""``."""
+    import difflib
+
     options = sorted(set(choices))
     lowered = {c.lower(): c for c in options}
     if word.lower() in lowered and lowered[word.lower()] != word:
@@ -73,8 +97,30 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
 
 
-def one_line(error: BaseException) -> str:
-    """An error's text on one line (its lines joined with `` | ``), else its class name."""
-    return " | ".join(line for line in str(error).splitlines() if line.strip()) or (
+def version_key(text: str) -> tuple[int, Any, str]:
+    """A sort key comparing ``text`` as a version (``3.9`` before ``3.10``; PEP 440, which
+    also reads ``20.11.1`` and ``3.2.2``); strings that are no version sort last, as text."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return (0, Version(text), text)
+    except InvalidVersion:
+        return (1, None, text)
+
+
+def version_sorted(versions: Iterable[str]) -> list[str]:
+    """``versions`` without repeats, oldest first, compared as versions (:func:`version_key`)."""
+    return sorted(set(versions), key=version_key)
+
+
+def one_line(error: BaseException, plugin: str = "") -> str:
+    """An error's text on one line (its lines joined with `` | ``), else its class name.
+
+    With ``plugin``, without a leading ``"<plugin>: "``: the reason of that plugin's outcome,
+    which carries its name already (a name is said once per message).
+    """
+    text = " | ".join(line for line in str(error).splitlines() if line.strip()) or (
         error.__class__.__name__
     )
+    prefix = f"{plugin}: "
+    return text[len(prefix) :] if plugin and text.startswith(prefix) else text

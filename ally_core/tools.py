@@ -19,7 +19,6 @@ from __future__ import annotations
 import codecs
 import functools
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -43,6 +42,7 @@ from .forms import (
 from .manifest import Tool
 from .process import ToolProcess, _wait_then_set, kill_process_group
 from .replies import ToolResult, interpret_reply, mask_text
+from .text import log
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -61,7 +61,6 @@ __all__ = [
     "tool_environ",
 ]
 
-log = logging.getLogger("ally")
 
 #: Host variables a tool sees (plus :data:`LOCALE_VARS`, the runtime's own, ``ALLY_PASS_ENV``
 #: names and the plugin's ``PLUGIN_CONFIG_*``).

@@ -14,7 +14,9 @@ ctime) of the files it was derived from and is used only while they are unchange
   dependency file and the runtime's :func:`~ally_core.hookspecs.identity_files`, whether the
   plugin carries bundle artifacts, and a digest of the runtime's
   :func:`~ally_core.hookspecs.env_context` (environment variables, config files, versions);
-- ``markers``: marker path -> its identity and content.
+- ``markers``: marker path -> its identity and content;
+- ``entry_points``: the ``ally`` entry points installed, with the identity of ``sys.path``
+  and its directories (:mod:`ally_core.entry_points`).
 
 The file is a header line (format, ally version, Python tag), a CRC-32 of the payload and
 the payload: the three tables as :mod:`marshal` data, the format of CPython's own ``.pyc``
@@ -34,10 +36,8 @@ from __future__ import annotations
 
 import binascii
 import contextlib
-import logging
 import marshal
 import os
-import secrets
 import stat
 import sys
 import threading
@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .__about__ import __version__
+from .text import log
 
 __all__ = ["INDEX_NAME", "WarmIndex", "decode", "encode", "entry_identity", "file_identity"]
 
-log = logging.getLogger("ally")
 
 INDEX_FORMAT = 2
 _TAG = sys.implementation.cache_tag or f"{sys.implementation.name}-marshal{marshal.version}"
@@ -57,7 +57,7 @@ _TAG = sys.implementation.cache_tag or f"{sys.implementation.name}-marshal{marsh
 INDEX_NAME = f"warm-index.{_TAG}.bin"
 #: Index files that no version of ally reads any more (``ally gc`` removes them).
 LEGACY_NAMES = ("warm-index.json",)
-_TABLES = ("manifests", "keys", "markers")
+_TABLES = ("manifests", "keys", "markers", "entry_points")
 
 
 def _header(format: int, version: str) -> bytes:
@@ -251,7 +251,7 @@ class WarmIndex:
                 log.debug("cannot write the warm index %s: %s", self.path, exc)
                 return False
             self._dirty = False
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = self.path.with_name(f".{self.path.name}.{os.urandom(4).hex()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # 0600 like every state file: it holds manifests' install commands and paths.

@@ -190,7 +190,7 @@ def test_an_unexpected_error_loading_one_manifest_blocks_only_that_plugin(
     outcomes = {o.name: o for o in Host(ally_home).load()}
     assert outcomes["ok"].ready
     assert outcomes["odd"].status == "blocked"
-    assert outcomes["odd"].reason == "odd: plugin.json: too large to load"
+    assert outcomes["odd"].reason == "plugin.json: too large to load"
 
 
 def test_the_warm_index_never_stores_a_value_too_deep_to_encode(tmp_path: Path) -> None:

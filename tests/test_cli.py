@@ -77,7 +77,7 @@ def test_list_shows_each_plugin_state_without_building_anything(
     assert "\u2026 greeter: not installed" in lines
     assert "\u26a0 plain: t" in lines  # ready, with a warning mark
     assert "    warning: $.colour: unknown key (kept)" in lines
-    assert any(line.startswith("\u2717 broken: broken: plugin.json: $.tools") for line in lines)
+    assert any(line.startswith("\u2717 broken: plugin.json: $.tools") for line in lines)
 
 
 def test_list_of_an_empty_home_says_so(ally_cli: Any) -> None:

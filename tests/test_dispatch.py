@@ -229,7 +229,8 @@ def test_a_runtime_raising_in_a_hook_blocks_only_the_plugins_it_serves(
     outcomes = {o.name: o for o in Host(ally_home, plugin_manager=pm).load()}
     assert outcomes["other"].ready, outcomes["other"].reason
     assert not outcomes["mine"].ready
-    assert outcomes["mine"].reason == "mine: runtime error: ValueError: identity bug"
+    assert outcomes["mine"].reason == "runtime error: ValueError: identity bug"
+    assert isinstance(outcomes["mine"].error.__cause__, ValueError)  # for --debug
     assert isinstance(outcomes["mine"].error, InstallFailed)
 
 

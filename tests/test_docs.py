@@ -214,7 +214,7 @@ def _documented_json(page: str) -> list[dict[str, Any]]:
     return out
 
 
-def test_documented_json_shapes_match_what_the_cli_prints(make_plugin, ally_cli):
+def test_documented_json_shapes_match_what_the_cli_prints(make_plugin, ally_cli, ally_home):
     make_plugin(
         "wordy",
         {
@@ -251,19 +251,33 @@ def test_documented_json_shapes_match_what_the_cli_prints(make_plugin, ally_cli)
     printed = set(shape("doctor", "--json")["plugins"][0])
     expected = outcome_keys | (set(doctor_example) - {"…"})
     assert printed == expected, printed ^ expected
+    bundle = str(Path(ally_home) / "wordy.ally.tar.gz")
     for args in (
         ("gc", "--json", "--dry-run"),
         ("runtimes", "--json"),
         ("config", "--json"),
+        ("config", "set", "wordy", "token", "s3cret", "--json"),
         ("config", "show", "wordy", "--json"),
+        ("config", "unset", "wordy", "token", "--json"),
+        ("remove", "wordy", "--json"),
+        ("exec", "wordy", "--json", "--", sys.executable, "-c", "print(1)"),
+        ("bundle", "wordy", "-o", bundle, "--json"),
+        ("schema", "--json"),
     ):
         data = shape(*args)
         example = example_with(set(data))
         for key, value in data.items():
             if isinstance(value, list) and value and isinstance(example[key], list):
-                assert set(value[0]) == set(example[key][0]), (args, key)
+                if isinstance(value[0], dict):
+                    assert set(value[0]) == set(example[key][0]), (args, key)
+                else:
+                    assert all(isinstance(v, type(value[0])) for v in example[key]), (args, key)
             if key in {"settings", "paths"}:
                 assert set(value) == set(example[key]), (args, key)
+            assert example[key] is None or value is None or type(value) is type(example[key]), (
+                args,
+                key,
+            )
     table = (DOCS / "reference" / "cli.md").read_text("utf-8")
     for key in outcome_keys - {"runtime", "version"}:
         assert f"| `{key}` |" in table, f"outcome key {key!r} is not in the table"

@@ -24,7 +24,10 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("foundations", ["__about__", "errors", "text", "paths", "config", "schema"]),
     ("processes", ["process", "containment"]),
     ("values", ["envs", "checks", "manifest", "progress", "replies", "forms"]),
-    ("runtime contract", ["hookspecs", "plugin_manager", "dispatch", "runtimes", "runtimes.*"]),
+    (
+        "runtime contract",
+        ["hookspecs", "entry_points", "plugin_manager", "dispatch", "runtimes", "runtimes.*"],
+    ),
     (
         "machinery",
         ["store", "warm_index", "discovery", "keys", "builder", "failures", "outcomes"],
@@ -37,6 +40,11 @@ LAYERS: list[tuple[str, list[str]]] = [
             "loader",
             "bundle",
             "cli",
+            "cli_common",
+            "cli_options",
+            "cli_exec",
+            "completion",
+            "seen_warnings",
             "testing",
             "__init__",
             "mcp",

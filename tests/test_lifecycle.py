@@ -317,10 +317,12 @@ def test_failed_update_to_an_unsatisfiable_requirement_keeps_serving_the_old_env
     python = ally_home / "plugin-envs" / "greeter" / "bin" / "python"
     subprocess.run([str(python), "-c", "import allydemo_greet"], check=True)
     # What update said holds for every later command: the old env is used, and each says why.
-    run = ally_cli("run", "greeter", "hello", "--input", '{"who": "still"}', "-q")
+    run = ally_cli("run", "greeter", "hello", "--input", '{"who": "still"}')
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["result"] == "hello still from allydemo_greet 1.0.0"
     assert run.stderr.startswith("ally: warning: greeter: ") and "allydemo-greet" in run.stderr
+    quiet = ally_cli("run", "greeter", "hello", "--input", '{"who": "still"}', "-q")
+    assert quiet.returncode == 0 and quiet.stderr == ""  # -q: results and errors only
     listed = _json(ally_cli("list", "--json"))["greeter"]
     assert (listed["status"], listed["stale"], listed["env"]) == ("ready", True, failed["env"])
     assert listed["reason"] == failed["reason"]

@@ -225,7 +225,7 @@ def test_invalid_json_is_reported_with_line_and_column(host: Host, make_plugin: 
     assert outcomes["fine"].ready
     broken = outcomes["broken"]
     assert broken.status == "blocked"
-    assert "broken: plugin.json: invalid JSON at line 3 column 13" in broken.reason
+    assert broken.reason.startswith("plugin.json: invalid JSON at line 3 column 13")
     assert isinstance(broken.error, ManifestError)
 
 
@@ -242,7 +242,7 @@ def test_non_standard_json_numbers_are_rejected(
     )
     (outcome,) = host.load()
     assert outcome.status == "blocked"
-    assert outcome.reason.startswith("odd-numbers: plugin.json: ")
+    assert outcome.reason.startswith("plugin.json: ")
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -364,7 +364,7 @@ def test_dependency_file_outside_the_plugin_blocks_it_and_others_still_load(
     assert escape.status == "blocked"
     assert "\n" not in escape.reason
     assert escape.reason == (
-        f"escape: plugin.json: $.dependencies.file: {dep!r} is outside the plugin directory"
+        f"plugin.json: $.dependencies.file: {dep!r} is outside the plugin directory"
     )
     assert not (host.paths.envs_dir / "escape").exists()
 

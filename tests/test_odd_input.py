@@ -79,7 +79,7 @@ def test_a_schema_nested_too_deeply_is_refused_in_one_line(
     blocked = outcomes["deepschema"]
     assert blocked.status == "blocked" and "\n" not in blocked.reason
     assert blocked.reason == (
-        "deepschema: plugin.json: $.tools[0].schema: nested more than 100 levels deep"
+        "plugin.json: $.tools[0].schema: nested more than 100 levels deep"
     )
     proc = ally_cli("run", "deepschema", "t")
     assert proc.returncode == 1

@@ -179,7 +179,7 @@ def test_config_file_may_use_top_level_keys(ally_home: Path) -> None:
     ("text", "env", "expected"),
     [
         ("jobs = 0\n", {}, "jobs: expected a positive integer"),
-        ("jobs = 'x'\n", {}, "jobs: invalid literal"),
+        ("jobs = 'x'\n", {}, "jobs: expected a positive integer, got 'x'"),
         ("offline = 'yes please'\n", {}, "offline: expected a boolean"),
         ("installer = 'conda'\n", {}, "installer: expected one of auto, uv, pip"),
         ("colour = 'red'\n", {}, "unknown setting(s): colour"),

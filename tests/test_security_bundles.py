@@ -162,7 +162,7 @@ def test_force_replaces_the_directory_and_keeps_the_old_one_as_a_backup(
     backups = list((home / "plugins" / BACKUP_DIR).iterdir())
     assert len(backups) == 1
     backup = backups[0]
-    assert f"moved to {backup}" in proc.stdout
+    assert f"moved to {backup}" in proc.stderr  # a note: stdout keeps the result (or JSON)
     assert (backup / "local-edit.py").read_text() == "my work\n"
     assert json.loads((mine / "plugin.json").read_text())["version"] == "1.0"
     assert (mine / "main.py").read_text() == "print('new')\n"

@@ -356,7 +356,7 @@ def test_a_deeply_nested_config_schema_is_one_line(ally_home: Path, make_plugin,
     _plugin(make_plugin, schema=_deep_schema(150))
     listed = json.loads(_ok(ally_cli("list", "--json")))["plugins"]
     assert listed[0]["status"] == "blocked", listed
-    assert listed[0]["reason"] == "safe: plugin.json: $.config: nested more than 100 levels deep"
+    assert listed[0]["reason"] == "plugin.json: $.config: nested more than 100 levels deep"
     line = _fails(ally_cli("config", "set", "safe", "token", "x"))
     assert "nested more than 100 levels deep" in line
     line = _fails(ally_cli("run", "safe", "env", "--input", "{}"))

@@ -1043,6 +1043,7 @@ def test_encode_decode_round_trip_shares_equal_strings_and_refuses_damage(tmp_pa
         "manifests": {},
         "keys": {"/plugins/p": [[1, 2, 3, 4], {"dependency_file": path, "watch": []}]},
         "markers": {"/m": [[5, 6, 7], {"commands": {"a": path + "x", "b": path + "x"}}]},
+        "entry_points": {"ally": [None, [[["/site"], [[1, 2, 3]], []], []]]},
     }
     blob = encode(tables)
     assert decode(blob) == tables

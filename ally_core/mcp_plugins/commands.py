@@ -14,19 +14,35 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
-from ..envs import Health, Problem
-from .discovery import claude_plugin_names, server_refs
-from .servers import (
-    ServerOutcome,
-    broken_outcome,
-    ensure_server,
-    ensure_servers,
-    server_status,
-)
-from .specs import server_spec
-
 if TYPE_CHECKING:
+    from ..envs import Health
     from ..host import Host
+    from .servers import ServerOutcome
+
+# The modules that read Claude-style plugins and build their servers' envs (discovery,
+# servers, specs: a few dozen attrs classes) are imported by the functions that use them,
+# after a look for any such plugin: every ally command builds this module's parser, and
+# most homes have none.
+
+#: Where a Claude-style plugin keeps its manifest (manifest.CLAUDE_MANIFEST, as path parts).
+_CLAUDE_MANIFEST = (".claude-plugin", "plugin.json")
+
+
+def any_claude_plugin(host: Host) -> bool:
+    """Whether a plugin dir holds a Claude-style plugin (a ``stat`` per plugin, nothing
+    imported): when none does, the other commands need nothing from this package."""
+    for root in host.paths.plugin_dirs:
+        try:
+            entries = list(os.scandir(root))
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.name.startswith(".") and os.path.isfile(
+                os.path.join(entry.path, *_CLAUDE_MANIFEST)
+            ):
+                return True
+    return False
+
 
 __all__ = [
     "add_mcp_commands",
@@ -65,6 +81,8 @@ def mcp_subparsers(sub: Any) -> Any:
 
 def add_mcp_commands(sub: Any) -> None:
     """Register ``ally mcp launch`` and ``ally mcp config`` on the CLI's sub-command group."""
+    from ..cli_options import _build_options, _verbosity  # the same on every command
+
     group = mcp_subparsers(sub)
     p = group.add_parser(
         "launch",
@@ -73,6 +91,7 @@ def add_mcp_commands(sub: Any) -> None:
         "process with the server. What a host runs instead of npx -y PKG or uvx PKG.",
     )
     p.set_defaults(func=cmd_launch)
+    _verbosity(p)
     p.add_argument("plugin", help="the Claude-style plugin's name")
     p.add_argument("server", help="the server's name in its .mcp.json")
     p.add_argument("--offline", action="store_true", help="never use the network")
@@ -90,11 +109,8 @@ def add_mcp_commands(sub: Any) -> None:
         action="store_true",
         help="start each server through ally (self-healing) instead of pointing into its env",
     )
-    p.add_argument("--offline", action="store_true", help="never use the network")
-    p.add_argument("--installer", choices=["auto", "uv", "pip"], help="Python installer backend")
-    p.add_argument("-j", "--jobs", type=int, help="parallel builds")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    p.add_argument("-v", "--verbose", action="store_true", help="show installer output")
+    _verbosity(p)
+    _build_options(p)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -130,10 +146,14 @@ def _ally_args(args: argparse.Namespace, host: Host) -> list[str]:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from ..cli import _host, _reporter, _say
+    from ..cli import _host
+    from ..cli_common import _reporter, _say
     from .config import config_document
 
     host = _host(args)
+    from .discovery import server_refs
+    from .servers import broken_outcome, ensure_servers
+
     refs, unreadable = server_refs(host, args.plugins or None)
     broken = [broken_outcome(b) for b in unreadable]
     reporter = _reporter(args)
@@ -160,8 +180,10 @@ def split_names(host: Host, names: Sequence[str]) -> tuple[list[str], list[str]]
     """``(plugin.json plugins, Claude-style plugins)`` among ``names``; a name that is both
     (a directory with both manifests) is in both lists, an unknown one in the first (whose
     command reports it)."""
-    if not names:
-        return [], []
+    if not names or not any_claude_plugin(host):
+        return list(names), []
+    from .discovery import claude_plugin_names
+
     claude = claude_plugin_names(host)
     if not claude:
         return list(names), []
@@ -178,6 +200,11 @@ def ensure_plugins(
     progress: Any = None,
 ) -> list[ServerOutcome]:
     """Make every server of ``plugins`` (``None``: of every Claude-style plugin) ready."""
+    if plugins is None and not any_claude_plugin(host):
+        return []
+    from .discovery import server_refs
+    from .servers import broken_outcome, ensure_servers
+
     refs, broken = server_refs(host, plugins)
     return [broken_outcome(b) for b in broken] + ensure_servers(
         host, refs, force=force, upgrade=upgrade, progress=progress
@@ -189,12 +216,19 @@ def remove_servers(host: Host, plugins: Sequence[str]) -> list[tuple[str, bool]]
     env another server or plugin shares): ``(plugin/server, whether one existed)`` each."""
     if not plugins:
         return []
+    from .discovery import server_refs
+
     refs, _broken = server_refs(host, plugins)
     return [(ref.label, host.store.unpublish(ref.pointer)) for ref in refs]
 
 
 def status_plugins(host: Host) -> list[ServerOutcome]:
     """Every server's state, building nothing (``ally list``)."""
+    if not any_claude_plugin(host):
+        return []
+    from .discovery import server_refs
+    from .servers import broken_outcome, server_status
+
     refs, broken = server_refs(host)
     return [broken_outcome(b) for b in broken] + [server_status(host, ref) for ref in refs]
 
@@ -219,7 +253,7 @@ def server_json(outcome: ServerOutcome) -> dict[str, Any]:
 
 
 def print_servers(outcomes: Sequence[ServerOutcome]) -> None:
-    from ..cli import _say  # names and reasons come from plugins: shown escaped
+    from ..cli_common import _say  # names and reasons come from plugins: shown escaped
 
     extra = {
         "built": " (installed)",
@@ -246,6 +280,13 @@ def doctor_servers(
     host: Host, plugins: Optional[Iterable[str]], *, fix: bool, progress: Any = None
 ) -> list[tuple[ServerOutcome, Health]]:
     """Deep-check each server's env (and that its command is there); ``fix`` rebuilds."""
+    if plugins is None and not any_claude_plugin(host):
+        return []
+    from ..envs import Health, Problem
+    from .discovery import server_refs
+    from .servers import broken_outcome, ensure_server, server_status
+    from .specs import server_spec
+
     refs, broken = server_refs(host, plugins)
     reports = [(o, Health((Problem(o.reason, False),))) for o in map(broken_outcome, broken)]
     for ref in refs:

@@ -15,7 +15,6 @@ invalid is kept with its problems, so that the plugin's other servers still star
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -107,6 +106,8 @@ def server_slug(name: str) -> str:
     """A server's name as a store name: itself when it is safe, else a hash of it."""
     if _SAFE_NAME.fullmatch(name):
         return name
+    import hashlib
+
     return "x" + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 

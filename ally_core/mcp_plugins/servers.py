@@ -12,13 +12,11 @@ resolves again on the next install or launch.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 import threading
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -263,6 +261,8 @@ def ensure_servers(
         with cancel_token(cancel):
             return ensure_server(host, ref, force=force, upgrade=upgrade, progress=progress)
 
+    from concurrent.futures import ThreadPoolExecutor
+
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ally-mcp")
     try:
         futures = [pool.submit(one, ref) for ref in refs]
@@ -335,6 +335,8 @@ def _leftovers(folder: Path, keep: set[str]) -> list[tuple[Path, int, str]]:
 
 def _lock_key(pointer: str) -> str:
     """The name of a server's lock (one resolve-and-build at a time, across processes)."""
+    import hashlib
+
     return "mcp-" + hashlib.sha256(pointer.encode()).hexdigest()[:16]
 
 

@@ -12,7 +12,12 @@ Goal = tuple[str, bool, str]
 
 #: The sections of ``results.md`` that other scripts write (``mcp_overhead.py --write``,
 #: ``workers.py``): kept as they are when this one rewrites the file.
-KEPT_SECTIONS = ("## MCP per-call overhead", "<!-- workers.py: start -->")
+KEPT_SECTIONS = (
+    "## MCP per-call overhead",
+    "<!-- workers.py: start -->",
+    "## MCP server start",
+    "## CLI startup",
+)
 
 
 def render(data: dict[str, Any]) -> tuple[str, list[Goal]]:

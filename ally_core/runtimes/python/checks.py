@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -99,6 +98,8 @@ def check_env(spec: EnvSpec, env: EnvInfo, deep: bool) -> Health:
         return Health((Problem(cfg),))
     environ = clean_environ(path_prefix=env.bin_dirs, extra=dict(env.env_vars))
     check = fastest_available().check_command(spec, py, environ)
+    from concurrent.futures import ThreadPoolExecutor
+
     # The dependency check runs while this thread verifies the installed files.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ally-check") as pool:
         checks = [("env python", [py, "-c", "import encodings, site"], environ), check]

@@ -8,7 +8,6 @@ variables instead of arguments (see :meth:`.backend.Backend.index_args`).
 
 from __future__ import annotations
 
-import configparser
 import functools
 import os
 from collections.abc import Mapping, Sequence
@@ -34,6 +33,8 @@ def _pip_config_files(environ: Mapping[str, str]) -> list[Path]:
 
 def read_pip_config(environ: Mapping[str, str] | None = None) -> IndexOptions:
     """The index options pip would use: its config files, then ``PIP_*`` variables."""
+    import configparser
+
     environ = os.environ if environ is None else environ
     merged: dict[str, str] = {}
     for path in _pip_config_files(environ):

@@ -10,7 +10,6 @@ import functools
 import glob
 import json
 import os
-import platform
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -87,6 +86,8 @@ def query_interpreter(path: str) -> Optional[Interpreter]:
 
 
 def _running_interpreter() -> Interpreter:
+    import platform
+
     base = getattr(sys, "_base_executable", None) or sys.executable
     if not os.path.exists(base):  # pragma: no cover - unusual embedding
         base = sys.executable
@@ -196,7 +197,9 @@ def find_interpreter(spec: EnvSpec) -> Interpreter:
         )
     if not fitting:
         seen = [i for i in seen if not _is_python2(i.version)]
-        have = ", ".join(sorted({i.version for i in [running, *seen]})) or "none"
+        from ...text import version_sorted
+
+        have = ", ".join(version_sorted(i.version for i in [running, *seen])) or "none"
         raise InterpreterNotFound(
             f"{spec.plugin_name}: no Python satisfying runtime_version {constraint!r} found "
             f"(found: {have}); install one or point ALLY_PYTHON at it"

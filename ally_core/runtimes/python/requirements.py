@@ -10,7 +10,6 @@ cached per file and re-validated by ``stat``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shlex
@@ -158,6 +157,8 @@ def _references(line: str) -> list[tuple[str, str]]:
 
 
 def _digest(path: Path) -> str:
+    import hashlib
+
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -8,8 +8,6 @@ tarball against the lock's ``integrity`` and writes :data:`LOCK_NAME` beside the
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +29,9 @@ BUNDLE_PACKAGE_LOCK = "package-lock.json"
 
 
 def _integrity(path: Path, algorithm: str) -> str:
+    import base64
+    import hashlib
+
     digest = hashlib.new(algorithm, path.read_bytes()).digest()
     return f"{algorithm}-{base64.b64encode(digest).decode()}"
 
@@ -58,6 +59,8 @@ def _pack_spec(key: str, entry: Mapping[str, Any]) -> str:
 
 def collect(spec: EnvSpec, env: EnvInfo, dest: Path) -> dict[str, Any]:
     """Pack every installed package into ``dest``; write and return :data:`LOCK_NAME`'s data."""
+    import hashlib
+
     lock_path, lock = _env_lock(env.path)
     wanted: dict[str, list[str]] = {}  # pack spec -> lock keys installed from it
     for key, entry in lock["packages"].items():
@@ -124,6 +127,8 @@ def collect(spec: EnvSpec, env: EnvInfo, dest: Path) -> dict[str, Any]:
 
 def install_argv(spec: EnvSpec, env: EnvInfo, artifacts: Path) -> list[str]:
     """Point the bundled lock at the bundled tarballs (hashes checked): ``npm ci --offline``."""
+    import hashlib
+
     try:
         bundle = json.loads((artifacts / LOCK_NAME).read_text("utf-8"))
         # Only a name inside the bundle's artifacts dir, whatever the file says.

@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
@@ -310,6 +309,8 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
         # Starts node the way tools do: proves the preloaded ESM hook still loads.
         ([env.interpreter.path, "-e", "0"], "node", env.env_vars),
     ]
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ally-node-check") as pool:
         # Hashing the installed files overlaps with npm ls and node starting.
         changed = pool.submit(verify_record, env_dir)

@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from ally_core import EnvSpec, InstallFailed, Interpreter, InterpreterNotFound, clean_environ
 
@@ -219,6 +219,14 @@ def _fits(interpreter: Interpreter, constraints: Sequence[tuple[str, str]]) -> O
     return None
 
 
+def _sort_key(version: str) -> tuple[int, Any]:
+    """Semver order; a version that does not parse sorts last, as text."""
+    try:
+        return (0, parse_version(version)[:3])
+    except ValueError:
+        return (1, version)
+
+
 def choose_node(spec: EnvSpec) -> Interpreter:
     """The node this plugin's env is built with: ``ALLY_NODE`` or the first ``node`` on
     ``PATH`` when it satisfies the plugin's constraints, else the newest installed one that
@@ -255,6 +263,7 @@ def choose_node(spec: EnvSpec) -> Interpreter:
             ):
                 chosen = other
     if chosen is None:
+        seen.sort(key=lambda s: _sort_key(s.interpreter.version))  # 18 before 20, not text
         found = ", ".join(f"{s.interpreter.version} at {s.interpreter.path}" for s in seen)
         raise InterpreterNotFound(
             f"{spec.plugin_name}: Node.js {info.interpreter.version} does not satisfy {failed}"

@@ -7,7 +7,6 @@ process; :func:`copy_inputs` is the build step that writes the env's copies.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
@@ -76,6 +75,8 @@ def _file_signature(path: Path) -> Optional[tuple[int, ...]]:
 
 @functools.lru_cache(maxsize=1024)
 def _sha256_cached(path: str, signature: tuple[int, ...]) -> str:
+    import hashlib
+
     with open(path, "rb") as fh:
         return hashlib.sha256(fh.read()).hexdigest()
 

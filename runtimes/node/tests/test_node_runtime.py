@@ -184,7 +184,7 @@ def test_failed_install_blocks_only_that_plugin_with_npms_error(host, make_plugi
 
     missing = outcomes["missing-pkg"]
     assert missing.status == "blocked"
-    assert "missing-pkg: npm install failed" in missing.reason
+    assert missing.reason.startswith("npm install failed")
     assert "404" in missing.reason and "ally-no-such-package" in missing.reason
     assert "A complete log" not in missing.reason
 
@@ -221,7 +221,7 @@ def test_out_of_sync_lock_is_reported_with_npms_cause_not_its_usage_help(
     )
     (outcome,) = host.load()
     assert outcome.status == "blocked"
-    assert outcome.reason.startswith("stale: npm ci failed (")
+    assert outcome.reason.startswith("npm ci failed (")
     assert "are in sync. Please update your lock file" in outcome.reason
     assert outcome.reason.endswith("npm error Missing: ally-hello-bin@1.0.0 from lock file")
     assert "Usage" not in outcome.reason and "--install-links" not in outcome.reason
@@ -423,7 +423,7 @@ def test_node_too_old_for_the_plugin_is_a_clear_error(host, make_plugin, where, 
     node_plugin(make_plugin, "future", package, **extra)
     (outcome,) = host.load()
     assert outcome.status == "blocked"
-    assert "future: Node.js " in outcome.reason
+    assert outcome.reason.startswith("Node.js ")
     assert "does not satisfy '>=99" in outcome.reason and text in outcome.reason
     assert not host.paths.store_dir.exists() or not any(host.paths.store_dir.iterdir())
 
@@ -445,7 +445,7 @@ def test_missing_node_is_a_clear_error(host, make_plugin, monkeypatch, tmp_path)
     node_plugin(make_plugin, "nonode", {})
     (outcome,) = host.load()
     assert outcome.status == "blocked"
-    assert "nonode: Node.js at" in outcome.reason and "ALLY_NODE" in outcome.reason
+    assert outcome.reason.startswith("Node.js at") and "ALLY_NODE" in outcome.reason
 
 
 def test_two_concurrent_installs_build_the_env_once(ally_home, make_plugin, npm_env):
@@ -759,7 +759,7 @@ def test_a_lock_or_npmrc_symlinked_from_outside_the_plugin_is_refused(
     linked = outcomes["linked"]
     assert linked.status == "blocked"
     assert linked.reason == (
-        f"linked: {name} is a symlink to {outside / name}, outside the plugin directory; "
+        f"{name} is a symlink to {outside / name}, outside the plugin directory; "
         "copy the file into the plugin"
     )
     assert outcomes["inside"].ready, outcomes["inside"].reason

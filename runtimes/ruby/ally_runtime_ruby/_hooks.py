@@ -15,10 +15,8 @@ can ``require`` the bundled gems, and ``BUNDLE_FROZEN=true`` so nothing rewrites
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import secrets
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -121,6 +119,8 @@ def _plugin_cache(spec: EnvSpec) -> Optional[Path]:
 
 
 def _file_sha256(path: Path) -> Optional[str]:
+    import hashlib
+
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
@@ -399,7 +399,7 @@ def _keep_downloaded_gems(spec: EnvSpec, env: EnvInfo) -> None:
         target = shared / gem.name
         if target.exists():
             continue
-        partial = shared / f".{gem.name}.{secrets.token_hex(4)}.part"
+        partial = shared / f".{gem.name}.{os.urandom(4).hex()}.part"
         try:
             shutil.copyfile(gem, partial)
             os.replace(partial, target)

@@ -253,7 +253,9 @@ def find_ruby(spec: EnvSpec, environ: Mapping[str, str] | None = None) -> RubyIn
             )
     fitting = [c for c in candidates if _fits(specifier, c.interpreter.version)]
     if not fitting:
-        have = ", ".join(sorted({c.interpreter.version for c in candidates}))
+        versions = {c.interpreter.version: c for c in candidates}
+        # In version order (2.7 before 3.10), each version once.
+        have = ", ".join(sorted(versions, key=lambda v: _version_key(versions[v])))
         raise InterpreterNotFound(
             f"{spec.plugin_name}: no Ruby{constraint} found (found: {have}); install one "
             f"or point {RUBY_ENV_VAR} at it"

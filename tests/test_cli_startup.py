@@ -1,0 +1,223 @@
+"""What ``ally`` imports and spawns to start: only what the command needs.
+
+The times are measured by ``benchmarks/cli_startup.py`` (never asserted here); these tests
+pin down the causes: which modules a warm ``ally list`` / ``ally run`` imports, that the
+entry-point scan is remembered and forgotten exactly when an installed distribution changes,
+and that ``ally run`` starts no process but the tool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+#: Imported by nothing a warm list or run of a plugin without a schema needs.
+NOT_ON_THE_WARM_PATH = (
+    "importlib.metadata",  # the entry-point scan: remembered in the warm index
+    "cattrs",  # manifests come from the warm index
+    "jsonschema",  # no schema to check
+    "_hashlib",  # OpenSSL: the env context's digest is BLAKE2
+    "tarfile",
+    "zipfile",
+    "gzip",  # bundles
+    "logging",  # nothing logged
+    "secrets",
+    "random",
+    "concurrent.futures",
+    "difflib",  # no guess to make
+    "packaging",
+    "rich",
+    "virtualenv",
+    "uv",
+    "filelock",
+)
+
+PROBE = """
+import json, subprocess, sys
+spawned = []
+original = subprocess.Popen.__init__
+def record(self, args, *a, **kw):
+    spawned.append([str(x) for x in args] if not isinstance(args, (str, bytes)) else [args])
+    original(self, args, *a, **kw)
+subprocess.Popen.__init__ = record
+from ally_core.cli import main
+import contextlib, io
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    code = main(sys.argv[1:])
+print(json.dumps({"code": code, "modules": sorted(sys.modules), "spawned": spawned,
+                  "stdout": out.getvalue()}), file=sys.stderr)
+"""
+
+
+def _probe(args: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+    data: dict[str, Any] = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert data["code"] == 0, proc.stderr
+    return data
+
+
+@pytest.fixture
+def warm_home(ally_home: Path, make_plugin: Any, ally_cli: Any, tmp_path: Path) -> dict[str, Any]:
+    """A home with a plugin with dependencies, installed, its warm index written."""
+    make_plugin(
+        "greeter",
+        {
+            "runtime": "python3",
+            "dependencies": {"file": "requirements.txt"},
+            "tools": [{"name": "hello", "command": "python3", "args": ["hello.py"]}],
+        },
+        files={
+            "requirements.txt": "allydemo-greet\n",
+            "hello.py": "import json; print(json.dumps({'success': True}))\n",
+        },
+    )
+    assert ally_cli("install").returncode == 0
+    time.sleep(2.2)  # ally persists nothing derived from files changed in the last 2 s
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    for _ in range(2):  # the first one writes the warm index (and the entry points)
+        _probe(["list"], env, cwd)
+    return {"env": env, "cwd": cwd}
+
+
+@pytest.mark.parametrize("args", [["list"], ["list", "--json"], ["run", "greeter", "hello"]])
+def test_a_warm_command_imports_only_what_it_needs(warm_home: dict[str, Any], args: list[str]):
+    data = _probe(args, warm_home["env"], warm_home["cwd"])
+    heavy = [
+        m
+        for m in data["modules"]
+        if any(m == h or m.startswith(h + ".") for h in NOT_ON_THE_WARM_PATH)
+    ]
+    assert heavy == [], f"ally {' '.join(args)} imported {heavy}"
+
+
+def test_ally_run_starts_no_process_but_the_tool(warm_home: dict[str, Any]):
+    data = _probe(["run", "greeter", "hello"], warm_home["env"], warm_home["cwd"])
+    assert len(data["spawned"]) == 1, data["spawned"]
+    assert data["spawned"][0][-1] == "hello.py"
+
+
+# ---------------------------------------------------------------------------------------------
+# the entry-point scan, remembered
+
+RUNTIME = """\
+from ally_core import hookimpl
+
+
+@hookimpl
+def runtime_names():
+    return ["{name}"]
+"""
+
+
+def _write_dist(site: Path, ep_name: str) -> Path:
+    info = site / "ally_runtime_extra-0.1.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (site / "ally_runtime_extra.py").write_text(RUNTIME.format(name=ep_name), "utf-8")
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: ally-runtime-extra\nVersion: 0.1\n", "utf-8"
+    )
+    (info / "entry_points.txt").write_text(f"[ally]\n{ep_name} = ally_runtime_extra\n", "utf-8")
+    return info
+
+
+def test_entry_points_are_remembered_until_a_distribution_changes(
+    make_plugin: Any, tmp_path: Path
+) -> None:
+    make_plugin("plain")
+    site = tmp_path / "site"
+    site.mkdir()
+    cwd = tmp_path / "cwd"  # sys.path[0] of `python -c`: a directory nothing changes
+    cwd.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+
+    def runtimes(environ: dict[str, str] = env) -> tuple[set[str], bool]:
+        """The runtimes ``ally runtimes`` lists, and whether it scanned entry points."""
+        data = _probe(["runtimes", "--json"], environ, cwd)
+        listed = json.loads(data["stdout"])["runtimes"]
+        return {r["name"] for r in listed}, "importlib.metadata" in data["modules"]
+
+    _probe(["list"], env, cwd)  # scans, and remembers in the warm index
+    names, scanned = runtimes()
+    assert "extra" not in names and not scanned
+
+    info = _write_dist(site, "extra")  # installed: a directory of sys.path changes
+    names, scanned = runtimes()
+    assert "extra" in names and scanned
+    _probe(["list"], env, cwd)
+    names, scanned = runtimes()
+    assert "extra" in names and not scanned
+
+    # entry_points.txt edited in place: no directory of sys.path changes
+    (info / "entry_points.txt").write_text("[ally]\nrenamed = ally_runtime_extra\n", "utf-8")
+    names, scanned = runtimes()
+    assert "renamed" in names and "extra" not in names and scanned
+    _probe(["list"], env, cwd)
+
+    for path in sorted(info.iterdir()):
+        path.unlink()
+    info.rmdir()  # uninstalled
+    names, scanned = runtimes()
+    assert not {"extra", "renamed"} & names and scanned
+    # Another sys.path is another answer.
+    other = _write_dist(tmp_path / "other", "extra").parent
+    names, scanned = runtimes({**os.environ, "PYTHONPATH": str(other)})
+    assert "extra" in names and scanned
+
+
+def test_a_damaged_entry_point_cache_is_a_scan(ally_cli: Any, make_plugin: Any, tmp_path: Path):
+    from ally_core.entry_points import ally_entry_points
+    from ally_core.warm_index import WarmIndex
+
+    index = WarmIndex(tmp_path / "index.bin")
+    first = ally_entry_points(index)
+    assert {ep[0] for ep in first} >= {"node", "ruby"}
+    for bad in (None, 3, ["x"], [[], "y"], [[1, 2, 3], [["a"]]]):
+        index.put("entry_points", "ally", None, bad)
+        assert ally_entry_points(index) == first
+    assert ally_entry_points(index) == first  # and the scan was remembered again
+
+
+def test_no_config_file_no_toml_parser(ally_home: Path, make_plugin: Any, tmp_path: Path):
+    make_plugin("plain", {"tools": [{"name": "t", "command": "python3"}]})
+    (ally_home / "config.toml").unlink()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    _probe(["list"], dict(os.environ), cwd)  # the entry-point scan (email imports datetime)
+    data = _probe(["list"], dict(os.environ), cwd)
+    assert not {"tomllib", "tomli", "datetime"} & set(data["modules"])
+
+
+def test_the_cheap_look_for_claude_style_plugins_looks_where_they_are_read():
+    from ally_core.mcp_plugins import commands, manifest
+
+    assert "/".join(commands._CLAUDE_MANIFEST) == manifest.CLAUDE_MANIFEST
+
+
+def test_help_builds_its_parser_without_the_models():
+    probe = (
+        "import sys\n"
+        "from ally_core.cli import build_parser\n"
+        "build_parser().format_help()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " {'attr', 'attrs', 'pluggy', 'cattrs', 'shutil'}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
