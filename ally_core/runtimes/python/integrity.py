@@ -14,10 +14,7 @@ plugin sharing it, or the installer's cache.
 
 from __future__ import annotations
 
-import base64
-import csv
 import glob
-import hashlib
 import os
 import stat
 from collections.abc import Collection, Mapping
@@ -83,6 +80,9 @@ class Mismatch(NamedTuple):
 
 def _file_digest(path: str, algorithm: str) -> str:
     """The file's digest as ``RECORD`` writes it (urlsafe base64 without padding)."""
+    import base64
+    import hashlib
+
     h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):
@@ -101,6 +101,9 @@ def record_mismatches(
     site-packages; ``pip check`` compares metadata only. Hashing a sympy-sized env (~60 MB)
     takes ~0.1 s.
     """
+    import csv
+    import hashlib  # (imported here: warm loads never verify RECORDs)
+
     wanted = {_normal(d) for d in dists} if dists is not None else None
     bad: list[Mismatch] = []
     for dist_info in dist_infos(env_dir):
@@ -165,6 +168,8 @@ def _identity(st: os.stat_result) -> list[int]:
 
 def _content(path: str, st: os.stat_result) -> str:
     """What a hook entry holds: a file's SHA-256, a symlink's target, a directory's listing."""
+    import hashlib  # only when a hook's stat changed, or at build time
+
     if stat.S_ISLNK(st.st_mode):
         return "link:" + os.readlink(path)
     if stat.S_ISDIR(st.st_mode):
