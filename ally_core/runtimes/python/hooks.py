@@ -203,7 +203,9 @@ def _heal_from_cache(
     bad = record_mismatches(spec.env_dir)
     if not bad:
         return
-    names = sorted({m.dist for m in bad})
+    names = sorted({m.dist for m in bad if m.dist and not m.dist.startswith("-")})
+    if not names:  # no name uv could be given (an odd .dist-info): nothing to purge
+        raise InstallFailed(f"{spec.plugin_name}: installed files do not match: {bad[0]}")
     spec.progress(
         "install",
         f"Installed files of {', '.join(names)} do not match their RECORD ({bad[0]}): "
