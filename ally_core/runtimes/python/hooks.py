@@ -8,15 +8,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+import attrs
+
 from ...__about__ import __version__
 from ...config import IndexOptions, strip_credentials
 from ...envs import EnvInfo, EnvOptions, EnvSpec, Health, InstallResult, Interpreter
+from ...errors import InstallFailed
 from ...hookspecs import hookimpl
 from ...process import clean_environ
+from .backend import Backend
 from .checks import check_env, dependency_packages, installed_packages
 from .depfile import includes_of, refuse_outside, requirements_file
 from .index import effective_index, index_identity
 from .installers import backend_for, backend_of, seed_pip
+from .integrity import make_read_only, record_mismatches, startup_hooks
 from .interpreters import find_interpreter
 from .layout import BIN, ENV_LAYOUT, LOCK_NAME, NAMES, env_python, serves
 from .uv_backend import uv_available
@@ -141,6 +146,13 @@ def create_env(spec: EnvSpec, interpreter: Interpreter) -> Optional[EnvInfo]:
 def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
     if not serves(spec):
         return None
+    result = _install(spec, env)
+    # Modes first, then the record of the startup hooks (a chmod changes a file's ctime).
+    make_read_only(spec.env_dir)
+    return attrs.evolve(result, data={"startup_hooks": startup_hooks(spec.env_dir)})
+
+
+def _install(spec: EnvSpec, env: EnvInfo) -> InstallResult:
     environ = clean_environ(path_prefix=env.bin_dirs, extra=dict(env.env_vars))
     if spec.install_command:
         # Code Ally's placeholder: ``{pip}`` is this env's own pip (every env has one).
@@ -166,14 +178,53 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
         refuse_outside(spec, includes_of(spec))
         requirements = requirements_file(spec)
         spec.progress("install", f"Installing packages from {spec.dependency_file.name}")
-    argv, environ = backend_of(env).install_command(
+    backend = backend_of(env)
+    argv, environ = backend.install_command(
         spec, env, requirements, index, offline=offline, environ=environ
     )
     what = f"installing {requirements.name}"
     if offline and artifacts is None:
         what += " offline (no index: only the cache and find-links)"
     spec.run(argv, env=environ, what=what)
+    _heal_from_cache(spec, backend, argv, environ, what)
     return InstallResult(packages=dependency_packages(env), command=tuple(argv))
+
+
+def _heal_from_cache(
+    spec: EnvSpec, backend: Backend, argv: list[str], environ: dict[str, str], what: str
+) -> None:
+    """A rebuild never reuses a modified cache entry: after an install from a cache whose
+    entries the installer links or copies as they are (uv), every installed file is checked
+    against its ``RECORD``. The packages that do not match are purged from the cache and
+    installed once more, from the index or find-links; if they still do not match, the build
+    fails naming the package and the file."""
+    if backend.purge_command((), environ) is None:
+        return  # pip: fresh copies from wheels, and a RECORD written from what it wrote
+    bad = record_mismatches(spec.env_dir)
+    if not bad:
+        return
+    names = sorted({m.dist for m in bad if m.dist and not m.dist.startswith("-")})
+    if not names:  # no name uv could be given (an odd .dist-info): nothing to purge
+        raise InstallFailed(f"{spec.plugin_name}: installed files do not match: {bad[0]}")
+    spec.progress(
+        "install",
+        f"Installed files of {', '.join(names)} do not match their RECORD ({bad[0]}): "
+        "removing them from the cache and installing them again",
+    )
+    purge = backend.purge_command(names, environ)
+    assert purge is not None
+    spec.run(purge[0], env=purge[1], what=f"removing {', '.join(names)} from the cache")
+    again = [*argv]
+    for name in names:
+        again += ["--reinstall-package", name]
+    spec.run(again, env=environ, what=what)
+    still = record_mismatches(spec.env_dir, dists=names)
+    if still:
+        raise InstallFailed(
+            f"{spec.plugin_name}: {still[0].dist}: {still[0].path} does not match the hash in "
+            f"its RECORD, even after removing {still[0].dist} from the cache and installing it "
+            "again (the wheel on the index or in find-links is damaged)"
+        )
 
 
 def _in_env(env: EnvInfo, name: str) -> Optional[str]:

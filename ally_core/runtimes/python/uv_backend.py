@@ -1,5 +1,6 @@
 """The default backend: a venv (the stdlib's, in-process, for ally's own base Python; else
-``uv venv``) and ``uv pip install``, with one shared cache (hardlinks) under ally's cache dir.
+``uv venv``) and ``uv pip install``, with one shared cache under ally's cache dir, from which
+files are copied, never hardlinked (:data:`LINK_MODE`).
 
 Also where the uv binary is (looked up once), whether uv can be used at all, and the
 environment it runs with.
@@ -14,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,6 +33,15 @@ from .pip_seed import write_pip_launcher
 #: ``find_uv_bin`` and the stdlib's ``venv.EnvBuilder`` both read it.
 SYSCONFIG_LOCK = threading.Lock()
 _UV_BIN: list[Optional[str]] = []
+
+#: How uv puts files from its cache into an env. Not uv's default (``hardlink`` on Linux):
+#: an in-place edit of a hardlinked file is an edit of the cache entry, which every later
+#: install links again. Not ``clone`` either: uv falls back to hardlinks where the file
+#: system has no reflinks (ext4; uv 0.13 logs it at debug level only). ``copy`` costs the
+#: install of sympy + mpmath + six 3-10x the time of hardlinks (~0.25-1 s against ~0.1 s, the
+#: machine's I/O decides), a whole build 2.4-3.6x, and the env's 29 MB of disk
+#: (``benchmarks/cache_safety.py``).
+LINK_MODE = ("--link-mode", "copy")
 
 
 def uv_bin() -> Optional[str]:
@@ -141,6 +151,7 @@ class UvBackend(Backend):
             "--python",
             env.commands["python"],
             "--no-config",
+            *LINK_MODE,
             "-r",
             str(requirements),
             *(["--upgrade"] if spec.options.upgrade else []),
@@ -162,6 +173,7 @@ class UvBackend(Backend):
             "--python",
             str(env_python),
             "--no-config",
+            *LINK_MODE,
             "--offline",
             "--no-index",
             "--no-deps",
@@ -169,6 +181,11 @@ class UvBackend(Backend):
             str(wheel),
         ]
         return argv, uv_environ(spec)
+
+    def purge_command(self, names: Sequence[str], environ: Mapping[str, str]) -> Command:
+        """How to remove ``names`` from uv's cache, given the environment an install of them
+        ran with (``UV_CACHE_DIR`` included): their next install fetches them again."""
+        return [uv_bin() or "uv", "cache", "clean", "--no-config", *names], dict(environ)
 
     def check_command(
         self, spec: EnvSpec, python: str, environ: Mapping[str, str]
