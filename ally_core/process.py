@@ -3,7 +3,7 @@
 Runtimes call :func:`run_installer` instead of :mod:`subprocess` so that every installer
 (pip, uv, npm, bundler) gets the same timeout, interruption and error behaviour, and a failure
 whose one-line reason carries the lines of the output that say why
-(:func:`ally_core.installer_output.error_lines`).
+(``ally_core.installer_output.error_lines``).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def run_installer(
 
     A non-zero exit, a timeout or a missing executable raises :class:`InstallFailed` with the
     command and the lines of its output that say why
-    (:func:`~ally_core.installer_output.error_lines`; the last lines of stderr when none has an
+    (``ally_core.installer_output.error_lines``; the last lines of stderr when none has an
     error marker). An interruption (Ctrl-C, SIGTERM turned into an
     exception) kills the installer's whole process group before propagating.
     """

@@ -52,6 +52,11 @@ NOT_ON_A_WARM_LIST = (
     "ally_runtime_node._build",
     "ally_runtime_node._npm",
     "ally_runtime_node._bundle",
+    "ally_core.runtimes.python.build",
+    "ally_core.runtimes.python.installers",  # (and through it pip, uv, virtualenv's code)
+    "ally_core.runtimes.python.depfile",  # the key of an unchanged plugin is remembered
+    "ally_core.runtimes.python.interpreters",
+    "shutil",  # (it imports bz2 and lzma)
 )
 
 PROBE = """

@@ -8,13 +8,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
-from ...checks import run_checks
 from ...envs import EnvInfo, EnvSpec, Health, Problem
 from ...process import clean_environ
-from .installers import BACKENDS, fastest_available
 from .integrity import dist_infos as _dist_infos
 from .integrity import record_mismatches, startup_hook_problem
-from .pip_seed import check_pip_launcher
 
 
 def installed_packages(env_dir: Path) -> dict[str, str]:
@@ -36,6 +33,8 @@ def dependency_packages(env: EnvInfo, *, for_bundle: bool = False) -> dict[str, 
     """
     seeded: Mapping[str, str] = env.data.get("seeded") or {"pip": "*"}
     packages = installed_packages(env.path)
+    from .installers import BACKENDS  # builds and deep checks only
+
     backend = BACKENDS.get(env.data.get("backend", ""))
     if backend is not None and backend.lists_seeded_pip and not for_bundle:
         return packages
@@ -96,6 +95,11 @@ def check_env(spec: EnvSpec, env: EnvInfo, deep: bool) -> Health:
     cfg = pyvenv_cfg_problem(spec.env_dir)
     if cfg is not None:
         return Health((Problem(cfg),))
+    # The installers' code only now: the quick check above runs on every load.
+    from ...checks import run_checks
+    from .installers import fastest_available
+    from .pip_seed import check_pip_launcher
+
     environ = clean_environ(path_prefix=env.bin_dirs, extra=dict(env.env_vars))
     check = fastest_available().check_command(spec, py, environ)
     from concurrent.futures import ThreadPoolExecutor

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import glob
 import os
+
+# shutil (which imports bz2 and lzma) is imported by the functions that use it: ally imports
+# every runtime at each start.
 import re
-import shutil
 import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Optional
@@ -223,6 +225,8 @@ def find_ruby(spec: EnvSpec, environ: Mapping[str, str] | None = None) -> RubyIn
 
     Raises :class:`~ally_core.InterpreterNotFound` with what was found when nothing fits.
     """
+    import shutil
+
     environ = os.environ if environ is None else environ
     specifier = version_specifier(spec)
     constraint = f" satisfying runtime_version {spec.runtime_version!r}" if specifier else ""
