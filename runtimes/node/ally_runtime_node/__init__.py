@@ -13,6 +13,8 @@ it is cheap (standard library only), as ally imports every runtime on start.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .__about__ import __version__
 from ._hooks import (
     bundle_artifacts,
@@ -25,9 +27,10 @@ from ._hooks import (
     resolve_interpreter,
     runtime_names,
 )
-from ._interpreters import NODE_ENV_VAR
-from ._layout import LOCK_NAME
-from ._semver import satisfies
+from ._layout import LOCK_NAME, NODE_ENV_VAR
+
+if TYPE_CHECKING:
+    from ._semver import satisfies
 
 __all__ = [
     "LOCK_NAME",
@@ -44,3 +47,12 @@ __all__ = [
     "runtime_names",
     "satisfies",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ``satisfies`` on first use: ally imports every runtime at each start.
+    if name == "satisfies":
+        from ._semver import satisfies
+
+        return satisfies
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

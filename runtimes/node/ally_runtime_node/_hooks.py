@@ -4,8 +4,8 @@ The work is in the modules below them: ``_package`` (the plugin's package.json, 
 ``.npmrc``), ``_interpreters`` (which node), ``_layout`` (the env's names), ``_build`` (creating
 and installing an env, the deep check), ``_npm`` (running npm), ``_bundle`` (offline
 bundles). This module decides which of them a hook needs. ally imports every runtime when it
-starts, so this module imports only what the warm path uses (identities, the quick check):
-``_build``, ``_npm`` and ``_bundle`` are imported by the hooks that need them.
+starts, so this module imports only the names of an env (``_layout``): every other module
+is imported by the hooks that need it, and a home without node plugins never imports them.
 
 Env layout (``spec.env_dir``, in ally's env store; the plugin's directory is never written)::
 
@@ -41,17 +41,7 @@ from ally_core import (
 )
 
 from .__about__ import __version__
-from ._interpreters import choose_node, node_on_path
 from ._layout import ESM_FILES, NAMES, ally_dir_of
-from ._package import (
-    LOCK_FILES,
-    file_hash,
-    include_dev,
-    local_specs,
-    read_package_json,
-    registry_identity,
-    run_scripts,
-)
 
 __all__ = [
     "NAMES",
@@ -86,6 +76,9 @@ def env_context(runtime: str, options: EnvOptions) -> Optional[Mapping[str, Any]
         return None
     # What env_identity reads from outside the plugin: the node it would find, npm's registry
     # settings from the environment, and this package's version.
+    from ._interpreters import node_on_path
+    from ._package import registry_identity
+
     return {"runtime": __version__, "node": node_on_path(), "registry": registry_identity()}
 
 
@@ -95,6 +88,8 @@ def identity_files(spec: EnvSpec) -> Optional[Sequence[Path]]:
         return None
     if spec.dependency_file is None:
         return []
+    from ._package import LOCK_FILES
+
     folder = spec.dependency_file.parent
     return [folder / name for name in (*LOCK_FILES, ".npmrc")]
 
@@ -103,6 +98,18 @@ def identity_files(spec: EnvSpec) -> Optional[Sequence[Path]]:
 def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
     if not _serves(spec):
         return None
+    # Asked when a plugin's key is not in the warm index (it changed).
+    from ._interpreters import node_on_path
+    from ._package import (
+        LOCK_FILES,
+        file_hash,
+        include_dev,
+        local_specs,
+        read_package_json,
+        registry_identity,
+        run_scripts,
+    )
+
     identity: dict[str, Any] = {
         "node": node_on_path(),
         "dev": include_dev(spec),
@@ -131,6 +138,8 @@ def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
 def resolve_interpreter(spec: EnvSpec) -> Optional[Interpreter]:
     if not _serves(spec):
         return None
+    from ._interpreters import choose_node
+
     return choose_node(spec)
 
 

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Optional
 
 from ally_core import EnvSpec, InstallFailed, Interpreter, InterpreterNotFound, clean_environ
 
+from ._layout import NODE_ENV_VAR
 from ._package import read_package_json
 from ._semver import parse_version, satisfies, validate_range
 
@@ -35,7 +36,6 @@ __all__ = [
 ]
 
 #: Names the Node.js to use instead of searching (a path, or a command looked up on ``PATH``).
-NODE_ENV_VAR = "ALLY_NODE"
 
 #: Variables of the host's Node.js setup that must not reach ally's node and npm processes:
 #: they would load the host's modules or preload its code into the plugin's installs.

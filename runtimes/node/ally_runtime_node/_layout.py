@@ -11,10 +11,13 @@ __all__ = [
     "ESM_HOOKS_RANGE",
     "LOCK_NAME",
     "NAMES",
+    "NODE_ENV_VAR",
     "ally_dir_of",
 ]
 
 NAMES = ("node", "nodejs")
+#: Names the node to use (a path, or a name looked up on ``PATH``) instead of the first on PATH.
+NODE_ENV_VAR = "ALLY_NODE"
 #: ``module.register`` (needed for the ESM resolve hook) exists from Node.js 20.6 and 18.19.
 ESM_HOOKS_RANGE = ">=20.6.0 || >=18.19.0 <19.0.0-0"
 ESM_DIR = Path(__file__).parent / "esm"
