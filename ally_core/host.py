@@ -334,10 +334,4 @@ class Host:
 
         Returns ``(path, bytes, why)`` for everything removed (or that would be).
         """
-        from .mcp_plugins.discovery import pointer_names
-        from .mcp_plugins.servers import collect_state
-
-        # MCP servers' envs are published under names no plugin.json can take.
-        plugins = {s.name for s in self.discover()} | pointer_names(self)
-        removed = collect_state(self, plugins, dry_run=dry_run)
-        return self.maintenance.gc(plugins, dry_run=dry_run, removed=removed)
+        return self.maintenance.gc({s.name for s in self.discover()}, dry_run=dry_run)
