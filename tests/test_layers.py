@@ -23,7 +23,7 @@ PACKAGE = Path(ally_core.__file__).parent
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundations", ["__about__", "errors", "text", "paths", "config", "schema"]),
     ("processes", ["process", "containment"]),
-    ("values", ["envs", "checks", "manifest", "progress", "replies", "forms"]),
+    ("values", ["envs", "checks", "manifest", "progress", "replies", "forms", "plugin_schema"]),
     (
         "runtime contract",
         ["hookspecs", "entry_points", "plugin_manager", "dispatch", "runtimes", "runtimes.*"],
@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "maintenance",
             "tools",
             "plugin_config",
+            "config_home",
             "workers",
             "workers.*",
             "mcp_plugins",
@@ -69,6 +70,9 @@ LAYERS: list[tuple[str, list[str]]] = [
         "command line",
         [
             "cli",
+            "cli_env",
+            "cli_tools",
+            "cli_config",
             "cli_common",
             "cli_options",
             "cli_exec",
@@ -86,8 +90,6 @@ MAX_CLASS_LINES = 400
 #: Modules and classes still over the limit, each with the size it may not grow past: the
 #: next ones to split. (The size of a file that lands over the limit is caught here too.)
 OVERSIZED: dict[str, int] = {
-    "cli": 1040,
-    "plugin_config": 790,
     "workers.pool": 900,
     "workers.server": 730,
 }
@@ -235,7 +237,7 @@ def test_modules_and_classes_stay_readable(module: str) -> None:
 def test_host_is_a_facade() -> None:
     tree = ast.parse(MODULES["host"].read_text("utf-8"))
     (host,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Host"]
-    assert host.end_lineno is not None and host.end_lineno - host.lineno < 300
+    assert host.end_lineno is not None and host.end_lineno - host.lineno < 250
 
 
 def test_docs_show_the_layers_of_this_table() -> None:
