@@ -80,8 +80,8 @@ def mask_values(manifest: Optional[Manifest], values: Mapping[str, Any]) -> dict
 
 def secret_values(manifest: Optional[Manifest], values: Mapping[str, Any]) -> list[str]:
     """The secret values among ``values`` (config keys in any case, e.g. what
-    :func:`resolve_config` returned), as the strings a tool or a message could show them:
-    pass the result to :func:`mask_text`."""
+    :func:`~ally_core.plugin_config.resolve_config` returned), as the strings a tool or a
+    message could show them: pass the result to :func:`~ally_core.text.mask_text`."""
     return [as_env(v) for k, v in values.items() if v is not None and is_secret(manifest, k)]
 
 
