@@ -109,7 +109,7 @@ class Builder:
             progress(ProgressEvent(name, "start", f"Installing dependencies for '{name}'..."))
             try:
                 env = self.create(built, interpreter)
-                packages = self.install(built, env)
+                env, packages = self.install(built, env)
                 self.check(built, env)
                 marker = self.mark(built, env, packages, key, inputs, fingerprint)
                 self.publish(built)
@@ -176,10 +176,15 @@ class Builder:
         """Phase *create*: an empty env at ``spec.env_dir``."""
         return self.dispatch.create_env(spec, interpreter)
 
-    def install(self, spec: EnvSpec, env: EnvInfo) -> dict[str, str]:
-        """Phase *install*: the dependencies; returns the installed packages."""
+    def install(self, spec: EnvSpec, env: EnvInfo) -> tuple[EnvInfo, dict[str, str]]:
+        """Phase *install*: the dependencies; returns the env (with what the install recorded
+        in its data) and the installed packages."""
         result = self.dispatch.install_deps(spec, env)
-        return dict(result.packages) if result else {}
+        if result is None:
+            return env, {}
+        if result.data:
+            env = attrs.evolve(env, data={**env.data, **result.data})
+        return env, dict(result.packages)
 
     def check(self, spec: EnvSpec, env: EnvInfo) -> None:
         """Phase *check*: a deep health check; an unhealthy env is never published."""

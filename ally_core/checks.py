@@ -6,12 +6,15 @@ outcomes into a :class:`~ally_core.Health`.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .envs import Health, Problem
+
+if TYPE_CHECKING:
+    import subprocess
 
 __all__ = ["run_checks"]
 
@@ -29,6 +32,8 @@ def run_checks(
     ``"<label>: <last lines of its output>"``, in the order of ``checks``.
     For ``health_check(deep=True)``.
     """
+    import subprocess  # deep checks only: a warm load runs no process
+
     # Each check's process, or why it could not start; in the order of ``checks``.
     started: list[tuple[str, subprocess.Popen[bytes] | str]] = []
     for label, argv, environ in checks:

@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import attrs
 
@@ -237,7 +237,27 @@ _EXPECTED: dict[Callable[[str], Any], str] = {
 }
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+class _Cache(Protocol):
+    """What :func:`load_settings` needs of a :class:`~ally_core.warm_index.WarmIndex`."""
+
+    def get(self, table: str, key: str, identity: Any) -> Any: ...
+
+    def put(self, table: str, key: str, identity: Any, value: Any) -> None: ...
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is made of what the warm index stores (not TOML's dates and times)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return isinstance(value, (str, int, float, bool))
+
+
+def _read_toml(path: Path, cache: Optional[_Cache] = None) -> dict[str, Any]:
+    """The parsed file; from ``cache`` while the file's bytes are the ones parsed then, so
+    that a command does not import a TOML parser to read an unchanged config file. A file
+    with an ``@`` (an index URL may carry a password) is never copied into the cache."""
     try:
         with path.open("rb") as fh:
             raw = fh.read()
@@ -245,14 +265,25 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return {}  # the usual case: no TOML parser imported
     except OSError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if "@" in text:
+        cache = None
+    cached = cache.get("config", str(path), text) if cache is not None else None
+    if type(cached) is dict:
+        return cached
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.9/3.10 only
         import tomli as tomllib
     try:
-        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    if cache is not None and _plain(data):
+        cache.put("config", str(path), text, data)
     return data
 
 
@@ -260,14 +291,18 @@ def load_settings(
     config_file: Path,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    *,
+    cache: Optional[_Cache] = None,
 ) -> Settings:
     """Read ``config_file`` (TOML, table ``[ally]`` or top level), then env vars, then overrides.
+
+    With a ``cache`` (the home's warm index), the parsed file is kept there, keyed on its bytes.
 
     ``overrides`` (``Host(settings=...)``, the CLI's options) are checked with the rules and
     messages of the config file: ``Host(settings=...): jobs: expected a positive integer``.
     """
     environ = os.environ if environ is None else environ
-    data = _read_toml(config_file)
+    data = _read_toml(config_file, cache)
     table: dict[str, Any] = dict(data.get("ally", data))
     index_table = table.pop("index", {})
     _check_known(table, str(config_file))

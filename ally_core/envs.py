@@ -147,6 +147,9 @@ class InstallResult:
     packages: Mapping[str, str] = attrs.field(factory=dict)
     #: The installer's command line, for diagnostics.
     command: tuple[str, ...] = ()
+    #: Runtime-private data added to the env's :attr:`EnvInfo.data` (kept in the marker):
+    #: what the install recorded of the env, for its later health checks.
+    data: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen

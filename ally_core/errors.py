@@ -66,7 +66,7 @@ class InstallFailed(AllyError):
     """Creating an environment or installing dependencies failed.
 
     ``command`` is the failing command line and ``stderr_tail`` the lines of its output that
-    say why (see ``ally_core.process.error_lines``).
+    say why (see ``ally_core.installer_output.error_lines``).
     """
 
     def __init__(self, message: str, *, command: Sequence[str] = (), stderr_tail: str = "") -> None:

@@ -185,8 +185,10 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
 
     :param spec: the env being built.
     :param env: the result of :func:`create_env`.
-    :return: the installed packages, or ``None`` if ``spec.runtime`` is not served.
-        Stops at first non-None result.
+    :return: the installed packages (and, in :attr:`~ally_core.InstallResult.data`, what
+        the install recorded of the env for its later health checks, added to the env's
+        data in its marker), or ``None`` if ``spec.runtime`` is not served. Stops at first
+        non-None result.
 
     .. versionadded:: 0.1
     """

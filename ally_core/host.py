@@ -21,7 +21,6 @@ import pluggy
 
 from .builder import Builder
 from .config import Settings, load_settings
-from .config_home import ConfigHome
 from .discovery import Discovery, PluginSource, with_setting_dirs
 from .dispatch import Dispatch
 from .envs import EnvOptions, EnvSpec, Health, ProgressEvent
@@ -33,11 +32,12 @@ from .outcomes import BoundTool, PluginOutcome
 from .paths import AllyPaths
 from .plugin_manager import make_plugin_manager
 from .readiness import Readiness
-from .replies import ToolResult
 from .store import EnvStore, Marker
 from .warm_index import INDEX_NAME, WarmIndex
 
 if TYPE_CHECKING:
+    from .config_home import ConfigHome
+    from .replies import ToolResult
     from .workers import WorkerOptions, WorkerPool
 
 __all__ = ["BoundTool", "Host", "PluginOutcome", "PluginSource", "Removal"]
@@ -68,12 +68,12 @@ class Host:
     ) -> None:
         env = dict(os.environ if environ is None else environ)
         paths = AllyPaths.from_env(home, plugin_dirs, env)
+        #: What warm loads derive from files, persisted for the next process.
+        self.index = WarmIndex(paths.state_dir / INDEX_NAME)
         #: Effective settings (defaults < config file < env vars < ``settings``).
-        self.settings: Settings = load_settings(paths.config_file, env, settings)
+        self.settings: Settings = load_settings(paths.config_file, env, settings, cache=self.index)
         #: The directories of this home (``--plugins-dir`` and the plugin_dirs setting).
         self.paths = with_setting_dirs(paths, self.settings)
-        #: What warm loads derive from files, persisted for the next process.
-        self.index = WarmIndex(self.paths.state_dir / INDEX_NAME)
         #: The pluggy plugin manager with every enabled runtime registered (the entry points
         #: found are remembered in the index).
         self.pm = plugin_manager or make_plugin_manager(env, index=self.index)
@@ -252,6 +252,8 @@ class Host:
 
     def config_home(self) -> ConfigHome:
         """Where this home keeps plugin config (see ``ally_core.plugin_config``)."""
+        from .config_home import ConfigHome  # a warm `ally list` reads no config
+
         return ConfigHome.of(self.paths.config_dir, self.settings, self.discover, self.source)
 
     # -- inspection and maintenance ------------------------------------------------------------

@@ -9,15 +9,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Protocol
 
 import attrs
 
 from .envs import EnvInfo
 from .errors import AllyError, ToolNotFound
-from .forms import FormCallback
 from .manifest import Manifest, Tool
-from .replies import ToolResult
+
+if TYPE_CHECKING:  # annotations only: a warm `ally list` never imports them
+    from .forms import FormCallback
+    from .replies import ToolResult
 
 __all__ = ["Action", "BoundTool", "PluginOutcome", "Status", "ToolRunner"]
 

@@ -16,10 +16,12 @@ ctime) of the files it was derived from and is used only while they are unchange
   :func:`~ally_core.hookspecs.env_context` (environment variables, config files, versions);
 - ``markers``: marker path -> its identity and content;
 - ``entry_points``: the ``ally`` entry points installed, with the identity of ``sys.path``
-  and its directories (:mod:`ally_core.entry_points`).
+  and its directories (:mod:`ally_core.entry_points`);
+- ``config``: ``config.toml`` path -> its bytes and what they parse to (only for a file
+  without ``@``: one that may carry index credentials is parsed every time, never copied).
 
 The file is a header line (format, ally version, Python tag), a CRC-32 of the payload and
-the payload: the three tables as :mod:`marshal` data, the format of CPython's own ``.pyc``
+the payload: the tables as :mod:`marshal` data, the format of CPython's own ``.pyc``
 files, which loads several times faster than JSON (no text to scan, no integers to parse
 from digits). It holds plain data only (dicts, lists, strings, numbers); it is as trusted
 as the env store around it, whose interpreters ally runs anyway. Each Python version keeps
@@ -57,7 +59,7 @@ _TAG = sys.implementation.cache_tag or f"{sys.implementation.name}-marshal{marsh
 INDEX_NAME = f"warm-index.{_TAG}.bin"
 #: Index files that no version of ally reads any more (``ally gc`` removes them).
 LEGACY_NAMES = ("warm-index.json",)
-_TABLES = ("manifests", "keys", "markers", "entry_points")
+_TABLES = ("manifests", "keys", "markers", "entry_points", "config")
 
 
 def _header(format: int, version: str) -> bytes:

@@ -39,6 +39,28 @@ NOT_ON_THE_WARM_PATH = (
     "filelock",
 )
 
+#: Besides those: a warm list runs no process and reads no config, so it builds none of
+#: what runs tools, parses TOML, or installs (the runtimes import their build code on use).
+NOT_ON_A_WARM_LIST = (
+    "tomllib",  # an unchanged config.toml comes from the warm index
+    "tomli",
+    "ally_core.tools",
+    "ally_core.replies",
+    "ally_core.forms",
+    "ally_core.plugin_config",
+    "ally_core.plugin_schema",
+    "ally_core.config_home",
+    "ally_core.installer_output",
+    "ally_runtime_node._build",
+    "ally_runtime_node._npm",
+    "ally_runtime_node._bundle",
+    "ally_core.runtimes.python.build",
+    "ally_core.runtimes.python.installers",  # (and through it pip, uv, virtualenv's code)
+    "ally_core.runtimes.python.depfile",  # the key of an unchanged plugin is remembered
+    "ally_core.runtimes.python.interpreters",
+    "shutil",  # (it imports bz2 and lzma)
+)
+
 PROBE = """
 import json, subprocess, sys
 spawned = []
@@ -105,6 +127,9 @@ def test_a_warm_command_imports_only_what_it_needs(warm_home: dict[str, Any], ar
         if any(m == h or m.startswith(h + ".") for h in NOT_ON_THE_WARM_PATH)
     ]
     assert heavy == [], f"ally {' '.join(args)} imported {heavy}"
+    if args == ["list"]:  # (--json shows each plugin's config schema, its secrets masked)
+        extra = [m for m in NOT_ON_A_WARM_LIST if m in data["modules"]]
+        assert extra == [], f"ally {' '.join(args)} imported {extra}"
 
 
 def test_ally_run_starts_no_process_but_the_tool(warm_home: dict[str, Any]):
@@ -202,6 +227,30 @@ def test_no_config_file_no_toml_parser(ally_home: Path, make_plugin: Any, tmp_pa
     _probe(["list"], dict(os.environ), cwd)  # the entry-point scan (email imports datetime)
     data = _probe(["list"], dict(os.environ), cwd)
     assert not {"tomllib", "tomli", "datetime"} & set(data["modules"])
+
+
+def test_an_unchanged_config_file_is_parsed_once(
+    warm_home: dict[str, Any], ally_home: Path, ally_cli: Any
+):
+    config = ally_home / "config.toml"
+    assert config.is_file()
+    assert "tomllib" not in _probe(["list"], warm_home["env"], warm_home["cwd"])["modules"]
+    # A change is read at once: a bad value now fails every command.
+    original = config.read_text("utf-8")
+    config.write_text("[ally]\njobs = 0\n" + original, "utf-8")
+    failed = ally_cli("list")
+    assert failed.returncode != 0 and "jobs" in failed.stderr, failed.stderr
+    # A file with an @ (an index URL may carry a password) is parsed every time, and never
+    # copied into the warm index.
+    config.write_text("# maintained by ops@example.org\n" + original, "utf-8")
+    for _ in range(2):
+        assert "tomllib" in _probe(["list"], warm_home["env"], warm_home["cwd"])["modules"]
+    from ally_core.paths import AllyPaths
+    from ally_core.warm_index import INDEX_NAME
+
+    index = AllyPaths.from_env(ally_home, (), os.environ).state_dir / INDEX_NAME
+    assert index.is_file()
+    assert b"ops@example.org" not in index.read_bytes()
 
 
 def test_the_cheap_look_for_claude_style_plugins_looks_where_they_are_read():

@@ -1,8 +1,8 @@
 """A failed install says why: the lines of the installer's output that carry the cause.
 
-The selection (``ally_core.process.error_lines``) on the output of npm, pip, uv and bundler as
-they print it, then real pip and uv runs whose cause is not in their last lines. The real npm
-case (an out-of-sync package-lock.json) is in the node runtime's tests.
+The selection (``ally_core.installer_output.error_lines``) on the output of npm, pip, uv and
+bundler as they print it, then real pip and uv runs whose cause is not in their last lines.
+The real npm case (an out-of-sync package-lock.json) is in the node runtime's tests.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ally_core import Host
-from ally_core.process import error_lines
+from ally_core.installer_output import error_lines
 from ally_core.testing import build_wheel
 
 NPM_USAGE_HELP = [

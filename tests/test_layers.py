@@ -22,7 +22,7 @@ PACKAGE = Path(ally_core.__file__).parent
 #: Bottom first. A module may import modules of its own layer and of the layers before it.
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundations", ["__about__", "errors", "text", "paths", "config", "schema"]),
-    ("processes", ["process", "containment"]),
+    ("processes", ["process", "containment", "installer_output"]),
     ("values", ["envs", "checks", "manifest", "progress", "replies", "forms", "plugin_schema"]),
     (
         "runtime contract",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 
 from ally_core import Host, run_checks
@@ -29,27 +32,45 @@ def _dist_info(site: Path, name: str, record: str) -> None:
     (info / "RECORD").write_text(record)
 
 
-def test_verify_records_reports_missing_and_resized_files_only(tmp_path: Path):
+def _sha(text: str) -> str:
+    digest = hashlib.sha256(text.encode()).digest()
+    return "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def test_verify_records_reports_missing_resized_and_edited_files_only(tmp_path: Path):
     site = tmp_path / "lib" / "python3.11" / "site-packages"
     site.mkdir(parents=True)
     (site / "good.py").write_text("x = 1\n")  # 6 bytes
     (site / "resized.py").write_text("x = 100\n")  # 8 bytes, RECORD says 6
+    (site / "edited.py").write_text("x = 2\n")  # 6 bytes, as recorded, another content
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "tool").write_text("#!/bin/sh\n")  # 10 bytes, outside site-packages
+    one, gone, tool = _sha("x = 1\n"), _sha("y\n\n"), _sha("#!/bin/sh\n")
     _dist_info(
         site,
         "demo",
-        "good.py,sha256=abc,6\n"
-        "resized.py,sha256=abc,6\n"
-        "gone.py,sha256=abc,3\n"
-        "../../../bin/tool,sha256=abc,10\n"
+        f"good.py,{one},6\n"
+        f"resized.py,{one},6\n"
+        f"edited.py,{one},6\n"
+        f"gone.py,{gone},3\n"
+        f"../../../bin/tool,{tool},10\n"
         "demo-1.0.dist-info/RECORD,,\n"
         "__pycache__/nothashed.cpython-311.pyc,,\n",
     )
-    _dist_info(site, "clean", "good.py,sha256=abc,6\n")
+    _dist_info(site, "clean", f"good.py,{one},6\n")
 
-    assert verify_records(tmp_path) == ["demo: resized.py was modified", "demo: gone.py is missing"]
+    assert verify_records(tmp_path) == [
+        "demo: resized.py was modified",
+        "demo: edited.py was modified",
+        "demo: gone.py is missing",
+    ]
+    # Sizes only: the same-size edit passes.
+    assert verify_records(tmp_path, hashes=False) == [
+        "demo: resized.py was modified",
+        "demo: gone.py is missing",
+    ]
     (site / "resized.py").write_text("x = 1\n")
+    (site / "edited.py").write_text("x = 1\n")
     (site / "gone.py").write_text("y\n\n")
     assert verify_records(tmp_path) == []
 
@@ -78,6 +99,14 @@ def test_deep_check_notices_an_env_python_that_cannot_start(host: Host, make_plu
     # A site-packages .pth line that raises stops `import site` with an error.
     (encodings / "zz-broken.pth").write_text("import sys; sys.exit('broken startup')\n")
     health = host.hook.health_check(spec=spec, env=outcome.env, deep=True)
+    # The new .pth is noticed first (on every load, before any process starts) ...
+    (problem,) = health.problems
+    assert problem.message.startswith("startup hook "), problem
+    assert problem.message.endswith("/site-packages/zz-broken.pth appeared after the env was built")
+    # ... and without the record of the env's startup hooks, the interpreter's start fails.
+    data = {k: v for k, v in outcome.env.data.items() if k != "startup_hooks"}
+    env = attrs.evolve(outcome.env, data=data)
+    health = host.hook.health_check(spec=spec, env=env, deep=True)
     assert not health.ok
     assert any(p.message.startswith("env python:") for p in health.problems), health.describe()
 

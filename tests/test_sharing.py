@@ -66,17 +66,26 @@ def test_removing_one_sharer_keeps_the_other_working_and_gc_keeps_the_env(
     assert not outcomes["b"].env.path.exists()
 
 
-def test_different_envs_share_package_files_through_the_cache(host: Host, make_plugin):
+def test_different_envs_share_no_package_file_with_each_other_or_the_cache(
+    host: Host, make_plugin
+):
     if host.settings.installer == "pip":
-        pytest.skip("hardlinked installs are a uv backend feature")
+        pytest.skip("the uv backend installs from a cache of unpacked wheels")
     _plugin(make_plugin, "one", "allydemo-greet==1.0.0\n")
     _plugin(make_plugin, "two", "allydemo-greet==1.0.0\nallydemo-shout\n")
     envs = {o.name: o.env.path for o in host.load()}
     assert envs["one"] != envs["two"]
 
-    def module_inode(env: Path) -> int:
-        (module,) = env.glob("lib/python*/site-packages/allydemo_greet.py")
-        return module.stat().st_ino
+    def module(env: Path) -> Path:
+        (found,) = env.glob("lib/python*/site-packages/allydemo_greet.py")
+        return found
 
-    # The same wheel installed into two envs is one file on disk (uv links from its cache).
-    assert module_inode(envs["one"]) == module_inode(envs["two"])
+    # The same wheel installed into two envs is two files, each one link (uv copies from its
+    # cache, ``--link-mode copy``): an in-place edit of one reaches neither the other env nor
+    # the cache entry later builds install from.
+    cached = list((host.paths.cache_dir / "uv").rglob("allydemo_greet.py"))
+    assert cached
+    inodes = {module(env).stat().st_ino for env in envs.values()}
+    assert len(inodes) == 2
+    assert not inodes & {c.stat().st_ino for c in cached}
+    assert all(module(env).stat().st_nlink == 1 for env in envs.values())

@@ -1013,11 +1013,11 @@ def test_an_env_identity_without_env_context_turns_the_index_off_for_keys(
 ) -> None:
     pm = make_plugin_manager({})
     pm.register(IdentityWithoutContext(), name="flavour")
+    index_path(ally_home).unlink()
     host = Host(ally_home, plugin_manager=pm)
     # The built-in python runtime still answers env_context, but another plugin's
     # env_identity may answer first with inputs no context describes.
     assert host.keys.context("python3") is None
-    index_path(ally_home).unlink()
     host.load()
     assert read_index(ally_home)["keys"] == {}
     monkeypatch.setenv("FLAVOUR", "chocolate")
@@ -1044,6 +1044,7 @@ def test_encode_decode_round_trip_shares_equal_strings_and_refuses_damage(tmp_pa
         "keys": {"/plugins/p": [[1, 2, 3, 4], {"dependency_file": path, "watch": []}]},
         "markers": {"/m": [[5, 6, 7], {"commands": {"a": path + "x", "b": path + "x"}}]},
         "entry_points": {"ally": [None, [[["/site"], [[1, 2, 3]], []], []]]},
+        "config": {"/home/config.toml": ["jobs = 2\n", {"jobs": 2}]},
     }
     blob = encode(tables)
     assert decode(blob) == tables

@@ -96,7 +96,8 @@ def _compile_python(
     """``uv pip compile`` of the requirements for the interpreter the env will be built with."""
     from ..process import run_installer
     from ..runtimes.python.index import UV_INDEX_VARS, effective_index
-    from ..runtimes.python.uv_backend import UvBackend, uv_bin, uv_environ
+    from ..runtimes.python.uv_backend import UvBackend, uv_environ
+    from ..runtimes.python.uv_locate import uv_bin
 
     spec = _base_spec(host, ref, launcher, work, progress=progress)
     interpreter = host.hook.resolve_interpreter(spec=spec)

@@ -25,7 +25,9 @@ implementations, re-exported here: registering this package registers them).
 
 from __future__ import annotations
 
-from .checks import dependency_packages, installed_packages, verify_records
+from typing import TYPE_CHECKING, Any
+
+# Registering this package registers these (pluggy reads the module's attributes).
 from .hooks import (
     bundle_artifacts,
     create_env,
@@ -37,13 +39,44 @@ from .hooks import (
     resolve_interpreter,
     runtime_names,
 )
-from .index import effective_index, read_pip_config
-from .installers import backend_for
-from .interpreters import candidate_paths, query_interpreter
 from .layout import ENV_LAYOUT, LOCK_NAME, NAMES
-from .pip_backend import without_cli_advice
-from .pip_seed import PIP_WHEEL_DIR
-from .uv_backend import uv_available
+from .uv_locate import uv_available
+
+if TYPE_CHECKING:
+    from .checks import dependency_packages, installed_packages, verify_records
+    from .index import effective_index, read_pip_config
+    from .installers import backend_for
+    from .interpreters import candidate_paths, query_interpreter
+    from .pip_backend import without_cli_advice
+    from .pip_seed import PIP_WHEEL_DIR
+
+#: The helpers other modules and tests use, imported on first use (ally imports this
+#: package at every start; the installers' code is needed only when something is built).
+_LAZY = {
+    "dependency_packages": "checks",
+    "installed_packages": "checks",
+    "verify_records": "checks",
+    "effective_index": "index",
+    "read_pip_config": "index",
+    "backend_for": "installers",
+    "candidate_paths": "interpreters",
+    "query_interpreter": "interpreters",
+    "without_cli_advice": "pip_backend",
+    "_without_cli_advice": "pip_backend",
+    "PIP_WHEEL_DIR": "pip_seed",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name.lstrip("_"))
+    globals()[name] = value
+    return value
+
 
 #: The hook implementations (registering this package registers them) and the helpers
 #: other modules and tests use.
@@ -75,4 +108,3 @@ __all__ = [
 
 # The names these had when the runtime was one module.
 _uv_available = uv_available
-_without_cli_advice = without_cli_advice

@@ -8,7 +8,7 @@ Two implement it: :class:`~.uv_backend.UvBackend` (the default) and
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -64,6 +64,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def wheel_install_command(self, spec: EnvSpec, env_python: Path, wheel: Path) -> Command:
         """How to install the local ``wheel`` (pip's) into the env, without any index."""
+
+    def purge_command(self, names: Sequence[str], environ: Mapping[str, str]) -> Optional[Command]:
+        """How to remove ``names`` from the installer's cache, given the environment their
+        install ran with; ``None`` when the installer keeps nothing an env's files share
+        (pip extracts fresh copies from wheels, and writes ``RECORD`` from what it wrote)."""
+        return None
 
     @abc.abstractmethod
     def check_command(

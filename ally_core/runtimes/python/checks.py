@@ -3,36 +3,15 @@ no process), the files their ``RECORD`` lists, and the health check built on the
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
-from ...checks import run_checks
 from ...envs import EnvInfo, EnvSpec, Health, Problem
 from ...process import clean_environ
-from .installers import BACKENDS, fastest_available
-from .pip_seed import check_pip_launcher
-
-
-def _dist_infos(env_dir: Path) -> list[str]:
-    """The ``*.dist-info`` dirs of the env's site-packages, each once.
-
-    ``lib/<python3.X or pypy3.X>/site-packages`` (``lib64`` is often a symlink to ``lib``:
-    the same dir is counted once), ``Lib/site-packages`` on Windows.
-    """
-    pattern = os.path.join(str(env_dir), "lib*", "*", "site-packages")
-    if os.name == "nt":  # pragma: no cover
-        pattern = os.path.join(str(env_dir), "Lib", "site-packages")
-    seen: set[str] = set()
-    found: list[str] = []
-    for site in sorted(glob.glob(pattern)):
-        real = os.path.realpath(site)
-        if real not in seen:
-            seen.add(real)
-            found += sorted(glob.glob(os.path.join(site, "*.dist-info")))
-    return found
+from .integrity import dist_infos as _dist_infos
+from .integrity import record_mismatches, startup_hook_problem
 
 
 def installed_packages(env_dir: Path) -> dict[str, str]:
@@ -54,43 +33,19 @@ def dependency_packages(env: EnvInfo, *, for_bundle: bool = False) -> dict[str, 
     """
     seeded: Mapping[str, str] = env.data.get("seeded") or {"pip": "*"}
     packages = installed_packages(env.path)
+    from .installers import BACKENDS  # builds and deep checks only
+
     backend = BACKENDS.get(env.data.get("backend", ""))
     if backend is not None and backend.lists_seeded_pip and not for_bundle:
         return packages
     return {n: v for n, v in packages.items() if seeded.get(n) not in (v, "*")}
 
 
-def verify_records(env_dir: Path) -> list[str]:
-    """Files that a distribution's ``RECORD`` lists with a hash but that are gone or resized.
-
-    Read in this process (no interpreter start, ~0.1 s less per build): ``RECORD`` paths are
-    relative to site-packages; ``pip check`` compares metadata only.
-    """
-    import csv
-
-    bad: list[str] = []
-    for dist_info in _dist_infos(env_dir):
-        site = os.path.dirname(dist_info)
-        name = os.path.basename(dist_info).partition("-")[0]
-        try:
-            with open(os.path.join(dist_info, "RECORD"), encoding="utf-8", newline="") as fh:
-                rows = list(csv.reader(fh))
-        except FileNotFoundError:
-            continue  # no RECORD: nothing recorded to verify
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            bad.append(f"{name}: RECORD unreadable ({exc})")
-            continue
-        for row in rows:
-            if len(row) < 3 or not row[1]:
-                continue  # RECORD itself, .pyc files: listed without a hash
-            try:
-                size = os.stat(os.path.join(site, row[0])).st_size
-            except OSError:
-                bad.append(f"{name}: {row[0]} is missing")
-                continue
-            if row[2].isdigit() and int(row[2]) != size:
-                bad.append(f"{name}: {row[0]} was modified")
-    return bad
+def verify_records(env_dir: Path, *, hashes: bool = True) -> list[str]:
+    """Files that a distribution's ``RECORD`` lists with a hash but that are gone, resized
+    or (with ``hashes``) of another content: one line each (see
+    :func:`.integrity.record_mismatches`)."""
+    return [str(m) for m in record_mismatches(env_dir, hashes=hashes)]
 
 
 def pyvenv_cfg_problem(env_dir: Path) -> Optional[str]:
@@ -128,11 +83,23 @@ def check_env(spec: EnvSpec, env: EnvInfo, deep: bool) -> Health:
         return Health((Problem(f"env python {py or '?'} is missing or its base was removed"),))
     if not os.path.isfile(f"{spec.env_dir}{os.sep}pyvenv.cfg"):
         return Health((Problem("pyvenv.cfg is missing"),))
+    hooks = env.data.get("startup_hooks")
+    if hooks:
+        # A .pth (or sitecustomize) added to a shared env would run in every plugin's
+        # processes: checked on every load, root included.
+        problem = startup_hook_problem(str(spec.env_dir), hooks, full=deep)
+        if problem is not None:
+            return Health((Problem(problem),))
     if not deep:
         return Health()
     cfg = pyvenv_cfg_problem(spec.env_dir)
     if cfg is not None:
         return Health((Problem(cfg),))
+    # The installers' code only now: the quick check above runs on every load.
+    from ...checks import run_checks
+    from .installers import fastest_available
+    from .pip_seed import check_pip_launcher
+
     environ = clean_environ(path_prefix=env.bin_dirs, extra=dict(env.env_vars))
     check = fastest_available().check_command(spec, py, environ)
     from concurrent.futures import ThreadPoolExecutor

@@ -3,23 +3,17 @@ the runtime names ``python3`` and ``python`` only, and leaves the installer to i
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 from ...__about__ import __version__
-from ...config import IndexOptions, strip_credentials
 from ...envs import EnvInfo, EnvOptions, EnvSpec, Health, InstallResult, Interpreter
 from ...hookspecs import hookimpl
-from ...process import clean_environ
-from .checks import check_env, dependency_packages, installed_packages
-from .depfile import includes_of, refuse_outside, requirements_file
+from .checks import check_env
 from .index import effective_index, index_identity
-from .installers import backend_for, backend_of, seed_pip
-from .interpreters import find_interpreter
-from .layout import BIN, ENV_LAYOUT, LOCK_NAME, NAMES, env_python, serves
-from .uv_backend import uv_available
+from .layout import ENV_LAYOUT, NAMES, serves
+from .uv_locate import uv_available
 
 __all__ = [
     "bundle_artifacts",
@@ -47,6 +41,10 @@ def runtime_names() -> Sequence[str]:
 def env_identity(spec: EnvSpec) -> Optional[Mapping[str, Any]]:
     if not serves(spec):
         return None
+    # Asked when a plugin's key is not in the warm index: the installers' code only then.
+    from .depfile import includes_of, refuse_outside
+    from .installers import backend_for
+
     identity: dict[str, Any] = {
         "layout": ENV_LAYOUT,
         # (Envs built before the backend's identity left out its version are rebuilt once.)
@@ -88,7 +86,11 @@ def env_context(runtime: str, options: EnvOptions) -> Optional[Mapping[str, Any]
 def identity_files(spec: EnvSpec) -> Optional[Sequence[Path]]:
     # Besides the dependency file (which the core watches itself), env_identity reads the
     # files it includes.
-    return list(includes_of(spec).files) if serves(spec) else None
+    if not serves(spec):
+        return None
+    from .depfile import includes_of
+
+    return list(includes_of(spec).files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,93 +99,32 @@ def identity_files(spec: EnvSpec) -> Optional[Sequence[Path]]:
 
 @hookimpl
 def resolve_interpreter(spec: EnvSpec) -> Optional[Interpreter]:
-    return find_interpreter(spec) if serves(spec) else None
+    if not serves(spec):
+        return None
+    from .interpreters import find_interpreter
+
+    return find_interpreter(spec)
+
+
+# The work of a build is in .build, imported only when a build needs it.
 
 
 @hookimpl
 def create_env(spec: EnvSpec, interpreter: Interpreter) -> Optional[EnvInfo]:
     if not serves(spec):
         return None
-    backend = backend_for(spec)
-    spec.progress("create", "Creating virtual environment")
-    has_pip = backend.create_venv(spec, interpreter)
-    py = env_python(spec.env_dir)
-    pip_data: dict[str, Any] = {}
-    if not has_pip:
-        launcher = backend.pip_launcher(spec, interpreter, py)
-        if launcher is None:
-            seed_pip(spec, interpreter, py)
-        else:
-            pip_data = launcher
-    short = ".".join(interpreter.version.split(".")[:2])
-    pip = str(spec.env_dir / BIN / ("pip.exe" if os.name == "nt" else "pip"))
-    return EnvInfo(
-        path=spec.env_dir,
-        interpreter=interpreter,
-        bin_dirs=(str(spec.env_dir / BIN),),
-        commands={
-            "python": str(py),
-            "python3": str(py),
-            f"python{short}": str(py),
-            # Every env has its own pip (the seed's ``<env>/bin/pip list`` check, Code
-            # Ally's ``{pip}``): these names never reach a pip outside the env.
-            "pip": pip,
-            "pip3": pip,
-            f"pip{short}": pip,
-        },
-        env_vars={"VIRTUAL_ENV": str(spec.env_dir)},
-        # What the env holds before its dependencies: not reported as installed packages.
-        data={"backend": backend.name, "seeded": installed_packages(spec.env_dir), **pip_data},
-    )
+    from . import build
+
+    return build.create_env(spec, interpreter)
 
 
 @hookimpl
 def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
     if not serves(spec):
         return None
-    environ = clean_environ(path_prefix=env.bin_dirs, extra=dict(env.env_vars))
-    if spec.install_command:
-        # Code Ally's placeholder: ``{pip}`` is this env's own pip (every env has one).
-        pip = env.commands.get("pip") or str(Path(env.bin_dirs[0], "pip"))
-        argv = [word.replace("{pip}", pip) for word in spec.install_command]
-        argv[0] = env.commands.get(argv[0]) or _in_env(env, argv[0]) or argv[0]
-        shown = strip_credentials(" ".join(spec.install_command))
-        spec.progress("install", f"Running {shown}")
-        spec.run(argv, env=environ, what="install_command")
-        return InstallResult(packages=dependency_packages(env), command=tuple(argv))
-    if spec.dependency_file is None:
-        return InstallResult()
-    index = effective_index(spec.options.index)
-    offline = spec.options.offline
-    artifacts = spec.options.artifacts_dir
-    if artifacts is not None and (artifacts / LOCK_NAME).is_file():
-        # From an offline bundle: exactly the locked wheels, hashes checked, no index at all.
-        requirements = artifacts / LOCK_NAME
-        index = IndexOptions(find_links=(str(artifacts),), no_index=True)
-        offline = True
-        spec.progress("install", f"Installing packages from the bundle ({LOCK_NAME})")
-    else:
-        refuse_outside(spec, includes_of(spec))
-        requirements = requirements_file(spec)
-        spec.progress("install", f"Installing packages from {spec.dependency_file.name}")
-    argv, environ = backend_of(env).install_command(
-        spec, env, requirements, index, offline=offline, environ=environ
-    )
-    what = f"installing {requirements.name}"
-    if offline and artifacts is None:
-        what += " offline (no index: only the cache and find-links)"
-    spec.run(argv, env=environ, what=what)
-    return InstallResult(packages=dependency_packages(env), command=tuple(argv))
+    from . import build
 
-
-def _in_env(env: EnvInfo, name: str) -> Optional[str]:
-    if os.sep in name:
-        return None
-    for directory in env.bin_dirs:
-        path = os.path.join(directory, name)
-        if os.path.isfile(path):
-            return path
-    return None
+    return build.install_deps(spec, env)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,31 +140,6 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
 def bundle_artifacts(spec: EnvSpec, env: EnvInfo, dest: Path) -> Optional[Mapping[str, Any]]:
     if not serves(spec):
         return None
-    import hashlib
+    from . import build
 
-    packages = dependency_packages(env, for_bundle=True)
-    lines = [f"{name}=={version}" for name, version in packages.items()]
-    if lines:
-        pins = dest / "pins.txt"
-        pins.write_text("\n".join(lines) + "\n", "utf-8")
-        spec.progress("bundle", f"Collecting {len(lines)} wheel(s)")
-        argv, environ = backend_of(env).bundle_command(spec, env, dest, pins)
-        spec.run(argv, env=environ, what="collecting wheels")
-        pins.unlink()
-    locked = []
-    for wheel in sorted(dest.glob("*.whl")):
-        name, version = wheel.name.split("-")[:2]
-        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-        locked.append(
-            {
-                "name": name.lower().replace("_", "-"),
-                "version": version,
-                "file": wheel.name,
-                "sha256": digest,
-            }
-        )
-    (dest / LOCK_NAME).write_text(
-        "".join(f"{p['name']}=={p['version']} --hash=sha256:{p['sha256']}\n" for p in locked),
-        "utf-8",
-    )
-    return {"format": "python-wheels", "python": env.interpreter.version, "packages": locked}
+    return build.bundle_artifacts(spec, env, dest)

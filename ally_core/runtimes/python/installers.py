@@ -11,7 +11,8 @@ from ...errors import InstallFailed
 from .backend import Backend
 from .pip_backend import PipBackend
 from .pip_seed import pip_wheel
-from .uv_backend import UvBackend, usable_uv, uv_available
+from .uv_backend import UvBackend
+from .uv_locate import usable_uv, uv_available
 
 UV = UvBackend()
 PIP = PipBackend()

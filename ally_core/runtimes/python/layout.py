@@ -15,9 +15,10 @@ LOCK_NAME = "requirements.lock"
 BIN = "Scripts" if os.name == "nt" else "bin"
 EXE = "python.exe" if os.name == "nt" else "python"
 
-#: What every env holds besides its packages. 2: its own pip (``bin/pip``). Envs of an older
-#: layout are rebuilt once, so that the promise holds for them too.
-ENV_LAYOUT = 2
+#: What every env holds besides its packages. 2: its own pip (``bin/pip``). 3: files copied
+#: from uv's cache (not hardlinked) and read-only, its startup hooks recorded in the marker.
+#: Envs of an older layout are rebuilt once, so that the promises hold for them too.
+ENV_LAYOUT = 3
 
 
 def serves(spec: EnvSpec) -> bool:
@@ -31,6 +32,6 @@ def env_python(env_dir: Path) -> Path:
 
 
 def cache(spec: EnvSpec, name: str) -> Optional[Path]:
-    """The cache dir ``name`` (``uv``, ``pip``, ``virtualenv``, ``python-seed``) under ally's
+    """The cache dir ``name`` (``uv``, ``pip``, ``virtualenv``) under ally's
     cache dir, or ``None`` when there is none."""
     return spec.options.cache_dir / name if spec.options.cache_dir else None

@@ -12,14 +12,13 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 from typing import Any, Optional
 
 from ...envs import EnvInfo, EnvSpec, Interpreter, Problem
 from ...errors import InstallFailed
 from ...process import clean_environ
-from .layout import BIN, cache
+from .layout import BIN
 
 
 @functools.lru_cache(maxsize=32)
@@ -121,7 +120,7 @@ def write_pip_launcher(spec: EnvSpec, interpreter: Interpreter, env_python: Path
     """Give a uv env ``bin/pip``: a launcher running pip from a wheel kept in the env.
 
     Measured against installing pip into every env (uv, from the same local wheel): the
-    launcher adds ~1 ms and no disk (the wheel is hardlinked from ally's cache) to a build,
+    launcher adds ~2 ms and the wheel's size (~2 MB, a copy) to a build,
     where installing pip adds 0.07-0.3 s (cold cache 0.12-0.3 s) and ~1000 files; pip runs
     ~0.3 s slower from a wheel, which only its rare direct uses pay. It depends on nothing
     but the env's own python and the wheel inside the env: upgrading ally, uv or virtualenv,
@@ -134,23 +133,10 @@ def write_pip_launcher(spec: EnvSpec, interpreter: Interpreter, env_python: Path
     target_dir = spec.env_dir / PIP_WHEEL_DIR
     target_dir.mkdir()
     target = target_dir / source.name
-    shared = cache(spec, "python-seed")
     try:
-        if shared is not None:
-            # One copy per cache (hardlinked into each env), made atomically: builds run
-            # in parallel. A cross-device home falls back to a plain copy below.
-            shared.mkdir(parents=True, exist_ok=True)
-            cached = shared / source.name
-            if not cached.is_file():
-                tmp = shared / f".{source.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-                shutil.copyfile(source, tmp)
-                os.replace(tmp, cached)
-            try:
-                os.link(cached, target)
-            except OSError:
-                shutil.copyfile(cached, target)
-        else:
-            shutil.copyfile(source, target)
+        # A copy, never a hardlink: an env shares no writable inode with a cache or with
+        # another env, so an edit of one env's wheel changes that env alone.
+        shutil.copyfile(source, target)
         digest = hashlib.sha256(target.read_bytes()).hexdigest()
         text = _LAUNCHER.format(python=shlex.quote(str(env_python)), wheel=shlex.quote(str(target)))
         short = ".".join(interpreter.version.split(".")[:2])

@@ -1,5 +1,6 @@
 """The default backend: a venv (the stdlib's, in-process, for ally's own base Python; else
-``uv venv``) and ``uv pip install``, with one shared cache (hardlinks) under ally's cache dir.
+``uv venv``) and ``uv pip install``, with one shared cache under ally's cache dir, from which
+files are copied, never hardlinked (:data:`LINK_MODE`).
 
 Also where the uv binary is (looked up once), whether uv can be used at all, and the
 environment it runs with.
@@ -7,14 +8,10 @@ environment it runs with.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import os
-import shutil
 import subprocess
 import sys
-import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,46 +24,16 @@ from .index import UV_INDEX_VARS, UrlOption, effective_index
 from .layout import cache
 from .pip_backend import PipBackend
 from .pip_seed import write_pip_launcher
+from .uv_locate import SYSCONFIG_LOCK, uv_bin
 
-#: Serialises the first uses of ``sysconfig`` (not thread-safe) by parallel builds: uv's
-#: ``find_uv_bin`` and the stdlib's ``venv.EnvBuilder`` both read it.
-SYSCONFIG_LOCK = threading.Lock()
-_UV_BIN: list[Optional[str]] = []
-
-
-def uv_bin() -> Optional[str]:
-    """The uv binary (the ``uv`` distribution's, else one on PATH), looked up once.
-
-    Under a lock: ``uv.find_uv_bin`` reads ``sysconfig``, whose first use is not thread-safe,
-    and parallel builds ask from several threads at once.
-    """
-    with SYSCONFIG_LOCK:
-        if not _UV_BIN:
-            try:
-                from uv import find_uv_bin
-
-                _UV_BIN.append(str(find_uv_bin()))
-            except (ImportError, OSError, TypeError):
-                _UV_BIN.append(shutil.which("uv"))
-        return _UV_BIN[0]
-
-
-@functools.lru_cache(maxsize=1)
-def uv_available() -> bool:
-    """Whether uv can be used, without importing it (this runs on the first warm load).
-
-    ``find_spec`` answers from the import system's directory caches, which importing ally
-    filled already; listing ``sys.path`` for ``uv-*.dist-info`` would cost a millisecond.
-    """
-    spec = importlib.util.find_spec("uv")
-    # A bare "uv" directory on sys.path (the current one, say) is a namespace package
-    # without an origin: not the uv distribution.
-    return (spec is not None and spec.origin is not None) or shutil.which("uv") is not None
-
-
-def usable_uv() -> Optional[str]:
-    """The uv binary if uv can be used, else ``None`` (what seeds pip and checks envs)."""
-    return uv_bin() if uv_available() else None
+#: How uv puts files from its cache into an env. Not uv's default (``hardlink`` on Linux):
+#: an in-place edit of a hardlinked file is an edit of the cache entry, which every later
+#: install links again. Not ``clone`` either: uv falls back to hardlinks where the file
+#: system has no reflinks (ext4; uv 0.13 logs it at debug level only). ``copy`` costs the
+#: install of sympy + mpmath + six 3-10x the time of hardlinks (~0.25-1 s against ~0.1 s, the
+#: machine's I/O decides), a whole build 2.4-3.6x, and the env's 29 MB of disk
+#: (``benchmarks/cache_safety.py``).
+LINK_MODE = ("--link-mode", "copy")
 
 
 def uv_environ(spec: EnvSpec) -> dict[str, str]:
@@ -141,6 +108,7 @@ class UvBackend(Backend):
             "--python",
             env.commands["python"],
             "--no-config",
+            *LINK_MODE,
             "-r",
             str(requirements),
             *(["--upgrade"] if spec.options.upgrade else []),
@@ -162,6 +130,7 @@ class UvBackend(Backend):
             "--python",
             str(env_python),
             "--no-config",
+            *LINK_MODE,
             "--offline",
             "--no-index",
             "--no-deps",
@@ -169,6 +138,11 @@ class UvBackend(Backend):
             str(wheel),
         ]
         return argv, uv_environ(spec)
+
+    def purge_command(self, names: Sequence[str], environ: Mapping[str, str]) -> Command:
+        """How to remove ``names`` from uv's cache, given the environment an install of them
+        ran with (``UV_CACHE_DIR`` included): their next install fetches them again."""
+        return [uv_bin() or "uv", "cache", "clean", "--no-config", *names], dict(environ)
 
     def check_command(
         self, spec: EnvSpec, python: str, environ: Mapping[str, str]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from .__about__ import __version__
 from ._hooks import (
-    LOCK_NAME,
     bundle_artifacts,
     create_env,
     env_context,
@@ -27,6 +26,7 @@ from ._hooks import (
     runtime_names,
 )
 from ._interpreters import NODE_ENV_VAR
+from ._layout import LOCK_NAME
 from ._semver import satisfies
 
 __all__ = [

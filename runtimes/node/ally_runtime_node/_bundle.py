@@ -17,13 +17,12 @@ from typing import Any
 
 from ally_core import EnvInfo, EnvSpec, InstallFailed
 
+from ._layout import LOCK_NAME  # what collect() writes beside the tarballs
 from ._npm import npm_argv, run_npm
 from ._package import LOCK_FILES, package_name
 
 __all__ = ["BUNDLE_PACKAGE_LOCK", "LOCK_NAME", "collect", "install_argv"]
 
-#: What :func:`collect` writes beside the tarballs: the packages with their hashes.
-LOCK_NAME = "npm-bundle.json"
 #: The env's own lock file, copied into a bundle.
 BUNDLE_PACKAGE_LOCK = "package-lock.json"
 

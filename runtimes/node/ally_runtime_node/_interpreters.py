@@ -10,8 +10,9 @@ import functools
 import glob
 import json
 import os
-import shutil
-import subprocess
+
+# shutil (which imports bz2 and lzma) is imported by the functions that use it: ally imports
+# every runtime at each start.
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Optional
 
@@ -72,6 +73,8 @@ def _signature(path: str) -> tuple[int, ...]:
 
 def node_on_path(environ: Mapping[str, str] | None = None) -> Optional[str]:
     """The node ``ALLY_NODE`` names, else the first ``node`` on ``PATH`` (no process started)."""
+    import shutil
+
     environ = os.environ if environ is None else environ
     wanted = environ.get(NODE_ENV_VAR, "").strip()
     path_var = environ.get("PATH", os.defpath)
@@ -84,6 +87,8 @@ def node_on_path(environ: Mapping[str, str] | None = None) -> Optional[str]:
 
 @functools.lru_cache(maxsize=64)
 def _query(path: str, signature: tuple[int, ...]) -> Optional[tuple[str, str]]:
+    import subprocess  # only when a node is queried: not on a warm load
+
     try:
         out = subprocess.run(
             [path, "-p", _QUERY],
@@ -135,6 +140,8 @@ def _npm_version(npm_cli: str) -> str:
 def find_npm(node_exe: str, node_path: str = "") -> Optional[NpmInfo]:
     """The npm installed with ``node_exe``: beside it (nvm, official tarballs, distro packages),
     beside the path it was found under (a symlink farm), else the first ``npm`` on ``PATH``."""
+    import shutil
+
     candidates = []
     for directory in dict.fromkeys(
         [os.path.dirname(node_exe), os.path.dirname(os.path.abspath(node_path or node_exe))]

@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+
+# shutil (which imports bz2 and lzma) is imported by the functions that use it: ally imports
+# every runtime at each start.
 import re
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
@@ -231,6 +233,8 @@ def check_inside(spec: EnvSpec, path: Path) -> None:
 
 def copy_inputs(spec: EnvSpec) -> tuple[Optional[Path], bool]:
     """Write package.json, the lock and .npmrc into the env; return the lock and dirs flag."""
+    import shutil
+
     assert spec.dependency_file is not None
     folder = spec.dependency_file.parent
     for path in (spec.dependency_file, folder / ".npmrc", *(folder / n for n in LOCK_FILES)):

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+
+# shutil (which imports bz2 and lzma) is imported by the functions that use it: ally imports
+# every runtime at each start.
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -390,6 +392,8 @@ def _packages(env: EnvInfo) -> dict[str, str]:
 
 def _keep_downloaded_gems(spec: EnvSpec, env: EnvInfo) -> None:
     """Copy the ``.gem`` files bundler downloaded into the shared cache (for offline builds)."""
+    import shutil
+
     shared = _shared_gem_cache(spec)
     cache = _gem_dir(env.path, _info_of(env), True) / "cache"
     if shared is None or not cache.is_dir():
@@ -470,6 +474,8 @@ class BundleNotPossible(AllyError):
 
 @hookimpl
 def bundle_artifacts(spec: EnvSpec, env: EnvInfo, dest: Path) -> Optional[Mapping[str, Any]]:
+    import shutil
+
     if not _serves(spec):
         return None
     if not env.data.get("gemfile"):

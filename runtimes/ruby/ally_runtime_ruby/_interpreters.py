@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import glob
 import os
+
+# shutil (which imports bz2 and lzma) is imported by the functions that use it: ally imports
+# every runtime at each start.
 import re
-import shutil
-import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Optional
@@ -115,6 +116,8 @@ def query_ruby(path: str) -> Optional[RubyInfo]:
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
+    import subprocess  # only when a ruby is queried: not on a warm load
+
     try:
         out = subprocess.run(
             [path, "-e", _QUERY],
@@ -222,6 +225,8 @@ def find_ruby(spec: EnvSpec, environ: Mapping[str, str] | None = None) -> RubyIn
 
     Raises :class:`~ally_core.InterpreterNotFound` with what was found when nothing fits.
     """
+    import shutil
+
     environ = os.environ if environ is None else environ
     specifier = version_specifier(spec)
     constraint = f" satisfying runtime_version {spec.runtime_version!r}" if specifier else ""
