@@ -19,6 +19,23 @@ __all__ = ["JSON_VERSION"]
 #: Version of the JSON shapes printed with ``--json``; bumped on incompatible changes.
 JSON_VERSION = 1
 
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TOOL_FAILED, EXIT_BLOCKED = 0, 1, 2, 3, 4
+
+
+def _host(args: argparse.Namespace) -> Any:
+    """The :class:`~ally_core.Host` of the command's ``--home``, ``--plugins-dir`` and build
+    options (imported here: ``ally --help`` needs none)."""
+    from .host import Host
+
+    settings: dict[str, Any] = {}
+    if getattr(args, "offline", False):
+        settings["offline"] = True
+    if getattr(args, "installer", None):
+        settings["installer"] = args.installer
+    if getattr(args, "jobs", None) is not None:
+        settings["jobs"] = args.jobs
+    return Host(args.home, plugin_dirs=args.plugins_dir or (), settings=settings)
+
 
 #: Secret values this command was given: masked in whatever it prints, errors included.
 _HIDDEN: list[str] = []

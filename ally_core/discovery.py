@@ -123,6 +123,19 @@ def _manifest_failure(exc: BaseException) -> str:
     return f"cannot be loaded: {exc.__class__.__name__}: {text or exc.__class__.__name__}"
 
 
+def with_setting_dirs(paths: AllyPaths, settings: Settings) -> AllyPaths:
+    """``paths`` with the ``plugin_dirs`` setting (config.toml, ``ALLY_PLUGIN_DIRS``) added
+    to ``--plugins-dir``, each directory once. Relative entries of config.toml are relative to
+    its directory, other ones to the working directory."""
+    from_file = settings.sources.get("plugin_dirs") == str(paths.config_file)
+    base = paths.config_dir if from_file else Path.cwd()
+    extra = [base / Path(p).expanduser() for p in settings.plugin_dirs]
+    unique = dict.fromkeys(
+        Path(os.path.normpath(p.absolute())) for p in (*paths.plugin_dirs, *extra)
+    )
+    return attrs.evolve(paths, plugin_dirs=tuple(unique))
+
+
 def check_names(
     names: Iterable[str],
     sources: Sequence[PluginSource],
@@ -184,6 +197,17 @@ class Discovery:
         self._unsaved: set[str] = set()
         # The remembered plugin dirs and the identity of the file they were read from.
         self._links: Optional[tuple[tuple[int, ...], list[Path]]] = None
+
+    def select(
+        self, sources: Sequence[PluginSource], names: Iterable[str] | None, *, dirs: bool = True
+    ) -> list[PluginSource]:
+        """The ``sources`` that ``names`` name (all for ``None``); :class:`PluginNotFound`,
+        with a guess, for a name none answers to (``dirs``: a directory name counts)."""
+        if names is None:
+            return list(sources)
+        wanted = set(names)
+        check_names(wanted, sources, self.paths.plugin_dirs, dirs=dirs)
+        return [s for s in sources if s.name in wanted or (dirs and s.plugin_dir.name in wanted)]
 
     def discover(self) -> list[PluginSource]:
         """Every plugin directory in the plugin dirs, with its manifest or its error."""

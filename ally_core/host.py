@@ -17,12 +17,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-import attrs
 import pluggy
 
 from .builder import Builder
 from .config import Settings, load_settings
-from .discovery import Discovery, PluginSource, check_names
+from .discovery import Discovery, PluginSource, with_setting_dirs
 from .dispatch import Dispatch
 from .envs import EnvOptions, EnvSpec, Health, ProgressEvent
 from .failures import FailureMemory
@@ -37,7 +36,7 @@ from .store import EnvStore, Marker
 from .warm_index import INDEX_NAME, WarmIndex
 
 if TYPE_CHECKING:
-    from .plugin_config import ConfigHome
+    from .config_home import ConfigHome
     from .replies import ToolResult
     from .workers import WorkerOptions, WorkerPool
 
@@ -73,16 +72,8 @@ class Host:
         self.index = WarmIndex(paths.state_dir / INDEX_NAME)
         #: Effective settings (defaults < config file < env vars < ``settings``).
         self.settings: Settings = load_settings(paths.config_file, env, settings, cache=self.index)
-        # The plugin_dirs setting (config.toml, ALLY_PLUGIN_DIRS) adds to --plugins-dir.
-        # Relative entries of config.toml are relative to its directory.
-        from_file = self.settings.sources.get("plugin_dirs") == str(paths.config_file)
-        base = paths.config_dir if from_file else Path.cwd()
-        extra = [base / Path(p).expanduser() for p in self.settings.plugin_dirs]
-        unique = dict.fromkeys(
-            Path(os.path.normpath(p.absolute())) for p in (*paths.plugin_dirs, *extra)
-        )
-        #: The directories of this home.
-        self.paths = attrs.evolve(paths, plugin_dirs=tuple(unique))
+        #: The directories of this home (``--plugins-dir`` and the plugin_dirs setting).
+        self.paths = with_setting_dirs(paths, self.settings)
         #: The pluggy plugin manager with every enabled runtime registered (the entry points
         #: found are remembered in the index).
         self.pm = plugin_manager or make_plugin_manager(env, index=self.index)
@@ -107,6 +98,11 @@ class Host:
 
             options = warm_workers if isinstance(warm_workers, WorkerOptions) else None
             self.workers = WorkerPool(options, pass_env=self.settings.pass_env)
+        self.readiness.after_build = self._after_build
+
+    def _after_build(self, outcome: PluginOutcome) -> None:
+        if self.workers is not None:  # set later by some (an MCP server shares one pool)
+            self.workers.after_build(outcome)  # background bytecode compile, warm worker
 
     # -- lifetime ------------------------------------------------------------------------------
 
@@ -199,25 +195,11 @@ class Host:
         Plugins whose env is ready cost a few file reads and no process. The others are
         built in parallel (``jobs`` workers, default from the settings).
         """
-        progress = progress or _silent
-        sources = self.discover()
-        if names is not None:
-            wanted = set(names)
-            check_names(wanted, sources, self.paths.plugin_dirs)
-            sources = [s for s in sources if s.name in wanted or s.plugin_dir.name in wanted]
-        outcomes = [self.readiness.warm(source) for source in sources]
-        cold = [source for source, outcome in zip(sources, outcomes) if outcome is None]
-        if cold:
-            jobs = jobs or self.settings.jobs
-            built = iter(self.readiness.in_parallel(cold, lambda s: self._cold(s, progress), jobs))
-            outcomes = [outcome or next(built) for outcome in outcomes]
-            again = {id(source) for source in cold}
-            for source, outcome in zip(sources, outcomes):
-                if id(source) in again and outcome is not None and outcome.ready:
-                    # Record what the next process's warm load needs (no process started).
-                    self.readiness.warm(source)
-        self._save_index()
-        return [o for o in outcomes if o is not None]
+        sources = self.discovery.select(self.discover(), names)
+        jobs = jobs or self.settings.jobs
+        outcomes = self.readiness.load(sources, progress or _silent, jobs)
+        self.store.save_index()
+        return outcomes
 
     def ensure(
         self,
@@ -236,9 +218,10 @@ class Host:
         if not force and not upgrade:
             warm = self.readiness.warm(source)
             if warm is not None:
-                self._save_index()
+                self.store.save_index()
                 return warm
-        return self._cold(source, progress or _silent, force=force or upgrade, upgrade=upgrade)
+        force = force or upgrade
+        return self.readiness.make_ready(source, progress or _silent, force=force, upgrade=upgrade)
 
     # -- envs no plugin.json declares (MCP servers' envs) ---------------------------------------
 
@@ -256,25 +239,6 @@ class Host:
         ``"shared"`` or ``"repaired"``."""
         return self.readiness.ensure_env(spec, force=force, progress=progress or _silent)
 
-    def _cold(
-        self,
-        source: PluginSource,
-        progress: ProgressCallback,
-        *,
-        force: bool = False,
-        upgrade: bool = False,
-    ) -> PluginOutcome:
-        outcome = self.readiness.cold(source, progress, force=force, upgrade=upgrade)
-        if self.workers is not None and outcome.ready and outcome.action not in ("none", "failed"):
-            self.workers.after_build(outcome)  # background bytecode compile, warm worker
-        return outcome
-
-    def _save_index(self) -> None:
-        """Persist what this load derived (only if anything changed)."""
-        if self.index.dirty:
-            self.index.retain("markers", self.store.marker_paths_in_use())
-            self.index.save()
-
     # -- tools ---------------------------------------------------------------------------------
 
     def run_tool(
@@ -288,22 +252,16 @@ class Host:
 
     def config_home(self) -> ConfigHome:
         """Where this home keeps plugin config (see ``ally_core.plugin_config``)."""
-        from .plugin_config import ConfigHome  # a warm `ally list` reads no config
+        from .config_home import ConfigHome  # a warm `ally list` reads no config
 
-        return ConfigHome(
-            self.paths.config_dir,
-            secrets_backend=str(self.settings.values["secrets_backend"]),
-            secrets_source=self.settings.sources["secrets_backend"],
-            discover=self.discover,
-            source=self.source,
-        )
+        return ConfigHome.of(self.paths.config_dir, self.settings, self.discover, self.source)
 
     # -- inspection and maintenance ------------------------------------------------------------
 
     def status(self) -> list[PluginOutcome]:
         """Every plugin's state without building anything (for ``ally list``)."""
         outcomes = self.maintenance.status(self.discover())
-        self._save_index()
+        self.store.save_index()
         return outcomes
 
     def doctor(
@@ -314,11 +272,7 @@ class Host:
         progress: ProgressCallback | None = None,
     ) -> list[tuple[PluginOutcome, Health]]:
         """Deep-check envs; with ``fix`` rebuild the broken ones."""
-        wanted = set(names) if names else None
-        sources = self.discover()
-        if wanted is not None:
-            check_names(wanted, sources, self.paths.plugin_dirs, dirs=False)
-        sources = [s for s in sources if wanted is None or s.name in wanted]
+        sources = self.discovery.select(self.discover(), names or None, dirs=False)
         return self.maintenance.doctor(sources, self.ensure, fix=fix, progress=progress)
 
     def remove(self, name: str) -> Removal:
@@ -336,10 +290,4 @@ class Host:
 
         Returns ``(path, bytes, why)`` for everything removed (or that would be).
         """
-        from .mcp_plugins.discovery import pointer_names
-        from .mcp_plugins.servers import collect_state
-
-        # MCP servers' envs are published under names no plugin.json can take.
-        plugins = {s.name for s in self.discover()} | pointer_names(self)
-        removed = collect_state(self, plugins, dry_run=dry_run)
-        return self.maintenance.gc(plugins, dry_run=dry_run, removed=removed)
+        return self.maintenance.gc({s.name for s in self.discover()}, dry_run=dry_run)

@@ -20,6 +20,7 @@ from .failures import FailureMemory
 from .keys import KeyMaker
 from .manifest import MANIFEST_NAME
 from .outcomes import PluginOutcome
+from .paths import AllyPaths
 from .readiness import Readiness
 from .store import EnvStore, store_errors
 from .warm_index import LEGACY_NAMES
@@ -177,22 +178,24 @@ class Maintenance:
         state = self.store.paths.state_dir
         return sorted(state.glob(pattern)) if state.is_dir() else []
 
-    def gc(
-        self,
-        plugins: set[str],
-        *,
-        dry_run: bool = False,
-        removed: Optional[list[tuple[Path, int, str]]] = None,
-    ) -> list[tuple[Path, int, str]]:
-        """Remove envs nobody points to, pointers of plugins not in ``plugins``, leftovers,
-        backups. Returns ``(path, bytes, why)`` for everything removed (or that would be),
-        after what the caller already ``removed``."""
+    @property
+    def paths(self) -> AllyPaths:
+        return self.store.paths
+
+    def gc(self, plugins: set[str], *, dry_run: bool = False) -> list[tuple[Path, int, str]]:
+        """Remove envs nobody points to, pointers of plugins not in ``plugins`` (nor MCP
+        servers of a Claude-style plugin), leftovers, backups. Returns ``(path, bytes, why)``
+        for everything removed (or that would be)."""
         from filelock import Timeout
 
+        from .mcp_plugins.discovery import pointer_names
+        from .mcp_plugins.state import collect_state
         from .store import disk_usage
 
         store = self.store
-        removed = list(removed or [])
+        # MCP servers' envs are published under names no plugin.json can take.
+        plugins = plugins | pointer_names(self)
+        removed = collect_state(self, plugins, dry_run=dry_run)
         with store_errors("gc"):
             linked = self.discovery.linked_dirs()
             gone_dirs = [d for d in linked if not (d / MANIFEST_NAME).is_file()]

@@ -34,6 +34,8 @@ from .text import one_line
 __all__ = ["Readiness"]
 
 ProgressCallback = Callable[[ProgressEvent], None]
+#: The actions of an outcome for which no env was made.
+NOT_BUILT = ("none", "failed")
 
 
 def _runtime_error(plugin: str, exc: Exception) -> RuntimeFailed:
@@ -83,6 +85,8 @@ class Readiness:
         self.failures = failures
         #: Runs the tools of the outcomes made here (the Host).
         self.runner = runner
+        #: Called with each outcome a build made ready (warm workers start one for it).
+        self.after_build: Optional[Callable[[PluginOutcome], None]] = None
 
     # -- outcomes ------------------------------------------------------------------------------
 
@@ -117,6 +121,39 @@ class Readiness:
             stale=stale,
             **kw,
         )
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def load(
+        self, sources: Sequence[PluginSource], progress: ProgressCallback, jobs: int
+    ) -> list[PluginOutcome]:
+        """One outcome per source: warm where nothing needs building, else built, up to
+        ``jobs`` at a time."""
+        outcomes = [self.warm(source) for source in sources]
+        cold = [source for source, outcome in zip(sources, outcomes) if outcome is None]
+        if cold:
+            built = iter(self.in_parallel(cold, lambda s: self.make_ready(s, progress), jobs))
+            outcomes = [outcome or next(built) for outcome in outcomes]
+            again = {id(source) for source in cold}
+            for source, outcome in zip(sources, outcomes):
+                if id(source) in again and outcome is not None and outcome.ready:
+                    # Record what the next process's warm load needs (no process started).
+                    self.warm(source)
+        return [o for o in outcomes if o is not None]
+
+    def make_ready(
+        self,
+        source: PluginSource,
+        progress: ProgressCallback,
+        *,
+        force: bool = False,
+        upgrade: bool = False,
+    ) -> PluginOutcome:
+        """:meth:`cold`, then :attr:`after_build` for an env it built, repaired or shared."""
+        outcome = self.cold(source, progress, force=force, upgrade=upgrade)
+        if self.after_build is not None and outcome.ready and outcome.action not in NOT_BUILT:
+            self.after_build(outcome)  # background bytecode compile, warm worker
+        return outcome
 
     # -- the warm path -------------------------------------------------------------------------
 

@@ -419,6 +419,13 @@ class EnvStore:
 
     # -- cleaning -----------------------------------------------------------------------------
 
+    def save_index(self) -> None:
+        """Persist what this process derived into the warm index, keeping the parsed markers
+        of the envs in use only (nothing is written when nothing changed)."""
+        if self.index is not None and self.index.dirty:
+            self.index.retain("markers", self.marker_paths_in_use())
+            self.index.save()
+
     def marker_paths_in_use(self) -> list[str]:
         """The marker path of every env a pointer names (as :meth:`read_marker` spells it)."""
         out = []

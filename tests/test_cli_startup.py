@@ -48,6 +48,8 @@ NOT_ON_A_WARM_LIST = (
     "ally_core.replies",
     "ally_core.forms",
     "ally_core.plugin_config",
+    "ally_core.plugin_schema",
+    "ally_core.config_home",
     "ally_core.installer_output",
     "ally_runtime_node._build",
     "ally_runtime_node._npm",

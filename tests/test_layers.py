@@ -23,7 +23,7 @@ PACKAGE = Path(ally_core.__file__).parent
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundations", ["__about__", "errors", "text", "paths", "config", "schema"]),
     ("processes", ["process", "containment", "installer_output"]),
-    ("values", ["envs", "checks", "manifest", "progress", "replies", "forms"]),
+    ("values", ["envs", "checks", "manifest", "progress", "replies", "forms", "plugin_schema"]),
     (
         "runtime contract",
         ["hookspecs", "entry_points", "plugin_manager", "dispatch", "runtimes", "runtimes.*"],
@@ -32,27 +32,56 @@ LAYERS: list[tuple[str, list[str]]] = [
         "machinery",
         ["store", "warm_index", "discovery", "keys", "builder", "failures", "outcomes"],
     ),
-    ("services", ["readiness", "maintenance", "tools", "plugin_config", "workers", "workers.*"]),
     (
-        "surface",
+        "services",
         [
-            "host",
-            "loader",
+            "readiness",
+            "maintenance",
+            "tools",
+            "plugin_config",
+            "config_home",
+            "workers",
+            "workers.*",
+            "mcp_plugins",
+            "mcp_plugins.manifest",
+            "mcp_plugins.discovery",
+            "mcp_plugins.state",
+            "mcp_plugins.warm_launch",
+        ],
+    ),
+    ("host", ["host", "loader"]),
+    (
+        "on the host",
+        [
             "bundle",
+            "mcp",
+            "mcp.*",
+            "mcp_plugins.bundles",
+            "mcp_plugins.config",
+            "mcp_plugins.launch",
+            "mcp_plugins.launchers",
+            "mcp_plugins.pins",
+            "mcp_plugins.records",
+            "mcp_plugins.servers",
+            "mcp_plugins.specs",
+        ],
+    ),
+    (
+        "command line",
+        [
             "cli",
+            "cli_env",
+            "cli_tools",
+            "cli_config",
             "cli_common",
             "cli_options",
             "cli_exec",
             "completion",
             "seen_warnings",
-            "testing",
-            "__init__",
-            "mcp",
-            "mcp.*",
-            "mcp_plugins",
-            "mcp_plugins.*",
+            "mcp_plugins.commands",
         ],
     ),
+    ("package", ["__init__", "testing"]),
 ]
 
 #: Lines a module may have, and lines a class may have.
@@ -61,8 +90,6 @@ MAX_CLASS_LINES = 400
 #: Modules and classes still over the limit, each with the size it may not grow past: the
 #: next ones to split. (The size of a file that lands over the limit is caught here too.)
 OVERSIZED: dict[str, int] = {
-    "cli": 1040,
-    "plugin_config": 790,
     "workers.pool": 900,
     "workers.server": 730,
 }
@@ -177,27 +204,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-#: The one cycle left, among the top layer's modules: ``ally gc`` keeps the envs of MCP
-#: servers (``Host.gc`` asks ``mcp_plugins``), whose modules take a ``Host`` and reuse the
-#: CLI's helpers. It may shrink, never grow; no other cycle is allowed.
-KNOWN_CYCLE = {
-    "bundle",
-    "cli",
-    "host",
-    "mcp.catalog",
-    "mcp.server",
-    *(f"mcp_plugins.{m}" for m in ("bundles", "commands", "config", "discovery", "launch")),
-    *(f"mcp_plugins.{m}" for m in ("launchers", "pins", "records", "servers", "specs")),
-    "mcp_plugins.warm_launch",
-}
-
-
 def test_no_import_cycles() -> None:
     graph = {m: {t for t, _ in imports(m) if t != m} for m in MODULES}
-    cycles = _cycles(graph)
-    assert all(set(cycle) <= KNOWN_CYCLE for cycle in cycles), cycles
-    top = len(LAYERS) - 1
-    assert all(layer_of(m) == top for m in KNOWN_CYCLE)
+    assert _cycles(graph) == []
 
 
 def test_the_cycle_finder_finds_cycles() -> None:
@@ -228,7 +237,7 @@ def test_modules_and_classes_stay_readable(module: str) -> None:
 def test_host_is_a_facade() -> None:
     tree = ast.parse(MODULES["host"].read_text("utf-8"))
     (host,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Host"]
-    assert host.end_lineno is not None and host.end_lineno - host.lineno < 300
+    assert host.end_lineno is not None and host.end_lineno - host.lineno < 250
 
 
 def test_docs_show_the_layers_of_this_table() -> None:

@@ -114,7 +114,7 @@ def add_mcp_commands(sub: Any) -> None:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from ..cli import _host
+    from ..cli_common import _host
     from ..paths import AllyPaths
     from .discovery import record_file
     from .launch import host_arguments, launch, start_record
@@ -146,8 +146,7 @@ def _ally_args(args: argparse.Namespace, host: Host) -> list[str]:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from ..cli import _host
-    from ..cli_common import _reporter, _say
+    from ..cli_common import _host, _reporter, _say
     from .config import config_document
 
     host = _host(args)

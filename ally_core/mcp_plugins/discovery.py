@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Protocol
 
 import attrs
 
@@ -25,9 +25,11 @@ from .manifest import (
 )
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..paths import AllyPaths
+    from ..store import EnvStore
 
 __all__ = [
+    "Home",
     "PluginEntry",
     "ServerRef",
     "claude_plugin_names",
@@ -45,6 +47,18 @@ PINS = "pins.json"
 RECORD = "launch.record"
 #: Directory of a bundled plugin holding each server's artifacts (``<slug>/`` below it).
 BUNDLE_SUBDIR = "mcp"
+
+
+class Home(Protocol):
+    """What finding servers and their state needs of a home: its directories and its store
+    (a :class:`~ally_core.Host` is one). Taking no ``Host`` keeps this module below it, so
+    that ``Host.gc`` can keep the servers' envs."""
+
+    @property
+    def paths(self) -> AllyPaths: ...
+
+    @property
+    def store(self) -> EnvStore: ...
 
 
 def pointer_name(plugin: str, server: str) -> str:
@@ -82,7 +96,7 @@ class ServerRef:
         return pointer_name(self.plugin.name, self.server.name)
 
 
-def discover(host: Host) -> list[PluginEntry]:
+def discover(host: Home) -> list[PluginEntry]:
     """Every Claude-style plugin (``.claude-plugin/plugin.json``) in the host's plugin dirs."""
     out: list[PluginEntry] = []
     seen: dict[str, Path] = {}
@@ -113,7 +127,7 @@ def discover(host: Host) -> list[PluginEntry]:
     return out
 
 
-def find_plugin(host: Host, name: str) -> ClaudePlugin:
+def find_plugin(host: Home, name: str) -> ClaudePlugin:
     """The plugin called ``name`` (or in a directory of that name); raises if not found."""
     for root in host.paths.plugin_dirs:
         # The usual layout first: a directory named after the plugin (no scan).
@@ -130,7 +144,7 @@ def find_plugin(host: Host, name: str) -> ClaudePlugin:
     raise PluginNotFound(f"no Claude-style plugin named {name!r} (with .claude-plugin/plugin.json)")
 
 
-def claude_plugin_names(host: Host) -> set[str]:
+def claude_plugin_names(host: Home) -> set[str]:
     """Names (and directory names) of the Claude-style plugins, readable or not."""
     names = set()
     for entry in discover(host):
@@ -139,7 +153,7 @@ def claude_plugin_names(host: Host) -> set[str]:
     return names
 
 
-def pointer_names(host: Host) -> set[str]:
+def pointer_names(host: Home) -> set[str]:
     """The store names of every declared server's env (what ``ally gc`` keeps).
 
     A plugin that cannot be read right now (a typo being fixed) keeps what its servers have:
@@ -160,7 +174,7 @@ def pointer_names(host: Host) -> set[str]:
 
 
 def server_refs(
-    host: Host, plugins: Iterable[str] | None = None
+    host: Home, plugins: Iterable[str] | None = None
 ) -> tuple[list[ServerRef], list[PluginEntry]]:
     """The servers of ``plugins`` (default: every Claude-style plugin), and the plugins that
     cannot be read."""
@@ -182,7 +196,7 @@ def server_refs(
     return refs, broken
 
 
-def state_dir(host: Host, ref: ServerRef) -> Path:
+def state_dir(host: Home, ref: ServerRef) -> Path:
     return host.paths.envs_dir / STATE_DIR / ref.pointer
 
 
@@ -191,5 +205,5 @@ def record_file(envs_dir: Path, plugin: str, server: str) -> Path:
     return envs_dir / STATE_DIR / pointer_name(plugin, server) / RECORD
 
 
-def record_path(host: Host, ref: ServerRef) -> Path:
+def record_path(host: Home, ref: ServerRef) -> Path:
     return state_dir(host, ref) / RECORD

@@ -12,9 +12,7 @@ resolves again on the next install or launch.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,11 +23,12 @@ import attrs
 from ..envs import ProgressEvent
 from ..errors import AllyError, InstallFailed, ManifestError
 from ..store import Marker, store_errors
-from .discovery import PINS, STATE_DIR, PluginEntry, ServerRef
+from .discovery import PluginEntry, ServerRef
 from .launchers import Launcher, classify
 from .pins import resolve, write_pins
 from .records import make_record, save_record
 from .specs import ProgressCallback, bundle_dir, labelled, no_progress, server_spec
+from .state import lock_key
 
 if TYPE_CHECKING:
     from ..host import Host
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ServerOutcome",
     "broken_outcome",
-    "collect_state",
     "ensure_server",
     "ensure_servers",
     "server_status",
@@ -94,7 +92,7 @@ def broken_outcome(entry: PluginEntry) -> ServerOutcome:
 def _server_lock(host: Host, ref: ServerRef, report: ProgressCallback) -> Iterator[None]:
     """One resolve-and-build of a server at a time, across processes (a second launch waits,
     then finds the env ready)."""
-    lock = host.store.lock(_lock_key(ref.pointer))
+    lock = host.store.lock(lock_key(ref.pointer))
     from filelock import Timeout
 
     with store_errors("cannot take the server's lock"):
@@ -284,60 +282,6 @@ def _finish(
         return _blocked(ref, exc, launcher=launcher, marker=marker)
     save_record(host, ref, record)
     return _outcome(ref, "ready", launcher=launcher, marker=marker, action=action, record=record)
-
-
-# ---------------------------------------------------------------------------------------------
-# gc
-
-
-def collect_state(host: Host, keep: set[str], *, dry_run: bool) -> list[tuple[Path, int, str]]:
-    """Remove what ``.mcp/`` holds for servers that are gone, locks no pins name, and scratch
-    directories of killed resolves. Returns ``(path, bytes, why)`` for each.
-
-    Each server's directory is cleaned under its lock: a resolve or build running now (which
-    holds it) is skipped, since the lock it is building from is not in ``pins.json`` yet.
-    """
-    from filelock import Timeout
-
-    root = host.paths.envs_dir / STATE_DIR
-    removed: list[tuple[Path, int, str]] = []
-    if not root.is_dir():
-        return removed
-    for folder in sorted(root.iterdir()):
-        try:
-            lock = host.store.lock(_lock_key(folder.name), timeout=0)
-            with contextlib.nullcontext() if dry_run else lock:
-                found = _leftovers(folder, keep)
-                for path, _size, _why in [] if dry_run else found:
-                    shutil.rmtree(path, ignore_errors=True)
-        except Timeout:
-            continue
-        removed += found
-    return removed
-
-
-def _leftovers(folder: Path, keep: set[str]) -> list[tuple[Path, int, str]]:
-    from ..store import disk_usage
-
-    if folder.name not in keep:
-        return [(folder, disk_usage(folder), "MCP server is gone")]
-    try:
-        pins = json.loads((folder / PINS).read_bytes())
-        current = pins.get("lock") if isinstance(pins, dict) else None
-    except (OSError, ValueError):
-        current = None
-    return [
-        (item, disk_usage(item), "lock no pins name")
-        for item in sorted(folder.iterdir())
-        if item.is_dir() and item.name != current
-    ]
-
-
-def _lock_key(pointer: str) -> str:
-    """The name of a server's lock (one resolve-and-build at a time, across processes)."""
-    import hashlib
-
-    return "mcp-" + hashlib.sha256(pointer.encode()).hexdigest()[:16]
 
 
 def unique_keys(outcomes: list[ServerOutcome]) -> dict[str, ServerOutcome]:

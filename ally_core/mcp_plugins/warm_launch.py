@@ -13,8 +13,9 @@ is ready. It holds the server's command line and environment *templates*, and th
 (size, mtime, inode, ctime) of every file they were derived from: the plugin's manifest and
 ``.mcp.json``, ally's config file, the server's pins, the env's pointer and marker, the base
 interpreter and the executable. When one of them changed, or the record is missing or was
-written by another format, this file hands over to ``ally mcp launch`` (in this process),
-which checks, repairs or builds the env and writes a new record.
+written by another format, this file hands over to ``ally mcp launch`` (in this process: an
+``exec`` of ``python -m ally_core.cli``, see :func:`hand_over`), which checks, repairs or
+builds the env and writes a new record.
 
 Environment variables are read at every start (``${VAR}`` is expanded then), but they do not
 invalidate a record: a host usually starts servers with a scrubbed environment, and a ready
@@ -51,6 +52,7 @@ __all__ = [
     "exec_server",
     "expand",
     "file_identity",
+    "hand_over",
     "read_record",
     "server_argv",
     "server_environ",
@@ -370,14 +372,31 @@ def _gone(pid: int) -> bool:
     return False
 
 
+def hand_over(ally_args: Sequence[str]) -> int:
+    """Replace this process with ``ally ALLY-ARGS`` (``python -m ally_core.cli``, with this
+    interpreter's ``-I`` and ``-X`` options); return (an exit code) only if it cannot start.
+
+    An ``exec``, not an import: this file stays a script that knows ``ally`` by its command
+    line only, and the process keeps its id, stdin and stdout for the server ``ally`` starts.
+    """
+    options = ["-I"] if sys.flags.isolated else []
+    for key, value in getattr(sys, "_xoptions", {}).items():
+        options += ["-X", key if value is True else f"{key}={value}"]
+    argv = [sys.executable, *options, "-m", "ally_core.cli", *ally_args]
+    try:
+        sys.stderr.flush()
+        os.execv(sys.executable, argv)  # noqa: S606 - handing over is the point
+    except OSError as exc:
+        _say(f"cannot start ally ({sys.executable}): {exc.strerror or exc}")
+    return 126
+
+
 def start(record_path: str, fallback: Sequence[str], environ: Mapping[str, str]) -> int:
     """Start the server of the record at ``record_path``, or hand over to ``ally`` with
     ``fallback`` (its command-line arguments) when the record is not usable."""
     record = read_record(record_path)
     if record is None:
-        from ally_core.cli import main as ally_main
-
-        return ally_main(list(fallback))
+        return hand_over(fallback)
     missing: list[str] = []
     argv = server_argv(record, environ, missing)
     env = server_environ(record, environ, missing)
