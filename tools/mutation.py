@@ -96,8 +96,8 @@ TARGETS: dict[str, Target] = {
         ],
         timeout=1800,
     ),
-    "loader.publish": Target(
-        "ally_core/loader.py",
+    "builder": Target(
+        "ally_core/builder.py",
         [
             "tests/test_publish_guarantees.py",
             "tests/test_store.py",
@@ -105,15 +105,16 @@ TARGETS: dict[str, Target] = {
             "tests/test_concurrency.py",
             "tests/test_reliability.py",
         ],
-        functions=(
-            "Host._cold",
-            "Host._build",
-            "Host._reuse",
-            "Host._build_into",
-            "Host.cheap_problem",
-            "Host.remove",
-            "Host.gc",
-        ),
+        timeout=1800,
+    ),
+    "maintenance": Target(
+        "ally_core/maintenance.py",
+        [
+            "tests/test_publish_guarantees.py",
+            "tests/test_store.py",
+            "tests/test_lifecycle.py",
+        ],
+        functions=("Maintenance.remove", "Maintenance.gc"),
         timeout=1800,
     ),
     "bundle": Target(
@@ -127,6 +128,10 @@ TARGETS: dict[str, Target] = {
             "tests/test_tool_safety.py",
             "tests/test_security_config.py",
         ],
+    ),
+    "config_home": Target(
+        "ally_core/config_home.py",
+        ["tests/test_plugin_config_guarantees.py", "tests/test_security_config.py"],
     ),
     "process": Target(
         "ally_core/process.py",
@@ -157,10 +162,15 @@ class Hand:
     tests: Sequence[str]
 
 
-_BUILD = "        try:\n            try:\n                env, marker, action = self._build("
-_DEEP = "        health = self.hook.health_check(spec=spec, env=env, deep=True) or Health()\n"
-_MARKER = "        self.store.write_marker(spec.env_dir, marker)\n        return env, marker"
-_PUBLISH = "                self.store.publish(name, env_dir)\n"
+_BUILD = "        try:\n            env, marker, action = self.build(spec, key, inputs, force=force,"
+_DEEP = "        health = self.dispatch.health_check(spec, env, deep=True)\n"
+_PHASES = (
+    "                env = self.create(built, interpreter)\n"
+    "                env, packages = self.install(built, env)\n"
+    "                self.check(built, env)\n"
+    "                marker = self.mark(built, env, packages, key, inputs, fingerprint)\n"
+    "                self.publish(built)\n"
+)
 _GUARD = "        if (\n            head != self.store_dir.name\n"
 _CURRENT = (
     '        return self._marker_at(f"{self._store_dir_str}{os.sep}{tail}{os.sep}{MARKER}", tail)'
@@ -170,7 +180,7 @@ _CURRENT = (
 HAND: dict[str, Hand] = {
     "deep-check-ignored": Hand(
         "a build failing its deep health check is published anyway",
-        [("ally_core/loader.py", _DEEP + "        if not health.ok:", _DEEP + "        if False:")],
+        [("ally_core/builder.py", _DEEP + "        if not health.ok:", _DEEP + "        if False:")],
         ["tests/test_publish_guarantees.py", "-k", "deep_check"],
     ),
     "swap-unlink-then-rename": Hand(
@@ -188,27 +198,32 @@ HAND: dict[str, Hand] = {
     "publish-before-marker": Hand(
         "the pointer swapped before the marker is written",
         [
-            ("ally_core/loader.py", _MARKER, "        return env, marker"),
             (
-                "ally_core/loader.py",
-                _PUBLISH,
-                _PUBLISH + "                self.store.write_marker(env_dir, marker)\n",
-            ),
+                "ally_core/builder.py",
+                _PHASES,
+                _PHASES.replace(
+                    "                marker = self.mark(built, env, packages, key, inputs, "
+                    "fingerprint)\n                self.publish(built)\n",
+                    "                self.publish(built)\n"
+                    "                marker = self.mark(built, env, packages, key, inputs, "
+                    "fingerprint)\n",
+                ),
+            )
         ],
         ["tests/test_publish_guarantees.py", "-k", "kill_9"],
     ),
     "marker-before-install": Hand(
         "the marker written first, before the packages are installed",
         [
-            ("ally_core/loader.py", _MARKER, "        return env, marker"),
             (
-                "ally_core/loader.py",
-                "        result = self.hook.install_deps(spec=spec, env=env)\n",
-                "        self.store.write_marker(spec.env_dir, Marker(fingerprint=fingerprint, "
-                "request_key=key, runtime=spec.runtime, env=env, created_at=now_iso(), "
-                "plugin=spec.plugin_name))\n"
-                "        result = self.hook.install_deps(spec=spec, env=env)\n",
-            ),
+                "ally_core/builder.py",
+                _PHASES,
+                "                env = self.create(built, interpreter)\n"
+                "                marker = self.mark(built, env, {}, key, inputs, fingerprint)\n"
+                "                env, packages = self.install(built, env)\n"
+                "                self.check(built, env)\n"
+                "                self.publish(built)\n",
+            )
         ],
         ["tests/test_reliability.py", "-k", "kill_9_at_any"],
     ),
@@ -288,10 +303,10 @@ HAND: dict[str, Hand] = {
         "a reinstall removes the pointer before it builds",
         [
             (
-                "ally_core/loader.py",
+                "ally_core/readiness.py",
                 _BUILD,
-                "        if force and current is not None:\n"
-                "            self.store.unpublish(manifest.name)\n" + _BUILD,
+                "        if force and previous is not None:\n"
+                "            self.store.unpublish(name)\n" + _BUILD,
             )
         ],
         ["tests/test_reliability.py", "-k", "interrupted_cli and reinstall"],
