@@ -127,13 +127,12 @@ def _add_mcp(sub: Any) -> None:
     )
 
 
+_CONFIG_HELP = "show settings, or show/set a plugin's config values"
+
+
 def _add_config(sub: Any) -> None:
     """``ally config [show|set|unset]``."""
-    p = sub.add_parser(
-        "config",
-        help="show settings, or show/set a plugin's config values",
-        description="show settings, or show/set a plugin's config values",
-    )
+    p = sub.add_parser("config", help=_CONFIG_HELP, description=_CONFIG_HELP)
     p.set_defaults(func=_config)
     _verbosity(p)
     _json_flag(p)
@@ -155,7 +154,10 @@ def _add_config(sub: Any) -> None:
     c.add_argument("key", help="the config key to remove")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``ally`` parser. With ``only`` (a command's name), the other commands are bare
+    entries (name and help, no options): what parsing a command line of ``only`` needs, at
+    a fraction of the cost (argparse looks up a translation for every option's texts)."""
     parser = _Parser(
         prog="ally", description="Isolated, cached, self-healing environments for plugins."
     )
@@ -179,7 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         help: str,
         json_flag: bool = True,
         build: bool = False,
-    ) -> argparse.ArgumentParser:
+    ) -> Optional[argparse.ArgumentParser]:
+        """The parser of command ``name``, or ``None`` when only another command's is built
+        (then the caller adds none of its options)."""
+        if only is not None and name != only:
+            sub.add_parser(name, help=help, add_help=False)
+            return None
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
         _verbosity(p)
@@ -190,92 +197,109 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("list", _env("cmd_list"), "list plugins and the state of their envs")
-    p = add("install", _env("cmd_install"), "make plugins' envs ready (all by default)", build=True)
-    p.add_argument(
-        "names",
-        nargs="*",
-        metavar="NAME|PATH",
-        help="plugins to install (default: all): names, plugin directories (remembered) "
-        "or offline bundles (any file name)",
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="let a bundle replace an existing plugin directory (the old one is kept as a backup)",
-    )
-    p = add(
+    if p := add(
+        "install", _env("cmd_install"), "make plugins' envs ready (all by default)", build=True
+    ):
+        p.add_argument(
+            "names",
+            nargs="*",
+            metavar="NAME|PATH",
+            help="plugins to install (default: all): names, plugin directories (remembered) "
+            "or offline bundles (any file name)",
+        )
+        p.add_argument(
+            "--force",
+            action="store_true",
+            help="let a bundle replace an existing plugin directory "
+            "(the old one is kept as a backup)",
+        )
+    if p := add(
         "update",
         _env("cmd_update"),
         "re-resolve to the newest allowed versions; keep the old env on failure",
         build=True,
-    )
-    p.add_argument("names", nargs="*", metavar="NAME", help="plugins to update")
-    p.add_argument("--all", action="store_true", help="update every plugin")
-    p = add("reinstall", _env("cmd_reinstall"), "rebuild plugins' envs from scratch", build=True)
-    p.add_argument("names", nargs="*", metavar="NAME", help="plugins to rebuild")
-    p.add_argument("--all", action="store_true", help="rebuild every plugin's env")
-    p = add(
+    ):
+        p.add_argument("names", nargs="*", metavar="NAME", help="plugins to update")
+        p.add_argument("--all", action="store_true", help="update every plugin")
+    if p := add(
+        "reinstall", _env("cmd_reinstall"), "rebuild plugins' envs from scratch", build=True
+    ):
+        p.add_argument("names", nargs="*", metavar="NAME", help="plugins to rebuild")
+        p.add_argument("--all", action="store_true", help="rebuild every plugin's env")
+    if p := add(
         "remove",
         _env("cmd_remove"),
         "remove plugins' envs, unless other plugins share them (never their source)",
-    )
-    p.add_argument("names", nargs="+", metavar="NAME", help="plugins whose env to remove")
-    p = add("gc", _env("cmd_gc"), "delete envs no plugin uses, leftovers of killed builds, backups")
-    p.add_argument("--dry-run", action="store_true", help="only show what would be removed")
-    p = add("doctor", _env("cmd_doctor"), "deep-check plugins' envs", build=True)
-    p.add_argument("names", nargs="*", metavar="NAME", help="plugins to check (default: all)")
-    p.add_argument("--fix", action="store_true", help="rebuild broken envs")
-    p = add(
+    ):
+        p.add_argument("names", nargs="+", metavar="NAME", help="plugins whose env to remove")
+    if p := add(
+        "gc", _env("cmd_gc"), "delete envs no plugin uses, leftovers of killed builds, backups"
+    ):
+        p.add_argument("--dry-run", action="store_true", help="only show what would be removed")
+    if p := add("doctor", _env("cmd_doctor"), "deep-check plugins' envs", build=True):
+        p.add_argument("names", nargs="*", metavar="NAME", help="plugins to check (default: all)")
+        p.add_argument("--fix", action="store_true", help="rebuild broken envs")
+    if p := add(
         "run",
         _tools("cmd_run"),
         "run a plugin's tool with JSON input; print its JSON reply",
         build=True,
-    )
-    p.add_argument("plugin", help="the plugin's name")
-    p.add_argument("tool", help="the tool's name in plugin.json")
-    p.add_argument("--input", help="the tool's JSON input (default: stdin, else {})")
-    p.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="plugin config value for this call (repeatable)",
-    )
-    p.add_argument(
-        "--timeout", type=_setting_arg("tool_timeout"), help="seconds before the tool is killed"
-    )
-    p.add_argument(
-        "--form-response",
-        metavar="JSON",
-        help="answer every form of an interactive tool with this object (over its defaults)",
-    )
-    p = add("exec", cmd_exec, "run any command inside a plugin's env", build=True)
-    p.add_argument("plugin", help="the plugin whose env to use")
-    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="command", help="-- COMMAND [ARGS...]")
+    ):
+        p.add_argument("plugin", help="the plugin's name")
+        p.add_argument("tool", help="the tool's name in plugin.json")
+        p.add_argument("--input", help="the tool's JSON input (default: stdin, else {})")
+        p.add_argument(
+            "--config",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="plugin config value for this call (repeatable)",
+        )
+        p.add_argument(
+            "--timeout", type=_setting_arg("tool_timeout"), help="seconds before the tool is killed"
+        )
+        p.add_argument(
+            "--form-response",
+            metavar="JSON",
+            help="answer every form of an interactive tool with this object (over its defaults)",
+        )
+    if p := add("exec", cmd_exec, "run any command inside a plugin's env", build=True):
+        p.add_argument("plugin", help="the plugin whose env to use")
+        p.add_argument(
+            "argv", nargs=argparse.REMAINDER, metavar="command", help="-- COMMAND [ARGS...]"
+        )
     add("runtimes", _tools("cmd_runtimes"), "list installed runtimes and what they serve")
     add("schema", _tools("cmd_schema"), "print the JSON Schema of plugin.json")
-    _add_config(sub)
-    p = add(
+    if only in (None, "config"):
+        _add_config(sub)
+    else:
+        sub.add_parser("config", help=_CONFIG_HELP, add_help=False)
+    if p := add(
         "bundle",
         _env("cmd_bundle"),
         "write an offline bundle: plugin + dependency artifacts + lock",
         build=True,
-    )
-    p.add_argument("name", help="the plugin to bundle")
-    p.add_argument("-o", "--output", help="archive path (default: ./NAME-VERSION.ally.tar.gz)")
-    _add_mcp(sub)
-    from .mcp_plugins.commands import add_mcp_commands
+    ):
+        p.add_argument("name", help="the plugin to bundle")
+        p.add_argument("-o", "--output", help="archive path (default: ./NAME-VERSION.ally.tar.gz)")
+    if only in (None, "mcp"):
+        _add_mcp(sub)
+        from .mcp_plugins.commands import add_mcp_commands
 
-    add_mcp_commands(sub)
-    p = add(
+        add_mcp_commands(sub)
+    else:
+        from .mcp_plugins.commands import MCP_HELP
+
+        sub.add_parser("mcp", help=MCP_HELP, add_help=False)
+    if p := add(
         "completion",
         cmd_completion,
         "print the shell completion script (commands, options, plugin and tool names)",
         json_flag=False,
-    )
-    p.add_argument("shell", choices=["bash", "zsh", "fish"], help="the shell to complete for")
-    p = add("help", cmd_help, "show the help of a command (ally help run)", json_flag=False)
-    p.add_argument("topic", nargs="*", metavar="COMMAND", help="the command (default: all)")
+    ):
+        p.add_argument("shell", choices=["bash", "zsh", "fish"], help="the shell to complete for")
+    if p := add("help", cmd_help, "show the help of a command (ally help run)", json_flag=False):
+        p.add_argument("topic", nargs="*", metavar="COMMAND", help="the command (default: all)")
     return parser
 
 
@@ -317,13 +341,55 @@ class UsageError(AllyError):
     exit_code = EXIT_USAGE
 
 
+#: The options ``ally`` itself takes before a command, and whether each takes a value.
+_TOP_OPTIONS = {"--home": True, "--plugins-dir": True, "--debug": False}
+_COMMANDS = frozenset(
+    [
+        "list",
+        "install",
+        "update",
+        "reinstall",
+        "remove",
+        "gc",
+        "doctor",
+        "run",
+        "exec",
+        "runtimes",
+        "schema",
+        "config",
+        "bundle",
+        "mcp",
+        "completion",
+    ]
+)
+
+
+def _command_of(argv: Sequence[str]) -> Optional[str]:
+    """The command of ``argv`` when it is sure to be one (else ``None``: the whole parser,
+    for help, errors and their guesses)."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in _COMMANDS:
+            return word
+        if word in ("-q", "--quiet", "-v", "--verbose") or word.startswith(
+            ("--home=", "--plugins-dir=")
+        ):
+            i += 1
+        elif _TOP_OPTIONS.get(word) is not None:
+            i += 2 if _TOP_OPTIONS[word] else 1
+        else:
+            return None
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["__complete"]:  # what a completion script asks on <TAB>
         from .completion import main as complete
 
         return complete(argv[1:], build_parser)
-    parser = build_parser()
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     if args.func is cmd_exec:
         _exec_options(args)

@@ -270,3 +270,49 @@ def test_help_builds_its_parser_without_the_models():
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list"],
+        ["-q", "list", "--json"],
+        ["--home", "/h", "--plugins-dir", "/p", "-v", "install", "a", "b", "-j", "2"],
+        ["--home=/h", "update", "--all", "--offline"],
+        ["--debug", "run", "p", "t", "--input", "{}", "--config", "k=v", "--timeout", "5"],
+        ["exec", "p", "--", "python", "-V"],
+        ["config", "set", "p", "k", "v"],
+        ["config", "--json"],
+        ["mcp", "serve", "--plugin", "p", "--no-warm-workers"],
+        ["mcp", "config", "--via-launch", "p"],
+        ["remove", "x"],
+        ["gc", "--dry-run"],
+        ["doctor", "--fix", "p"],
+        ["bundle", "p", "-o", "out.tar.gz"],
+        ["completion", "bash"],
+        ["schema"],
+        ["runtimes", "--json"],
+    ],
+)
+def test_the_parser_of_one_command_parses_as_the_whole_parser(argv: list[str]):
+    from ally_core.cli import _command_of, build_parser
+
+    only = _command_of(argv)
+    assert only is not None and only in argv
+
+    def parsed(parser: Any) -> dict[str, Any]:
+        values = vars(parser.parse_args(argv))
+        func = values.pop("func")
+        cells = [c.cell_contents for c in func.__closure__ or ()]
+        return {**values, "func": (func.__code__, cells)}
+
+    assert parsed(build_parser(only)) == parsed(build_parser())
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["--help"], ["help", "run"], ["lst"], ["--home"], ["-x", "list"], ["--version"]]
+)
+def test_help_errors_and_guesses_use_the_whole_parser(argv: list[str]):
+    from ally_core.cli import _command_of
+
+    assert _command_of(argv) is None

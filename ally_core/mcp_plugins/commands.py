@@ -45,6 +45,7 @@ def any_claude_plugin(host: Host) -> bool:
 
 
 __all__ = [
+    "MCP_HELP",
     "add_mcp_commands",
     "doctor_servers",
     "ensure_plugins",
@@ -58,6 +59,10 @@ __all__ = [
 EXIT_OK, EXIT_BLOCKED = 0, 4
 
 
+#: ``ally mcp`` in ``ally --help``.
+MCP_HELP = "MCP: serve plugins' tools to MCP clients; start plugins' MCP servers"
+
+
 def mcp_subparsers(sub: Any) -> Any:
     """The sub-command group of ``ally mcp``, created on first use.
 
@@ -68,7 +73,7 @@ def mcp_subparsers(sub: Any) -> Any:
     if parser is None:
         parser = sub.add_parser(
             "mcp",
-            help="MCP: serve plugins' tools to MCP clients; start plugins' MCP servers",
+            help=MCP_HELP,
             description="ally and the Model Context Protocol: serve plugins' tools to MCP "
             "clients (docs/mcp.md); start and configure the MCP servers Claude-style plugins "
             "declare (docs/mcp-plugins.md).",
