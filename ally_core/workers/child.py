@@ -4,10 +4,9 @@ Loaded by ``server.py`` in the env's interpreter (standard library only, Python 
 imported by ally). The server keeps one spare child forked ahead of the next call, already in
 a session of its own, with the parent-death signal set and the server's sockets closed, so
 that neither the fork nor that setup is on a call's path. When a call comes, the server
-hands the spare the call's request and file descriptors; the spare joins the call's cgroup,
-acknowledges (the server then tells ally its pid), takes the call's stdio, cwd and
-environment, reseeds, and runs the tool as ``python script.py`` / ``python -m module``
-would.
+hands the spare the call's request and file descriptors and tells ally its pid; the spare
+joins the call's cgroup, takes the call's stdio, cwd and environment, reseeds, and runs the
+tool as ``python script.py`` / ``python -m module`` would.
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ class Spare:
         self.sock, self.learn_fd, self.plugin_dir = sock, learn_fd, plugin_dir
 
     def take_call(self) -> Job:
-        """Wait for the call, join its cgroup, acknowledge, then become the tool's process."""
+        """Wait for the call, join its cgroup, then become the tool's process."""
         try:
             request, fds, _body = read_message(self.sock)
         except (OSError, ValueError):
@@ -93,8 +92,6 @@ class Spare:
             except OSError as exc:
                 failed = f"ally worker: cannot start the call: {exc}\n"
             os.close(fds[3])
-        with contextlib.suppress(OSError):
-            self.sock.sendall(b"1")
         self.sock.close()
         if failed:
             with contextlib.suppress(OSError):

@@ -21,10 +21,11 @@ Control socket (a socketpair with ally, newline-delimited JSON):
 Calls: ally connects to the Unix socket ``spec["socket"]`` (in a 0700 directory), sends one
 message of ``len + JSON`` (``argv``, ``cwd``, ``env``, ``cgroup``) with the call's stdin,
 stdout, stderr (and its cgroup's ``cgroup.procs``) as file descriptors (``SCM_RIGHTS``).
-The server hands them to its spare child (forked ahead of the call, see ``child.py``), which
-joins the call's cgroup before the server answers ``{"pid": N}``; when the child exits,
-``{"status": code, "learned": [...]}`` follows (a negative code: killed by that signal, as
-:attr:`subprocess.Popen.returncode`). Then the next spare is forked.
+The server hands them to its spare child (forked ahead of the call, in a session of its own,
+see ``child.py``) and answers ``{"pid": N}``; the child joins the call's cgroup before it runs
+anything of the tool. When the child exits, ``{"status": code, "learned": [...]}`` follows
+(a negative code: killed by that signal, as :attr:`subprocess.Popen.returncode`). The next
+spare is forked as soon as the call is handed over.
 
 In the child the tool runs as ``python script.py`` / ``python -m module`` would run it: a fresh
 ``__main__``, ``sys.argv``, ``sys.path[0]``, the call's cwd and environment, the signal
@@ -313,16 +314,16 @@ class Server:
                     sent = socket.send_fds(sock, [message], fds)
                     if sent < len(message):
                         sock.sendall(message[sent:])
-                    joined = sock.recv(1)  # the child is in the call's cgroup (or failed)
-                except OSError:
-                    joined = b""
-                if joined:
-                    self.spare = None
-                    sock.close()
-                    break
-                self.drop_spare()
-                _kill(pid)
-                pid = 0
+                except OSError:  # it died: the next one
+                    self.drop_spare()
+                    _kill(pid)
+                    pid = 0
+                    continue
+                # The child joins the call's session (it leads one already) and cgroup
+                # before it runs anything of the tool; until then a group kill ends it.
+                self.spare = None
+                sock.close()
+                break
         finally:
             for fd in fds:
                 os.close(fd)
