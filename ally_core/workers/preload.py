@@ -330,10 +330,11 @@ def _imports_of(path: str, name: str) -> List[str]:
     return out
 
 
-def import_closure(names: List[str]) -> List[str]:
-    """The env's source files that importing ``names`` runs, in about the order an import
-    reaches them (depth first), found by reading them, without importing anything."""
-    sites = [os.path.realpath(d) for d in site_dirs()]
+def import_closure(names: List[str], sites: Optional[List[str]] = None) -> List[str]:
+    """The source files in ``sites`` (default: the env's site-packages) that importing
+    ``names`` runs, in about the order an import reaches them (depth first), found by
+    reading them, without importing anything."""
+    sites = [os.path.realpath(d) for d in (site_dirs() if sites is None else sites)]
     roots: Dict[str, Optional[str]] = {}
     order: List[str] = []
     seen: Dict[str, None] = {}
@@ -362,13 +363,13 @@ def import_closure(names: List[str]) -> List[str]:
     return order
 
 
-def compile_ahead(names: List[str]) -> None:
+def compile_ahead(names: List[str], sites: Optional[List[str]] = None) -> None:
     """Compile what importing ``names`` will run, last first: the preload imports (and
     compiles) from the first, so the two meet halfway and neither compiles a file twice
     (a fresh ``.pyc`` is skipped; both write theirs atomically)."""
     import compileall
 
-    for path in reversed(import_closure(names)):
+    for path in reversed(import_closure(names, sites)):
         with contextlib.suppress(Exception):
             compileall.compile_file(path, quiet=2)
 

@@ -1,0 +1,188 @@
+"""Warm workers, the parts that keep a call short: the call process forked ahead of its call
+(the spare), the compile of a fresh env's imports ahead of the preload, and inputs of any
+size. Real envs, real servers in the env's interpreter, real forked processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from ally_core import Host
+from ally_core.workers import WorkerOptions
+from ally_core.workers import preload as preload_module
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads the process tree from /proc"
+)
+
+WHO = r"""
+import json, os, sys
+data = sys.stdin.read()
+print(json.dumps({"success": True, "result": {"pid": os.getpid(), "ppid": os.getppid(),
+                                              "size": len(data)}}))
+"""
+
+
+def _children(parent: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``parent`` that lead a session of their
+    own (not the background compiles a fresh env's worker forks)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z" and int(fields[3]) == int(entry):
+            found.append(int(entry))
+    return found
+
+
+def _wait_for(check: Callable[[], Any], seconds: float = 20.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("the condition never held")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return True
+    return fields[0] == "Z"
+
+
+@pytest.fixture
+def warm(ally_home: Path, make_plugin: Callable[..., Path]) -> Iterator[tuple[Host, int]]:
+    """A host whose plugin "who" has a ready worker (its pid)."""
+    make_plugin(
+        "who",
+        {"runtime": "python3", "tools": [{"name": "who", "command": "python3", "args": ["w.py"]}]},
+        files={"w.py": WHO},
+    )
+    host = Host(ally_home, warm_workers=WorkerOptions(learn_imports=False))
+    try:
+        (outcome,) = host.load()
+        assert host.workers is not None and outcome.ready, outcome.reason
+        info = host.workers.start(outcome)
+        assert info.state == "ready" and info.pid, info
+        yield host, info.pid
+    finally:
+        host.close()
+
+
+def _call(host: Host, arguments: Any = None) -> dict[str, Any]:
+    (outcome,) = host.load()
+    result = outcome.tool("who").call(arguments)
+    assert result.success, result.error
+    assert isinstance(result.result, dict)
+    return result.result
+
+
+def test_a_call_runs_in_the_process_its_worker_forked_before_the_call(
+    warm: tuple[Host, int],
+) -> None:
+    host, server = warm
+    for _ in range(3):
+        (spare,) = _wait_for(lambda: _children(server))  # waiting for the next call
+        got = _call(host)
+        assert got["pid"] == spare and got["ppid"] == server
+        # Once that call is handed over, the next spare is forked.
+        _wait_for(lambda: [p for p in _children(server) if p != spare])
+
+
+def test_a_killed_spare_is_replaced_and_the_call_still_runs_in_the_worker(
+    warm: tuple[Host, int],
+) -> None:
+    host, server = warm
+    (spare,) = _wait_for(lambda: _children(server))
+    os.kill(spare, signal.SIGKILL)
+    _wait_for(lambda: _gone(spare))
+    got = _call(host)
+    assert got["ppid"] == server and got["pid"] != spare
+
+
+def test_the_spare_does_not_outlive_its_worker(warm: tuple[Host, int]) -> None:
+    host, server = warm
+    (spare,) = _wait_for(lambda: _children(server))
+    host.close()
+    _wait_for(lambda: _gone(server) and _gone(spare))
+
+
+@pytest.mark.parametrize("size", [10, 200_000])
+def test_inputs_of_any_size_reach_the_tool(warm: tuple[Host, int], size: int) -> None:
+    """Small inputs are written at once, large ones from a thread (the pipe fills)."""
+    host, _server = warm
+    value = "x" * size
+    got = _call(host, {"v": value})
+    assert got["size"] == len(json.dumps({"v": value}))
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_the_compile_ahead_finds_what_an_import_runs_without_importing_it(
+    tmp_path: Path,
+) -> None:
+    site = tmp_path / "site"
+    _write(
+        site,
+        {
+            "pkg/__init__.py": "import sys\nfrom . import core\nfrom .sub import (\n  leaf,\n)\n"
+            "raise RuntimeError('never imported')\n",
+            "pkg/core.py": "import other.mod  # another top-level package\n"
+            "try:\n    from pkg import optional\nexcept ImportError:\n    pass\n"
+            "def later():\n    import pkg.lazy\n"
+            "class K:\n    from pkg import in_class\n",
+            "pkg/optional.py": "",
+            "pkg/lazy.py": "",
+            "pkg/in_class.py": "",
+            "pkg/sub/__init__.py": "",
+            "pkg/sub/leaf.py": "from .. import core\nfrom ..sub import deeper\n",
+            "pkg/sub/deeper.py": "",
+            "other/__init__.py": "",
+            "other/mod.py": "",
+            "unrelated.py": "",
+        },
+    )
+    closure = preload_module.import_closure(["pkg"], [str(site)])
+    names = [str(Path(p).relative_to(site)) for p in closure]
+    assert names == [
+        "pkg/__init__.py",
+        "pkg/core.py",
+        "other/__init__.py",
+        "other/mod.py",
+        "pkg/optional.py",
+        "pkg/sub/__init__.py",
+        "pkg/sub/leaf.py",
+        "pkg/sub/deeper.py",
+    ]
+    preload_module.compile_ahead(["pkg"], [str(site)])
+    compiled = {p.parent.parent.name + "/" + p.name.split(".")[0] for p in site.rglob("*.pyc")}
+    assert compiled == {
+        "pkg/__init__",
+        "pkg/core",
+        "other/__init__",
+        "other/mod",
+        "pkg/optional",
+        "sub/__init__",
+        "sub/leaf",
+        "sub/deeper",
+    }
