@@ -39,6 +39,7 @@ class Job:
         #: modules loaded before it ran.
         self.learn_fd = -1
         self.baseline: frozenset[str] = frozenset()
+        self.patterns: frozenset[Tuple[str, int]] = frozenset()
         self.plugin_dir = ""
 
 
@@ -120,6 +121,7 @@ def enter(request: Dict[str, Any], fds: List[int], plugin_dir: str) -> Job:
     else:
         job = Job(argv[1:], os.path.dirname(os.path.realpath(argv[1])), None)
     job.baseline = frozenset(sys.modules)
+    job.patterns = frozenset(_pattern_keys())
     job.plugin_dir = plugin_dir
     return job
 
@@ -223,7 +225,9 @@ def finish(code: int, *, interrupted: bool = False) -> None:
 
 def _report_imports(job: Job) -> None:
     """Tell the server which library modules this call imported that it had not preloaded
-    (imports inside functions, lazy imports of the libraries): ally may preload them."""
+    (imports inside functions, lazy imports of the libraries), and which regular expressions
+    it compiled (``re:[pattern, flags]``, such as :mod:`tokenize`'s, compiled on first use):
+    ally may preload them."""
     learned = []
     for name, module in list(sys.modules.items()):
         if name in job.baseline or name == "__main__":
@@ -231,11 +235,36 @@ def _report_imports(job: Job) -> None:
         path = getattr(module, "__file__", None)
         if isinstance(path, str) and path.endswith(".py") and not _inside(path, job.plugin_dir):
             learned.append(name)
-    data = json.dumps(sorted(learned)[:2000]).encode()
-    if len(data) < 60000:
+    learned = sorted(learned)[:2000]
+    size = sum(len(n) + 4 for n in learned)
+    for key in _new_patterns(job):
+        entry = "re:" + json.dumps(key)
+        if size + len(entry) + 4 > 60000:
+            break
+        learned.append(entry)
+        size += len(entry) + 4
+    data = json.dumps(learned).encode()
+    if len(data) < 64000:
         os.set_blocking(job.learn_fd, False)
         os.write(job.learn_fd, data)
     os.close(job.learn_fd)
+
+
+def _pattern_keys() -> List[Tuple[str, int]]:
+    """The ``(pattern, flags)`` of the text regular expressions in :mod:`re`'s cache."""
+    cache = getattr(sys.modules.get("re"), "_cache", None)
+    keys: List[Tuple[str, int]] = []
+    if isinstance(cache, dict):
+        for key in list(cache):
+            if isinstance(key, tuple) and len(key) == 3 and key[0] is str:
+                pattern, flags = key[1], key[2]
+                if isinstance(pattern, str) and isinstance(flags, int) and not flags & 128:
+                    keys.append((pattern, int(flags)))  # 128: re.DEBUG prints
+    return keys
+
+
+def _new_patterns(job: Job) -> List[Tuple[str, int]]:
+    return [k for k in _pattern_keys() if k not in job.patterns and len(k[0]) <= 20000][:100]
 
 
 def _run_script(main: types.ModuleType, path: str) -> None:

@@ -233,6 +233,7 @@ class WorkerPool:
                 compile=False,
                 learned=(*worker.learned, *new),
                 replaces=worker,
+                hash_seed=worker.hash_seed,
             )
             self._candidates[key] = candidate
         log.debug("%s: a worker preloading %d more modules starts", worker.name, len(new))

@@ -112,9 +112,15 @@ def preload(spec: Dict[str, Any]) -> Dict[str, Any]:
             parent = module.rpartition(".")[0]
             if parent:
                 wanted.append((parent, os.getcwd()))
-    # Modules earlier calls imported on their own (lazily): ally hands them back.
+    # Modules earlier calls imported on their own (lazily), and regular expressions they
+    # compiled (``re:[pattern, flags]``): ally hands them back.
     first_dir = wanted[0][1] if wanted else os.getcwd()
-    wanted.extend((name, first_dir) for name in spec.get("learned", []))
+    patterns: List[str] = []
+    for name in spec.get("learned", []):
+        if name.startswith("re:"):
+            patterns.append(name)
+        else:
+            wanted.append((name, first_dir))
     for name, first in wanted:
         sys.path.insert(0, first)
         try:
@@ -141,7 +147,23 @@ def preload(spec: Dict[str, Any]) -> Dict[str, Any]:
             return {"ok": False, "reason": f"importing {name} raised {kind}: {exc}"}
         finally:
             del sys.path[0]
+    compile_patterns(patterns)
     return {"ok": True, "imported": imported, "skipped": skipped}
+
+
+def compile_patterns(entries: List[str]) -> None:
+    """Compile the learned regular expressions into :mod:`re`'s cache (pure: nothing else
+    changes), so that a call compiling the same one finds it there."""
+    import json
+    import re
+
+    for entry in entries:
+        try:
+            pattern, flags = json.loads(entry[3:])
+            if isinstance(pattern, str) and isinstance(flags, int) and not flags & re.DEBUG:
+                re.compile(pattern, flags)
+        except (ValueError, TypeError, re.error, RecursionError, OverflowError):
+            continue
 
 
 def fork_safety(spec: Dict[str, Any]) -> Optional[str]:

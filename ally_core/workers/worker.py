@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import queue
+import random
 import shutil
 import socket
 import subprocess
@@ -130,11 +131,16 @@ class Worker:
         compile: bool,
         learned: tuple[str, ...] = (),
         replaces: Optional[Worker] = None,
+        hash_seed: Optional[int] = None,
     ) -> None:
         self.pool, self.plan, self.fingerprint = pool, plan, fingerprint
         #: Modules earlier calls imported lazily, preloaded too; the worker this one
         #: replaces once ready (a worker that learned them).
         self.learned, self.replaces = learned, replaces
+        #: The server's ``PYTHONHASHSEED``, kept by the workers that replace it: what a
+        #: library builds from a set (:mod:`tokenize`'s regular expression) is then built
+        #: alike, and what the calls learned about it still holds.
+        self.hash_seed = hash_seed or random.SystemRandom().randint(1, 2**32 - 1)
         self.plugin, self.name, self.plugin_dir = plugin, plugin.name, plugin.plugin_dir
         self.environ = startup_environ(environ)
         self.hold, self.compile = hold, compile
@@ -184,7 +190,7 @@ class Worker:
                 self.proc = self.pool.popen(
                     argv,
                     cwd=str(self.plugin_dir),
-                    env=self.environ,
+                    env={"PYTHONHASHSEED": str(self.hash_seed), **self.environ},
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=log_file,
