@@ -186,3 +186,41 @@ def test_the_compile_ahead_finds_what_an_import_runs_without_importing_it(
         "sub/leaf",
         "sub/deeper",
     }
+
+
+# Compiles a regular expression built from a set (as tokenize does): its text depends on the
+# hash seed of the process.
+REGEX = r"""
+import json, os, re
+words = {"alpha", "beta", "gamma", "delta", "epsilon"}
+pattern = "|".join(words)
+cached = any(isinstance(k, tuple) and len(k) == 3 and k[1] == pattern for k in re._cache)
+print(json.dumps({"success": True, "result": {"ppid": os.getppid(), "cached": cached,
+                  "match": re.compile(pattern).findall("beta, delta")}}))
+"""
+
+
+def test_a_worker_learns_the_regular_expressions_its_calls_compile(
+    ally_home: Path, make_plugin: Callable[..., Path]
+) -> None:
+    """The worker that replaces it compiles them in its preload, with the same hash seed
+    (so that a pattern built from a set is built alike)."""
+    make_plugin(
+        "rx",
+        {"runtime": "python3", "tools": [{"name": "rx", "command": "python3", "args": ["r.py"]}]},
+        files={"r.py": REGEX},
+    )
+    with Host(ally_home, warm_workers=True) as host:
+        (outcome,) = host.load()
+        assert host.workers is not None
+        first = host.workers.start(outcome)
+        got = outcome.tool("rx").call().result
+        assert got == {"ppid": first.pid, "cached": False, "match": ["beta", "delta"]}
+
+        def replaced() -> Any:
+            (info,) = host.workers.info() if host.workers is not None else ()
+            return info if info.pid != first.pid and info.state == "ready" else None
+
+        info = _wait_for(replaced, 30)
+        again = outcome.tool("rx").call().result
+        assert again == {"ppid": info.pid, "cached": True, "match": ["beta", "delta"]}
