@@ -224,3 +224,27 @@ def test_a_worker_learns_the_regular_expressions_its_calls_compile(
         info = _wait_for(replaced, 30)
         again = outcome.tool("rx").call().result
         assert again == {"ppid": info.pid, "cached": True, "match": ["beta", "delta"]}
+
+
+def test_a_pool_dropped_without_close_stops_its_workers(
+    ally_home: Path, make_plugin: Callable[..., Path]
+) -> None:
+    import gc
+    import weakref
+
+    from ally_core.workers import WorkerPool
+
+    make_plugin(
+        "who",
+        {"runtime": "python3", "tools": [{"name": "who", "command": "python3", "args": ["w.py"]}]},
+        files={"w.py": WHO},
+    )
+    (outcome,) = Host(ally_home).load()
+    pool = WorkerPool()
+    info = pool.start(outcome)
+    assert info.state == "ready" and info.pid, info
+    dropped = weakref.ref(pool)
+    del pool
+    gc.collect()
+    assert dropped() is None, "the pool's own thread kept it alive"
+    _wait_for(lambda: _gone(info.pid or 0))

@@ -81,7 +81,14 @@ class WorkerPool:
         self._rounds: dict[str, int] = {}
         self._closed = False
         every = max(0.05, min(30.0, self.options.idle_timeout / 4))
-        self._starter = Starter(self._stop_idle, every)
+        stop_idle = weakref.WeakMethod(self._stop_idle)  # the thread must not keep the pool
+
+        def tick() -> None:
+            method = stop_idle()
+            if method is not None:
+                method()
+
+        self._starter = Starter(tick, every)
         self._finalizer = weakref.finalize(self, _close_all, self._workers, self._starter)
 
     # -- what workers ask of their pool -----------------------------------------------------

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
@@ -133,7 +134,11 @@ class Worker:
         replaces: Optional[Worker] = None,
         hash_seed: Optional[int] = None,
     ) -> None:
-        self.pool, self.plan, self.fingerprint = pool, plan, fingerprint
+        #: The pool, weakly: a pool dropped without ``close()`` is collected, and its
+        #: finalizer stops its workers.
+        self._pool = weakref.ref(pool)
+        self.start_timeout = pool.options.start_timeout
+        self.plan, self.fingerprint = plan, fingerprint
         #: Modules earlier calls imported lazily, preloaded too; the worker this one
         #: replaces once ready (a worker that learned them).
         self.learned, self.replaces = learned, replaces
@@ -171,7 +176,9 @@ class Worker:
             self._fail(f"cannot start: {exc.__class__.__name__}: {exc}")
         finally:
             self.ready.set()
-            self.pool.started(self)
+            pool = self._pool()
+            if pool is not None:
+                pool.started(self)
 
     def _start(self) -> None:
         directory = tempfile.mkdtemp(prefix="ally-worker-")  # mode 0700
@@ -187,7 +194,7 @@ class Worker:
         with open(os.path.join(directory, "log"), "wb") as log_file:
             argv = [self.plan.python, str(SERVER_SCRIPT), "serve", str(theirs.fileno())]
             try:
-                self.proc = self.pool.popen(
+                self.proc = self._owner().popen(
                     argv,
                     cwd=str(self.plugin_dir),
                     env={"PYTHONHASHSEED": str(self.hash_seed), **self.environ},
@@ -208,7 +215,7 @@ class Worker:
             "learned": list(self.learned),
         }
         ours.sendall(json.dumps(spec).encode() + b"\n")
-        ours.settimeout(self.pool.options.start_timeout)
+        ours.settimeout(self.start_timeout)
         answer = read_answer(ours)
         ours.settimeout(None)
         if answer is None:
@@ -298,4 +305,12 @@ class Worker:
         if retire:
             self.stop("replaced")
         elif learned:
-            self.pool.learn(self, learned)
+            pool = self._pool()
+            if pool is not None:
+                pool.learn(self, learned)
+
+    def _owner(self) -> Owner:
+        pool = self._pool()
+        if pool is None:
+            raise RuntimeError("the worker pool was dropped")
+        return pool
