@@ -16,6 +16,7 @@ from typing import Any, Callable
 import pytest
 
 from ally_core import Host
+from ally_core.containment import PREFIX, cgroup_root
 from ally_core.workers import WorkerOptions
 from ally_core.workers import preload as preload_module
 
@@ -248,3 +249,63 @@ def test_a_pool_dropped_without_close_stops_its_workers(
     gc.collect()
     assert dropped() is None, "the pool's own thread kept it alive"
     _wait_for(lambda: _gone(info.pid or 0))
+
+
+needs_cgroup = pytest.mark.skipif(
+    cgroup_root() is None, reason="no writable cgroup v2 here (not root, no delegation)"
+)
+
+# Reports its cgroup; with "escape", first starts a descendant that leaves the process group
+# (setsid) and records its pid.
+CGROUP = r"""
+import json, os, subprocess, sys, time
+args = json.load(sys.stdin)
+if args.get("escape"):
+    subprocess.Popen([sys.executable, "-c",
+        "import os, sys, time\nos.setsid()\n"
+        "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+        "while True: time.sleep(0.1)\n", args["escape"]])
+    while not (os.path.exists(args["escape"]) and open(args["escape"]).read()):
+        time.sleep(0.01)
+cgroup = [l[3:] for l in open("/proc/self/cgroup").read().splitlines() if l.startswith("0::")]
+print(json.dumps({"success": True, "result": {"ppid": os.getppid(), "cgroup": cgroup[0]}}))
+"""
+
+
+def _cgroup_of(pid: int) -> str:
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    return next(line[3:] for line in lines if line.startswith("0::"))
+
+
+@needs_cgroup
+def test_the_spare_waits_in_the_cgroup_made_ahead_for_the_next_call(
+    ally_home: Path, make_plugin: Callable[..., Path], tmp_path: Path, processes: Any
+) -> None:
+    """Moving a process into a cgroup can wait for the kernel: the spare joins the next
+    call's cgroup when it is forked, and that cgroup ends everything of the call as the
+    call's own would (a descendant that left the process group too), then is removed."""
+    make_plugin(
+        "cg",
+        {"runtime": "python3", "tools": [{"name": "cg", "command": "python3", "args": ["c.py"]}]},
+        files={"c.py": CGROUP},
+    )
+    with Host(ally_home, warm_workers=WorkerOptions(learn_imports=False)) as host:
+        (outcome,) = host.load()
+        assert host.workers is not None
+        server = host.workers.start(outcome).pid
+        assert server
+        first = outcome.tool("cg").call({}).result  # its request brings a cgroup made ahead
+        assert first["ppid"] == server and f"/{PREFIX}{os.getpid()}-" in first["cgroup"]
+        (spare,) = _wait_for(lambda: _children(server))
+        waiting_in = _wait_for(lambda: PREFIX in _cgroup_of(spare) and _cgroup_of(spare))
+        escaper = tmp_path / "escaper"
+        got = outcome.tool("cg").call({"escape": str(escaper)}).result
+        assert got["cgroup"] == waiting_in and got["ppid"] == server
+        pid = int(escaper.read_text())
+        processes.reap(pid)
+        assert processes.wait_gone([pid]) == [], "the setsid child outlived the call"
+        root = cgroup_root()
+        assert root is not None
+        assert not (root / waiting_in.rpartition("/")[2]).exists()
+    mine = [p for p in root.iterdir() if p.name.startswith(f"{PREFIX}{os.getpid()}-")]
+    assert mine == [], "cgroups made ahead were left behind"

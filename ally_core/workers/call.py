@@ -137,9 +137,11 @@ def start_call(
     environ: Mapping[str, str],
     procs_fd: Optional[int],
     on_exit: Callable[[list[str]], None],
-) -> WorkerProcess:
+    ahead: Optional[tuple[int, str]] = None,
+) -> tuple[WorkerProcess, dict[str, Any]]:
     """Send a call to the server at ``socket_path`` with new pipes for its stdio (and the
-    call cgroup's ``cgroup.procs``); its process once the server says it runs, or
+    call cgroup's ``cgroup.procs``, and that of a cgroup made ahead for a later call with
+    its token); its process and the server's answer once the server says it runs, or
     :class:`Gone`."""
     stdin_r, stdin_w = os.pipe()
     out_r, out_w = os.pipe()
@@ -150,10 +152,17 @@ def start_call(
         conn.settimeout(10)
         try:
             conn.connect(socket_path)
-            request = {"argv": argv, "cwd": str(cwd), "env": dict(environ)}
-            body = json.dumps({**request, "cgroup": procs_fd is not None}).encode()
+            request = {
+                "argv": argv,
+                "cwd": str(cwd),
+                "env": dict(environ),
+                "cgroup": procs_fd is not None,
+                "ahead": ahead[1] if ahead is not None else None,
+            }
+            body = json.dumps(request).encode()
             message = len(body).to_bytes(4, "big") + body
-            fds = [stdin_r, out_w, err_w, *([procs_fd] if procs_fd is not None else [])]
+            fds = [stdin_r, out_w, err_w]
+            fds += [fd for fd in (procs_fd, ahead[0] if ahead else None) if fd is not None]
             sent = socket.send_fds(conn, [message], fds)
             if sent < len(message):
                 conn.sendall(message[sent:])
@@ -178,7 +187,7 @@ def start_call(
         if isinstance(exc, Gone):
             raise
         raise Gone(f"{exc.__class__.__name__}: {exc}") from None
-    return WorkerProcess(
+    proc = WorkerProcess(
         argv,
         answer["pid"],
         conn,
@@ -188,3 +197,4 @@ def start_call(
         os.fdopen(err_r, "rb"),
         on_exit,
     )
+    return proc, answer

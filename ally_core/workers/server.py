@@ -19,13 +19,18 @@ Control socket (a socketpair with ally, newline-delimited JSON):
   it runs.
 
 Calls: ally connects to the Unix socket ``spec["socket"]`` (in a 0700 directory), sends one
-message of ``len + JSON`` (``argv``, ``cwd``, ``env``, ``cgroup``) with the call's stdin,
-stdout, stderr (and its cgroup's ``cgroup.procs``) as file descriptors (``SCM_RIGHTS``).
-The server hands them to its spare child (forked ahead of the call, in a session of its own,
-see ``child.py``) and answers ``{"pid": N}``; the child joins the call's cgroup before it runs
-anything of the tool. When the child exits, ``{"status": code, "learned": [...]}`` follows
-(a negative code: killed by that signal, as :attr:`subprocess.Popen.returncode`). The next
-spare is forked as soon as the call is handed over.
+message of ``len + JSON`` (``argv``, ``cwd``, ``env``, ``cgroup``, ``ahead``) with the call's
+stdin, stdout, stderr (and its cgroup's ``cgroup.procs``, and that of a cgroup made ahead for
+a later call, named by the token ``ahead``) as file descriptors (``SCM_RIGHTS``). The server
+hands them to its spare child (forked ahead of the call, in a session of its own, see
+``child.py``) and answers ``{"pid": N}``. A spare forked while the server held a cgroup made
+ahead joined it then (moving a process into a cgroup can wait for the kernel, milliseconds:
+not on a call's path); it stays there and the answer says ``"ahead": token`` (ally makes that
+cgroup the call's); otherwise the child joins the call's cgroup before it runs anything of
+the tool. A cgroup made ahead that the server no longer needs is given back
+(``"discarded": [token]``). When the child exits, ``{"status": code, "learned": [...]}``
+follows (a negative code: killed by that signal, as :attr:`subprocess.Popen.returncode`).
+The next spare is forked as soon as the call is handed over.
 
 In the child the tool runs as ``python script.py`` / ``python -m module`` would run it: a fresh
 ``__main__``, ``sys.argv``, ``sys.path[0]``, the call's cwd and environment, the signal
@@ -132,8 +137,11 @@ class Server:
         self.learning: Dict[int, int] = {}
         #: Other children (the background compiles), killed with the server.
         self.helpers = helpers
-        #: The call process forked ahead: (pid, socket to it, its import-report pipe).
-        self.spare: Optional[Tuple[int, socket.socket, int]] = None
+        #: The call process forked ahead: (pid, socket to it, its import-report pipe, and
+        #: the token of the cgroup made ahead that it joined, if any).
+        self.spare: Optional[Tuple[int, socket.socket, int, Optional[str]]] = None
+        #: A cgroup ally made ahead for the next spare (``cgroup.procs`` open), and its token.
+        self.ahead: Optional[Tuple[int, str]] = None
         self.spare_deaths = 0
         self.prctl = prctl
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -190,6 +198,7 @@ class Server:
         sys.stdout.flush()
         sys.stderr.flush()
         server_pid = os.getpid()
+        ahead, self.ahead = self.ahead, None
         pid = os.fork()
         if pid == 0:
             ours.close()
@@ -200,13 +209,20 @@ class Server:
                 _die_with_parent(self.prctl)
                 if os.getppid() != server_pid:
                     os._exit(137)  # the server died meanwhile
+                if ahead is not None:
+                    # Join the cgroup made ahead for the next call now: moving a process
+                    # between cgroups can wait for the kernel (a few ms), not the call.
+                    os.write(ahead[0], b"0")
+                    os.close(ahead[0])
             except OSError:
                 os._exit(127)
             return child.Spare(theirs, learn_w, self.plugin_dir)
+        if ahead is not None:
+            os.close(ahead[0])
         theirs.close()
         os.close(learn_w)
         os.set_blocking(learn_r, False)
-        self.spare = (pid, ours, learn_r)
+        self.spare = (pid, ours, learn_r, ahead[1] if ahead is not None else None)
         return None
 
     def leave(self) -> None:
@@ -224,6 +240,9 @@ class Server:
         os.close(self.wake_r)
         os.close(self.wake_w)
         self.helpers.clear()
+        if self.ahead is not None:
+            os.close(self.ahead[0])
+            self.ahead = None
 
     def reap(self) -> None:
         while True:
@@ -255,7 +274,7 @@ class Server:
 
     def drop_spare(self) -> None:
         if self.spare is not None:
-            _pid, sock, learn_r = self.spare
+            _pid, sock, learn_r, _token = self.spare
             self.spare = None
             sock.close()
             os.close(learn_r)
@@ -279,6 +298,9 @@ class Server:
         for fd in self.learning.values():
             os.close(fd)
         self.learning.clear()
+        if self.ahead is not None:
+            os.close(self.ahead[0])
+            self.ahead = None
         self.listener.close()
         try:
             os.unlink(self.spec["socket"])
@@ -289,16 +311,25 @@ class Server:
         """Hand a call to the spare child (forked now if there is none)."""
         try:
             conn.settimeout(10)
-            request, fds, body = child.read_message(conn)
-            if len(fds) != 3 + bool(request.get("cgroup")):
+            request, fds, _body = child.read_message(conn)
+            token = request.get("ahead")
+            wanted = 3 + bool(request.get("cgroup")) + bool(token)
+            if len(fds) != wanted or not isinstance(token, (str, type(None))):
                 for fd in fds:
                     os.close(fd)
-                raise ValueError(f"expected file descriptors, got {len(fds)}")
+                raise ValueError(f"expected {wanted} file descriptors, got {len(fds)}")
             conn.settimeout(None)
         except (OSError, ValueError) as exc:
             _send(conn, {"error": f"bad request: {exc}"})
             conn.close()
             return None
+        answer: Dict[str, Any] = {}
+        if token:
+            # The cgroup for a later spare: kept (one at a time), or given back.
+            if self.ahead is not None:
+                answer["discarded"] = [self.ahead[1]]
+                os.close(self.ahead[0])
+            self.ahead = (fds.pop(), token)
         pid = 0
         try:
             for _attempt in range(2):  # a spare that died meanwhile is replaced once
@@ -308,10 +339,15 @@ class Server:
                         conn.close()  # the call is not this child's
                         return spare
                 assert self.spare is not None
-                pid, sock, learn_r = self.spare
+                pid, sock, learn_r, joined = self.spare
+                # A spare already in a cgroup made ahead stays there (ally adopts it as
+                # the call's); otherwise it joins the call's cgroup itself.
+                cgroup = bool(request.get("cgroup")) and joined is None
+                passed = fds if cgroup else fds[:3]
+                body = json.dumps({**request, "cgroup": cgroup, "ahead": None}).encode()
                 try:
                     message = len(body).to_bytes(4, "big") + body
-                    sent = socket.send_fds(sock, [message], fds)
+                    sent = socket.send_fds(sock, [message], passed)
                     if sent < len(message):
                         sock.sendall(message[sent:])
                 except OSError:  # it died: the next one
@@ -319,22 +355,27 @@ class Server:
                     _kill(pid)
                     pid = 0
                     continue
-                # The child joins the call's session (it leads one already) and cgroup
-                # before it runs anything of the tool; until then a group kill ends it.
+                # The child leads its own session already and is in the call's cgroup (or
+                # joins it) before it runs anything of the tool; until then a group kill
+                # ends it.
                 self.spare = None
                 sock.close()
+                if joined is not None:
+                    answer["ahead"] = joined
                 break
         finally:
             for fd in fds:
                 os.close(fd)
         if not pid:
-            _send(conn, {"error": "the call's process did not start"})
+            answer["error"] = "the call's process did not start"
+            _send(conn, answer)
             conn.close()
             return None
         self.spare_deaths = 0
         self.children[pid] = conn
         self.learning[pid] = learn_r
-        _send(conn, {"pid": pid})
+        answer["pid"] = pid
+        _send(conn, answer)
         return None
 
 

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 import attrs
 
-from ..containment import CallScope
+from ..containment import CallScope, open_scope
 from ..warm_index import identities, unchanged
-from .call import WorkerProcess, read_answer, start_call
+from .call import Gone, WorkerProcess, read_answer, start_call
 from .plan import Plan, startup_environ
 
 if TYPE_CHECKING:
@@ -165,6 +165,9 @@ class Worker:
         self.last_used = time.monotonic()
         self.imported: tuple[str, ...] = ()
         self.watch: list[list[Any]] = identities(plan.watch_files)
+        #: Cgroups made ahead for the server's spares, by token (see :meth:`run`).
+        self.aheads: dict[str, CallScope] = {}
+        self.ahead_count = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -278,6 +281,11 @@ class Worker:
                 proc.wait()
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
+        with self.lock:
+            aheads = list(self.aheads.values())
+            self.aheads.clear()
+        for made in aheads:  # the server and its spare are gone: kill what is left, remove
+            made.close()
         self.ready.set()
 
     def alive(self) -> bool:
@@ -292,10 +300,59 @@ class Worker:
     def run(
         self, argv: list[str], cwd: Path, environ: Mapping[str, str], scope: CallScope
     ) -> WorkerProcess:
-        proc = start_call(self.socket_path, argv, cwd, environ, scope.procs_fd, self.release)
+        ahead = self._make_ahead() if scope.contained else None
+        try:
+            proc, answer = start_call(
+                self.socket_path,
+                argv,
+                cwd,
+                environ,
+                scope.procs_fd,
+                self.release,
+                _fd_and_token(ahead),
+            )
+        except Gone:
+            if ahead is not None:
+                self._close_ahead(ahead[0])
+            raise
+        for token in answer.get("discarded") or ():
+            self._close_ahead(str(token))
+        joined = answer.get("ahead")
+        if joined is not None:
+            # The process has been in a cgroup made ahead since it was forked: that one
+            # becomes the call's.
+            with self.lock:
+                made = self.aheads.pop(str(joined), None)
+            if made is None or not made.contained:
+                proc.kill()
+                proc.wait()
+                raise Gone(f"the call's process is in an unknown cgroup ({joined})")
+            scope.adopt(made)
         with self.lock:
             self.calls += 1
         return proc
+
+    def _make_ahead(self) -> Optional[tuple[str, CallScope]]:
+        """A cgroup for a later call of this worker, which its next spare joins when it is
+        forked (moving a process into a cgroup can wait for the kernel: not on a call's path)."""
+        made = open_scope()
+        if not made.contained:
+            made.close()
+            return None
+        with self.lock:
+            if self.state != "ready":
+                made.close()
+                return None
+            self.ahead_count += 1
+            token = str(self.ahead_count)
+            self.aheads[token] = made
+        return token, made
+
+    def _close_ahead(self, token: str) -> None:
+        with self.lock:
+            made = self.aheads.pop(token, None)
+        if made is not None:
+            made.close()
 
     def release(self, learned: Sequence[str] = ()) -> None:
         with self.lock:
@@ -314,3 +371,9 @@ class Worker:
         if pool is None:
             raise RuntimeError("the worker pool was dropped")
         return pool
+
+
+def _fd_and_token(ahead: Optional[tuple[str, CallScope]]) -> Optional[tuple[int, str]]:
+    if ahead is None or ahead[1].procs_fd is None:
+        return None
+    return ahead[1].procs_fd, ahead[0]
