@@ -196,6 +196,15 @@ class CallScope:
 
         return setup
 
+    def adopt(self, other: CallScope) -> None:
+        """Make ``other``'s cgroup this call's, and remove this scope's own (empty) one: a
+        warm worker's call process joined a cgroup made ahead of the call, off its path."""
+        if other.cgroup is None or other._procs_fd is None:
+            raise ValueError("that scope has no cgroup")
+        self._remove()
+        self.cgroup, self._procs_fd = other.cgroup, other._procs_fd
+        other.cgroup, other._procs_fd = None, None
+
     def kill(self) -> None:
         """End every process of the call that is still there (the cgroup's members)."""
         if self.cgroup is not None and self.contained:

@@ -20,6 +20,7 @@ import codecs
 import functools
 import json
 import os
+import select
 import shutil
 import subprocess
 import threading
@@ -475,6 +476,9 @@ def mask_result(result: ToolResult, secrets: Sequence[str]) -> ToolResult:
     )
 
 
+#: What a write to an empty pipe takes without blocking (POSIX guarantees at least 512).
+_PIPE_BUF = getattr(select, "PIPE_BUF", 512)
+
 #: ``launch(scope)``: the call's process from a warm worker, or ``None`` to spawn it.
 Launcher = Callable[[CallScope], Optional[ToolProcess]]
 
@@ -572,15 +576,19 @@ def _run_in_scope(
             ) from exc
     assert proc.stdin and proc.stdout and proc.stderr
     call = _Call(proc, plugin=plugin, tool=tool, limit=limit, on_form=on_form, on_output=on_output)
+    # An interactive tool reads its input as one line and keeps stdin open for form answers.
+    first = payload + b"\n" if interactive else payload
+    if len(first) <= _PIPE_BUF:
+        # An empty pipe takes it at once: no thread, and the tool has its input sooner.
+        call.write(first, close=not interactive)
+    else:
+        threading.Thread(
+            target=call.write, args=(first,), kwargs={"close": not interactive}, daemon=True
+        ).start()
     out = _Reader(call, proc.stdout, "stdout", forms=interactive)
     err = _Reader(call, proc.stderr, "stderr")
     out.start()
     err.start()
-    # An interactive tool reads its input as one line and keeps stdin open for form answers.
-    first = payload + b"\n" if interactive else payload
-    threading.Thread(
-        target=call.write, args=(first,), kwargs={"close": not interactive}, daemon=True
-    ).start()
     threading.Thread(target=_wait_then_set, args=(proc, call.wake), daemon=True).start()
     reason = ""
     try:

@@ -2,25 +2,35 @@
 
 ally starts it as ``<env python> server.py serve CONTROL_FD`` (or ``compile CONTROL_FD``)
 with the tool's own environment (minus the call's ``PLUGIN_CONFIG_*``), in the plugin
-directory. This file imports the standard library only and runs on every Python ally
-supports (3.9+): it is executed by the plugin's interpreter, never imported by ally.
+directory. This file and its siblings ``preload.py`` (what to import and compile) and
+``child.py`` (a call's process) import the standard library only and run on every Python
+ally supports (3.9+): they are executed by the plugin's interpreter, never imported by ally.
 
 Control socket (a socketpair with ally, newline-delimited JSON):
 
-* ally sends the spec: ``{"plugin_dir", "scripts": [...], "modules": [...], "socket"}``;
+* ally sends the spec: ``{"plugin_dir", "scripts": [...], "modules": [...], "socket",
+  "compile", "learned"}``;
 * the server imports what the tool scripts import at top level (read with :mod:`ast`; what is
   not importable in this env is skipped), checks that forking is safe (no thread, no output,
   no module of the plugin loaded, no plugin file shadowing a loaded module) and answers
-  ``{"ok": true, ...}`` or ``{"ok": false, "reason": ...}``;
+  ``{"ok": true, ...}`` or ``{"ok": false, "reason": ...}``; with ``compile`` (a fresh env)
+  a forked helper compiles, meanwhile, what that import will run, from the other end;
 * end of file on it (ally closed it, or ally's process died) stops the server and every call
   it runs.
 
 Calls: ally connects to the Unix socket ``spec["socket"]`` (in a 0700 directory), sends one
-message of ``len + JSON`` (``argv``, ``cwd``, ``env``, ``cgroup``) with the call's stdin,
-stdout, stderr (and its cgroup's ``cgroup.procs``) as file descriptors (``SCM_RIGHTS``).
-The server forks a child, which joins the call's session and cgroup before the server
-answers ``{"pid": N}``; when the child exits, ``{"status": code}`` follows (a negative code:
-killed by that signal, as :attr:`subprocess.Popen.returncode`).
+message of ``len + JSON`` (``argv``, ``cwd``, ``env``, ``cgroup``, ``ahead``) with the call's
+stdin, stdout, stderr (and its cgroup's ``cgroup.procs``, and that of a cgroup made ahead for
+a later call, named by the token ``ahead``) as file descriptors (``SCM_RIGHTS``). The server
+hands them to its spare child (forked ahead of the call, in a session of its own, see
+``child.py``) and answers ``{"pid": N}``. A spare forked while the server held a cgroup made
+ahead joined it then (moving a process into a cgroup can wait for the kernel, milliseconds:
+not on a call's path); it stays there and the answer says ``"ahead": token`` (ally makes that
+cgroup the call's); otherwise the child joins the call's cgroup before it runs anything of
+the tool. A cgroup made ahead that the server no longer needs is given back
+(``"discarded": [token]``). When the child exits, ``{"status": code, "learned": [...]}``
+follows (a negative code: killed by that signal, as :attr:`subprocess.Popen.returncode`).
+The next spare is forked as soon as the call is handed over.
 
 In the child the tool runs as ``python script.py`` / ``python -m module`` would run it: a fresh
 ``__main__``, ``sys.argv``, ``sys.path[0]``, the call's cwd and environment, the signal
@@ -31,275 +41,43 @@ non-daemon threads, flushing) ends the process.
 
 from __future__ import annotations
 
-import ast
-import atexit
-import contextlib
 import gc
-import io
 import json
 import os
 import selectors
 import signal
 import socket
 import sys
-import threading
 import types
-from importlib.machinery import SourceFileLoader
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 _HERE = os.path.dirname(os.path.realpath(__file__))
 if sys.path and sys.path[0] and os.path.realpath(sys.path[0]) == _HERE:
     del sys.path[0]  # run as a script: this directory is not the tool's
 
-MAX_REQUEST = 1 << 24
+#: A spare child that died this many times in a row is not replaced ahead of calls any more.
+SPARE_RETRIES = 3
 
 
-class Job:
-    """What a forked child runs once it has left the server's code."""
-
-    def __init__(self, argv: List[str], sys_path0: str, module: Optional[str]) -> None:
-        self.argv, self.sys_path0, self.module = argv, sys_path0, module
-        #: Where to report the modules the call imported (a pipe to the server), and the
-        #: modules loaded before it ran.
-        self.learn_fd = -1
-        self.baseline: frozenset[str] = frozenset()
-        self.plugin_dir = ""
-
-
-_job: Optional[Job] = None
-
-
-# -- preload ------------------------------------------------------------------------------------
-
-
-def top_level_imports(tree: ast.Module) -> List[str]:
-    """Absolute imports a module runs when it is executed (not those inside functions)."""
-    names: List[str] = []
-    todo: List[ast.AST] = list(tree.body)
-    while todo:
-        node = todo.pop(0)
-        if isinstance(node, ast.Import):
-            names.extend(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level == 0 and node.module:
-                names.append(node.module)
-        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            # if/try/with/for blocks run at import; except handlers have a body too.
-            for field in ("body", "orelse", "finalbody", "handlers"):
-                children = getattr(node, field, None)
-                if isinstance(children, list):
-                    todo.extend(c for c in children if isinstance(c, ast.AST))
-    seen: Dict[str, None] = {}
-    for name in names:
-        seen.setdefault(name, None)
-    return list(seen)
-
-
-def _inside(path: Optional[str], directory: str) -> bool:
-    if not path:
-        return False
-    real = os.path.realpath(path)
-    return real == directory or real.startswith(directory.rstrip(os.sep) + os.sep)
-
-
-def _module_file(name: str) -> Optional[str]:
-    module = sys.modules.get(name)
-    path = getattr(module, "__file__", None)
-    return path if isinstance(path, str) else None
-
-
-def _module_origin(module: str, plugin_dir: str) -> Optional[str]:
-    """The file of ``module`` (``-m``), without importing the plugin's own packages."""
+def _sibling(name: str) -> types.ModuleType:
+    """``preload.py`` / ``child.py`` of this directory, under names no tool uses."""
     import importlib.util
 
-    top, _, rest = module.partition(".")
-    found = importlib.util.find_spec(top)  # a top-level name: nothing is imported
-    if found is None or not rest:
-        return found.origin if found is not None else None
-    locations = list(found.submodule_search_locations or ())
-    if locations and _inside(locations[0], plugin_dir):
-        path = os.path.join(locations[0], *rest.split("."))
-        for candidate in (path + ".py", os.path.join(path, "__init__.py")):
-            if os.path.isfile(candidate):
-                return candidate
-        return None
-    sub = importlib.util.find_spec(module)  # imports its (installed) parent packages
-    return sub.origin if sub is not None else None
+    spec = importlib.util.spec_from_file_location(
+        f"_ally_worker_{name}", os.path.join(_HERE, f"{name}.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def preload(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """Import what the tools import; the answer for ally (``ok`` and why not)."""
-    import importlib
-    import importlib.util
-
-    plugin_dir = os.path.realpath(spec["plugin_dir"])
-    wanted: List[Tuple[str, str]] = []  # (module, the sys.path[0] its tool has)
-    for script in spec.get("scripts", []):
-        first = os.path.dirname(os.path.realpath(script))
-        try:
-            with open(script, "rb") as fh:
-                tree = ast.parse(fh.read(), script)
-        except (OSError, SyntaxError, ValueError) as exc:
-            return {"ok": False, "reason": f"cannot read {script}: {exc}"}
-        wanted.extend((name, first) for name in top_level_imports(tree))
-    imported: List[str] = []
-    skipped: List[str] = []
-    for module in spec.get("modules", []):
-        # ``-m pkg.tool``: its parent packages are imported, and what it imports at top
-        # level; the module itself runs afresh in every call.
-        sys.path.insert(0, os.getcwd())
-        try:
-            origin = _module_origin(module, plugin_dir)
-        except Exception:  # its parent package raised or is missing
-            origin = None
-        finally:
-            del sys.path[0]
-        if origin and origin.endswith(".py") and os.path.isfile(origin):
-            try:
-                with open(origin, "rb") as fh:
-                    tree = ast.parse(fh.read(), origin)
-            except (OSError, SyntaxError, ValueError) as exc:
-                return {"ok": False, "reason": f"cannot read {origin}: {exc}"}
-            wanted.extend((name, os.getcwd()) for name in top_level_imports(tree))
-            parent = module.rpartition(".")[0]
-            if parent:
-                wanted.append((parent, os.getcwd()))
-    # Modules earlier calls imported on their own (lazily): ally hands them back.
-    first_dir = wanted[0][1] if wanted else os.getcwd()
-    wanted.extend((name, first_dir) for name in spec.get("learned", []))
-    for name, first in wanted:
-        sys.path.insert(0, first)
-        try:
-            top = name.partition(".")[0]
-            try:
-                found = importlib.util.find_spec(top)
-            except (ImportError, ValueError):
-                found = None
-            if (
-                found is None
-                or _inside(found.origin, plugin_dir)
-                or any(_inside(p, plugin_dir) for p in (found.submodule_search_locations or ()))
-            ):
-                skipped.append(name)  # not importable here, or the plugin's own module
-                continue
-            try:
-                importlib.import_module(name)
-            except ImportError:
-                skipped.append(name)
-                continue
-            imported.append(name)
-        except Exception as exc:  # the module raised while imported: no warm worker
-            kind = exc.__class__.__name__
-            return {"ok": False, "reason": f"importing {name} raised {kind}: {exc}"}
-        finally:
-            del sys.path[0]
-    return {"ok": True, "imported": imported, "skipped": skipped}
-
-
-def fork_safety(spec: Dict[str, Any]) -> Optional[str]:
-    """Why forking this process would not be a spawn, or ``None``."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    for fd in (1, 2):
-        try:
-            size = os.fstat(fd).st_size
-        except OSError:
-            size = 0
-        if size:
-            return "the preloaded modules wrote output"
-    if threading.active_count() > 1:
-        me = threading.current_thread()
-        names = ", ".join(t.name for t in threading.enumerate() if t is not me)
-        return f"the preloaded modules started threads ({names})"
-    try:
-        tasks = len(os.listdir("/proc/self/task"))
-    except OSError:
-        tasks = 1
-    if tasks > 1:
-        return f"the preloaded modules started {tasks - 1} native thread(s)"
-    plugin_dir = os.path.realpath(spec["plugin_dir"])
-    for name in list(sys.modules):
-        if _inside(_module_file(name), plugin_dir):
-            return f"the preload imported the plugin's own module {name}"
-    # A plugin file named like a module already loaded here would win in a spawn.
-    loaded = {name.partition(".")[0] for name in sys.modules}
-    dirs = {os.path.dirname(os.path.realpath(s)) for s in spec.get("scripts", [])}
-    if spec.get("modules"):
-        dirs.add(os.getcwd())
-    for directory in dirs:
-        try:
-            entries = os.listdir(directory)
-        except OSError:
-            continue
-        for entry in entries:
-            stem = entry.partition(".")[0]
-            if (
-                stem in loaded
-                and stem != "__pycache__"
-                and (
-                    entry.endswith((".py", ".pyc", ".so", ".pyd"))
-                    or os.path.isdir(os.path.join(directory, entry))
-                )
-            ):
-                return f"{os.path.join(directory, entry)} shadows the loaded module {stem}"
-    return None
-
-
-def site_dirs() -> List[str]:
-    import site
-
-    dirs = list(getattr(site, "getsitepackages", lambda: [])())
-    return [d for d in dirs if os.path.isdir(d)]
-
-
-def package_dirs() -> List[str]:
-    """Directories (or files) of the env's packages loaded now: what to compile."""
-    sites = [os.path.realpath(d) for d in site_dirs()]
-    out: Dict[str, None] = {}
-    for name in list(sys.modules):
-        if "." in name:
-            continue
-        path = _module_file(name)
-        if not path or not any(_inside(path, d) for d in sites):
-            continue
-        module = sys.modules[name]
-        locations = list(getattr(module, "__path__", []) or [])
-        if locations and os.path.isdir(locations[0]):
-            out.setdefault(locations[0], None)
-        elif path.endswith(".py") and os.path.isfile(path):
-            out.setdefault(path, None)
-    return list(out)
-
-
-def rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return usage if sys.platform == "darwin" else usage * 1024
-
-
-def compile_packages(dirs: List[str]) -> None:
-    """Write the bytecode of ``dirs`` (background, lowest priority)."""
-    import compileall
-
-    try:
-        os.nice(19)
-    except OSError:
-        pass
-    for target in dirs:
-        # A package that does not compile is the tool's business, not the compile's.
-        with contextlib.suppress(Exception):
-            if os.path.isdir(target):
-                compileall.compile_dir(target, quiet=2)
-            else:
-                compileall.compile_file(target, quiet=2)
-
-
-# -- serving ------------------------------------------------------------------------------------
+if TYPE_CHECKING:
+    from . import child, preload
+    from .child import Spare
+else:
+    child, preload = _sibling("child"), _sibling("preload")
 
 
 def _send(sock: socket.socket, data: Dict[str, Any]) -> None:
@@ -336,15 +114,36 @@ def _die_with_parent(prctl: Any) -> None:
         prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
+def _ignore(signum: int, frame: Any) -> None:
+    return None
+
+
+def _kill(pid: int, group: bool = False) -> None:
+    for kill in (os.killpg, os.kill) if group else (os.kill,):
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 class Server:
-    def __init__(self, control: socket.socket, spec: Dict[str, Any]) -> None:
+    def __init__(
+        self, control: socket.socket, spec: Dict[str, Any], helpers: List[int], prctl: Any
+    ) -> None:
         self.control, self.spec = control, spec
+        self.plugin_dir = os.path.realpath(spec["plugin_dir"])
         self.children: Dict[int, socket.socket] = {}
         #: Per running call: the pipe on which it reports the modules it imported.
         self.learning: Dict[int, int] = {}
-        #: Other children (the background compile), killed with the server.
-        self.helpers: List[int] = []
-        self.prctl = _libc_prctl()
+        #: Other children (the background compiles), killed with the server.
+        self.helpers = helpers
+        #: The call process forked ahead: (pid, socket to it, its import-report pipe, and
+        #: the token of the cgroup made ahead that it joined, if any).
+        self.spare: Optional[Tuple[int, socket.socket, int, Optional[str]]] = None
+        #: A cgroup ally made ahead for the next spare (``cgroup.procs`` open), and its token.
+        self.ahead: Optional[Tuple[int, str]] = None
+        self.spare_deaths = 0
+        self.prctl = prctl
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(spec["socket"])
         self.listener.listen(64)
@@ -358,9 +157,13 @@ class Server:
         self.old_wakeup = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         self.old_sigchld = signal.signal(signal.SIGCHLD, _ignore)
 
-    def run(self) -> Optional[Job]:
-        """Serve until the control socket closes; returns only in a forked child."""
+    def run(self) -> Optional[Spare]:
+        """Serve until the control socket closes; returns only in a forked spare child."""
         while True:
+            if self.spare is None and self.spare_deaths < SPARE_RETRIES:
+                spare = self.fork_spare()
+                if spare is not None:
+                    return spare
             for key, _ in self.selector.select():
                 what = key.data
                 if what == "accept":
@@ -368,9 +171,9 @@ class Server:
                         conn, _addr = self.listener.accept()
                     except OSError:
                         continue
-                    job = self.call(conn)
-                    if job is not None:
-                        return job
+                    spare = self.call(conn)
+                    if spare is not None:
+                        return spare
                 elif what == "wake":
                     try:
                         while os.read(self.wake_r, 512):
@@ -388,6 +191,59 @@ class Server:
                         return None
             self.reap()
 
+    def fork_spare(self) -> Optional[Spare]:
+        """Fork the next call's process now; in that child, its :class:`Spare`."""
+        ours, theirs = socket.socketpair()
+        learn_r, learn_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        server_pid = os.getpid()
+        ahead, self.ahead = self.ahead, None
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            os.close(learn_r)
+            self.leave()
+            try:
+                os.setsid()
+                _die_with_parent(self.prctl)
+                if os.getppid() != server_pid:
+                    os._exit(137)  # the server died meanwhile
+                if ahead is not None:
+                    # Join the cgroup made ahead for the next call now: moving a process
+                    # between cgroups can wait for the kernel (a few ms), not the call.
+                    os.write(ahead[0], b"0")
+                    os.close(ahead[0])
+            except OSError:
+                os._exit(127)
+            return child.Spare(theirs, learn_w, self.plugin_dir)
+        if ahead is not None:
+            os.close(ahead[0])
+        theirs.close()
+        os.close(learn_w)
+        os.set_blocking(learn_r, False)
+        self.spare = (pid, ours, learn_r, ahead[1] if ahead is not None else None)
+        return None
+
+    def leave(self) -> None:
+        """In a forked child: leave everything of the server behind."""
+        old = self.old_sigchld
+        signal.signal(signal.SIGCHLD, old if old is not None else signal.SIG_DFL)
+        signal.set_wakeup_fd(self.old_wakeup)
+        self.selector.close()
+        for sock in (self.listener, self.control, *self.children.values()):
+            sock.close()
+        self.children.clear()
+        for fd in self.learning.values():
+            os.close(fd)
+        self.learning.clear()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        self.helpers.clear()
+        if self.ahead is not None:
+            os.close(self.ahead[0])
+            self.ahead = None
+
     def reap(self) -> None:
         while True:
             try:
@@ -398,6 +254,10 @@ class Server:
                 return
             if pid in self.helpers:
                 self.helpers.remove(pid)
+            if self.spare is not None and self.spare[0] == pid:
+                self.drop_spare()
+                self.spare_deaths += 1
+                continue
             learned: List[str] = []
             learn_fd = self.learning.pop(pid, None)
             if learn_fd is not None:
@@ -412,274 +272,152 @@ class Server:
                 _send(conn, {"status": os.waitstatus_to_exitcode(status), "learned": learned})
                 conn.close()
 
+    def drop_spare(self) -> None:
+        if self.spare is not None:
+            _pid, sock, learn_r, _token = self.spare
+            self.spare = None
+            sock.close()
+            os.close(learn_r)
+
     def shutdown(self) -> None:
         for pid in self.helpers:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+            _kill(pid)
+        if self.spare is not None:
+            _kill(self.spare[0])
+            self.children[self.spare[0]] = self.spare[1]
+            self.learning[self.spare[0]] = self.spare[2]
+            self.spare = None
         for pid in list(self.children):
-            for kill in (os.killpg, os.kill):
-                try:
-                    kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            _kill(pid, group=True)
         for pid in list(self.children):
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
             self.children.pop(pid).close()
+        for fd in self.learning.values():
+            os.close(fd)
+        self.learning.clear()
+        if self.ahead is not None:
+            os.close(self.ahead[0])
+            self.ahead = None
         self.listener.close()
         try:
             os.unlink(self.spec["socket"])
         except OSError:
             pass
 
-    def call(self, conn: socket.socket) -> Optional[Job]:
-        fds: List[int] = []
+    def call(self, conn: socket.socket) -> Optional[Spare]:
+        """Hand a call to the spare child (forked now if there is none)."""
         try:
             conn.settimeout(10)
-            first, fds, _flags, _addr = socket.recv_fds(conn, 65536, 8)
-            if len(first) < 4:
-                raise ValueError("short request")
-            size = int.from_bytes(first[:4], "big")
-            if size > MAX_REQUEST:
-                raise ValueError("request too large")
-            body = first[4:]
-            while len(body) < size:
-                chunk = conn.recv(size - len(body))
-                if not chunk:
-                    raise ValueError("truncated request")
-                body += chunk
-            request = json.loads(body)
-            if len(fds) != 3 + bool(request.get("cgroup")):
-                raise ValueError(f"expected file descriptors, got {len(fds)}")
+            request, fds, _body = child.read_message(conn)
+            token = request.get("ahead")
+            wanted = 3 + bool(request.get("cgroup")) + bool(token)
+            if len(fds) != wanted or not isinstance(token, (str, type(None))):
+                for fd in fds:
+                    os.close(fd)
+                raise ValueError(f"expected {wanted} file descriptors, got {len(fds)}")
             conn.settimeout(None)
         except (OSError, ValueError) as exc:
-            for fd in fds:
-                os.close(fd)
             _send(conn, {"error": f"bad request: {exc}"})
             conn.close()
             return None
-        ready_r, ready_w = os.pipe()
-        learn_r, learn_w = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            os.close(ready_r)
-            os.close(learn_r)
-            job = self.become_child(conn, request, fds, ready_w)
-            job.learn_fd = learn_w
-            return job
-        os.close(ready_w)
-        os.close(learn_w)
-        os.set_blocking(learn_r, False)
-        for fd in fds:
-            os.close(fd)
+        answer: Dict[str, Any] = {}
+        if token:
+            # The cgroup for a later spare: kept (one at a time), or given back.
+            if self.ahead is not None:
+                answer["discarded"] = [self.ahead[1]]
+                os.close(self.ahead[0])
+            self.ahead = (fds.pop(), token)
+        pid = 0
         try:
-            os.read(ready_r, 1)  # the child is in its session and cgroup (or gone)
+            for _attempt in range(2):  # a spare that died meanwhile is replaced once
+                if self.spare is None:
+                    spare = self.fork_spare()
+                    if spare is not None:
+                        conn.close()  # the call is not this child's
+                        return spare
+                assert self.spare is not None
+                pid, sock, learn_r, joined = self.spare
+                # A spare already in a cgroup made ahead stays there (ally adopts it as
+                # the call's); otherwise it joins the call's cgroup itself.
+                cgroup = bool(request.get("cgroup")) and joined is None
+                passed = fds if cgroup else fds[:3]
+                body = json.dumps({**request, "cgroup": cgroup, "ahead": None}).encode()
+                try:
+                    message = len(body).to_bytes(4, "big") + body
+                    sent = socket.send_fds(sock, [message], passed)
+                    if sent < len(message):
+                        sock.sendall(message[sent:])
+                except OSError:  # it died: the next one
+                    self.drop_spare()
+                    _kill(pid)
+                    pid = 0
+                    continue
+                # The child leads its own session already and is in the call's cgroup (or
+                # joins it) before it runs anything of the tool; until then a group kill
+                # ends it.
+                self.spare = None
+                sock.close()
+                if joined is not None:
+                    answer["ahead"] = joined
+                break
         finally:
-            os.close(ready_r)
+            for fd in fds:
+                os.close(fd)
+        if not pid:
+            answer["error"] = "the call's process did not start"
+            _send(conn, answer)
+            conn.close()
+            return None
+        self.spare_deaths = 0
         self.children[pid] = conn
         self.learning[pid] = learn_r
-        _send(conn, {"pid": pid})
+        answer["pid"] = pid
+        _send(conn, answer)
         return None
-
-    def become_child(
-        self, conn: socket.socket, request: Dict[str, Any], fds: List[int], ready_w: int
-    ) -> Job:
-        server_pid = os.getppid()
-        try:
-            os.setsid()
-            if request.get("cgroup"):
-                os.write(fds[3], b"0")  # "0": the writing process joins the cgroup
-                os.close(fds[3])
-            _die_with_parent(self.prctl)
-            if os.getppid() != server_pid:
-                os._exit(137)  # the server died meanwhile
-        except OSError as exc:
-            os.write(fds[2], f"ally worker: cannot start the call: {exc}\n".encode())
-            os._exit(127)
-        os.write(ready_w, b"1")
-        os.close(ready_w)
-        # Leave everything of the server behind.
-        old = self.old_sigchld
-        signal.signal(signal.SIGCHLD, old if old is not None else signal.SIG_DFL)
-        signal.set_wakeup_fd(self.old_wakeup)
-        self.selector.close()
-        for sock in (self.listener, self.control, conn, *self.children.values()):
-            sock.close()
-        self.children.clear()
-        for fd in self.learning.values():
-            os.close(fd)
-        self.learning.clear()
-        os.close(self.wake_r)
-        os.close(self.wake_w)
-        for target, fd in enumerate(fds[:3]):
-            if fd != target:
-                os.dup2(fd, target)
-        for fd in fds[:3]:
-            if fd > 2:
-                os.close(fd)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        _reseed()
-        argv: List[str] = list(request["argv"])
-        if argv[1] == "-m":
-            job = Job([argv[2], *argv[3:]], os.getcwd(), argv[2])
-        else:
-            job = Job(argv[1:], os.path.dirname(os.path.realpath(argv[1])), None)
-        job.baseline = frozenset(sys.modules)
-        job.plugin_dir = os.path.realpath(self.spec["plugin_dir"])
-        return job
-
-
-def _ignore(signum: int, frame: Any) -> None:
-    return None
-
-
-def _reseed() -> None:
-    import random
-
-    random.seed()
-    numpy_random = sys.modules.get("numpy.random")
-    if numpy_random is not None:
-        with contextlib.suppress(Exception):
-            numpy_random.seed()  # the legacy global RandomState
-
-
-# -- the child: the tool as ``python script.py`` ------------------------------------------------
-
-
-def run_job(job: Job, python_argv0: str) -> None:
-    """Run the tool and end the process with the code ``python`` would have exited with."""
-    global _job
-    _job = job
-    sys.argv = list(job.argv)
-    if hasattr(sys, "orig_argv"):
-        sys.orig_argv = [python_argv0, *(["-m"] if job.module else []), *job.argv]
-    sys.path.insert(0, job.sys_path0)
-    main = types.ModuleType("__main__")
-    main.__dict__["__builtins__"] = __builtins__
-    _kept.append(sys.modules["__main__"])  # the server's globals stay alive
-    sys.modules["__main__"] = main
-    try:
-        if job.module is not None:
-            import runpy
-
-            runpy._run_module_as_main(job.module, alter_argv=True)  # type: ignore[attr-defined]
-        else:
-            _run_script(main, job.argv[0])
-    except SystemExit as exc:
-        finish(_exit_code(exc))
-    except BaseException as exc:
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-            tb = tb.tb_next
-        exc.__traceback__ = tb  # the hook prints the exception's own traceback
-        sys.excepthook(type(exc), exc, tb)
-        finish(1, interrupted=isinstance(exc, KeyboardInterrupt))
-    finish(0)
-
-
-def _exit_code(exc: SystemExit) -> int:
-    """``SystemExit``'s code as the interpreter reads it (a non-integer is printed, then 1)."""
-    code = exc.code
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF if code >= 0 else code
-    with contextlib.suppress(Exception):
-        sys.stderr.write(f"{code}\n")
-    return 1
-
-
-def finish(code: int, *, interrupted: bool = False) -> None:
-    """End the tool's process as the interpreter's shutdown would, without tearing down the
-    preloaded modules (that alone costs more than the call): non-daemon threads are joined,
-    atexit functions run, the tool's globals are released (their ``__del__`` methods run,
-    files it left open are flushed), then stdout and stderr are flushed."""
-    with contextlib.suppress(Exception):
-        threading._shutdown()  # type: ignore[attr-defined]
-    atexit._run_exitfuncs()
-    if _job is not None:
-        with contextlib.suppress(Exception):
-            _report_imports(_job)
-    main = sys.modules.get("__main__")
-    if main is not None:
-        with contextlib.suppress(Exception):
-            main.__dict__.clear()
-    with contextlib.suppress(Exception):
-        gc.collect()
-        # Objects made since the server froze its own: the tool's files not closed yet.
-        opened = [o for o in gc.get_objects() if isinstance(o, io.IOBase)]
-        for stream in sorted(opened, key=lambda o: not isinstance(o, io.TextIOBase)):
-            if stream not in (sys.stdout, sys.stderr) and not stream.closed:
-                with contextlib.suppress(Exception):
-                    stream.flush()
-    for std in (sys.stdout, sys.stderr):
-        try:
-            if std is not None:
-                std.flush()
-        except Exception:
-            if code == 0:
-                code = 120  # what python exits with when it cannot flush stdout
-    if interrupted:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
-    os._exit(code)
-
-
-def _report_imports(job: Job) -> None:
-    """Tell the server which library modules this call imported that it had not preloaded
-    (imports inside functions, lazy imports of the libraries): ally may preload them."""
-    learned = []
-    for name, module in list(sys.modules.items()):
-        if name in job.baseline or name == "__main__":
-            continue
-        path = getattr(module, "__file__", None)
-        if isinstance(path, str) and path.endswith(".py") and not _inside(path, job.plugin_dir):
-            learned.append(name)
-    data = json.dumps(sorted(learned)[:2000]).encode()
-    if len(data) < 60000:
-        os.set_blocking(job.learn_fd, False)
-        os.write(job.learn_fd, data)
-    os.close(job.learn_fd)
-
-
-def _run_script(main: types.ModuleType, path: str) -> None:
-    filename = os.path.abspath(path)
-    with open(filename, "rb") as fh:
-        source = fh.read()
-    code = compile(source, filename, "exec", dont_inherit=True)
-    main.__dict__.update(
-        __file__=filename,
-        __cached__=None,
-        __loader__=SourceFileLoader("__main__", filename),
-    )
-    exec(code, main.__dict__)  # noqa: S102 - running the tool is the point
-
-
-_kept: List[types.ModuleType] = []
 
 
 # -- entry --------------------------------------------------------------------------------------
 
 
-def main() -> Optional[Job]:
+def _fork_helper(work: Any, prctl: Any, *close: Union[socket.socket, int]) -> int:
+    """A child that runs ``work()`` and exits; it dies with the server."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _die_with_parent(prctl)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
+            for item in close:
+                if isinstance(item, int):
+                    os.close(item)
+                else:
+                    item.close()
+            work()
+        finally:
+            os._exit(0)
+    return pid
+
+
+def main() -> Optional[Spare]:
     mode, control_fd = sys.argv[1], int(sys.argv[2])
     control = socket.socket(fileno=control_fd)
     spec = json.loads(_read_line(control) or b"{}")
-    answer = preload(spec)
+    prctl = _libc_prctl()
+    helpers: List[int] = []
+    if mode == "compile" or spec.get("compile"):
+        # A fresh env: compile what the preload is about to import, from the other end.
+        names = preload.wanted_names(spec)
+        helpers.append(_fork_helper(lambda: preload.compile_ahead(names), prctl, control))
+    answer = preload.preload(spec)
     if mode == "compile":
         _send(control, {"ok": answer["ok"], "phase": "imported"})
-        compile_packages(package_dirs())
+        preload.compile_packages(preload.package_dirs())
         return None
     if answer["ok"]:
-        reason = fork_safety(spec)
+        reason = preload.fork_safety(spec)
         if reason is not None:
             answer = {"ok": False, "reason": reason}
     if not answer["ok"]:
@@ -691,33 +429,27 @@ def main() -> Optional[Job]:
     gc.collect()
     if hasattr(gc, "freeze"):
         gc.freeze()  # forked children do not touch (copy) the preloaded objects' pages
-    server = Server(control, spec)
-    packages = package_dirs()
+    server = Server(control, spec, helpers, prctl)
+    packages = preload.package_dirs()
     answer.update(
         pid=os.getpid(),
-        rss=rss_bytes(),
+        rss=preload.rss_bytes(),
         modules=len(sys.modules),
-        site=site_dirs(),
+        site=preload.site_dirs(),
         packages=packages,
     )
     if spec.get("compile"):
-        compiler = os.fork()
-        if compiler == 0:
-            try:
-                _die_with_parent(server.prctl)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                signal.set_wakeup_fd(-1)
-                server.listener.close()
-                control.close()
-                compile_packages(packages)
-            finally:
-                os._exit(0)
+
+        def compile_all() -> None:
+            preload.compile_packages(packages)
+
+        compiler = _fork_helper(compile_all, prctl, server.listener, control)
         server.helpers.append(compiler)
     _send(control, answer)
     return server.run()
 
 
 if __name__ == "__main__":
-    _job = main()
-    if _job is not None:
-        run_job(_job, sys.executable)
+    _spare = main()
+    if _spare is not None:
+        child.run_job(_spare.take_call(), sys.executable)
