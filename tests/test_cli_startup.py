@@ -316,3 +316,11 @@ def test_help_errors_and_guesses_use_the_whole_parser(argv: list[str]):
     from ally_core.cli import _command_of
 
     assert _command_of(argv) is None
+
+
+def test_the_command_words_are_the_parsers_commands():
+    from ally_core.cli import _COMMANDS, build_parser
+    from ally_core.cli_options import _subcommands
+
+    # `help` is left out on purpose: it prints the whole parser's help anyway.
+    assert set(_subcommands(build_parser())) - {"help"} == _COMMANDS
