@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -340,6 +339,8 @@ def _semantic_problems(data: Mapping[str, Any]) -> list[str]:
                 problems.append(f"$.tools[{i}].command: must not be empty")
             timeout = tool.get("timeout")
             if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+                import math  # (a manifest checked cold: warm loads take it from the index)
+
                 if not math.isfinite(timeout):
                     problems.append(f"$.tools[{i}].timeout: must be a finite number")
                 elif timeout <= 0:

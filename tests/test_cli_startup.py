@@ -59,6 +59,7 @@ NOT_ON_A_WARM_LIST = (
     "ally_core.runtimes.python.depfile",  # the key of an unchanged plugin is remembered
     "ally_core.runtimes.python.interpreters",
     "shutil",  # (it imports bz2 and lzma)
+    "configparser",  # pip's config files are watched by identity, parsed when a key changes
 )
 
 PROBE = """

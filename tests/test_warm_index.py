@@ -917,6 +917,24 @@ def test_hook_env_context_of_the_python_runtime_follows_its_configuration(
     assert installer != context and installer["installer"] == "pip"
 
 
+def test_the_python_context_follows_pip_config_files_without_parsing_them(
+    ally_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pip_conf = tmp_path / "pip.conf"
+    pip_conf.write_text("[global]\nindex-url = https://one.example/simple\n", "utf-8")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(pip_conf))
+    host = Host(ally_home)
+    options = host.env_options()
+    before = host.hook.env_context(runtime="python3", options=options)
+    assert host.hook.env_context(runtime="python3", options=options) == before
+    pip_conf.write_text("[global]\nindex-url = https://two.example/simple\n", "utf-8")
+    after = host.hook.env_context(runtime="python3", options=options)
+    assert after != before
+    # An index password is never part of it (the context is digested into the warm index).
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://user:s3cret@three.example/simple")
+    assert "s3cret" not in json.dumps(host.hook.env_context(runtime="python3", options=options))
+
+
 def test_hook_identity_files_of_the_python_runtime(
     ally_home: Path, make_plugin: Any, no_spawn: Any
 ) -> None:

@@ -11,7 +11,7 @@ from ...__about__ import __version__
 from ...envs import EnvInfo, EnvOptions, EnvSpec, Health, InstallResult, Interpreter
 from ...hookspecs import hookimpl
 from .checks import check_env
-from .index import effective_index, index_identity
+from .index import effective_index, index_context, index_identity
 from .layout import ENV_LAYOUT, NAMES, serves
 from .uv_locate import uv_available
 
@@ -77,7 +77,7 @@ def env_context(runtime: str, options: EnvOptions) -> Optional[Mapping[str, Any]
         "runtime": __version__,
         "installer": options.installer,
         "uv": uv_available(),
-        "index": index_identity(effective_index(options.index)),
+        "index": index_context(options.index),
         "python": options.default_interpreter,
     }
 

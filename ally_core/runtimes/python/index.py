@@ -113,12 +113,33 @@ _PIP_CONFIG_VARS = (
 )
 
 
-def effective_index(ally_index: IndexOptions) -> IndexOptions:
-    """pip's configuration overlaid with ally's own ``[index]`` settings."""
+def _pip_inputs() -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, int, int, int], ...]]:
+    """The variables that change what pip's configuration says, and its files' identities."""
     values = tuple(map(os.environ.get, _PIP_CONFIG_VARS))
     relevant = tuple((k, v) for k, v in zip(_PIP_CONFIG_VARS, values) if v is not None)
-    files = _file_identities(_pip_config_paths(relevant))
+    return relevant, _file_identities(_pip_config_paths(relevant))
+
+
+def effective_index(ally_index: IndexOptions) -> IndexOptions:
+    """pip's configuration overlaid with ally's own ``[index]`` settings."""
+    relevant, files = _pip_inputs()
     return _effective_index(ally_index, relevant, files)
+
+
+def index_context(ally_index: IndexOptions) -> list[Any]:
+    """What :func:`effective_index` is made of, without reading pip's files: the variables
+    (credentials stripped), the identities of pip's config files and ally's settings.
+
+    For ``env_context``, asked on every load: it changes whenever the effective index may
+    have (a file touched without a change only costs recomputing the keys once), and it
+    spares a warm load parsing pip's configuration (configparser alone is a millisecond).
+    """
+    relevant, files = _pip_inputs()
+    return [
+        [[k, strip_credentials(v)] for k, v in relevant],
+        [list(f) for f in files],
+        ally_index.identity(),
+    ]
 
 
 @functools.lru_cache(maxsize=16)
