@@ -54,6 +54,11 @@ NOT_ON_A_WARM_LIST = (
     "ally_runtime_node._build",
     "ally_runtime_node._npm",
     "ally_runtime_node._bundle",
+    "ally_runtime_node._interpreters",  # (a home without node or ruby plugins: the runtimes
+    "ally_runtime_node._semver",  # import only their names)
+    "ally_runtime_ruby._build",
+    "ally_runtime_ruby._gemfile",
+    "ally_runtime_ruby._interpreters",
     "ally_core.runtimes.python.build",
     "ally_core.runtimes.python.installers",  # (and through it pip, uv, virtualenv's code)
     "ally_core.runtimes.python.depfile",  # the key of an unchanged plugin is remembered

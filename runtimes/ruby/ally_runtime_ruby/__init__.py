@@ -23,7 +23,7 @@ from ._hooks import (
     resolve_interpreter,
     runtime_names,
 )
-from ._interpreters import RUBY_ENV_VAR
+from ._names import RUBY_ENV_VAR
 
 __all__ = [
     "LOCK_NAME",

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from ally_core import EnvSpec, Interpreter, InterpreterNotFound, clean_environ
 
+from ._names import RUBY_ENV_VAR
+
 if TYPE_CHECKING:
     from packaging.specifiers import SpecifierSet
 
@@ -27,8 +29,6 @@ __all__ = [
     "version_specifier",
 ]
 
-#: Names a Ruby to use instead of searching (a path, or a command name looked up on ``PATH``).
-RUBY_ENV_VAR = "ALLY_RUBY"
 
 #: Variables of the host's Ruby setup that would point bundler or rubygems somewhere else than
 #: the env (an activated bundle, another gem home, a pinned bundler). They are removed before
