@@ -155,9 +155,10 @@ def _add_config(sub: Any) -> None:
 
 
 def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
-    """The ``ally`` parser. With ``only`` (a command's name), the other commands are bare
-    entries (name and help, no options): what parsing a command line of ``only`` needs, at
-    a fraction of the cost (argparse looks up a translation for every option's texts)."""
+    """The ``ally`` parser. With ``only`` (a command's name), the parser of that command
+    alone: what parsing a command line of ``only`` needs, at a fraction of the cost
+    (argparse looks a translation up for every option's texts). Its errors read as the
+    whole parser's: the usage line names ``COMMAND``, not the list of commands."""
     parser = _Parser(
         prog="ally", description="Isolated, cached, self-healing environments for plugins."
     )
@@ -185,7 +186,6 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
         """The parser of command ``name``, or ``None`` when only another command's is built
         (then the caller adds none of its options)."""
         if only is not None and name != only:
-            sub.add_parser(name, help=help, add_help=False)
             return None
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
@@ -272,8 +272,6 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     add("schema", _tools("cmd_schema"), "print the JSON Schema of plugin.json")
     if only in (None, "config"):
         _add_config(sub)
-    else:
-        sub.add_parser("config", help=_CONFIG_HELP, add_help=False)
     if p := add(
         "bundle",
         _env("cmd_bundle"),
@@ -287,10 +285,6 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
         from .mcp_plugins.commands import add_mcp_commands
 
         add_mcp_commands(sub)
-    else:
-        from .mcp_plugins.commands import MCP_HELP
-
-        sub.add_parser("mcp", help=MCP_HELP, add_help=False)
     if p := add(
         "completion",
         cmd_completion,

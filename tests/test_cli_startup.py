@@ -330,3 +330,33 @@ def test_the_command_words_are_the_parsers_commands():
 
     # `help` is left out on purpose: it prints the whole parser's help anyway.
     assert set(_subcommands(build_parser())) - {"help"} == _COMMANDS
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list", "--bogus"],
+        ["run", "p"],
+        ["install", "-j", "0"],
+        ["-q", "remove"],
+        ["config", "set", "p"],
+        ["mcp", "serve", "--http"],
+        ["update", "--all", "x", "-q", "-v", "--nope"],
+    ],
+)
+def test_a_command_lines_errors_read_the_same_with_its_parser_alone(argv: list[str]):
+    import contextlib
+    import io
+
+    from ally_core.cli import _command_of, build_parser
+
+    def error(parser: Any) -> str:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+            parser.parse_args(argv)
+        assert exit_.value.code == 2
+        return err.getvalue()
+
+    only = _command_of(argv)
+    assert only is not None
+    assert error(build_parser(only)) == error(build_parser())
