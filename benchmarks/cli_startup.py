@@ -42,26 +42,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchlib.common import ECHO_TOOL, write_section
+from benchlib.common import fmt_duration as _fmt
+
 HEADING = "## CLI startup"
 GOALS = {"run": 40e-3, "list": 80e-3, "per_plugin": 100e-6}
 COPIES = 100
 SETTLE = 2.2  # ally persists nothing derived from files changed in the last 2 s
 #: command -> one (wall seconds, CPU seconds) per round
 Times = dict[str, list[tuple[float, float]]]
-
-TOOL = """\
-import json, sys
-data = json.load(sys.stdin)
-print(json.dumps({"success": True, "result": {"echo": data}}))
-"""
-
-
-def _fmt(seconds: float) -> str:
-    if abs(seconds) >= 1:
-        return f"{seconds:.2f} s"
-    if abs(seconds) >= 1e-3:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds * 1e6:.0f} µs"
 
 
 def _ally() -> list[str]:
@@ -108,7 +97,7 @@ def _home(work: Path, name: str, wheelhouse: Path, copies: int) -> Path:
         "dependencies": {"file": "requirements.txt"},
         "tools": [{"name": "echo", "command": "python3", "args": ["tool.py"]}],
     }
-    files = {"requirements.txt": "allydemo-greet==1.0.0\n", "tool.py": TOOL}
+    files = {"requirements.txt": "allydemo-greet==1.0.0\n", "tool.py": ECHO_TOOL}
     for i in range(copies + 1):
         write_plugin(home / "plugins", "bench" if i == 0 else f"copy{i:03d}", plugin, files)
     (home / "config.toml").write_text(
@@ -232,14 +221,6 @@ def table(times: Times, info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write(section: str) -> None:
-    """Replace this script's section of ``results.md`` (append it the first time)."""
-    from benchlib.common import RESULTS, replace_section
-
-    text = RESULTS.read_text("utf-8") if RESULTS.exists() else "# ally benchmark results\n"
-    RESULTS.write_text(replace_section(text, HEADING, section), "utf-8")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--rounds", type=int, default=30, help="rounds (default 30)")
@@ -250,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     section = table(*measure(args.rounds))
     print(section)
     if args.write:
-        write(section)
+        write_section(HEADING, section)
     return 0
 
 

@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import statistics
@@ -45,6 +44,9 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from benchlib.common import fmt_duration as _fmt
+from benchlib.common import write_section
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.md"
@@ -90,12 +92,6 @@ CUT = {
     "UV_NO_CONFIG": "1",
     "PIP_CONFIG_FILE": os.devnull,
 }
-
-
-def _fmt(seconds: float) -> str:
-    if abs(seconds) >= 1:
-        return f"{seconds:.2f} s"
-    return f"{seconds * 1e3:.1f} ms"
 
 
 def time_to_initialize(
@@ -320,16 +316,6 @@ def table(times: dict[str, dict[str, list[float]]], info: Mapping[str, object], 
     return "\n".join(lines)
 
 
-def write(section: str) -> None:
-    text = RESULTS.read_text("utf-8") if RESULTS.exists() else "# ally benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text, "utf-8")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=9, help="rounds (default 9)")
@@ -342,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     section = table(times, info, args.rounds)
     print(section)
     if args.write:
-        write(section)
+        write_section(HEADING, section)
     return 0
 
 

@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -40,24 +39,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
+from benchlib.common import ECHO_TOOL, fmt_duration, write_section
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.md"
 HEADING = "## MCP per-call overhead"
 GOAL_MS = 2.0
 
-TOOL = """\
-import json, sys
-data = json.load(sys.stdin)
-print(json.dumps({"success": True, "result": {"echo": data}}))
-"""
-
 
 def _fmt(seconds: float) -> str:
-    if abs(seconds) >= 1:
-        return f"{seconds:.2f} s"
-    if abs(seconds) >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.0f} µs"
+    return fmt_duration(seconds, ms_digits=2)
 
 
 def _rounds(
@@ -141,7 +132,7 @@ def measure(calls: int) -> dict[str, list[float]]:
         home / "plugins",
         "bench",
         {"tools": [{"name": "echo", "command": "python3", "args": ["tool.py"]}]},
-        files={"tool.py": TOOL},
+        files={"tool.py": ECHO_TOOL},
     )
     environ = hermetic_environ()
     environ["ALLY_HOME"] = str(home)
@@ -225,16 +216,6 @@ def table(times: dict[str, list[float]], calls: int) -> str:
     return "\n".join(lines)
 
 
-def write(section: str) -> None:
-    text = RESULTS.read_text("utf-8") if RESULTS.exists() else "# ally benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text, "utf-8")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=50, help="calls per path (default 50)")
@@ -245,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     section = table(measure(args.calls), args.calls)
     print(section)
     if args.write:
-        write(section)
+        write_section(HEADING, section)
     return 0
 
 

@@ -28,6 +28,14 @@ WHEELHOUSE_REQS = ("sympy", "mpmath", "six")
 
 T = TypeVar("T")
 
+#: A trivial Python tool (reads its JSON input, replies with it): what the startup and
+#: per-call overhead benchmarks run, so that the tool itself costs next to nothing.
+ECHO_TOOL = """\
+import json, sys
+data = json.load(sys.stdin)
+print(json.dumps({"success": True, "result": {"echo": data}}))
+"""
+
 
 def log(msg: str, prefix: str = "bench") -> None:
     print(f"[{prefix} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -135,6 +143,13 @@ def section_span(text: str, start: str) -> Optional[tuple[int, int]]:
     return None if begin is None else (begin, len(text))
 
 
+def write_section(start: str, section: str) -> None:
+    """Replace the section of ``results.md`` that begins with ``start`` (append it the first
+    time): what each benchmark's ``--write`` does."""
+    text = RESULTS.read_text("utf-8") if RESULTS.exists() else "# ally benchmark results\n"
+    RESULTS.write_text(replace_section(text, start, section), "utf-8")
+
+
 def replace_section(text: str, start: str, section: str) -> str:
     """``text`` with its section beginning with ``start`` (see :func:`section_span`) replaced
     by ``section``, or with ``section`` appended if it has none."""
@@ -209,6 +224,15 @@ def fmt_time(s: Optional[float]) -> str:
     if s >= 1e-3:
         return f"{s * 1e3:.1f} ms"
     return f"{s * 1e6:.1f} µs"
+
+
+def fmt_duration(seconds: float, ms_digits: int = 1) -> str:
+    """A duration (or a difference of two: negative is fine) in s, ms or µs."""
+    if abs(seconds) >= 1:
+        return f"{seconds:.2f} s"
+    if abs(seconds) >= 1e-3:
+        return f"{seconds * 1e3:.{ms_digits}f} ms"
+    return f"{seconds * 1e6:.0f} µs"
 
 
 def fmt_bytes(b: Optional[float]) -> str:
