@@ -156,7 +156,9 @@ def replace_section(text: str, start: str, section: str) -> str:
     span = section_span(text, start)
     if span is None:
         return text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    return text[: span[0]] + section.rstrip("\n") + "\n" + text[span[1] :].lstrip("\n")
+    rest = text[span[1] :].lstrip("\n")
+    # One blank line before whatever follows, as between any two sections.
+    return text[: span[0]] + section.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
 
 
 def ensure_wheelhouse(env: Mapping[str, str]) -> Path:
