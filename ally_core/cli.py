@@ -127,12 +127,13 @@ def _add_mcp(sub: Any) -> None:
     )
 
 
-_CONFIG_HELP = "show settings, or show/set a plugin's config values"
-
-
 def _add_config(sub: Any) -> None:
     """``ally config [show|set|unset]``."""
-    p = sub.add_parser("config", help=_CONFIG_HELP, description=_CONFIG_HELP)
+    p = sub.add_parser(
+        "config",
+        help="show settings, or show/set a plugin's config values",
+        description="show settings, or show/set a plugin's config values",
+    )
     p.set_defaults(func=_config)
     _verbosity(p)
     _json_flag(p)
@@ -335,10 +336,12 @@ class UsageError(AllyError):
     exit_code = EXIT_USAGE
 
 
-#: The options ``ally`` itself takes before a command, and whether each takes a value.
-_TOP_OPTIONS = {"--home": True, "--plugins-dir": True, "--debug": False}
+#: ``ally``'s own options before a command: those that take a value, and the flags.
+_TOP_VALUES = frozenset({"--home", "--plugins-dir"})
+_TOP_FLAGS = frozenset({"--debug", "-q", "--quiet", "-v", "--verbose"})
+#: The commands ``main`` builds the parser of alone (``help`` prints the whole one anyway).
 _COMMANDS = frozenset(
-    [
+    {
         "list",
         "install",
         "update",
@@ -354,7 +357,7 @@ _COMMANDS = frozenset(
         "bundle",
         "mcp",
         "completion",
-    ]
+    }
 )
 
 
@@ -366,12 +369,10 @@ def _command_of(argv: Sequence[str]) -> Optional[str]:
         word = argv[i]
         if word in _COMMANDS:
             return word
-        if word in ("-q", "--quiet", "-v", "--verbose") or word.startswith(
-            ("--home=", "--plugins-dir=")
-        ):
+        if word in _TOP_VALUES:
+            i += 2
+        elif word in _TOP_FLAGS or word.startswith(("--home=", "--plugins-dir=")):
             i += 1
-        elif _TOP_OPTIONS.get(word) is not None:
-            i += 2 if _TOP_OPTIONS[word] else 1
         else:
             return None
     return None

@@ -45,7 +45,6 @@ def any_claude_plugin(host: Host) -> bool:
 
 
 __all__ = [
-    "MCP_HELP",
     "add_mcp_commands",
     "doctor_servers",
     "ensure_plugins",
@@ -59,10 +58,6 @@ __all__ = [
 EXIT_OK, EXIT_BLOCKED = 0, 4
 
 
-#: ``ally mcp`` in ``ally --help``.
-MCP_HELP = "MCP: serve plugins' tools to MCP clients; start plugins' MCP servers"
-
-
 def mcp_subparsers(sub: Any) -> Any:
     """The sub-command group of ``ally mcp``, created on first use.
 
@@ -73,7 +68,7 @@ def mcp_subparsers(sub: Any) -> Any:
     if parser is None:
         parser = sub.add_parser(
             "mcp",
-            help=MCP_HELP,
+            help="MCP: serve plugins' tools to MCP clients; start plugins' MCP servers",
             description="ally and the Model Context Protocol: serve plugins' tools to MCP "
             "clients (docs/mcp.md); start and configure the MCP servers Claude-style plugins "
             "declare (docs/mcp-plugins.md).",
