@@ -12,6 +12,10 @@ Fixtures:
 * ``no_spawn`` — a context manager factory: inside it, starting any subprocess fails the test.
 * ``ally_cli`` — runs ``python -m ally_core.cli ...`` as a real subprocess in the home.
 
+Helpers: :func:`build_wheel` (a wheel from a few lines of code), :func:`pack_npm` (npm
+tarballs from package sources, for a node plugin's tests), :func:`write_plugin`,
+:func:`hermetic_environ`.
+
 Everything here is hermetic: nothing reaches the network.
 """
 
@@ -32,7 +36,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-__all__ = ["DEFAULT_WHEELS", "build_wheel", "hermetic_environ", "write_plugin"]
+__all__ = ["DEFAULT_WHEELS", "build_wheel", "hermetic_environ", "pack_npm", "write_plugin"]
 
 #: Wheels the ``wheelhouse`` fixture builds: (name, version, requires, console scripts).
 DEFAULT_WHEELS: Sequence[tuple[str, str, Sequence[str], Mapping[str, str]]] = (
@@ -97,6 +101,45 @@ def build_wheel(
             zf.writestr(zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0)), data)
     wheel.write_bytes(buf.getvalue())
     return wheel
+
+
+def pack_npm(
+    sources: Mapping[str, Mapping[str, str]], work: Path, dest: Path
+) -> list[dict[str, Any]]:
+    """``npm pack`` local package sources into tarballs in ``dest``, offline.
+
+    ``sources`` maps a folder name to the package's files (relative path -> text, a
+    ``package.json`` among them); they are written under ``work``. npm runs with an empty
+    user config and its own cache there, and without lifecycle scripts, so no npm setting of
+    the machine counts. Returns npm's report of each tarball (``name``, ``version``,
+    ``filename``, ...), in the order of ``sources``.
+    """
+    import shutil
+
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError("npm is not on PATH")
+    folders = []
+    for name, files in sources.items():
+        folder = work / name
+        for rel, text in files.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_text(text, "utf-8")
+        folders.append(str(folder))
+    userconfig = work / "npmrc"
+    userconfig.write_text("", "utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.lower().startswith("npm_config_")}
+    env.update(npm_config_userconfig=str(userconfig), npm_config_cache=str(work / "cache"))
+    out = subprocess.run(
+        [npm, "pack", *folders, "--json", "--pack-destination", str(dest), "--ignore-scripts"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=work,
+    ).stdout
+    packed: list[dict[str, Any]] = json.loads(out)
+    return packed
 
 
 def hermetic_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from mcp_plugin_kit import (
     py_server_wheel,
 )
 
-from ally_core.testing import DEFAULT_WHEELS, build_wheel
+from ally_core.testing import DEFAULT_WHEELS, build_wheel, pack_npm
 
 
 @pytest.fixture(scope="session")
@@ -100,26 +99,9 @@ def mcp_tarballs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             ),
             "cli.js": SOURCES.NODE_SERVER.replace("@VERSION@", version),
         }
-    folders = []
-    for (name, version), files in packages.items():
-        folder = root / f"{name}-{version}"
-        folder.mkdir()
-        for rel, text in files.items():
-            (folder / rel).write_text(text, "utf-8")
-        folders.append(str(folder))
-    userconfig = root / "npmrc"
-    userconfig.write_text("", "utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.lower().startswith("npm_config_")}
-    env.update(npm_config_userconfig=str(userconfig), npm_config_cache=str(root / "cache"))
-    out = subprocess.run(
-        [NPM, "pack", *folders, "--json", "--pack-destination", str(dest), "--ignore-scripts"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-        cwd=root,
-    ).stdout
-    return {f"{i['name']}@{i['version']}": dest / i["filename"] for i in json.loads(out)}
+    sources = {f"{name}-{version}": files for (name, version), files in packages.items()}
+    packed = pack_npm(sources, root, dest)
+    return {f"{i['name']}@{i['version']}": dest / i["filename"] for i in packed}
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import threading
 import urllib.parse
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ally_core.testing import pack_npm
 
 NODE = shutil.which("node")
 NPM = shutil.which("npm")
@@ -190,27 +191,13 @@ def npm_tarballs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         pytest.skip("node and npm are needed")
     root = tmp_path_factory.mktemp("npm-src")
     dest = tmp_path_factory.mktemp("npm-tarballs")
-    folders = []
-    for name, versions in PACKAGES.items():
-        for version, files in versions.items():
-            folder = root / f"{name.replace('/', '+')}-{version}"
-            folder.mkdir()
-            for rel, text in files.items():
-                (folder / rel).write_text(text, "utf-8")
-            folders.append(str(folder))
-    userconfig = root / "npmrc"
-    userconfig.write_text("", "utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.lower().startswith("npm_config_")}
-    env.update(npm_config_userconfig=str(userconfig), npm_config_cache=str(root / "cache"))
-    out = subprocess.run(
-        [NPM, "pack", *folders, "--json", "--pack-destination", str(dest), "--ignore-scripts"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-        cwd=root,
-    ).stdout
-    return [dest / item["filename"] for item in json.loads(out)]
+    sources = {
+        f"{name.replace('/', '+')}-{version}": files
+        for name, versions in PACKAGES.items()
+        for version, files in versions.items()
+    }
+    packed = pack_npm(sources, root, dest)
+    return [dest / item["filename"] for item in packed]
 
 
 @pytest.fixture(scope="session")
