@@ -5,11 +5,14 @@ The public API. Everything not listed in ``__all__`` is internal.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from .__about__ import __version__
 
+# Not ``typing.TYPE_CHECKING``: importing typing costs every ``ally`` command milliseconds,
+# and the quick ``ally run`` path (:mod:`.quick_run`) imports this package and nothing else.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .checks import run_checks
     from .config import IndexOptions, Settings, strip_credentials
     from .envs import (

@@ -239,6 +239,18 @@ class Dispatch:
         )
         return value if value is not None else Health()
 
+    def watch_paths(self, spec: EnvSpec, env: EnvInfo) -> Optional[Sequence[Path]]:
+        """The paths whose identities decide the runtime's answers for ``env`` (``None``: the
+        runtime names none, or its hook failed: its plugins' tools take the full path)."""
+        try:
+            value: Optional[Sequence[Path]] = self._call(
+                "watch_paths", spec.runtime, spec.plugin_name, spec=spec, env=env
+            )
+        except Exception as exc:  # a runtime's bug: slower, never wrong
+            log.debug("watch_paths of %r failed: %s", spec.runtime, exc)
+            return None
+        return value
+
     def bundle_artifacts(self, spec: EnvSpec, env: EnvInfo, dest: Path) -> Optional[Any]:
         """Save what rebuilding ``env`` offline needs into ``dest``; the lock, or ``None``."""
         return self._call(

@@ -17,7 +17,8 @@ Call order when a plugin's env is not ready:
 On a warm load only :func:`env_context` (once per runtime), :func:`env_identity` (when the
 key is not cached) and :func:`health_check` with ``deep=False`` run; :func:`identity_files`
 runs when a key is cached.
-``ally bundle`` calls :func:`bundle_artifacts` on a ready env.
+``ally bundle`` calls :func:`bundle_artifacts` on a ready env. ``ally run`` calls
+:func:`watch_paths` on a ready env (the quick path's record).
 
 Hooks may be called from several threads at once (different plugins build in parallel)
 and from several processes (the core serialises builds of one env with a file lock).
@@ -212,6 +213,34 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
         Stops at first non-None result.
 
     .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def watch_paths(spec: EnvSpec, env: EnvInfo) -> Optional[Sequence[Path]]:
+    """Return the paths whose identities decide this runtime's answers for a ready env.
+
+    The quick ``ally run`` path (:mod:`ally_core.quick_run`) starts a tool without importing
+    ally's core, so without calling any hook. It may do so while every path named here has
+    the identity (size, mtime, inode, ctime, following symlinks; or absence) it had when the
+    full path last found the env ready, and the environment variables are the same: the
+    paths must be all that, besides variables and what the core watches itself (the
+    manifest, the dependency file, :func:`identity_files`, the env's marker, its base
+    interpreter, ally's own installation), :func:`env_context`, :func:`env_identity` and a
+    quick :func:`health_check` read. Name directories whose entries matter (a directory's
+    mtime changes when an entry is added, removed or renamed) and files that may not exist
+    yet (creating one must count as a change).
+
+    Called by the full path after a load found the env ready; it must not spawn processes.
+    Not implementing it is correct, only slower: every ``ally run`` of the runtime's plugins
+    takes the full path.
+
+    :param spec: the env's spec (``env_dir`` is the plugin's pointer to its env).
+    :param env: the ready env (as recorded in its marker).
+    :return: paths (existing or not), or ``None`` if ``spec.runtime`` is not served.
+        Stops at first non-None result.
+
+    .. versionadded:: 0.2
     """
 
 

@@ -21,20 +21,23 @@ reply (a stray ``print``), the last non-empty line is read as the reply.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any, Optional
 
 import attrs
 
+from .lean import QUOTE_LIMIT, TAIL_LIMIT, parse_json_reply, read_reply, reply_json
 from .text import mask_text
 
-__all__ = ["ToolResult", "interpret_reply", "mask_text", "mask_value"]
-
-#: Characters of raw output or stderr quoted in a failure's text.
-QUOTE_LIMIT = 2000
-#: Characters of stderr kept in :attr:`ToolResult.stderr` / :attr:`ToolResult.logs`.
-TAIL_LIMIT = 4000
+__all__ = [
+    "QUOTE_LIMIT",
+    "TAIL_LIMIT",
+    "ToolResult",
+    "interpret_reply",
+    "mask_text",
+    "mask_value",
+    "parse_json_reply",
+]
 
 
 @attrs.frozen
@@ -82,17 +85,7 @@ class ToolResult:
         ``success`` is ally's verdict (exit code included); the tool's own keys are kept
         unless ally's reading differs (a failure always carries ``error``).
         """
-        out: dict[str, Any] = dict(self.reply) if isinstance(self.reply, dict) else {}
-        if self.reply is not None and not isinstance(self.reply, dict):
-            out["data"] = self.reply
-        out["success"] = self.success
-        if not self.success:
-            out["error"] = self.error
-            if self.error_type:
-                out["error_type"] = self.error_type
-        elif self.reply is None and self.result is not None:
-            out["result"] = self.result
-        return out
+        return reply_json(self.success, self.reply, self.result, self.error, self.error_type)
 
 
 def mask_value(value: Any, secrets: Sequence[str]) -> Any:
@@ -106,107 +99,9 @@ def mask_value(value: Any, secrets: Sequence[str]) -> Any:
     return value
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, default=str)
-
-
-def _tail(text: str, limit: int = QUOTE_LIMIT) -> str:
-    """The end of ``text`` on one line (its lines joined by `` | ``), capped."""
-    text = " | ".join(line.strip() for line in text.splitlines() if line.strip())
-    return text if len(text) <= limit else "…" + text[-limit:]
-
-
-def parse_json_reply(stdout: str) -> tuple[bool, Any]:
-    """``(True, value)`` for the JSON value in ``stdout`` (the whole of it, else its last
-    non-empty line), ``(False, None)`` when there is none."""
-    text = stdout.strip()
-    if not text:
-        return False, None
-    try:
-        return True, json.loads(text)
-    except (ValueError, RecursionError):
-        pass
-    for line in reversed(text.splitlines()):
-        if line.strip():
-            try:
-                return True, json.loads(line)
-            except (ValueError, RecursionError):
-                break
-    return False, None
-
-
 def interpret_reply(
     stdout: str, stderr: str, exit_code: int, *, label: str, duration: float = 0.0
 ) -> ToolResult:
-    """Read what a finished tool process printed; ``label`` names it in failure texts."""
-    stderr_tail = stderr[-TAIL_LIMIT:]
-    common: dict[str, Any] = {"exit_code": exit_code, "stderr": stderr_tail, "duration": duration}
-    if not stdout.strip():
-        why = f"{label} produced no output"
-        if exit_code != 0:
-            why = f"{label} exited with code {exit_code} and produced no output"
-        tail = _tail(stderr)
-        return ToolResult(
-            False,
-            error=f"{why}; stderr: {tail}" if tail else why,
-            error_type="exit_code" if exit_code != 0 else "invalid_output",
-            **common,
-        )
-    parsed, reply = parse_json_reply(stdout)
-    if not parsed:
-        why = f"{label} printed output that is not JSON"
-        if exit_code != 0:
-            why = f"{label} exited with code {exit_code}"
-        text = f"{why}: {_tail(stdout)}"
-        if stderr.strip():
-            text += f"; stderr: {_tail(stderr)}"
-        return ToolResult(
-            False,
-            error=text,
-            error_type="exit_code" if exit_code != 0 else "invalid_output",
-            **common,
-        )
-    obj = reply if isinstance(reply, dict) else None
-    message = obj.get("message") if obj is not None else None
-    message = message if isinstance(message, str) or message is None else _text(message)
-    own_error: Optional[str] = None
-    if obj is not None and "success" in obj and obj["success"] is False:
-        own_error = _text(obj.get("error") or obj.get("message") or f"{label} failed")
-    elif obj is not None and "success" not in obj and obj.get("error"):
-        own_error = _text(obj["error"])
-    if obj is not None and "data" in obj:
-        data = obj["data"]
-    else:
-        data = None if own_error is not None else reply
-    result = obj["result"] if obj is not None and "result" in obj else data
-    if own_error is not None or exit_code != 0:
-        if own_error is not None:
-            text = own_error
-            if exit_code != 0:
-                text += f" (exit code {exit_code})"
-            kind = obj.get("error_type") if obj is not None else None
-            error_type = kind if isinstance(kind, str) and kind else "tool_error"
-        else:
-            text = f"{label} exited with code {exit_code} after a success reply: {_tail(stdout)}"
-            if stderr.strip():
-                text += f"; stderr: {_tail(stderr)}"
-            error_type = "exit_code"
-        return ToolResult(
-            False,
-            result=result,
-            error=text,
-            error_type=error_type,
-            reply=reply,
-            data=data,
-            message=message,
-            **common,
-        )
-    return ToolResult(
-        True,
-        result=result,
-        reply=reply,
-        data=data,
-        message=message,
-        logs=stderr_tail if stderr.strip() else "",
-        **common,
-    )
+    """Read what a finished tool process printed; ``label`` names it in failure texts
+    (:func:`ally_core.lean.read_reply`, which the quick ``ally run`` path shares)."""
+    return ToolResult(**read_reply(stdout, stderr, exit_code, label=label, duration=duration))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from typing import Any
+
+from .lean import printable
 
 __all__ = [
     "MASK",
@@ -59,30 +60,6 @@ def mask_text(text: str, secrets: Iterable[Any]) -> str:
     for shown in sorted((f for f in forms if f), key=len, reverse=True):
         text = text.replace(shown, MASK)
     return text
-
-
-# C0 and C1 controls (ESC starts terminal escape sequences, CR and BS overwrite what was
-# printed), DEL, and the Unicode format characters that reorder or hide text on screen
-# (bidirectional overrides and isolates, zero-width characters).
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
-
-
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    if char in _NAMED:
-        return _NAMED[char]
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def printable(text: object) -> str:
-    """``text`` safe to print to a terminal: every control or invisible format character is
-    shown as its escape (``\\x1b``, ``\\n``, ``\\u202e``), so a name or message from a plugin
-    can neither move the cursor, recolor, clear the screen nor hide or reorder text."""
-    return _UNPRINTABLE.sub(_escape, str(text))
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

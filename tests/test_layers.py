@@ -21,7 +21,7 @@ PACKAGE = Path(ally_core.__file__).parent
 
 #: Bottom first. A module may import modules of its own layer and of the layers before it.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundations", ["__about__", "errors", "text", "paths", "config", "schema"]),
+    ("foundations", ["__about__", "lean", "errors", "text", "paths", "config", "schema"]),
     ("processes", ["process", "containment", "installer_output"]),
     ("values", ["envs", "checks", "manifest", "progress", "replies", "forms", "plugin_schema"]),
     (
@@ -62,6 +62,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "mcp_plugins.launchers",
             "mcp_plugins.pins",
             "mcp_plugins.records",
+            "run_records",
             "mcp_plugins.servers",
             "mcp_plugins.specs",
         ],
@@ -76,6 +77,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "cli_common",
             "cli_options",
             "cli_exec",
+            "quick_run",
             "completion",
             "seen_warnings",
             "mcp_plugins.commands",

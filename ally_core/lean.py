@@ -1,0 +1,266 @@
+"""What the quick ``ally run`` path shares with the rest of ally, importing nothing.
+
+:mod:`ally_core.quick_run` starts a tool without importing ally's core (whose imports alone
+take longer than the goal for the whole command). What it does must be what the full path
+does, so the pieces both need live here, written for both, with only built-in modules:
+
+* :func:`printable`: text safe for a terminal (``str.translate``, no ``re``);
+* :func:`loads` and :func:`dumps`: JSON through CPython's C scanner and encoder (no ``re``,
+  which the :mod:`json` package imports at once), falling back to :mod:`json` itself;
+* :func:`read_reply` and :func:`reply_json`: reading a tool's reply the way Code Ally's host
+  read it (:mod:`ally_core.replies` wraps them in :class:`~ally_core.replies.ToolResult`).
+
+Every function gives exactly what its :mod:`json`-based or ``re``-based twin gives (tests
+compare them); where a value cannot be handled here, the module it stands for is imported.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Optional
+
+__all__ = [
+    "QUOTE_LIMIT",
+    "TAIL_LIMIT",
+    "dumps",
+    "loads",
+    "printable",
+    "read_reply",
+    "reply_json",
+    "tail",
+]
+
+#: Characters of raw output or stderr quoted in a failure's text.
+QUOTE_LIMIT = 2000
+#: Characters of stderr kept in a result's ``stderr`` / ``logs``.
+TAIL_LIMIT = 4000
+
+# -- text for a terminal -----------------------------------------------------------------------
+
+
+def _escapes() -> dict[int, str]:
+    # C0 and C1 controls (ESC starts terminal escape sequences, CR and BS overwrite what was
+    # printed), DEL, and the Unicode format characters that reorder or hide text on screen
+    # (bidirectional overrides and isolates, zero-width characters).
+    spans = [
+        (0x00, 0x1F),
+        (0x7F, 0x9F),
+        (0x061C, 0x061C),
+        (0x200B, 0x200F),
+        (0x2028, 0x202E),
+        (0x2060, 0x2069),
+        (0xFEFF, 0xFEFF),
+    ]
+    named = {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+    table = {}
+    for low, high in spans:
+        for code in range(low, high + 1):
+            table[code] = named.get(code) or (
+                f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+            )
+    return table
+
+
+_ESCAPES = _escapes()
+
+
+def printable(text: object) -> str:
+    """``text`` safe to print to a terminal: every control or invisible format character is
+    shown as its escape (``\\x1b``, ``\\n``, ``\\u202e``), so a name or message from a plugin
+    can neither move the cursor, recolor, clear the screen nor hide or reorder text."""
+    return str(text).translate(_ESCAPES)
+
+
+# -- JSON --------------------------------------------------------------------------------------
+
+_WHITESPACE = " \t\n\r"
+
+
+class _ScanContext:
+    """What CPython's C scanner reads from a ``json.JSONDecoder``: its default settings."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    memo: dict[Any, Any] = {}
+
+    @staticmethod
+    def parse_constant(name: str) -> float:
+        return {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}[name]
+
+
+try:  # CPython's accelerator, which json.loads and json.dumps use themselves
+    from _json import encode_basestring_ascii as _c_ascii  # type: ignore[import-not-found]
+    from _json import make_encoder as _c_encoder
+    from _json import make_scanner as _c_scanner
+
+    _scan: Optional[Callable[[str, int], tuple[Any, int]]] = _c_scanner(_ScanContext())
+except (ImportError, TypeError, AttributeError):  # another Python: the json package
+    _scan = None
+
+
+def loads(text: str) -> Any:
+    """``json.loads(text)`` for a ``str``: the same value, and on bad input the same error
+    (then raised by :mod:`json` itself, imported for it)."""
+    if _scan is not None and not text.startswith("\ufeff"):
+        start = len(text) - len(text.lstrip(_WHITESPACE))
+        try:
+            value, end = _scan(text, start)
+        except (StopIteration, ValueError):
+            pass  # json says why, below
+        else:
+            if not text[end:].strip(_WHITESPACE):
+                return value
+    import json
+
+    return json.loads(text)
+
+
+def _not_serializable(value: Any) -> Any:
+    raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
+
+
+def dumps(value: Any, *, default: Optional[Callable[[Any], Any]] = None) -> str:
+    """``json.dumps(value, default=default)``: compact separators, ASCII, no indent."""
+    if _scan is not None:
+        try:
+            encode = _c_encoder(
+                {}, default or _not_serializable, _c_ascii, None, ": ", ", ", False, False, True
+            )
+        except TypeError:  # a C encoder of another signature
+            pass
+        else:
+            if isinstance(value, str):
+                return str(_c_ascii(value))
+            return "".join(encode(value, 0))
+    import json
+
+    return json.dumps(value, default=default)
+
+
+# -- a tool's reply ----------------------------------------------------------------------------
+
+
+def tail(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """The end of ``text`` on one line (its lines joined by `` | ``), capped."""
+    text = " | ".join(line.strip() for line in text.splitlines() if line.strip())
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else dumps(value, default=str)
+
+
+def parse_json_reply(stdout: str) -> tuple[bool, Any]:
+    """``(True, value)`` for the JSON value in ``stdout`` (the whole of it, else its last
+    non-empty line), ``(False, None)`` when there is none."""
+    text = stdout.strip()
+    if not text:
+        return False, None
+    try:
+        return True, loads(text)
+    except (ValueError, RecursionError):
+        pass
+    for line in reversed(text.splitlines()):
+        if line.strip():
+            try:
+                return True, loads(line)
+            except (ValueError, RecursionError):
+                break
+    return False, None
+
+
+def read_reply(
+    stdout: str, stderr: str, exit_code: int, *, label: str, duration: float = 0.0
+) -> dict[str, Any]:
+    """What a finished tool process printed, read (see :mod:`ally_core.replies`): the fields
+    of a :class:`~ally_core.replies.ToolResult`; ``label`` names the tool in failure texts."""
+    stderr_tail = stderr[-TAIL_LIMIT:]
+    out: dict[str, Any] = {
+        "success": False,
+        "result": None,
+        "error": None,
+        "error_type": None,
+        "exit_code": exit_code,
+        "stderr": stderr_tail,
+        "duration": duration,
+        "reply": None,
+        "data": None,
+        "message": None,
+        "logs": "",
+    }
+    if not stdout.strip():
+        why = f"{label} produced no output"
+        if exit_code != 0:
+            why = f"{label} exited with code {exit_code} and produced no output"
+        quoted = tail(stderr)
+        out["error"] = f"{why}; stderr: {quoted}" if quoted else why
+        out["error_type"] = "exit_code" if exit_code != 0 else "invalid_output"
+        return out
+    parsed, reply = parse_json_reply(stdout)
+    if not parsed:
+        why = f"{label} printed output that is not JSON"
+        if exit_code != 0:
+            why = f"{label} exited with code {exit_code}"
+        text = f"{why}: {tail(stdout)}"
+        if stderr.strip():
+            text += f"; stderr: {tail(stderr)}"
+        out["error"] = text
+        out["error_type"] = "exit_code" if exit_code != 0 else "invalid_output"
+        return out
+    obj = reply if isinstance(reply, dict) else None
+    message = obj.get("message") if obj is not None else None
+    message = message if isinstance(message, str) or message is None else _text(message)
+    own_error: Optional[str] = None
+    if obj is not None and "success" in obj and obj["success"] is False:
+        own_error = _text(obj.get("error") or obj.get("message") or f"{label} failed")
+    elif obj is not None and "success" not in obj and obj.get("error"):
+        own_error = _text(obj["error"])
+    if obj is not None and "data" in obj:
+        data = obj["data"]
+    else:
+        data = None if own_error is not None else reply
+    result = obj["result"] if obj is not None and "result" in obj else data
+    out.update(result=result, reply=reply, data=data, message=message)
+    if own_error is not None or exit_code != 0:
+        if own_error is not None:
+            text = own_error
+            if exit_code != 0:
+                text += f" (exit code {exit_code})"
+            kind = obj.get("error_type") if obj is not None else None
+            error_type = kind if isinstance(kind, str) and kind else "tool_error"
+        else:
+            text = f"{label} exited with code {exit_code} after a success reply: {tail(stdout)}"
+            if stderr.strip():
+                text += f"; stderr: {tail(stderr)}"
+            error_type = "exit_code"
+        out["error"], out["error_type"] = text, error_type
+        return out
+    out["success"] = True
+    out["logs"] = stderr_tail if stderr.strip() else ""
+    return out
+
+
+def reply_json(
+    success: bool, reply: Any, result: Any, error: Optional[str], error_type: Optional[str]
+) -> dict[str, Any]:
+    """A result for a host: the tool's reply plus ally's reading of it.
+
+    ``success`` is ally's verdict (exit code included); the tool's own keys are kept unless
+    ally's reading differs (a failure always carries ``error``).
+    """
+    out: dict[str, Any] = dict(reply) if isinstance(reply, dict) else {}
+    if reply is not None and not isinstance(reply, dict):
+        out["data"] = reply
+    out["success"] = success
+    if not success:
+        out["error"] = error
+        if error_type:
+            out["error_type"] = error_type
+    elif reply is None and result is not None:
+        out["result"] = result
+    return out
