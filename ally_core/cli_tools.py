@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
@@ -24,6 +25,7 @@ from .cli_common import (
     _say,
 )
 from .errors import ConfigError, PluginNotFound, ToolError
+from .lean import failure_line, quick_run_enabled, result_json
 
 __all__ = ["cmd_mcp_serve", "cmd_run", "cmd_runtimes", "cmd_schema"]
 
@@ -152,20 +154,17 @@ def _choice_of(choices: list[Any], typed: str) -> Any:
     return typed
 
 
-def _tool_result_json(result: Any) -> dict[str, Any]:
-    return {
-        "success": result.success,
-        "reply": result.reply,
-        "data": result.data,
-        "message": result.message,
-        "result": result.result,
-        "error": result.error,
-        "error_type": result.error_type,
-        "exit_code": result.exit_code,
-        "logs": result.logs,
-        "stderr": result.stderr,
-        "duration": round(result.duration, 6),
-    }
+def _quick_home(args: argparse.Namespace) -> bool:
+    """Whether this command's Host is the one the quick path of ``ally run`` stands for
+    (:mod:`.quick_run`): no ``--home``, ``--plugins-dir`` or build option."""
+    return (
+        args.home is None
+        and not args.plugins_dir
+        and not args.offline
+        and not args.installer
+        and args.jobs is None
+        and quick_run_enabled(os.environ)
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -183,6 +182,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.reason:
         _note(args, f"warning: {outcome.name}: {outcome.reason}")
     tool = outcome.tool(args.tool)
+    if _quick_home(args):
+        from .run_records import save_run_record
+
+        save_run_record(host, outcome)  # the next `ally run` of this plugin: the quick path
     pairs = _config_pairs(args.config)
     from .plugin_config import secret_values
 
@@ -207,19 +210,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         on_output=show_stderr if args.verbose else None,
     ).masked()
     if args.json:
-        _emit({"plugin": outcome.name, "tool": tool.name, **_tool_result_json(result)})
+        import attrs
+
+        fields = attrs.asdict(result, recurse=False)
+        _emit({"plugin": outcome.name, "tool": tool.name, **result_json(fields)})
     else:
         print(json.dumps(result.to_json(), indent=2 if sys.stdout.isatty() else None))
         if not result.success:
-            _note(args, _failure_line(outcome.name, tool.name, result.error))
+            _note(args, failure_line(outcome.name, tool.name, result.error))
     return EXIT_OK if result.success else EXIT_TOOL_FAILED
-
-
-def _failure_line(plugin: str, tool: str, error: Optional[str]) -> str:
-    """What ``ally run`` says on stderr when a call failed: the plugin and tool, once."""
-    label = f"{plugin}: tool {tool!r}"
-    text = " ".join((error or "failed").split())
-    return text if text.startswith(label) else f"{label} failed: {text}"
 
 
 def cmd_runtimes(args: argparse.Namespace) -> int:

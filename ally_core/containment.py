@@ -24,17 +24,18 @@ import itertools
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from .lean import CGROUP_PREFIX, cgroup_wanted, kill_cgroup, own_cgroup2
+from .lean import reap_stale as _reap_stale
 from .text import log
 
 __all__ = ["CallScope", "cgroup_root", "open_scope"]
 
 
 PR_SET_PDEATHSIG = 1
-PREFIX = "ally-call-"
+PREFIX = CGROUP_PREFIX
 _counter = itertools.count()
 _root: Optional[Path] = None
 _root_checked = False
@@ -61,39 +62,18 @@ def _libc_prctl() -> Optional[Callable[..., int]]:
     return prctl
 
 
-def _own_cgroup2() -> Optional[Path]:
-    """This process's cgroup in the cgroup v2 hierarchy, as a directory, if mounted."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return None
-    own = next((line[3:] for line in lines if line.startswith("0::")), None)
-    if own is None:
-        return None
-    for mount in mounts:
-        left, _, right = mount.partition(" - ")
-        if right.split(" ", 1)[0] != "cgroup2":
-            continue
-        fields = left.split()
-        root, mount_point = fields[3], fields[4]
-        # The mount shows the hierarchy from ``root``; our path is relative to that.
-        rel = own[len(root) :] if own.startswith(root) else own
-        return Path(mount_point) / rel.lstrip("/")
-    return None
-
-
 def cgroup_root() -> Optional[Path]:
     """Where ally may create per-call cgroups, or ``None`` (checked once per process)."""
     global _root, _root_checked
     if _root_checked:
         return _root
     _root_checked = True
-    if os.environ.get("ALLY_TOOL_CGROUP", "1").strip().lower() in {"0", "false", "no", "off"}:
+    if not cgroup_wanted(os.environ):
         return None
-    base = _own_cgroup2()
-    if base is None:
+    found = own_cgroup2()
+    if found is None:
         return None
+    base = Path(found)
     probe = base / f"{PREFIX}{os.getpid()}-probe"
     try:
         probe.mkdir()
@@ -104,55 +84,16 @@ def cgroup_root() -> Optional[Path]:
     return _root
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _kill_cgroup(path: Path) -> None:
     """Kill every process in the cgroup ``path`` and remove it (best effort, bounded)."""
-    try:
-        (path / "cgroup.kill").write_text("1")
-    except OSError:
-        # Kernels before 5.14 have no cgroup.kill: signal each member instead.
-        try:
-            pids = (path / "cgroup.procs").read_text().split()
-        except OSError:
-            pids = []
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError, ValueError):
-                pass
-    deadline = time.monotonic() + 2.0
-    while True:
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                log.debug("cgroup %s is not empty yet; left for the next call", path)
-                return
-            time.sleep(0.005)
+    kill_cgroup(str(path))
+    if os.path.isdir(path):
+        log.debug("cgroup %s is not empty yet; left for the next call", path)
 
 
 def reap_stale(root: Path) -> None:
     """Kill and remove the call cgroups of ally processes that are gone."""
-    try:
-        names = [e.name for e in os.scandir(root) if e.name.startswith(PREFIX) and e.is_dir()]
-    except OSError:
-        return
-    for name in names:
-        owner = name[len(PREFIX) :].split("-", 1)[0]
-        if owner.isdigit() and int(owner) != os.getpid() and not _alive(int(owner)):
-            _kill_cgroup(root / name)
+    _reap_stale(str(root))
 
 
 class CallScope:

@@ -261,6 +261,16 @@ class Discovery:
             if plugin_dir.parent not in roots:
                 yield plugin_dir.parent, plugin_dir.name
 
+    def watched_paths(self) -> list[str]:
+        """What decides which directory answers to a plugin name, as paths whose identities
+        tell a change: each plugin dir (its entries), the ``plugin.json`` of every directory
+        that may hold a plugin (a second one of a name blocks both), and the file of the
+        remembered plugin dirs."""
+        out = [str(root) for root in self.paths.plugin_dirs]
+        out += [f"{root}{os.sep}{name}{os.sep}{MANIFEST_NAME}" for root, name in self._candidates()]
+        out.append(str(self._links_file))
+        return out
+
     # -- plugin directories installed by path --------------------------------------------------
 
     @property

@@ -16,19 +16,28 @@ compare them); where a value cannot be handled here, the module it stands for is
 
 from __future__ import annotations
 
+import os
+import sys
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from typing import Any, Optional
 
 __all__ = [
     "QUOTE_LIMIT",
+    "RUN_RECORD_HEADER",
     "TAIL_LIMIT",
     "dumps",
+    "environ_digest",
+    "failure_line",
+    "file_identity",
     "loads",
     "printable",
     "read_reply",
     "reply_json",
+    "result_json",
+    "run_record_path",
     "tail",
 ]
 
@@ -264,3 +273,160 @@ def reply_json(
     elif reply is None and result is not None:
         out["result"] = result
     return out
+
+
+def failure_line(plugin: str, tool: str, error: Optional[str]) -> str:
+    """What ``ally run`` says on stderr when a call failed: the plugin and tool, once."""
+    label = f"{plugin}: tool {tool!r}"
+    text = " ".join((error or "failed").split())
+    return text if text.startswith(label) else f"{label} failed: {text}"
+
+
+def result_json(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A result's fields (:func:`read_reply`'s keys) as ``ally run --json`` prints them."""
+    keys = ("success", "reply", "data", "message", "result", "error", "error_type")
+    out = {key: fields[key] for key in keys}
+    out.update(
+        exit_code=fields["exit_code"],
+        logs=fields["logs"],
+        stderr=fields["stderr"],
+        duration=round(fields["duration"], 6),
+    )
+    return out
+
+
+# -- the quick path's records ------------------------------------------------------------------
+
+#: Version of a run record's shape (:mod:`ally_core.run_records`); another one is ignored.
+RUN_RECORD_FORMAT = 1
+#: A run record file's first line: format and Python (marshal data is read by the Python
+#: that wrote it).
+RUN_RECORD_HEADER = (
+    f"ally-run-record {RUN_RECORD_FORMAT} {sys.implementation.cache_tag}\n"
+).encode()
+#: Variables a shell changes between commands, which nothing in ally reads: left out of
+#: :func:`environ_digest`.
+SHELL_BOOKKEEPING = frozenset({"_", "PWD", "OLDPWD", "SHLVL"})
+
+
+def environ_digest(environ: Mapping[str, str]) -> str:
+    """A digest of the environment variables (all but :data:`SHELL_BOOKKEEPING`)."""
+    try:
+        from _blake2 import blake2b  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover - a Python built without it
+        from hashlib import blake2b
+    digest = blake2b(digest_size=16)
+    for key in sorted(environ):
+        if key not in SHELL_BOOKKEEPING:
+            digest.update(f"{key}\0{environ[key]}\0".encode("utf-8", "surrogateescape"))
+    return str(digest.hexdigest())
+
+
+def run_record_path(envs_dir: str, plugin: str, environ: str) -> str:
+    """Where the run record of ``plugin`` for the environment digest ``environ`` lives."""
+    return f"{envs_dir}/.run/{plugin}.{environ}"
+
+
+def file_identity(path: str) -> Optional[list[int]]:
+    """``[size, mtime_ns, inode, ctime_ns]`` of ``path`` (symlinks followed), or ``None``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
+def quick_run_enabled(environ: Mapping[str, str]) -> bool:
+    """Whether ``ally run`` may take its quick path (``ALLY_QUICK_RUN=0`` turns it off)."""
+    return environ.get("ALLY_QUICK_RUN", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+# -- a tool call's cgroup (see ally_core.containment) ------------------------------------------
+
+#: Name prefix of a call's cgroup: ``ally-call-<ally pid>-<n>``.
+CGROUP_PREFIX = "ally-call-"
+
+
+def cgroup_wanted(environ: Mapping[str, str]) -> bool:
+    """Whether tool calls get a cgroup where ally may make one (``ALLY_TOOL_CGROUP=0``: no)."""
+    return environ.get("ALLY_TOOL_CGROUP", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def own_cgroup2() -> Optional[str]:
+    """This process's cgroup in the cgroup v2 hierarchy, as a directory, if mounted."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+            mounts = fh.read().splitlines()
+    except OSError:
+        return None
+    own = next((line[3:] for line in lines if line.startswith("0::")), None)
+    if own is None:
+        return None
+    for mount in mounts:
+        left, _, right = mount.partition(" - ")
+        if right.split(" ", 1)[0] != "cgroup2":
+            continue
+        fields = left.split()
+        root, mount_point = fields[3], fields[4]
+        # The mount shows the hierarchy from ``root``; our path is relative to that.
+        rel = own[len(root) :] if own.startswith(root) else own
+        return os.path.join(mount_point, rel.lstrip("/"))
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_cgroup(path: str) -> None:
+    """Kill every process in the cgroup ``path`` and remove it (best effort, bounded)."""
+    import time
+
+    try:
+        with open(f"{path}/cgroup.kill", "w") as fh:
+            fh.write("1")
+    except OSError:
+        # Kernels before 5.14 have no cgroup.kill: signal each member instead.
+        try:
+            with open(f"{path}/cgroup.procs") as fh:
+                pids = fh.read().split()
+        except OSError:
+            pids = []
+        for pid in pids:
+            try:
+                os.kill(int(pid), 9)  # SIGKILL
+            except (ProcessLookupError, PermissionError, ValueError):
+                pass
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                return  # not empty yet: left for the next call
+            time.sleep(0.005)
+
+
+def reap_stale(root: str) -> None:
+    """Kill and remove the call cgroups of ally processes that are gone."""
+    try:
+        names = [
+            e.name for e in os.scandir(root) if e.name.startswith(CGROUP_PREFIX) and e.is_dir()
+        ]
+    except OSError:
+        return
+    for name in names:
+        owner = name[len(CGROUP_PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and int(owner) != os.getpid() and not _alive(int(owner)):
+            kill_cgroup(os.path.join(root, name))

@@ -100,6 +100,11 @@ def _store_path(home: ConfigHome, name: str) -> Path:
     return home.config_dir / "plugin-config" / f"{name}.json"
 
 
+def store_path(where: Where, name: str) -> Path:
+    """The file the config values of the plugin ``name`` are stored in (it may not exist)."""
+    return _store_path(home_of(where), name)
+
+
 def _is_current(data: Any) -> bool:
     return (
         isinstance(data, dict)
