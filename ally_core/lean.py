@@ -103,11 +103,13 @@ class _ScanContext:
 
 
 try:  # CPython's accelerator, which json.loads and json.dumps use themselves
-    from _json import encode_basestring_ascii as _c_ascii  # type: ignore[import-not-found]
+    from _json import encode_basestring_ascii as _c_ascii
     from _json import make_encoder as _c_encoder
     from _json import make_scanner as _c_scanner
 
-    _scan: Optional[Callable[[str, int], tuple[Any, int]]] = _c_scanner(_ScanContext())
+    _scan: Optional[Callable[[str, int], tuple[Any, int]]] = _c_scanner(
+        _ScanContext()  # type: ignore[arg-type]  # what it reads of a JSONDecoder
+    )
 except (ImportError, TypeError, AttributeError):  # another Python: the json package
     _scan = None
 
@@ -312,7 +314,7 @@ SHELL_BOOKKEEPING = frozenset({"_", "PWD", "OLDPWD", "SHLVL"})
 def environ_digest(environ: Mapping[str, str]) -> str:
     """A digest of the environment variables (all but :data:`SHELL_BOOKKEEPING`)."""
     try:
-        from _blake2 import blake2b  # type: ignore[import-not-found]
+        from _blake2 import blake2b
     except ImportError:  # pragma: no cover - a Python built without it
         from hashlib import blake2b
     digest = blake2b(digest_size=16)

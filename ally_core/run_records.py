@@ -129,7 +129,7 @@ def make_run_record(host: Host, outcome: PluginOutcome) -> Optional[dict[str, An
         watch += map(str, host.dispatch.identity_files(spec) or ())
         if marker.env.interpreter.realpath:
             watch.append(marker.env.interpreter.realpath)
-    identities = [[path, file_identity(path)] for path in dict.fromkeys(watch)]
+    identities = [(path, file_identity(path)) for path in dict.fromkeys(watch)]
     fresh = time.time_ns() - SETTLE_NS
     if any(i is not None and max(i[1], i[3]) >= fresh for _p, i in identities):
         return None  # written by a later run, once nothing it watches is this fresh
@@ -139,6 +139,7 @@ def make_run_record(host: Host, outcome: PluginOutcome) -> Optional[dict[str, An
         "python": sys.executable,
         "environ": environ_digest(os.environ),
         "cwd": os.getcwd() if relative_dirs else None,
+        "envs_dir": str(host.paths.envs_dir),
         "plugin": manifest.name,
         "plugin_dir": plugin_dir,
         "tools": tools,
@@ -147,7 +148,7 @@ def make_run_record(host: Host, outcome: PluginOutcome) -> Optional[dict[str, An
         "env_vars": dict(env.env_vars) if env is not None else {},
         "bin_dirs": list(env.bin_dirs) if env is not None else [],
         "output_limit": settings.output_limit,
-        "watch": identities,
+        "watch": [list(pair) for pair in identities],
         "links": links,
     }
 
