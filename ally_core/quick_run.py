@@ -435,8 +435,6 @@ class _Call:
         try:
             for target, fd in enumerate(fds):
                 os.dup2(fd, target)
-            os.closerange(3, fail_w)
-            os.closerange(fail_w + 1, os.sysconf("SC_OPEN_MAX"))
             os.chdir(call["cwd"])
             for name in ("SIGPIPE", "SIGXFSZ"):
                 if hasattr(_signal, name):
@@ -446,6 +444,9 @@ class _Call:
                 os.write(procs_fd, b"0")
             if libc is not None:
                 libc[1].prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
+            # Last, as subprocess does: nothing of ally's reaches the tool.
+            os.closerange(3, fail_w)
+            os.closerange(fail_w + 1, os.sysconf("SC_OPEN_MAX"))
             argv = call["argv"]
             os.execve(argv[0], argv, call["environ"])  # noqa: S606 - no shell, as subprocess
         except OSError as exc:
