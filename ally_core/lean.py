@@ -121,8 +121,11 @@ def loads(text: str) -> Any:
         start = len(text) - len(text.lstrip(_WHITESPACE))
         try:
             value, end = _scan(text, start)
-        except (StopIteration, ValueError):
-            pass  # json says why, below
+        except (StopIteration, ValueError, SystemError):
+            # json says why, below. (On Python 3.10 and 3.11 the scanner raises most of its
+            # errors as json.decoder's only once something imported it; before that, such an
+            # error is a SystemError, "returned NULL without setting an exception".)
+            pass
         else:
             if not text[end:].strip(_WHITESPACE):
                 return value
