@@ -272,7 +272,7 @@ def _read_input(text: Optional[str]) -> Any:
     if not text or not text.strip():
         return {}
     try:
-        return lean.loads(text)
+        return lean.loads_bounded(text)
     except RecursionError:
         raise _ToolError("--input is nested too deeply") from None
     except ValueError as exc:
