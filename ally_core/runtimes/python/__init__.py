@@ -38,6 +38,7 @@ from .hooks import (
     install_deps,
     resolve_interpreter,
     runtime_names,
+    watch_paths,
 )
 from .layout import ENV_LAYOUT, LOCK_NAME, NAMES
 from .uv_locate import uv_available
@@ -103,6 +104,7 @@ __all__ = [
     "runtime_names",
     "uv_available",
     "verify_records",
+    "watch_paths",
     "without_cli_advice",
 ]
 

@@ -11,7 +11,7 @@ from typing import Optional
 from ...envs import EnvInfo, EnvSpec, Health, Problem
 from ...process import clean_environ
 from .integrity import dist_infos as _dist_infos
-from .integrity import record_mismatches, startup_hook_problem
+from .integrity import record_mismatches, startup_hook_paths, startup_hook_problem
 
 
 def installed_packages(env_dir: Path) -> dict[str, str]:
@@ -71,6 +71,17 @@ def pyvenv_cfg_problem(env_dir: Path) -> Optional[str]:
     if keys.get("include-system-site-packages") != "false":
         return "pyvenv.cfg is damaged: the base interpreter's packages would leak into the env"
     return None
+
+
+def quick_check_paths(spec: EnvSpec, env: EnvInfo) -> list[str]:
+    """Every path whose identity decides what :func:`check_env` answers without ``deep``:
+    the env's python (``stat`` follows its symlink to the base interpreter), ``pyvenv.cfg``,
+    and the recorded startup hooks with their site-packages."""
+    paths = [env.commands.get("python", ""), f"{spec.env_dir}{os.sep}pyvenv.cfg"]
+    hooks = env.data.get("startup_hooks")
+    if hooks:
+        paths += startup_hook_paths(str(spec.env_dir), hooks)
+    return [p for p in paths if p]
 
 
 def check_env(spec: EnvSpec, env: EnvInfo, deep: bool) -> Health:

@@ -10,10 +10,10 @@ from typing import Any, Optional
 from ...__about__ import __version__
 from ...envs import EnvInfo, EnvOptions, EnvSpec, Health, InstallResult, Interpreter
 from ...hookspecs import hookimpl
-from .checks import check_env
-from .index import effective_index, index_context, index_identity
+from .checks import check_env, quick_check_paths
+from .index import effective_index, index_context, index_identity, pip_config_candidates
 from .layout import ENV_LAYOUT, NAMES, serves
-from .uv_locate import uv_available
+from .uv_locate import lookup_paths, uv_available, uv_package_found
 
 __all__ = [
     "bundle_artifacts",
@@ -25,6 +25,7 @@ __all__ = [
     "install_deps",
     "resolve_interpreter",
     "runtime_names",
+    "watch_paths",
 ]
 
 
@@ -134,6 +135,20 @@ def install_deps(spec: EnvSpec, env: EnvInfo) -> Optional[InstallResult]:
 @hookimpl
 def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
     return check_env(spec, env, deep) if serves(spec) else None
+
+
+@hookimpl
+def watch_paths(spec: EnvSpec, env: EnvInfo) -> Optional[Sequence[Path]]:
+    if not serves(spec):
+        return None
+    # What a quick health check stats, then what env_context and env_identity read besides
+    # variables and ally's own installation: every file pip's configuration may come from
+    # (existing or not) and, when uv is not importable by ally, the lookup of uv on PATH.
+    paths = quick_check_paths(spec, env)
+    paths += pip_config_candidates()
+    if not uv_package_found():
+        paths += lookup_paths("uv")
+    return [Path(p) for p in dict.fromkeys(paths)]
 
 
 @hookimpl

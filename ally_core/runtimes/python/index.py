@@ -113,10 +113,22 @@ _PIP_CONFIG_VARS = (
 )
 
 
+def _pip_config_vars() -> tuple[tuple[str, str], ...]:
+    """The variables that change what pip's configuration says, as they are set now."""
+    values = tuple(map(os.environ.get, _PIP_CONFIG_VARS))
+    return tuple((k, v) for k, v in zip(_PIP_CONFIG_VARS, values) if v is not None)
+
+
+def pip_config_candidates() -> tuple[str, ...]:
+    """Every file pip's configuration is read from in the current environment, existing or
+    not (creating one changes the effective index): what :func:`effective_index` and
+    :func:`index_context` read, for ``watch_paths``."""
+    return _pip_config_paths(_pip_config_vars())
+
+
 def _pip_inputs() -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, int, int, int], ...]]:
     """The variables that change what pip's configuration says, and its files' identities."""
-    values = tuple(map(os.environ.get, _PIP_CONFIG_VARS))
-    relevant = tuple((k, v) for k, v in zip(_PIP_CONFIG_VARS, values) if v is not None)
+    relevant = _pip_config_vars()
     return relevant, _file_identities(_pip_config_paths(relevant))
 
 

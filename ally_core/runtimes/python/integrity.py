@@ -28,6 +28,7 @@ __all__ = [
     "make_read_only",
     "record_mismatches",
     "site_dirs",
+    "startup_hook_paths",
     "startup_hook_problem",
     "startup_hooks",
 ]
@@ -216,6 +217,18 @@ def startup_hooks(env_dir: Path) -> dict[str, Any]:
     }
 
 
+def _site_of(env_dir: str, record: Mapping[str, Any]) -> str:
+    return f"{env_dir}{os.sep}{record.get('site', '')}"
+
+
+def startup_hook_paths(env_dir: str, record: Mapping[str, Any]) -> list[str]:
+    """What :func:`startup_hook_problem` reads for a quick check: site-packages (an entry
+    added, removed or renamed changes its identity) and each recorded hook."""
+    site = _site_of(env_dir, record)
+    recorded: Mapping[str, Any] = record.get("files") or {}
+    return [site, *(f"{site}{os.sep}{name}" for name in recorded)]
+
+
 def startup_hook_problem(
     env_dir: str, record: Mapping[str, Any], *, full: bool = False
 ) -> Optional[str]:
@@ -227,7 +240,7 @@ def startup_hook_problem(
     restore), and then passes if its content did not. ``full`` always lists the directory
     (the deep check).
     """
-    site = f"{env_dir}{os.sep}{record.get('site', '')}"
+    site = _site_of(env_dir, record)
     recorded: Mapping[str, Any] = record.get("files") or {}
     try:
         unchanged = not full and _dir_identity(os.stat(site)) == record.get("dir")

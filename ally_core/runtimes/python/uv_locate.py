@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import threading
 from typing import Optional
 
-__all__ = ["SYSCONFIG_LOCK", "usable_uv", "uv_available", "uv_bin"]
+__all__ = [
+    "SYSCONFIG_LOCK",
+    "lookup_paths",
+    "usable_uv",
+    "uv_available",
+    "uv_bin",
+    "uv_package_found",
+]
 
 #: Serialises the first uses of ``sysconfig`` (not thread-safe) by parallel builds: uv's
 #: ``find_uv_bin`` and the stdlib's ``venv.EnvBuilder`` both read it.
@@ -35,9 +43,8 @@ def uv_bin() -> Optional[str]:
         return _UV_BIN[0]
 
 
-@functools.lru_cache(maxsize=1)
-def uv_available() -> bool:
-    """Whether uv can be used, without importing it (this runs on the first warm load).
+def uv_package_found() -> bool:
+    """Whether the ``uv`` distribution is importable by ally's Python (without importing it).
 
     ``find_spec`` answers from the import system's directory caches, which importing ally
     filled already; listing ``sys.path`` for ``uv-*.dist-info`` would cost a millisecond.
@@ -45,11 +52,46 @@ def uv_available() -> bool:
     spec = importlib.util.find_spec("uv")
     # A bare "uv" directory on sys.path (the current one, say) is a namespace package
     # without an origin: not the uv distribution.
-    if spec is not None and spec.origin is not None:
+    return spec is not None and spec.origin is not None
+
+
+@functools.lru_cache(maxsize=1)
+def uv_available() -> bool:
+    """Whether uv can be used, without importing it (this runs on the first warm load): the
+    ``uv`` distribution, else a ``uv`` on ``PATH``."""
+    if uv_package_found():
         return True
     import shutil  # (it imports bz2 and lzma: not on a warm load where uv is installed)
 
     return shutil.which("uv") is not None
+
+
+def lookup_paths(name: str) -> list[str]:
+    """The files ``shutil.which(name)`` looks at, in its order, up to the one it finds.
+
+    While none of them changes (created, removed, replaced, made executable or not), the
+    lookup finds the same file: what ``watch_paths`` names for it. No file found: all of
+    them. Relative ``PATH`` entries stay relative (they are looked up from the current
+    directory, as ``which`` does). POSIX only (on Windows the current directory and
+    ``PATHEXT`` take part too).
+    """
+    path = os.environ.get("PATH")
+    if path is None:
+        try:
+            path = os.confstr("CS_PATH") or ""
+        except (AttributeError, ValueError):
+            path = os.defpath
+    found: list[str] = []
+    for directory in dict.fromkeys(path.split(os.pathsep) if path else ()):
+        candidate = os.path.join(directory, name)
+        found.append(candidate)
+        if (
+            os.path.exists(candidate)
+            and os.access(candidate, os.F_OK | os.X_OK)
+            and not os.path.isdir(candidate)
+        ):
+            break
+    return found
 
 
 def usable_uv() -> Optional[str]:

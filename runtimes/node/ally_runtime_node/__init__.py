@@ -26,6 +26,7 @@ from ._hooks import (
     install_deps,
     resolve_interpreter,
     runtime_names,
+    watch_paths,
 )
 from ._layout import LOCK_NAME, NODE_ENV_VAR
 
@@ -46,6 +47,7 @@ __all__ = [
     "resolve_interpreter",
     "runtime_names",
     "satisfies",
+    "watch_paths",
 ]
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "install_deps",
     "resolve_interpreter",
     "runtime_names",
+    "watch_paths",
 ]
 
 
@@ -192,6 +193,27 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
     from . import _build
 
     return Health(tuple(problems + _build.deep_check(spec, env)))
+
+
+@hookimpl
+def watch_paths(spec: EnvSpec, env: EnvInfo) -> Optional[Sequence[Path]]:
+    if not _serves(spec):
+        return None
+    from ._interpreters import node_lookup_paths
+
+    # What the quick health_check stats (exists/isdir/isfile follow symlinks, as the core's
+    # stat does), then the lookup of node on PATH that env_context and env_identity make.
+    # env_identity reads no other file outside the plugin: npm's registry settings come
+    # from variables, and the plugin's lock files and .npmrc are identity_files.
+    ally_dir = ally_dir_of(env.path)
+    paths = [env.interpreter.path, str(ally_dir / "bin" / "node"), str(env.path / "node_modules")]
+    if env.data.get("esm_hooks"):
+        paths += [str(ally_dir / f) for f in ESM_FILES]
+    npm_cli = str(env.data.get("npm_cli", ""))
+    if npm_cli:
+        paths.append(npm_cli)
+    paths += node_lookup_paths()
+    return [Path(p) for p in dict.fromkeys(paths) if p]
 
 
 # ---------------------------------------------------------------------------------------------

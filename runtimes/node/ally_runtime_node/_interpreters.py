@@ -31,6 +31,7 @@ __all__ = [
     "choose_node",
     "find_npm",
     "host_node_environ",
+    "node_lookup_paths",
     "node_on_path",
     "query_node",
 ]
@@ -83,6 +84,31 @@ def node_on_path(environ: Mapping[str, str] | None = None) -> Optional[str]:
             return os.path.abspath(os.path.expanduser(wanted))
         return shutil.which(wanted, path=path_var) or wanted
     return shutil.which("node", path=path_var)
+
+
+def node_lookup_paths(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The files whose identities decide what :func:`node_on_path` answers: each place
+    ``shutil.which`` looks at, in its order, up to the one it finds (all when none is found).
+
+    Nothing when ``ALLY_NODE`` holds a path (it is answered without looking at a file).
+    Relative ``PATH`` entries stay relative, as ``which`` reads them.
+    """
+    environ = os.environ if environ is None else environ
+    wanted = environ.get(NODE_ENV_VAR, "").strip() or "node"
+    if os.sep in wanted:
+        return []
+    path_var = environ.get("PATH", os.defpath)
+    found: list[str] = []
+    for directory in dict.fromkeys(path_var.split(os.pathsep) if path_var else ()):
+        candidate = os.path.join(directory, wanted)
+        found.append(candidate)
+        if (
+            os.path.exists(candidate)
+            and os.access(candidate, os.F_OK | os.X_OK)
+            and not os.path.isdir(candidate)
+        ):
+            break
+    return found
 
 
 @functools.lru_cache(maxsize=64)

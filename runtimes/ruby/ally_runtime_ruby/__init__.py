@@ -22,6 +22,7 @@ from ._hooks import (
     install_deps,
     resolve_interpreter,
     runtime_names,
+    watch_paths,
 )
 from ._names import RUBY_ENV_VAR
 
@@ -38,4 +39,5 @@ __all__ = [
     "install_deps",
     "resolve_interpreter",
     "runtime_names",
+    "watch_paths",
 ]

@@ -61,6 +61,7 @@ __all__ = [
     "identity_files",
     "install_deps",
     "resolve_interpreter",
+    "watch_paths",
 ]
 
 #: Set for tools (not for installers: bundler/setup would fail before the gems are there).
@@ -437,6 +438,22 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
         ("ruby -rbundler/setup", [ruby, "-e", _GEMS_PRESENT], tool_environ),
     ]
     return run_checks(checks, cwd=env.path)
+
+
+def watch_paths(spec: EnvSpec, env: EnvInfo) -> Optional[Sequence[Path]]:
+    if not _serves(spec):
+        return None
+    # What the quick health_check stats (exists/isfile follow symlinks, as the core's stat
+    # does). env_context and env_identity read no file outside the plugin: ALLY_RUBY is a
+    # variable, and the plugin's lock and vendor/cache are identity_files.
+    info = _info_of(env)
+    paths = [env.interpreter.path, info.bundle_exe]
+    if info.abi:
+        has_gemfile = bool(env.data.get("gemfile"))
+        paths += [str(env.path / "bin" / "bundle"), str(_gem_dir(env.path, info, has_gemfile))]
+        if has_gemfile:
+            paths += [str(env.path / ENV_GEMFILE), str(env.path / ENV_LOCK)]
+    return [Path(p) for p in dict.fromkeys(paths) if p]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ __all__ = [
     "install_deps",
     "resolve_interpreter",
     "runtime_names",
+    "watch_paths",
 ]
 
 
@@ -110,6 +111,15 @@ def health_check(spec: EnvSpec, env: EnvInfo, deep: bool) -> Optional[Health]:
     from . import _build
 
     return _build.health_check(spec, env, deep)
+
+
+@hookimpl
+def watch_paths(spec: EnvSpec, env: EnvInfo) -> Optional[Sequence[Path]]:
+    if not _serves(spec):
+        return None
+    from . import _build
+
+    return _build.watch_paths(spec, env)
 
 
 @hookimpl
