@@ -360,9 +360,13 @@ def environ_digest(environ: Mapping[str, str]) -> str:
     return str(digest.hexdigest())
 
 
+#: The run records' directory in the env store.
+RUN_DIR = ".run"
+
+
 def run_record_path(envs_dir: str, plugin: str, environ: str) -> str:
     """Where the run record of ``plugin`` for the environment digest ``environ`` lives."""
-    return f"{envs_dir}/.run/{plugin}.{environ}"
+    return f"{envs_dir}/{RUN_DIR}/{plugin}.{environ}"
 
 
 def file_identity(path: str) -> Optional[list[int]]:

@@ -134,6 +134,9 @@ class Maintenance:
         ]
         self.discovery.forget_plugin_dirs(forgot)
         self.failures.forget(name)
+        for record, owner in self._run_records():
+            if owner == name:
+                record.unlink(missing_ok=True)
         store = self.store
         with store_errors(f"cannot remove the env of {name!r}"):
             envs = [
@@ -174,6 +177,15 @@ class Maintenance:
         # A manifest that cannot be read right now is still a plugin there.
         return source.manifest is None or source.manifest.name == name
 
+    def _run_records(self) -> list[tuple[Path, str]]:
+        """Each run record of the quick ``ally run`` path, with its plugin's name."""
+        from .lean import RUN_DIR
+
+        folder = self.paths.envs_dir / RUN_DIR
+        if not folder.is_dir():
+            return []
+        return [(p, p.name.rpartition(".")[0]) for p in sorted(folder.iterdir()) if p.is_file()]
+
     def _state_files(self, pattern: str) -> list[Path]:
         state = self.store.paths.state_dir
         return sorted(state.glob(pattern)) if state.is_dir() else []
@@ -213,6 +225,11 @@ class Maintenance:
                 removed.append((store.pointer(name), 0, f"plugin {name!r} is gone"))
                 if not dry_run:
                     store.unpublish(name)
+            for record, plugin in self._run_records():
+                if plugin not in plugins:
+                    removed.append((record, disk_usage(record), f"plugin {plugin!r} is gone"))
+                    if not dry_run:
+                        record.unlink(missing_ok=True)
             for backup in self._state_files("*.previous"):
                 removed.append((backup, 0, "backup from an update"))
                 if not dry_run:

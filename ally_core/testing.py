@@ -252,7 +252,10 @@ def no_spawn(monkeypatch: pytest.MonkeyPatch) -> Callable[[], Any]:
 
 @pytest.fixture
 def ally_cli(ally_home: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run the ally CLI in a real subprocess: ``ally_cli("install", "x", input=None)``."""
+    """Run the ally CLI in a real subprocess: ``ally_cli("install", "x", input=None)``.
+
+    Through the ``ally`` command's own entry (``python -m ally_core``), so ``ally run``
+    takes the quick path wherever the console script would."""
 
     def run(
         *args: str,
@@ -261,7 +264,7 @@ def ally_cli(ally_home: Path) -> Callable[..., subprocess.CompletedProcess[str]]
         env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "ally_core.cli", *args],
+            [sys.executable, "-m", "ally_core", *args],
             input=input,
             text=True,
             capture_output=True,

@@ -17,7 +17,10 @@ place per round, so that drift in the machine's load hits all of them alike:
 * ``python -c pass`` — the floor of any Python command line;
 * ``direct spawn`` — the tool's own argv (the env's interpreter and its script), with the
   environment and the input ally would give it: what ``ally run`` adds to;
-* ``ally run``, ``ally list`` (1 plugin), ``ally list`` (101 plugins), ``ally --help``.
+* ``ally run`` (its quick path: the plugin's run record is written by a first, full run and
+  checked to be used: the run must not import ``ally_core.cli``), ``ally run`` with
+  ``ALLY_QUICK_RUN=0`` (the full path, for comparison), ``ally list`` (1 plugin),
+  ``ally list`` (101 plugins), ``ally --help``.
 
 Goals (from wall-clock medians, paired per round where a difference is taken):
 ``ally run`` <= 40 ms over the direct spawn; ``ally list`` <= 80 ms on a warm home;
@@ -56,7 +59,7 @@ Times = dict[str, list[tuple[float, float]]]
 def _ally() -> list[str]:
     """The ``ally`` console script of this interpreter, as a user runs it."""
     script = Path(sys.executable).parent / "ally"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "ally_core.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "ally_core"]
 
 
 def _run(
@@ -136,6 +139,7 @@ def measure(rounds: int, warmup: int = 3) -> tuple[Times, dict[str, Any]]:
                 )
             plugins = json.loads(listed.stdout)["plugins"]
             assert all(p["status"] == "ready" for p in plugins), plugins
+        _check_quick_path(ally, envs[one], work)
         host = Host(one, environ=envs[one])
         (outcome,) = host.load()
         tool = outcome.tool("echo")
@@ -148,6 +152,12 @@ def measure(rounds: int, warmup: int = 3) -> tuple[Times, dict[str, Any]]:
             "python -c pass": ([sys.executable, "-c", "pass"], environ, work, b""),
             "direct spawn": (direct, tool_env, outcome.plugin_dir, payload),
             "ally run": ([*ally, "run", "bench", "echo"], envs[one], work, payload),
+            "ally run (full path)": (
+                [*ally, "run", "bench", "echo"],
+                {**envs[one], "ALLY_QUICK_RUN": "0"},
+                work,
+                payload,
+            ),
             "ally list (1 plugin)": ([*ally, "list"], envs[one], work, b""),
             f"ally list ({COPIES + 1} plugins)": ([*ally, "list"], envs[many], work, b""),
             "ally --help": ([*ally, "--help"], environ, work, b""),
@@ -165,6 +175,23 @@ def measure(rounds: int, warmup: int = 3) -> tuple[Times, dict[str, Any]]:
         return times, info
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_quick_path(ally: list[str], env: dict[str, str], cwd: Path) -> None:
+    """Run ``ally run`` once the full way (it writes the plugin's run record), then make
+    sure the next one takes the quick path: it must not import ``ally_core.cli``."""
+    argv = [*ally, "run", "bench", "echo"]
+    subprocess.run(argv, env=env, cwd=cwd, input=b"{}", check=True, capture_output=True)
+    # The console script (or python -m ally_core) with -X importtime.
+    traced = [
+        sys.executable,
+        "-X",
+        "importtime",
+        *(argv[1:] if argv[0] == sys.executable else argv),
+    ]
+    proc = subprocess.run(traced, env=env, cwd=cwd, input=b"{}", check=True, capture_output=True)
+    if b"| ally_core.cli\n" in proc.stderr or b"ally_core.quick_run" not in proc.stderr:
+        raise SystemExit("ally run did not take its quick path: is the plugin's record written?")
 
 
 def _paired(times: Times, a: str, b: str, k: int) -> float:
@@ -201,6 +228,8 @@ def table(times: Times, info: dict[str, Any]) -> str:
         )
     run_wall = _paired(times, "ally run", "direct spawn", 0)
     run_cpu = _paired(times, "ally run", "direct spawn", 1)
+    full_wall = _paired(times, "ally run (full path)", "direct spawn", 0)
+    full_cpu = _paired(times, "ally run (full path)", "direct spawn", 1)
     list_wall, list_cpu = med("ally list (1 plugin)", 0), med("ally list (1 plugin)", 1)
     per_wall = _paired(times, many, "ally list (1 plugin)", 0) / COPIES
     per_cpu = _paired(times, many, "ally list (1 plugin)", 1) / COPIES
@@ -212,6 +241,9 @@ def table(times: Times, info: dict[str, Any]) -> str:
     lines += [
         "",
         goal("`ally run` over spawning the tool directly", run_wall, GOALS["run"], run_cpu),
+        f"- the full path of `ally run` (`ALLY_QUICK_RUN=0`) over spawning the tool directly: "
+        f"{_fmt(full_wall)} (CPU: {_fmt(full_cpu)}); the quick path takes "
+        f"{run_wall / full_wall:.2f}x of that.",
         goal("`ally list`, warm home", list_wall, GOALS["list"], list_cpu),
         goal("per additional plugin through `ally list`", per_wall, GOALS["per_plugin"], per_cpu),
         f"- `python -c pass`: {_fmt(base_wall)} wall, {_fmt(base_cpu)} CPU; the direct spawn: "

@@ -83,7 +83,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "mcp_plugins.commands",
         ],
     ),
-    ("package", ["__init__", "testing"]),
+    ("package", ["__init__", "__main__", "testing"]),
 ]
 
 #: Lines a module may have, and lines a class may have.

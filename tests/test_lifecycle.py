@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -529,3 +531,37 @@ def test_published_env_runs_through_its_pointer_path(
         [str(env_dir / "bin" / "allydemo-greet")], capture_output=True, text=True, check=True
     )
     assert old.stdout.strip() == "hello world from allydemo_greet 1.0.0"
+
+
+def _run_records(home: Path, name: str) -> list[Path]:
+    folder = home / "plugin-envs" / ".run"
+    return sorted(folder.glob(f"{name}.*")) if folder.is_dir() else []
+
+
+def test_remove_and_gc_drop_the_quick_run_records_of_their_plugins(
+    ally_home: Path, make_plugin, ally_cli
+):
+    tool = "import json, sys; json.load(sys.stdin); print(json.dumps({'ok': 1}))\n"
+    for name in ("dropped", "gone", "kept"):
+        make_plugin(
+            name,
+            {"tools": [{"name": "t", "command": "python3", "args": ["t.py"]}]},
+            {"t.py": tool},
+        )
+    time.sleep(2.2)  # a run record is written once nothing it watches is this fresh
+    for name in ("dropped", "gone", "kept"):
+        assert ally_cli("run", name, "t", input="{}").returncode == 0
+        assert len(_run_records(ally_home, name)) == 1, name
+
+    assert ally_cli("remove", "dropped").returncode == 0
+    assert _run_records(ally_home, "dropped") == []
+    assert len(_run_records(ally_home, "gone")) == 1
+
+    shutil.rmtree(ally_home / "plugins" / "gone")
+    (record,) = _run_records(ally_home, "gone")
+    proc = ally_cli("gc")
+    assert proc.returncode == 0, proc.stderr
+    assert f"removed {record}" in proc.stdout and "plugin 'gone' is gone" in proc.stdout
+    assert _run_records(ally_home, "gone") == []
+    assert len(_run_records(ally_home, "kept")) == 1
+    assert json.loads(ally_cli("run", "kept", "t", "--input", "{}").stdout)["ok"] == 1
