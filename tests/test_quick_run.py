@@ -354,10 +354,16 @@ def _environ(home: Path) -> dict[str, str]:
     return env
 
 
-def _make_home(root: Path, plugins: Mapping[str, tuple[dict[str, Any], dict[str, str]]]) -> Home:
+def _make_home(
+    root: Path,
+    plugins: Mapping[str, tuple[dict[str, Any], dict[str, str]]],
+    wheelhouse: Optional[Path] = None,
+) -> Home:
+    """A home with ``plugins``; Python envs install only from ``wheelhouse``."""
     home = root / "home"
     (home / "plugins").mkdir(parents=True)
-    (home / "config.toml").write_text("[ally.index]\nno_index = true\n", "utf-8")
+    links = f"find_links = [{json.dumps(str(wheelhouse))}]\n" if wheelhouse else ""
+    (home / "config.toml").write_text(f"[ally.index]\nno_index = true\n{links}", "utf-8")
     for name, (manifest, files) in plugins.items():
         plugin = write_plugin(home / "plugins", name, manifest, files)
         if "bin/script" in files:
@@ -368,25 +374,46 @@ def _make_home(root: Path, plugins: Mapping[str, tuple[dict[str, Any], dict[str,
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Home:
-    """The shared home (settled once): tests that use it change none of its files."""
-    made = _make_home(tmp_path_factory.mktemp("quick"), PLUGINS)
-    time.sleep(SETTLE)
-    return made
+def home(homes: dict[str, Home]) -> Home:
+    """The shared home: tests that use it change none of its files."""
+    return homes["shared"]
 
 
 #: The homes the invalidation tests change, one each, all settled by one sleep.
 CHANGED = ("manifest", "duplicate", "config_toml", "environ", "config_set", "off", "symlink")
+#: A plugin with a Python env (allydemo-greet from the test session's wheelhouse).
+GREET = (
+    {
+        "runtime": "python3",
+        "dependencies": {"file": "requirements.txt"},
+        "tools": [
+            *(_tool(mode) for mode in ("ok", "echo", "fail", "env", "logs")),
+            {
+                "name": "hello",
+                "command": "python3",
+                "args": ["-c", "import json, allydemo_greet as g; print(json.dumps(g.greet()))"],
+            },
+        ],
+    },
+    {"tool.py": TOOL, "requirements.txt": "allydemo-greet==1.0.0\n"},
+)
 
 
 @pytest.fixture(scope="module")
-def fresh_homes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Home]:
-    made = {}
+def homes(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> dict[str, Home]:
+    """All the homes of this module, settled by one sleep: ``shared`` (:data:`PLUGINS`), one
+    per invalidation test (:data:`CHANGED`), and two with an installed Python plugin:
+    ``python`` (never changed) and ``python_env`` (changed)."""
+    made = {"shared": _make_home(tmp_path_factory.mktemp("quick"), PLUGINS)}
     for case in CHANGED:
         made[case] = _make_home(
             tmp_path_factory.mktemp(f"quick-{case}"),
             {"echo": PLUGINS["echo"], "plain": ({"tools": [_tool("ok")]}, {"tool.py": TOOL})},
         )
+    for case in ("python", "python_env"):
+        made[case] = _make_home(tmp_path_factory.mktemp(case), {"greet": GREET}, wheelhouse)
+        installed = made[case].run("install", "greet")
+        assert installed.code == 0, installed.stderr
     time.sleep(SETTLE)
     return made
 
@@ -434,7 +461,7 @@ def test_every_kind_of_reply_is_printed_the_same(home: Home, mode: str):
         assert ran.stderr.startswith(f"ally: echo: tool {mode!r}")
 
 
-@pytest.mark.parametrize("mode", sorted(READ_AS))
+@pytest.mark.parametrize("mode", sorted(set(READ_AS) - {"ok", "fail_plain", "preamble", "empty"}))
 def test_every_kind_of_reply_is_read_the_same_with_json(home: Home, mode: str):
     ran = same(home, "run", "echo", mode, "--json")
     data = ran.json()
@@ -447,7 +474,6 @@ def test_every_kind_of_reply_is_read_the_same_with_json(home: Home, mode: str):
     "args",
     [
         ["-q", "run", "echo", "fail"],
-        ["-q", "run", "echo", "controls"],
         ["run", "echo", "ok", "-q"],
         ["run", "echo", "empty_exit", "--quiet"],
     ],
@@ -502,11 +528,9 @@ def test_the_tool_inherits_nothing_more_of_ally(home: Home, tmp_path: Path):
     [
         (["--input", '{"a": [1, 2]}'], b'{"ignored": true}', {"a": [1, 2]}),
         (['--input={"a": "b=c"}'], None, {"a": "b=c"}),
-        (["--input", ""], b'{"ignored": true}', {}),
-        (["--input="], None, {}),
+        (["--input="], b'{"ignored": true}', {}),
         ([], b'{"from": "stdin", "lone": "\\ud800"}', {"from": "stdin", "lone": "\ud800"}),
         ([], b" \n\t", {}),
-        ([], None, {}),
         ([], b'"\xe2\x98\x83"', "\u2603"),
     ],
 )
@@ -800,8 +824,8 @@ def quick_again(home: Home, *args: str, extra: Optional[Mapping[str, str]] = Non
     return again
 
 
-def test_an_edited_manifest_is_used_at_once(fresh_homes: dict[str, Home]):
-    home = fresh_homes["manifest"]
+def test_an_edited_manifest_is_used_at_once(homes: dict[str, Home]):
+    home = homes["manifest"]
     before = recorded(home, "run", "echo", "echo")
     assert before.json()["data"] == {"argv": ["echo"]}
     manifest, _files = PLUGINS["echo"]
@@ -812,8 +836,8 @@ def test_an_edited_manifest_is_used_at_once(fresh_homes: dict[str, Home]):
     assert quick_again(home, "run", "echo", "echo").json()["data"] == after.json()["data"]
 
 
-def test_a_second_plugin_of_the_same_name_blocks_both(fresh_homes: dict[str, Home]):
-    home = fresh_homes["duplicate"]
+def test_a_second_plugin_of_the_same_name_blocks_both(homes: dict[str, Home]):
+    home = homes["duplicate"]
     recorded(home, "run", "echo", "ok")
     recorded(home, "run", "plain", "ok")
     twin = write_plugin(home.path / "plugins", "twin", {"name": "echo", "tools": [_tool("ok")]})
@@ -831,8 +855,8 @@ def test_a_second_plugin_of_the_same_name_blocks_both(fresh_homes: dict[str, Hom
     quick_again(home, "run", "echo", "ok")
 
 
-def test_a_changed_config_file_is_used_at_once(fresh_homes: dict[str, Home]):
-    home = fresh_homes["config_toml"]
+def test_a_changed_config_file_is_used_at_once(homes: dict[str, Home]):
+    home = homes["config_toml"]
     extra = {"ALLY_TEST_SHOWN": "yes"}
     before = recorded(home, "run", "echo", "env", extra=extra)
     assert "ALLY_TEST_SHOWN" not in before.json()["result"]["environ"]
@@ -844,8 +868,8 @@ def test_a_changed_config_file_is_used_at_once(fresh_homes: dict[str, Home]):
     assert again.json()["result"]["environ"]["ALLY_TEST_SHOWN"] == "yes"
 
 
-def test_another_environment_is_another_record(fresh_homes: dict[str, Home]):
-    home = fresh_homes["environ"]
+def test_another_environment_is_another_record(homes: dict[str, Home]):
+    home = homes["environ"]
     recorded(home, "run", "echo", "env")
     for value in ("1", "2"):
         extra = {"FOO": value, "ALLY_PASS_ENV": "FOO"}
@@ -860,8 +884,8 @@ def test_another_environment_is_another_record(fresh_homes: dict[str, Home]):
     assert home.run("run", "echo", "env").quick
 
 
-def test_a_stored_config_value_means_no_record(fresh_homes: dict[str, Home]):
-    home = fresh_homes["config_set"]
+def test_a_stored_config_value_means_no_record(homes: dict[str, Home]):
+    home = homes["config_set"]
     recorded(home, "run", "echo", "env")
     refused = home.run("config", "set", "echo", "colour", "blue")  # no config declared
     assert refused.code == 1 and "declares no config" in refused.stderr
@@ -882,8 +906,8 @@ def test_a_stored_config_value_means_no_record(fresh_homes: dict[str, Home]):
     assert recorded(home, "run", "plain", "ok").code == 0  # other plugins keep theirs
 
 
-def test_quick_run_off_is_always_the_full_path(fresh_homes: dict[str, Home]):
-    home = fresh_homes["off"]
+def test_quick_run_off_is_always_the_full_path(homes: dict[str, Home]):
+    home = homes["off"]
     recorded(home, "run", "echo", "ok")
     records = home.records("echo")
     for value in ("0", "0", "false", " OFF "):
@@ -894,9 +918,9 @@ def test_quick_run_off_is_always_the_full_path(fresh_homes: dict[str, Home]):
 
 
 def test_a_script_replaced_by_a_symlink_out_of_the_plugin_is_refused(
-    fresh_homes: dict[str, Home], tmp_path: Path
+    homes: dict[str, Home], tmp_path: Path
 ):
-    home = fresh_homes["symlink"]
+    home = homes["symlink"]
     plugin = home.path / "plugins" / "echo"
     assert recorded(home, "run", "echo", "script").json()["result"] == "inside"
     outside = tmp_path / "outside"
@@ -925,6 +949,36 @@ def test_a_script_replaced_by_a_symlink_out_of_the_plugin_is_refused(
     # The plugin's own directory is not watched: the record holds, and serves the script.
     back = same(home, "run", "echo", "script")
     assert back.json()["result"] == "inside"
+
+
+# -- plugins with a Python env ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["hello", "fail", "env"])
+def test_a_python_plugin_runs_the_same(homes: dict[str, Home], mode: str):
+    home = homes["python"]
+    ran = same(home, "run", "greet", mode, "--json", "--input", '{"who": "py"}')
+    data = ran.json()
+    if mode == "hello":
+        assert data["reply"] == "hello world from allydemo_greet 1.0.0"
+    if mode == "env":  # the env's interpreter and variables, from the record
+        environ = data["result"]["environ"]
+        env_bin = environ["PATH"].split(os.pathsep)[0]
+        assert env_bin.startswith(str(home.path / "plugin-envs"))
+        assert os.path.exists(os.path.join(env_bin, "python3"))
+
+
+def test_a_new_env_of_a_python_plugin_is_used_at_once(homes: dict[str, Home]):
+    home = homes["python_env"]
+    before = recorded(home, "run", "greet", "hello")
+    assert before.json()["data"] == "hello world from allydemo_greet 1.0.0"
+    assert home.run("reinstall", "greet").code == 0
+    assert changed(home, "run", "greet", "hello").out == before.out  # a new env, the same
+    requirements = home.path / "plugins" / "greet" / "requirements.txt"
+    requirements.write_text("allydemo-greet==2.0.0\n", "utf-8")
+    rebuilt = home.run("run", "greet", "hello")  # the full path builds the new env
+    assert not rebuilt.quick and rebuilt.json()["data"] == "hello world from allydemo_greet 2.0.0"
+    assert quick_again(home, "run", "greet", "hello").out == rebuilt.out
 
 
 # -- 5. never a record, and command lines for the full path ------------------------------------
@@ -962,14 +1016,11 @@ def test_a_plugin_with_a_config_schema_gets_no_record(home: Home):
 @pytest.mark.parametrize(
     "args",
     [
-        ["-v", "run", "echo", "logs"],
         ["run", "echo", "logs", "-v"],
         ["run", "echo", "env", "--config", "k=v"],
         ["--home", "{home}", "run", "echo", "ok"],
         ["--debug", "run", "echo", "ok"],
         ["run", "echo", "ok", "--timeout", "0"],
-        ["run", "echo", "ok", "--input", "-1"],
-        ["run", "echo", "ok", "extra"],
         ["run", "echo", "ok", "--inp", "{}"],
     ],
 )
