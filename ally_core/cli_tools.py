@@ -25,7 +25,7 @@ from .cli_common import (
     _say,
 )
 from .errors import ConfigError, PluginNotFound, ToolError
-from .lean import failure_line, quick_run_enabled, result_json
+from .lean import failure_line, loads_bounded, quick_run_enabled, result_json
 
 __all__ = ["cmd_mcp_serve", "cmd_run", "cmd_runtimes", "cmd_schema"]
 
@@ -37,7 +37,7 @@ def _read_input(args: argparse.Namespace) -> Any:
     if not text or not text.strip():
         return {}
     try:
-        return json.loads(text)
+        return loads_bounded(text)
     except RecursionError:
         raise ToolError("--input is nested too deeply", error_type="invalid_input") from None
     except ValueError as exc:

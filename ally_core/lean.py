@@ -25,14 +25,17 @@ if TYPE_CHECKING:
     from typing import Any, Optional
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "QUOTE_LIMIT",
     "RUN_RECORD_HEADER",
     "TAIL_LIMIT",
+    "deeper_than",
     "dumps",
     "environ_digest",
     "failure_line",
     "file_identity",
     "loads",
+    "loads_bounded",
     "printable",
     "read_reply",
     "reply_json",
@@ -45,6 +48,11 @@ __all__ = [
 QUOTE_LIMIT = 2000
 #: Characters of stderr kept in a result's ``stderr`` / ``logs``.
 TAIL_LIMIT = 4000
+#: Deepest nesting of arrays and objects in a tool's input given to ``ally run`` and in a
+#: tool's reply that ally reads. Python's recursion limit would refuse some depths above it
+#: anyway, but where depends on how deep in its own calls a program parses or prints the
+#: value: a fixed limit gives every path of ally the same answer.
+MAX_JSON_DEPTH = 500
 
 # -- text for a terminal -----------------------------------------------------------------------
 
@@ -121,14 +129,41 @@ def loads(text: str) -> Any:
         start = len(text) - len(text.lstrip(_WHITESPACE))
         try:
             value, end = _scan(text, start)
-        except (StopIteration, ValueError):
-            pass  # json says why, below
+        except (StopIteration, ValueError, SystemError):
+            # json says why, below. (On Python 3.10 and 3.11 the scanner raises most of its
+            # errors as json.decoder's only once something imported it; before that, such an
+            # error is a SystemError, "returned NULL without setting an exception".)
+            pass
         else:
             if not text[end:].strip(_WHITESPACE):
                 return value
     import json
 
     return json.loads(text)
+
+
+def deeper_than(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``value`` nests arrays and objects (lists, tuples and dicts) more than ``limit``
+    levels deep (``[]`` is one level; no recursion, whatever the depth)."""
+    containers = (dict, list, tuple)
+    stack = [(value, 1)] if isinstance(value, containers) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, containers))
+    return False
+
+
+def loads_bounded(text: str, limit: int = MAX_JSON_DEPTH) -> Any:
+    """:func:`loads`, refusing a value nested more than ``limit`` levels deep with the
+    :class:`RecursionError` Python raises for some of them itself."""
+    value = loads(text)
+    # A text with fewer brackets cannot nest deeper: most need no walk.
+    if text.count("[") + text.count("{") > limit and deeper_than(value, limit):
+        raise RecursionError(f"nested more than {limit} levels deep")
+    return value
 
 
 def _not_serializable(value: Any) -> Any:
@@ -168,18 +203,19 @@ def _text(value: Any) -> str:
 
 def parse_json_reply(stdout: str) -> tuple[bool, Any]:
     """``(True, value)`` for the JSON value in ``stdout`` (the whole of it, else its last
-    non-empty line), ``(False, None)`` when there is none."""
+    non-empty line), ``(False, None)`` when there is none (a value nested more than
+    :data:`MAX_JSON_DEPTH` levels deep is none)."""
     text = stdout.strip()
     if not text:
         return False, None
     try:
-        return True, loads(text)
+        return True, loads_bounded(text)
     except (ValueError, RecursionError):
         pass
     for line in reversed(text.splitlines()):
         if line.strip():
             try:
-                return True, loads(line)
+                return True, loads_bounded(line)
             except (ValueError, RecursionError):
                 break
     return False, None

@@ -272,7 +272,7 @@ def _read_input(text: Optional[str]) -> Any:
     if not text or not text.strip():
         return {}
     try:
-        return lean.loads(text)
+        return lean.loads_bounded(text)
     except RecursionError:
         raise _ToolError("--input is nested too deeply") from None
     except ValueError as exc:
@@ -478,6 +478,9 @@ class _Call:
             # Descendants that left the process group (setsid) are still in the cgroup.
             self._kill_cgroup_members()
             self._drain()
+            if not reason and max(self.size.values()) > call["limit"]:
+                # Read after the exit (or written by a descendant since): over all the same.
+                reason = f"output exceeded {call['limit']} bytes"
             duration = time.monotonic() - start
             if reason:
                 raise _ToolError(f"{call['label']} {reason}; killed")

@@ -622,6 +622,9 @@ def _run_in_scope(
     call.write(b"", close=True)
     out.join(5)
     err.join(5)
+    if not reason and (out.overflow or err.overflow):
+        # Read after the exit woke us (or written by a descendant since): over all the same.
+        reason = f"output exceeded {limit} bytes"
     duration = time.monotonic() - start
     stderr_tail = err.text[-4000:]
     if reason:
