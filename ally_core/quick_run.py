@@ -57,7 +57,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``ally ARGS...``: the quick path of ``ally run`` when it applies, else the full CLI."""
     args = sys.argv[1:] if argv is None else list(argv)
     if "run" in args[:3] and lean.quick_run_enabled(os.environ):
-        call = _prepare(args)
+        try:
+            call = _prepare(args)
+        except (OSError, ValueError):  # the working directory is gone, say: the full path
+            call = None  # says what is wrong (nothing was read or started yet)
         if call is not None:
             return _run(call)
     from .cli import main as full
