@@ -33,7 +33,6 @@ from .cli_common import (
     _print_traceback,
     _say,
 )
-from .cli_exec import run_in_env
 from .cli_options import (
     _build_options,
     _json_flag,
@@ -81,6 +80,8 @@ def _config(args: argparse.Namespace) -> int:
 def cmd_exec(args: argparse.Namespace) -> int:
     """``ally exec NAME -- CMD`` (:mod:`ally_core.cli_exec`: given its Host, it stays out
     of the imports of the modules that take one)."""
+    from .cli_exec import run_in_env
+
     return run_in_env(args, lambda: _host(args))
 
 
