@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -35,6 +36,39 @@ def _host(args: argparse.Namespace) -> Any:
     if getattr(args, "jobs", None) is not None:
         settings["jobs"] = args.jobs
     return Host(args.home, plugin_dirs=args.plugins_dir or (), settings=settings)
+
+
+def _quick_home(args: argparse.Namespace) -> bool:
+    """Whether this command's Host is the one the quick path of ``ally run`` and ``ally
+    list`` stands for (:mod:`.quick_run`): no ``--home``, ``--plugins-dir`` or build option."""
+    from .lean import quick_run_enabled
+
+    return (
+        args.home is None
+        and not args.plugins_dir
+        and not getattr(args, "offline", False)
+        and not getattr(args, "installer", None)
+        and getattr(args, "jobs", None) is None
+        and quick_run_enabled(os.environ)
+    )
+
+
+class _Tee:
+    """Standard output that also keeps what was written (what ``ally list`` printed)."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.kept: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.kept.append(text)
+        return int(self.out.write(text))
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def isatty(self) -> bool:
+        return bool(self.out.isatty())
 
 
 #: Secret values this command was given: masked in whatever it prints, errors included.

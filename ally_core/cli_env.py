@@ -19,9 +19,11 @@ from .cli_common import (
     _host,
     _outcome_json,
     _print_outcomes,
+    _quick_home,
     _reporter,
     _say,
     _size,
+    _Tee,
 )
 from .errors import ConfigError, PluginNotFound
 
@@ -45,13 +47,22 @@ def cmd_list(args: argparse.Namespace) -> int:
     outcomes = host.status()
     _debug_causes(args, outcomes)
     servers = status_plugins(host)
-    if args.json:
-        _emit({"plugins": [_outcome_json(o) for o in outcomes], **_servers_json(servers)})
-    elif not outcomes and not servers:
-        _say("no plugins found")
-    else:
-        _print_outcomes(outcomes, args, host)
-        print_servers(servers)
+    out = sys.stdout = _Tee(sys.stdout)
+    try:
+        if args.json:
+            _emit({"plugins": [_outcome_json(o) for o in outcomes], **_servers_json(servers)})
+        elif not outcomes and not servers:
+            _say("no plugins found")
+        else:
+            _print_outcomes(outcomes, args, host)
+            print_servers(servers)
+    finally:
+        sys.stdout = out.out
+    if not servers and not (args.verbose or args.debug) and _quick_home(args):
+        from .run_records import save_list_record
+
+        # The next `ally list` of this home prints it on the quick path (.quick_run).
+        save_list_record(host, outcomes, json=args.json, text="".join(out.kept))
     return EXIT_OK
 
 

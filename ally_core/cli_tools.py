@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
@@ -21,11 +20,12 @@ from .cli_common import (
     _hide,
     _host,
     _note,
+    _quick_home,
     _reporter,
     _say,
 )
 from .errors import ConfigError, PluginNotFound, ToolError
-from .lean import failure_line, loads_bounded, quick_run_enabled, result_json
+from .lean import failure_line, loads_bounded, result_json
 
 __all__ = ["cmd_mcp_serve", "cmd_run", "cmd_runtimes", "cmd_schema"]
 
@@ -152,19 +152,6 @@ def _choice_of(choices: list[Any], typed: str) -> Any:
         pick = choices[int(typed) - 1]
         return pick.get("value") if isinstance(pick, dict) else pick
     return typed
-
-
-def _quick_home(args: argparse.Namespace) -> bool:
-    """Whether this command's Host is the one the quick path of ``ally run`` stands for
-    (:mod:`.quick_run`): no ``--home``, ``--plugins-dir`` or build option."""
-    return (
-        args.home is None
-        and not args.plugins_dir
-        and not args.offline
-        and not args.installer
-        and args.jobs is None
-        and quick_run_enabled(os.environ)
-    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:

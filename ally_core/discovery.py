@@ -267,9 +267,13 @@ class Discovery:
         that may hold a plugin (a second one of a name blocks both), and the file of the
         remembered plugin dirs."""
         out = [str(root) for root in self.paths.plugin_dirs]
-        out += [f"{root}{os.sep}{name}{os.sep}{MANIFEST_NAME}" for root, name in self._candidates()]
+        out += [f"{folder}{os.sep}{MANIFEST_NAME}" for folder in self.candidate_dirs()]
         out.append(str(self._links_file))
         return out
+
+    def candidate_dirs(self) -> list[str]:
+        """Every directory that may hold a plugin, in discovery order."""
+        return [f"{root}{os.sep}{name}" for root, name in self._candidates()]
 
     # -- plugin directories installed by path --------------------------------------------------
 

@@ -250,6 +250,12 @@ class KeyMaker:
         entry = self._keys.get(str(source.plugin_dir))
         return entry.inputs if entry is not None and entry.spec is spec else None
 
+    def watched_files(self, source: PluginSource) -> Optional[list[str]]:
+        """The files the runtime's ``identity_files`` named for the key :meth:`spec_and_key`
+        holds for ``source`` (``None`` when it holds none)."""
+        entry = self._keys.get(str(source.plugin_dir))
+        return [str(w[0]) for w in entry.watch] if entry is not None else None
+
     def spec_and_key(self, source: PluginSource) -> tuple[EnvSpec, str]:
         """The warm path's spec and request key, reused while nothing they depend on changed.
 

@@ -362,6 +362,9 @@ def environ_digest(environ: Mapping[str, str]) -> str:
 
 #: The run records' directory in the env store.
 RUN_DIR = ".run"
+#: The names ``ally list`` and ``ally list --json`` keep their records under (no plugin
+#: name starts with a dot).
+LIST, LIST_JSON = ".list", ".list-json"
 
 
 def run_record_path(envs_dir: str, plugin: str, environ: str) -> str:

@@ -226,7 +226,7 @@ class Maintenance:
                 if not dry_run:
                     store.unpublish(name)
             for record, plugin in self._run_records():
-                if plugin not in plugins:
+                if plugin not in plugins and not plugin.startswith("."):  # .list: no plugin
                     removed.append((record, disk_usage(record), f"plugin {plugin!r} is gone"))
                     if not dry_run:
                         record.unlink(missing_ok=True)

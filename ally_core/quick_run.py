@@ -1,4 +1,5 @@
-"""The ``ally`` command's entry: ``ally run`` of a ready plugin without importing ally's core.
+"""The ``ally`` command's entry: ``ally run`` of a ready plugin, and ``ally list`` of a home
+whose plugins are all ready, without importing ally's core.
 
 Hosts in other languages call ``ally run PLUGIN TOOL`` once per tool call. Importing ally's
 core (attrs classes, pluggy, the runtimes) costs several times what starting the tool does,
@@ -17,6 +18,11 @@ a new session, the parent-death signal and a cgroup per call (entered as the pro
 created: ``clone3`` with ``CLONE_INTO_CGROUP`` spares the wait a later move into the cgroup
 costs), the timeout and output limit, the group and cgroup killed at the end, the reply read
 by :func:`ally_core.lean.read_reply` and printed as ``ally run`` prints it, the same exit codes.
+
+``ally list`` and ``ally list --json`` (``-q`` allowed) print what the full path printed last
+time, from the home's list record, while every fact it rests on holds: the full path writes
+one only when every plugin is ready on its current env with no warning and no Claude-style
+plugin is around (what a plugin that is not ready shows can change with time alone).
 
 ``ALLY_QUICK_RUN=0`` sends every command to the full path.
 """
@@ -56,13 +62,19 @@ class _ToolError(Exception):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``ally ARGS...``: the quick path of ``ally run`` when it applies, else the full CLI."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if "run" in args[:3] and lean.quick_run_enabled(os.environ):
+    if lean.quick_run_enabled(os.environ):
         try:
-            call = _prepare(args)
+            if "run" in args[:3]:
+                call = _prepare(args)
+                if call is not None:
+                    return _run(call)
+            elif "list" in args[:3]:
+                listed = _listed(args)
+                if listed is not None:
+                    sys.stdout.write(listed)
+                    return EXIT_OK
         except (OSError, ValueError):  # the working directory is gone, say: the full path
-            call = None  # says what is wrong (nothing was read or started yet)
-        if call is not None:
-            return _run(call)
+            pass  # says what is wrong (nothing was read or started yet)
     from .cli import main as full
 
     return full(args)
@@ -151,11 +163,22 @@ def _envs_dir(environ: Mapping[str, str]) -> Optional[str]:
     return _absolute(data) + "/ally/plugin-envs"
 
 
+def _listed(args: Sequence[str]) -> Optional[str]:
+    """What ``[-q] list [--json] [-q]`` prints, from its record (``None``: the full path)."""
+    words = [a for a in args if a not in ("-q", "--quiet")]
+    if words == ["list"] or words == ["list", "--json"]:
+        record = _record(lean.LIST_JSON if len(words) == 2 else lean.LIST)
+        if record is not None and isinstance(record.get("text"), str):
+            return str(record["text"])
+    return None
+
+
 def _record(plugin: str) -> Optional[dict[str, Any]]:
-    """The plugin's run record if every fact it rests on still holds, else ``None``."""
+    """The plugin's run record (or ``ally list``'s) if every fact it rests on still holds,
+    else ``None``."""
     environ = os.environ
     envs_dir = _envs_dir(environ)
-    if envs_dir is None or not _plugin_name(plugin):
+    if envs_dir is None or not (_plugin_name(plugin) or plugin in (lean.LIST, lean.LIST_JSON)):
         return None
     digest = lean.environ_digest(environ)
     try:

@@ -28,20 +28,22 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from .__about__ import __version__
-from .lean import RUN_RECORD_HEADER, environ_digest, file_identity, run_record_path
+from .lean import LIST, LIST_JSON, RUN_RECORD_HEADER, environ_digest, file_identity, run_record_path
 from .paths import ARTIFACTS_DIR, relative_parts
-from .store import write_atomic
+from .store import MARKER, write_atomic
 
 if TYPE_CHECKING:
+    from .discovery import PluginSource
     from .host import Host
     from .manifest import Tool
     from .outcomes import PluginOutcome
 
-__all__ = ["make_run_record", "save_run_record"]
+__all__ = ["make_list_record", "make_run_record", "save_list_record", "save_run_record"]
 
 #: A path changed less than this long ago may change again within one timestamp tick
 #: without its identity changing (see discovery.SETTLE_NS): no record is written then.
@@ -77,6 +79,67 @@ def _tool_entry(outcome: PluginOutcome, tool: Tool, settings: Any) -> Optional[d
     return entry
 
 
+def _home_watch(host: Host) -> list[str]:
+    """What every record watches: which plugins there are, ally's settings and installation."""
+    return [
+        *host.discovery.watched_paths(),
+        str(host.paths.config_file),
+        *(p for p in sys.path[1:] if p and os.path.isdir(p)),
+    ]
+
+
+def _env_watch(
+    host: Host, outcome: PluginOutcome, source: PluginSource
+) -> Optional[tuple[list[str], list[list[str]]]]:
+    """What a ready plugin's answer rests on: paths to watch and links to check (``None``:
+    its runtime does not name its paths, the quick path cannot vouch for it)."""
+    manifest = outcome.manifest
+    assert manifest is not None
+    watch = [f"{outcome.plugin_dir}{os.sep}{ARTIFACTS_DIR}"]
+    if manifest.runtime is None:
+        return watch, []
+    env = outcome.env
+    if env is None:
+        return None
+    spec, _key = host.keys.spec_and_key(source)
+    paths = host.dispatch.watch_paths(spec, env)
+    current = host.store.current(manifest.name)
+    if paths is None or current is None:
+        return None
+    env_dir, marker = current
+    pointer = host.store.pointer(manifest.name)
+    watch += [str(env_dir / MARKER), *map(str, paths)]
+    if spec.dependency_file is not None:
+        watch.append(str(spec.dependency_file))
+    files = host.keys.watched_files(source)  # what the warm key depends on, as it found it
+    watch += files if files is not None else map(str, host.dispatch.identity_files(spec) or ())
+    if marker.env.interpreter.realpath:
+        watch.append(marker.env.interpreter.realpath)
+    return watch, [[str(pointer), os.readlink(pointer)]]
+
+
+def _settled(watch: list[str]) -> Optional[list[list[Any]]]:
+    """``[path, identity]`` of each watched path; ``None`` when one changed too recently."""
+    pairs = [(path, file_identity(path)) for path in dict.fromkeys(watch)]
+    fresh = time.time_ns() - SETTLE_NS
+    if any(i is not None and max(i[1], i[3]) >= fresh for _p, i in pairs):
+        return None  # written by a later run, once nothing it watches is this fresh
+    return [list(pair) for pair in pairs]
+
+
+def _header(host: Host, key: str) -> dict[str, Any]:
+    """What every record is checked against first: this ally, interpreter and environment."""
+    relative_dirs = any(not os.path.isabs(p) for p in host.settings.plugin_dirs)
+    return {
+        "version": __version__,
+        "python": sys.executable,
+        "environ": environ_digest(os.environ),
+        "cwd": os.getcwd() if relative_dirs else None,
+        "envs_dir": str(host.paths.envs_dir),
+        "plugin": key,
+    }
+
+
 def make_run_record(host: Host, outcome: PluginOutcome) -> Optional[dict[str, Any]]:
     """The run record of a ready plugin, or ``None`` when the quick path cannot serve it."""
     from .plugin_config import store_path
@@ -99,72 +162,85 @@ def make_run_record(host: Host, outcome: PluginOutcome) -> Optional[dict[str, An
             tools[tool.name] = entry
     if not tools:
         return None
-    plugin_dir = str(outcome.plugin_dir)
-    watch: list[str] = [
-        *host.discovery.watched_paths(),
-        str(host.paths.config_file),
-        str(stored),
-        f"{plugin_dir}{os.sep}{ARTIFACTS_DIR}",
-        *(p for p in sys.path[1:] if p and os.path.isdir(p)),
-    ]
-    links: list[list[str]] = []
+    found = _env_watch(host, outcome, host.source(manifest.name))
+    if found is None:
+        return None
+    watch, links = found
+    identities = _settled([*_home_watch(host), str(stored), *watch])
+    if identities is None:
+        return None
     env = outcome.env
-    if manifest.runtime is not None:
-        if env is None:
-            return None
-        source = host.source(manifest.name)
-        spec, _key = host.keys.spec_and_key(source)
-        paths = host.dispatch.watch_paths(spec, env)
-        if paths is None:
-            return None
-        current = host.store.current(manifest.name)
-        if current is None:
-            return None
-        env_dir, marker = current
-        pointer = host.store.pointer(manifest.name)
-        links.append([str(pointer), os.readlink(pointer)])
-        watch += [str(env_dir / ".installed"), *map(str, paths)]
-        if spec.dependency_file is not None:
-            watch.append(str(spec.dependency_file))
-        watch += map(str, host.dispatch.identity_files(spec) or ())
-        if marker.env.interpreter.realpath:
-            watch.append(marker.env.interpreter.realpath)
-    identities = [(path, file_identity(path)) for path in dict.fromkeys(watch)]
-    fresh = time.time_ns() - SETTLE_NS
-    if any(i is not None and max(i[1], i[3]) >= fresh for _p, i in identities):
-        return None  # written by a later run, once nothing it watches is this fresh
-    relative_dirs = any(not os.path.isabs(p) for p in settings.plugin_dirs)
     return {
-        "version": __version__,
-        "python": sys.executable,
-        "environ": environ_digest(os.environ),
-        "cwd": os.getcwd() if relative_dirs else None,
-        "envs_dir": str(host.paths.envs_dir),
-        "plugin": manifest.name,
-        "plugin_dir": plugin_dir,
+        **_header(host, manifest.name),
+        "plugin_dir": str(outcome.plugin_dir),
         "tools": tools,
         "pass": sorted({*PASSED_VARS, *settings.pass_env}),
         "locale": sorted(LOCALE_VARS),
         "env_vars": dict(env.env_vars) if env is not None else {},
         "bin_dirs": list(env.bin_dirs) if env is not None else [],
         "output_limit": settings.output_limit,
-        "watch": [list(pair) for pair in identities],
+        "watch": identities,
         "links": links,
     }
+
+
+def make_list_record(
+    host: Host, outcomes: Sequence[PluginOutcome], *, json: bool, text: str
+) -> Optional[dict[str, Any]]:
+    """The record of what ``ally list`` (``--json``) printed, ``text``; ``None`` unless
+    every plugin is ready on its current env with nothing to warn about (what a plugin that
+    is not ready shows can change with time alone: a failed build is retried)."""
+    if any(
+        o.manifest is None or not o.ready or o.reason or o.stale or o.warnings for o in outcomes
+    ):
+        return None
+    sources = {str(s.plugin_dir): s for s in host.discover()}
+    watch = [
+        *_home_watch(host),
+        # A Claude-style plugin's MCP servers are listed too.
+        *(f"{d}{os.sep}.claude-plugin{os.sep}plugin.json" for d in host.discovery.candidate_dirs()),
+    ]
+    links: list[list[str]] = []
+    for outcome in outcomes:
+        source = sources.get(str(outcome.plugin_dir))
+        found = _env_watch(host, outcome, source) if source is not None else None
+        if found is None:
+            return None
+        watch += found[0]
+        links += found[1]
+    identities = _settled(watch)
+    if identities is None:
+        return None
+    key = LIST_JSON if json else LIST
+    return {**_header(host, key), "text": text, "watch": identities, "links": links}
+
+
+def save_list_record(
+    host: Host, outcomes: Sequence[PluginOutcome], *, json: bool, text: str
+) -> Optional[Path]:
+    """Write the record of an ``ally list`` (see :func:`make_list_record`); its path or
+    ``None``."""
+    try:
+        record = make_list_record(host, outcomes, json=json, text=text)
+    except OSError:
+        return None
+    return _write(host, record) if record is not None else None
 
 
 def save_run_record(host: Host, outcome: PluginOutcome) -> Optional[Path]:
     """Write the run record of ``outcome`` (see :func:`make_run_record`); its path, or
     ``None`` when there is none to write or the store is read-only. Older records of the
     plugin beyond the :data:`KEEP` newest are removed."""
-    import marshal
-
     try:
         record = make_run_record(host, outcome)
     except OSError:
         return None
-    if record is None:
-        return None
+    return _write(host, record) if record is not None else None
+
+
+def _write(host: Host, record: dict[str, Any]) -> Optional[Path]:
+    import marshal
+
     envs_dir = str(host.paths.envs_dir)
     path = Path(run_record_path(envs_dir, record["plugin"], record["environ"]))
     try:
