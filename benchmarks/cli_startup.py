@@ -19,8 +19,9 @@ place per round, so that drift in the machine's load hits all of them alike:
   environment and the input ally would give it: what ``ally run`` adds to;
 * ``ally run`` (its quick path: the plugin's run record is written by a first, full run and
   checked to be used: the run must not import ``ally_core.cli``), ``ally run`` with
-  ``ALLY_QUICK_RUN=0`` (the full path, for comparison), ``ally list`` (1 plugin),
-  ``ally list`` (101 plugins), ``ally --help``.
+  ``ALLY_QUICK_RUN=0`` (the full path, for comparison), ``ally list`` (1 plugin) and
+  ``ally list`` (101 plugins), both on their quick path (checked the same way), the same with
+  ``ALLY_QUICK_RUN=0``, ``ally --help``.
 
 Goals (from wall-clock medians, paired per round where a difference is taken):
 ``ally run`` <= 40 ms over the direct spawn; ``ally list`` <= 80 ms on a warm home;
@@ -139,7 +140,10 @@ def measure(rounds: int, warmup: int = 3) -> tuple[Times, dict[str, Any]]:
                 )
             plugins = json.loads(listed.stdout)["plugins"]
             assert all(p["status"] == "ready" for p in plugins), plugins
-        _check_quick_path(ally, envs[one], work)
+        full = {home: {**env, "ALLY_QUICK_RUN": "0"} for home, env in envs.items()}
+        _check_quick_path(ally, envs[one], work, ["run", "bench", "echo"])
+        for env in envs.values():
+            _check_quick_path(ally, env, work, ["list"])
         host = Host(one, environ=envs[one])
         (outcome,) = host.load()
         tool = outcome.tool("echo")
@@ -160,6 +164,13 @@ def measure(rounds: int, warmup: int = 3) -> tuple[Times, dict[str, Any]]:
             ),
             "ally list (1 plugin)": ([*ally, "list"], envs[one], work, b""),
             f"ally list ({COPIES + 1} plugins)": ([*ally, "list"], envs[many], work, b""),
+            "ally list (1 plugin, full path)": ([*ally, "list"], full[one], work, b""),
+            f"ally list ({COPIES + 1} plugins, full path)": (
+                [*ally, "list"],
+                full[many],
+                work,
+                b"",
+            ),
             "ally --help": ([*ally, "--help"], environ, work, b""),
         }
         names = list(commands)
@@ -177,10 +188,10 @@ def measure(rounds: int, warmup: int = 3) -> tuple[Times, dict[str, Any]]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _check_quick_path(ally: list[str], env: dict[str, str], cwd: Path) -> None:
-    """Run ``ally run`` once the full way (it writes the plugin's run record), then make
-    sure the next one takes the quick path: it must not import ``ally_core.cli``."""
-    argv = [*ally, "run", "bench", "echo"]
+def _check_quick_path(ally: list[str], env: dict[str, str], cwd: Path, args: list[str]) -> None:
+    """Run ``ally ARGS`` once the full way (it writes its record), then make sure the next
+    one takes the quick path: it must not import ``ally_core.cli``."""
+    argv = [*ally, *args]
     subprocess.run(argv, env=env, cwd=cwd, input=b"{}", check=True, capture_output=True)
     # The console script (or python -m ally_core) with -X importtime.
     traced = [
@@ -191,7 +202,7 @@ def _check_quick_path(ally: list[str], env: dict[str, str], cwd: Path) -> None:
     ]
     proc = subprocess.run(traced, env=env, cwd=cwd, input=b"{}", check=True, capture_output=True)
     if b"| ally_core.cli\n" in proc.stderr or b"ally_core.quick_run" not in proc.stderr:
-        raise SystemExit("ally run did not take its quick path: is the plugin's record written?")
+        raise SystemExit(f"ally {' '.join(args)} did not take its quick path: no record?")
 
 
 def _paired(times: Times, a: str, b: str, k: int) -> float:
@@ -233,6 +244,9 @@ def table(times: Times, info: dict[str, Any]) -> str:
     list_wall, list_cpu = med("ally list (1 plugin)", 0), med("ally list (1 plugin)", 1)
     per_wall = _paired(times, many, "ally list (1 plugin)", 0) / COPIES
     per_cpu = _paired(times, many, "ally list (1 plugin)", 1) / COPIES
+    full_list = med("ally list (1 plugin, full path)", 0)
+    full_many = f"ally list ({COPIES + 1} plugins, full path)"
+    full_per = _paired(times, full_many, "ally list (1 plugin, full path)", 0) / COPIES
 
     def goal(label: str, value: float, limit: float, cpu: float) -> str:
         mark = "\u2705" if value <= limit else "\u274c"
@@ -246,6 +260,8 @@ def table(times: Times, info: dict[str, Any]) -> str:
         f"{run_wall / full_wall:.2f}x of that.",
         goal("`ally list`, warm home", list_wall, GOALS["list"], list_cpu),
         goal("per additional plugin through `ally list`", per_wall, GOALS["per_plugin"], per_cpu),
+        f"- the full path of `ally list` (`ALLY_QUICK_RUN=0`): {_fmt(full_list)} for one plugin, "
+        f"{_fmt(full_per)} per additional plugin.",
         f"- `python -c pass`: {_fmt(base_wall)} wall, {_fmt(base_cpu)} CPU; the direct spawn: "
         f"{_fmt(med('direct spawn', 0))} wall, {_fmt(med('direct spawn', 1))} CPU.",
         "",
