@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .hookspecs import hookimpl, hookspec
     from .host import BoundTool, Host, PluginOutcome, PluginSource
     from .manifest import Dependencies, Manifest, Tool, load_manifest, parse_manifest
+    from .paths import command_lookup_paths
     from .process import clean_environ, run_installer
     from .tools import ToolResult
 
@@ -52,6 +53,7 @@ _LAZY: dict[str, str] = {
     "AllyError": "errors",
     "BoundTool": "host",
     "clean_environ": "process",
+    "command_lookup_paths": "paths",
     "ConfigError": "errors",
     "Dependencies": "manifest",
     "EnvInfo": "envs",
@@ -122,6 +124,7 @@ __all__ = [
     "UnsafePath",
     "__version__",
     "clean_environ",
+    "command_lookup_paths",
     "hookimpl",
     "hookspec",
     "load_manifest",

@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Optional
 
 import attrs
 
@@ -22,6 +23,7 @@ __all__ = [
     "AllyPaths",
     "artifacts_dir_of",
     "check_plugin_name",
+    "command_lookup_paths",
     "contained_path",
 ]
 
@@ -150,6 +152,40 @@ def contained_path(base: Path, relative: str) -> Path | None:
     if os.path.commonpath([base_real, target]) != base_real:
         return None
     return Path(target)
+
+
+def command_lookup_paths(command: str, path: Optional[str] = None) -> list[str]:
+    """The files ``shutil.which(command, path=path)`` looks at, in its order, up to the one it
+    finds (all of them when it finds none). No process is started.
+
+    What a runtime's ``watch_paths`` names for a command it looks up on ``PATH``: while none of
+    these files changes (created, removed, replaced, made executable or not), the lookup finds
+    the same file. ``path`` is a ``PATH`` value, as for ``shutil.which``; ``None`` reads
+    ``$PATH``, or the system's default search path when it is unset. A ``command`` with a
+    directory part is not looked up: it is its only candidate. Relative ``PATH`` entries stay
+    relative (``which`` reads them from the current directory). POSIX only: on Windows the
+    current directory and ``PATHEXT`` take part too.
+    """
+    if os.path.dirname(command):
+        return [command]
+    if path is None:
+        path = os.environ.get("PATH")
+        if path is None:
+            try:
+                path = os.confstr("CS_PATH") or ""
+            except (AttributeError, ValueError):
+                path = os.defpath
+    found: list[str] = []
+    for directory in dict.fromkeys(path.split(os.pathsep) if path else ()):
+        candidate = os.path.join(directory, command)
+        found.append(candidate)
+        if (
+            os.path.exists(candidate)
+            and os.access(candidate, os.F_OK | os.X_OK)
+            and not os.path.isdir(candidate)
+        ):
+            break
+    return found
 
 
 def artifacts_dir_of(plugin_dir: Path) -> Path | None:

@@ -14,7 +14,8 @@ Fixtures:
 
 Helpers: :func:`build_wheel` (a wheel from a few lines of code), :func:`pack_npm` (npm
 tarballs from package sources, for a node plugin's tests), :func:`write_plugin`,
-:func:`hermetic_environ`.
+:func:`hermetic_environ`, and :class:`WatchedEnv` with :func:`watched_identities` (for a
+runtime's ``watch_paths``).
 
 Everything here is hermetic: nothing reaches the network.
 """
@@ -30,13 +31,24 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional
 
 import pytest
 
-__all__ = ["DEFAULT_WHEELS", "build_wheel", "hermetic_environ", "pack_npm", "write_plugin"]
+if TYPE_CHECKING:
+    from . import EnvInfo, EnvSpec, Host
+
+__all__ = [
+    "DEFAULT_WHEELS",
+    "WatchedEnv",
+    "build_wheel",
+    "hermetic_environ",
+    "pack_npm",
+    "watched_identities",
+    "write_plugin",
+]
 
 #: Wheels the ``wheelhouse`` fixture builds: (name, version, requires, console scripts).
 DEFAULT_WHEELS: Sequence[tuple[str, str, Sequence[str], Mapping[str, str]]] = (
@@ -175,6 +187,119 @@ def write_plugin(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, "utf-8")
     return plugin_dir
+
+
+def watched_identities(
+    paths: Iterable[str | os.PathLike[str]],
+) -> dict[str, Optional[list[int]]]:
+    """What the quick ``ally run`` path compares for each watched path: its identity
+    ``[st_size, st_mtime_ns, st_ino, st_ctime_ns]`` (symlinks followed), ``None`` when absent.
+    """
+    from .lean import file_identity
+
+    return {os.fspath(path): file_identity(os.fspath(path)) for path in paths}
+
+
+class WatchedEnv:
+    """A plugin's ready env, to test a runtime's ``watch_paths`` hook.
+
+    The quick ``ally run`` path starts a tool without asking the runtime anything while every
+    path ``watch_paths`` named keeps its identity (:func:`watched_identities`). So every change
+    that makes a warm load answer differently must change one of them: :meth:`check` makes a
+    change and asserts both halves. Building the env (``host.ensure(name)``) must succeed.
+
+    ``forget`` is called before the warm hooks are asked (:meth:`answers`): each quick path is
+    a new process, so clear there what your runtime caches for the life of a process (for
+    example a ``functools.lru_cache``'s ``cache_clear``). ``host``, ``spec`` and ``env`` are
+    plain attributes (:meth:`own_interpreter` replaces ``env``).
+    """
+
+    def __init__(
+        self, host: Host, name: str, *, forget: Optional[Callable[[], object]] = None
+    ) -> None:
+        outcome = host.ensure(name)
+        assert outcome.ready, outcome.reason
+        assert outcome.manifest is not None
+        self.host = host
+        self.spec: EnvSpec = host.spec_for(outcome.manifest, outcome.plugin_dir)
+        current = host.store.current(name)
+        assert current is not None
+        self.env: EnvInfo = current[1].env
+        self._forget = forget
+
+    def watched(self) -> list[Path]:
+        """What the runtime's ``watch_paths`` names for the env (it must answer)."""
+        paths = self.host.dispatch.watch_paths(self.spec, self.env)
+        assert paths is not None, f"no runtime answers watch_paths for {self.spec.runtime!r}"
+        return list(paths)
+
+    def answers(self) -> list[Any]:
+        """What the hooks the quick path stands in for answer: ``env_context``,
+        ``env_identity``, ``identity_files`` and a quick ``health_check``."""
+        if self._forget is not None:
+            self._forget()
+        dispatch, spec = self.host.dispatch, self.spec
+        return [
+            dispatch.env_context(spec.runtime, self.host.env_options()),
+            dispatch.env_identity(spec),
+            dispatch.identity_files(spec),
+            dispatch.health_check(spec, self.env, deep=False),
+        ]
+
+    def healthy(self) -> bool:
+        """Whether the quick ``health_check`` finds the env as it should be."""
+        return bool(self.host.dispatch.health_check(self.spec, self.env, deep=False).ok)
+
+    def check(self, what: str, change: Callable[[], object]) -> None:
+        """Call ``change``, and assert that it makes the warm answers differ and changes the
+        identity of a path named before it (``what`` describes it in the failure)."""
+        watched = self.watched()
+        before, answers = watched_identities(watched), self.answers()
+        change()
+        assert self.answers() != answers, f"{what}: the warm hooks answer the same"
+        after = watched_identities(watched)
+        assert after != before, f"{what}: no watched path changed ({sorted(before)})"
+
+    def check_hook_contract(self, no_spawn: Callable[[], ContextManager[object]]) -> None:
+        """The runtime's ``watch_paths`` answers for its own runtime only (``None`` for
+        another), with paths, and starts no process (``no_spawn``: the fixture)."""
+        import attrs
+
+        foreign = attrs.evolve(self.spec, runtime="no-such-runtime")
+        with no_spawn():
+            assert self.host.hook.watch_paths(spec=foreign, env=self.env) is None
+            paths = self.host.hook.watch_paths(spec=self.spec, env=self.env)
+        assert paths, "watch_paths names no path"
+        assert all(isinstance(p, Path) for p in paths), paths
+
+    def own_interpreter(self, link: Path, files: Optional[Mapping[str, Path]] = None) -> None:
+        """Point the env at an interpreter install the test owns, so that the test can take it
+        away: ``link`` becomes a symlink to the env's interpreter, and for each ``env.data``
+        key in ``files`` the file it names is copied to the path given. Only this object's
+        ``env`` changes (nothing on disk is rewritten); it must still be healthy."""
+        import shutil
+
+        import attrs
+
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(self.env.interpreter.path)
+        data = dict(self.env.data)
+        for key, copy in (files or {}).items():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(str(data[key]), copy)
+            data[key] = str(copy)
+        self.env = attrs.evolve(
+            self.env, interpreter=attrs.evolve(self.env.interpreter, path=str(link)), data=data
+        )
+        assert self.healthy(), f"the env's interpreter at {link}: the env is not healthy"
+
+    def check_removal(self, path: Path, what: Optional[str] = None) -> None:
+        """:meth:`check` moving ``path`` away; then put it back and assert that the env is
+        healthy again."""
+        away = path.with_name(path.name + ".away")
+        self.check(what or f"{path} removed", lambda: path.rename(away))
+        away.rename(path)
+        assert self.healthy(), f"{path} put back: the env is not healthy"
 
 
 @pytest.fixture(scope="session")

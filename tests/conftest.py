@@ -3,6 +3,7 @@ helpers below that only its own suite needs (shared here so that each exists onc
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -13,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
+
+from ally_core.testing import build_wheel
 
 
 class Processes:
@@ -98,3 +101,23 @@ def unprivileged() -> list[str]:
     if probe.returncode != 0:
         pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr.decode().strip()}")
     return prefix
+
+
+@pytest.fixture
+def hook_wheel(ally_home: Path, wheelhouse: Path, tmp_path: Path) -> Path:
+    """The wheel of ``allydemo-hook`` 1.0.0, a package that ships a startup hook
+    (``allydemo_hook.pth``, as coverage and editable installs do), in a directory the home's
+    ``config.toml`` finds beside the session's wheelhouse (no index)."""
+    house = tmp_path / "hook-wheels"
+    wheel = build_wheel(
+        house,
+        "allydemo-hook",
+        "1.0.0",
+        files={"allydemo_hook.pth": "import os\n", "allydemo_hook.py": "x = 1\n"},
+    )
+    (ally_home / "config.toml").write_text(
+        "[ally.index]\nno_index = true\n"
+        f"find_links = [{json.dumps(str(wheelhouse))}, {json.dumps(str(house))}]\n",
+        "utf-8",
+    )
+    return wheel

@@ -286,21 +286,9 @@ def test_read_only_files_bind_a_user_and_every_command_still_works(
 
 
 def test_an_installed_pth_edited_in_place_with_its_mtime_restored_is_noticed_on_load(
-    ally_home: Path, make_plugin, wheelhouse: Path, tmp_path: Path
+    ally_home: Path, make_plugin, hook_wheel: Path
 ):
     # A package that ships a startup hook, as some do (coverage, editable installs).
-    house = tmp_path / "hook-wheels"
-    build_wheel(
-        house,
-        "allydemo-hook",
-        "1.0.0",
-        files={"allydemo_hook.pth": "import os\n", "allydemo_hook.py": "x = 1\n"},
-    )
-    (ally_home / "config.toml").write_text(
-        "[ally.index]\nno_index = true\n"
-        f"find_links = [{json.dumps(str(wheelhouse))}, {json.dumps(str(house))}]\n",
-        "utf-8",
-    )
     _greeter(make_plugin, "hooked", "allydemo-greet==1.0.0\nallydemo-hook\n")
     (outcome,) = Host(ally_home).load()
     assert outcome.ready, outcome.reason

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ally_core import ConfigError, Host
+from ally_core import ConfigError, Host, command_lookup_paths
 from ally_core.paths import AllyPaths
 from ally_core.testing import write_plugin
 
@@ -246,3 +247,41 @@ def test_contained_path_refuses_a_drive_relative_name(
     monkeypatch.setattr(paths.os.path, "splitdrive", ntpath.splitdrive)
     assert paths.contained_path(tmp_path, "C:req.txt") is None
     assert paths.contained_path(tmp_path, "req.txt") == tmp_path / "req.txt"
+
+
+def test_command_lookup_paths_are_the_files_which_looks_at_up_to_the_one_it_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dirs = {name: tmp_path / name for name in ("plain", "not-exec", "a-dir", "exec", "after")}
+    for directory in dirs.values():
+        directory.mkdir()
+    (dirs["not-exec"] / "tool").write_text("#!/bin/sh\n")
+    (dirs["a-dir"] / "tool").mkdir()
+    (dirs["exec"] / "tool").write_text("#!/bin/sh\n")
+    (dirs["exec"] / "tool").chmod(0o755)
+    (dirs["after"] / "tool").symlink_to(dirs["exec"] / "tool")
+    order = ["plain", "not-exec", "plain", "a-dir", "exec", "after"]
+    path = os.pathsep.join(str(dirs[name]) for name in order)
+    expected = [str(dirs[name] / "tool") for name in ("plain", "not-exec", "a-dir", "exec")]
+    assert command_lookup_paths("tool", path) == expected
+    assert shutil.which("tool", path=path) == expected[-1]
+
+    # Found nowhere: every entry, each once.
+    without = os.pathsep.join(str(dirs[name]) for name in ("plain", "a-dir", "plain"))
+    assert shutil.which("tool", path=without) is None
+    assert command_lookup_paths("tool", without) == [
+        str(dirs["plain"] / "tool"),
+        str(dirs["a-dir"] / "tool"),
+    ]
+    assert command_lookup_paths("tool", "") == []
+    # A relative entry stays relative; a command with a directory part is not looked up.
+    assert command_lookup_paths("tool", "bin") == [os.path.join("bin", "tool")]
+    assert command_lookup_paths("./tool", path) == ["./tool"]
+
+    # Without ``path``: $PATH, else the system's default search path, as which reads them.
+    monkeypatch.setenv("PATH", path)
+    assert command_lookup_paths("tool") == expected
+    monkeypatch.delenv("PATH")
+    found = shutil.which("sh")
+    assert found is not None
+    assert command_lookup_paths("sh")[-1] == found

@@ -10,10 +10,11 @@ from typing import Any, Optional
 from ...__about__ import __version__
 from ...envs import EnvInfo, EnvOptions, EnvSpec, Health, InstallResult, Interpreter
 from ...hookspecs import hookimpl
+from ...paths import command_lookup_paths
 from .checks import check_env, quick_check_paths
 from .index import effective_index, index_context, index_identity, pip_config_candidates
 from .layout import ENV_LAYOUT, NAMES, serves
-from .uv_locate import lookup_paths, uv_available, uv_package_found
+from .uv_locate import uv_available, uv_package_found
 
 __all__ = [
     "bundle_artifacts",
@@ -147,7 +148,7 @@ def watch_paths(spec: EnvSpec, env: EnvInfo) -> Optional[Sequence[Path]]:
     paths = quick_check_paths(spec, env)
     paths += pip_config_candidates()
     if not uv_package_found():
-        paths += lookup_paths("uv")
+        paths += command_lookup_paths("uv")
     return [Path(p) for p in dict.fromkeys(paths)]
 
 

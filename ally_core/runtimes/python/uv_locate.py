@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import threading
 from typing import Optional
 
 __all__ = [
     "SYSCONFIG_LOCK",
-    "lookup_paths",
     "usable_uv",
     "uv_available",
     "uv_bin",
@@ -64,34 +62,6 @@ def uv_available() -> bool:
     import shutil  # (it imports bz2 and lzma: not on a warm load where uv is installed)
 
     return shutil.which("uv") is not None
-
-
-def lookup_paths(name: str) -> list[str]:
-    """The files ``shutil.which(name)`` looks at, in its order, up to the one it finds.
-
-    While none of them changes (created, removed, replaced, made executable or not), the
-    lookup finds the same file: what ``watch_paths`` names for it. No file found: all of
-    them. Relative ``PATH`` entries stay relative (they are looked up from the current
-    directory, as ``which`` does). POSIX only (on Windows the current directory and
-    ``PATHEXT`` take part too).
-    """
-    path = os.environ.get("PATH")
-    if path is None:
-        try:
-            path = os.confstr("CS_PATH") or ""
-        except (AttributeError, ValueError):
-            path = os.defpath
-    found: list[str] = []
-    for directory in dict.fromkeys(path.split(os.pathsep) if path else ()):
-        candidate = os.path.join(directory, name)
-        found.append(candidate)
-        if (
-            os.path.exists(candidate)
-            and os.access(candidate, os.F_OK | os.X_OK)
-            and not os.path.isdir(candidate)
-        ):
-            break
-    return found
 
 
 def usable_uv() -> Optional[str]:

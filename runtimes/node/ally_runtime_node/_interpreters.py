@@ -16,7 +16,14 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Optional
 
-from ally_core import EnvSpec, InstallFailed, Interpreter, InterpreterNotFound, clean_environ
+from ally_core import (
+    EnvSpec,
+    InstallFailed,
+    Interpreter,
+    InterpreterNotFound,
+    clean_environ,
+    command_lookup_paths,
+)
 
 from ._layout import NODE_ENV_VAR
 from ._package import read_package_json
@@ -87,28 +94,16 @@ def node_on_path(environ: Mapping[str, str] | None = None) -> Optional[str]:
 
 
 def node_lookup_paths(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The files whose identities decide what :func:`node_on_path` answers: each place
-    ``shutil.which`` looks at, in its order, up to the one it finds (all when none is found).
+    """The files whose identities decide what :func:`node_on_path` answers: the lookup of
+    ``node`` (or ``ALLY_NODE``'s command) on ``PATH`` (:func:`ally_core.command_lookup_paths`).
 
     Nothing when ``ALLY_NODE`` holds a path (it is answered without looking at a file).
-    Relative ``PATH`` entries stay relative, as ``which`` reads them.
     """
     environ = os.environ if environ is None else environ
     wanted = environ.get(NODE_ENV_VAR, "").strip() or "node"
     if os.sep in wanted:
         return []
-    path_var = environ.get("PATH", os.defpath)
-    found: list[str] = []
-    for directory in dict.fromkeys(path_var.split(os.pathsep) if path_var else ()):
-        candidate = os.path.join(directory, wanted)
-        found.append(candidate)
-        if (
-            os.path.exists(candidate)
-            and os.access(candidate, os.F_OK | os.X_OK)
-            and not os.path.isdir(candidate)
-        ):
-            break
-    return found
+    return command_lookup_paths(wanted, environ.get("PATH", os.defpath))
 
 
 @functools.lru_cache(maxsize=64)
