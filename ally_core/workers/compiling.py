@@ -93,18 +93,3 @@ class BackgroundCompile:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-
-
-def compile_env(
-    popen: Callable[..., subprocess.Popen[bytes]],
-    name: str,
-    plugin_dir: str,
-    plan: Plan,
-    environ: Mapping[str, str],
-    timeout: float,
-    on_imported: Callable[[BackgroundCompile], None],
-) -> BackgroundCompile:
-    """Start a :class:`BackgroundCompile`."""
-    job = BackgroundCompile(popen, name, plugin_dir, plan, environ, timeout, on_imported)
-    job.start()
-    return job

@@ -27,7 +27,7 @@ import attrs
 from ..containment import CallScope
 from ..warm_index import unchanged
 from .call import Gone, WorkerProcess
-from .compiling import BackgroundCompile, compile_env
+from .compiling import BackgroundCompile
 from .plan import Plan, fingerprint, plan_for, startup_environ, supported, target
 from .worker import Starter, Worker, WorkerOptions
 
@@ -390,9 +390,10 @@ class WorkerPool:
         with self._lock:
             if self._closed:
                 return
-            job = compile_env(
+            job = BackgroundCompile(
                 self.popen, plugin.name, key, plan, environ, self.options.start_timeout, imported
             )
+            job.start()
             self._compiling[key] = job
             self._compiles.append(job)
 
