@@ -154,3 +154,22 @@ def test_gc_keeps_the_list_records(plugins: list[Path], ally_home: Path) -> None
     assert gc.code == 0, gc.stderr
     assert records[0].exists()
     assert _ally("list").quick
+
+
+@pytest.mark.parametrize("damage", [b"", b"garbage", b"ally-run-record 1 "])
+def test_a_damaged_record_is_ignored_and_written_again(
+    plugins: list[Path], ally_home: Path, damage: bytes
+) -> None:
+    """A truncated or foreign record costs one full run, never a wrong answer or an error."""
+    run = ("run", "alpha", "t", "--input", "{}")
+    _settled_quick(*run)
+    _settled_quick("list")
+    records = sorted((ally_home / "plugin-envs" / ".run").iterdir())
+    assert {r.name.split(".")[0] or r.name.split(".")[1] for r in records} == {"alpha", "list"}
+    for record in records:
+        record.write_bytes(damage)
+    for args in (run, ("list",)):
+        listed = _ally(*args)
+        assert not listed.quick
+        assert listed.same() == _full(*args).same()
+        assert _ally(*args).quick, "the full path did not write the record again"
